@@ -1,0 +1,5 @@
+import sys
+
+from tscm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,41 @@
+"""The `tscm` command: thin sub-commands that call the library."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tscm import __version__
+from tscm.errors import TscmError
+
+# Sub-command modules under tscm.commands, in the order `tscm --help` lists them.
+COMMANDS = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tscm", description="Visual place recognition by teacher-student cross-metric distillation."
+    )
+    parser.add_argument("--version", action="version", version=f"tscm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMANDS:
+        module = importlib.import_module(f"tscm.commands.{module_name}")
+        command = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except TscmError as error:
+        print(f"tscm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

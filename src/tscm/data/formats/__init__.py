@@ -1,0 +1,64 @@
+"""On-disk data-set formats, each read into a PlaceSet; `load_placeset` picks the reader.
+
+Recognised, in this order:
+- a `.mat` file: Pittsburgh `dbStruct` (split and name come from the file);
+- a `.csv` file: manifest (see `csv_manifest`);
+- a `.npz` file: ground truth (see `ground_truth_npz`);
+- a folder with `<name>_<split>.mat` in it or in `datasets/`: Pittsburgh;
+- a folder with `database/` and `queries/` (directly, in `<split>/` or `images/<split>/`): `@utm@` names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tscm.data.formats.csv_manifest import read_csv_manifest
+from tscm.data.formats.ground_truth_npz import is_placeholder_path, read_ground_truth_npz
+from tscm.data.formats.pittsburgh_mat import find_structure_files, read_pittsburgh_mat
+from tscm.data.formats.utm_folder import find_utm_root, read_utm_folder
+from tscm.data.places import PlaceSet
+from tscm.errors import TscmError
+
+__all__ = [
+    "is_placeholder_path",
+    "load_placeset",
+    "read_csv_manifest",
+    "read_ground_truth_npz",
+    "read_pittsburgh_mat",
+    "read_utm_folder",
+]
+
+
+def load_placeset(path: str | Path, split: str = "test", name: str | None = None) -> PlaceSet:
+    """Read the data set at `path`, whatever its format.
+
+    `split` selects the structure file or sub-folder inside a folder and labels CSV/.npz sets; a
+    `.mat` file carries its own split. `name` picks `<name>_<split>.mat` when a folder holds
+    several (pitts30k and pitts250k side by side).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TscmError(f"{path}: no such file or folder")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        readers = {".mat": read_pittsburgh_mat, ".csv": read_csv_manifest, ".npz": read_ground_truth_npz}
+        if suffix not in readers:
+            raise TscmError(f"{path}: unknown data-set file type {suffix!r}; expected .mat, .csv or .npz")
+        return readers[suffix](path) if suffix == ".mat" else readers[suffix](path, split)
+
+    structure_files = find_structure_files(path, split, name)
+    if len(structure_files) == 1:
+        return read_pittsburgh_mat(structure_files[0])
+    if len(structure_files) > 1:
+        listed = ", ".join(str(p) for p in structure_files)
+        raise TscmError(f"{path}: several structure files for split '{split}' ({listed}); pass one of them or a name")
+    if find_utm_root(path, split) is not None:
+        return read_utm_folder(path, split)
+    other_mats = sorted(p.name for p in [*path.glob("*.mat"), *path.glob("datasets/*.mat")])
+    pattern = f"{name or '<name>'}_{split}.mat"
+    raise TscmError(
+        f"{path}: no data set found for split '{split}'. Looked for {pattern} in it and in datasets/"
+        + (f" (found only {', '.join(other_mats)})" if other_mats else "")
+        + f", and for database/ + queries/ folders in it, in {split}/ and in images/{split}/"
+        + "; or pass a .mat, .csv or .npz file"
+    )

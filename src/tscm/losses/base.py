@@ -1,0 +1,147 @@
+"""Tuple descriptors and the base class every loss shares (one signature for all losses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from tscm.errors import TscmError
+
+# Lower bound on squared distances before the square root, so the gradient stays finite when two
+# descriptors coincide (e.g. the same database image twice in a batch).
+_SQUARED_DISTANCE_FLOOR = 1e-12
+
+
+def squared_distance(x: Tensor, y: Tensor) -> Tensor:
+    """‖x − y‖² over the last axis."""
+    return (x - y).pow(2).sum(dim=-1)
+
+
+def euclidean_distance(x: Tensor, y: Tensor) -> Tensor:
+    """‖x − y‖ over the last axis, with a gradient that stays finite at x = y."""
+    return squared_distance(x, y).clamp_min(_SQUARED_DISTANCE_FLOOR).sqrt()
+
+
+def masked_mean_over_negatives(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of B×K `values` over each row's real negatives (mask True) → B."""
+    summed = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device)).sum(dim=1)
+    return summed / mask.sum(dim=1).to(values.dtype)
+
+
+@dataclass
+class TupleDescriptors:
+    """Descriptors of a batch of training tuples (query/anchor, positive, negatives).
+
+    anchor B×D, positive B×D, negatives B×K×D, negative_mask B×K bool (True = a real negative;
+    False marks padding for tuples with fewer than K negatives — its descriptors are ignored).
+    Every tuple must have at least one real negative (the miner skips queries with none).
+    """
+
+    anchor: Tensor
+    positive: Tensor
+    negatives: Tensor
+    negative_mask: Tensor
+
+    def __post_init__(self) -> None:
+        if self.anchor.ndim != 2:
+            raise TscmError(f"TupleDescriptors.anchor: expected B×D, got shape {tuple(self.anchor.shape)}")
+        batch, dim = self.anchor.shape
+        if tuple(self.positive.shape) != (batch, dim):
+            raise TscmError(
+                f"TupleDescriptors.positive: expected shape {(batch, dim)}, got {tuple(self.positive.shape)}"
+            )
+        if self.negatives.ndim != 3 or self.negatives.shape[0] != batch or self.negatives.shape[2] != dim:
+            raise TscmError(
+                f"TupleDescriptors.negatives: expected B×K×D with B={batch}, D={dim}, "
+                f"got {tuple(self.negatives.shape)}"
+            )
+        if self.negative_mask.dtype != torch.bool or tuple(self.negative_mask.shape) != tuple(self.negatives.shape[:2]):
+            raise TscmError(
+                f"TupleDescriptors.negative_mask: expected a bool tensor of shape {tuple(self.negatives.shape[:2])}, "
+                f"got {self.negative_mask.dtype} {tuple(self.negative_mask.shape)}"
+            )
+        if batch == 0:
+            raise TscmError("TupleDescriptors: the batch holds no tuples")
+        if not bool(self.negative_mask.any(dim=1).all()):
+            raise TscmError("TupleDescriptors.negative_mask: every tuple needs at least one real negative")
+
+    @property
+    def batch_size(self) -> int:
+        return self.anchor.shape[0]
+
+    @property
+    def num_negatives(self) -> int:
+        return self.negatives.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.anchor.shape[1]
+
+    @classmethod
+    def from_flat(cls, desc: Tensor, num_negatives: int, mask: Tensor | None = None) -> TupleDescriptors:
+        """Split a flat (B·(K+2))×D batch laid out [q, p, n1..nK] per tuple; `mask` is B×K (None: all real)."""
+        if desc.ndim != 2:
+            raise TscmError(f"flat descriptors: expected a 2-D (B·(K+2))×D tensor, got shape {tuple(desc.shape)}")
+        per_tuple = num_negatives + 2
+        if num_negatives < 1 or desc.shape[0] % per_tuple != 0:
+            raise TscmError(
+                f"flat descriptors: {desc.shape[0]} rows is not a whole number of tuples of "
+                f"1 query + 1 positive + {num_negatives} negatives"
+            )
+        grouped = desc.reshape(desc.shape[0] // per_tuple, per_tuple, desc.shape[1])
+        if mask is None:
+            mask = torch.ones(grouped.shape[:1] + (num_negatives,), dtype=torch.bool, device=desc.device)
+        return cls(grouped[:, 0], grouped[:, 1], grouped[:, 2:], mask)
+
+    def real_descriptors(self) -> Tensor:
+        """Anchors, positives and the real negatives stacked as N×D (padding dropped)."""
+        return torch.cat([self.anchor, self.positive, self.negatives[self.negative_mask]], dim=0)
+
+
+class DistillationLoss(nn.Module):
+    """Base of every loss: `forward(student, teacher) -> (total, parts)`.
+
+    `parts` maps each term's name to a detached scalar for logging. Losses that compare with the
+    teacher set `needs_teacher` and raise TscmError when it is missing.
+    """
+
+    name: str = ""
+    needs_teacher: bool = False
+
+    def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def _checked_teacher(self, student: TupleDescriptors, teacher: TupleDescriptors | None, same_dim: bool = True) -> TupleDescriptors:
+        """The teacher tuples, checked to describe the same images as the student's."""
+        if teacher is None:
+            raise TscmError(f"loss '{self.name}' compares student with teacher descriptors, but no teacher was given")
+        if teacher.negatives.shape[:2] != student.negatives.shape[:2]:
+            raise TscmError(
+                f"loss '{self.name}': teacher tuples have shape B×K={tuple(teacher.negatives.shape[:2])}, "
+                f"student tuples {tuple(student.negatives.shape[:2])}"
+            )
+        if not torch.equal(teacher.negative_mask, student.negative_mask):
+            raise TscmError(f"loss '{self.name}': teacher and student negative masks differ")
+        if same_dim and teacher.dim != student.dim:
+            raise TscmError(
+                f"loss '{self.name}': needs equal descriptor sizes, teacher D={teacher.dim}, student D={student.dim}"
+            )
+        return teacher
+
+
+def reduce_over_negatives(per_negative: Tensor, mask: Tensor, reduction: str) -> Tensor:
+    """Average B×K per-(a,p,n_j) values: "tuple" = each tuple's real negatives, then tuples;
+    "triplet" = all real triplets of the batch at once (the NetVLAD-style sum / number of negatives)."""
+    if reduction == "tuple":
+        return masked_mean_over_negatives(per_negative, mask).mean()
+    zero = torch.zeros((), dtype=per_negative.dtype, device=per_negative.device)
+    return torch.where(mask, per_negative, zero).sum() / mask.sum().to(per_negative.dtype)
+
+
+def check_reduction(reduction: str) -> str:
+    """`reduction` if it names a way to average over negatives (see reduce_over_negatives)."""
+    if reduction not in ("tuple", "triplet"):
+        raise TscmError(f"reduction: expected 'tuple' or 'triplet', got {reduction!r}")
+    return reduction

@@ -1,0 +1,23 @@
+"""Plain descriptor regression (a comparison baseline): the student's descriptor should equal the teacher's."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from tscm.losses.base import DistillationLoss, TupleDescriptors, squared_distance
+from tscm.losses.registry import register_loss
+
+
+@register_loss("regression")
+class RegressionLoss(DistillationLoss):
+    """Mean of ‖S(x) − T(x)‖² over every real image x of the batch (anchors, positives, real negatives).
+
+    Unlike L_soft, each image weighs the same, so tuples with more negatives weigh more.
+    """
+
+    needs_teacher = True
+
+    def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        teacher = self._checked_teacher(student, teacher)
+        total = squared_distance(student.real_descriptors(), teacher.real_descriptors()).mean()
+        return total, {self.name: total.detach()}

@@ -1,0 +1,201 @@
+"""Named model configurations and `build_model`."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+from torch import nn
+
+from tscm.errors import TscmError
+from tscm.models.backbones import CnnConfig, VitConfig, load_cnn_backbone_state, read_weights_file
+from tscm.models.student import Student, StudentConfig
+from tscm.models.teacher import Teacher, TeacherConfig
+
+ModelConfig = Union[TeacherConfig, StudentConfig]
+
+# Small trunk shared by the tiny presets: three BasicBlock stages, stride 16, 64 channels out.
+_TINY_CNN = CnnConfig(library="timm", arch="resnet-basic", last_stage=3, channels=(16, 32, 64), blocks=(1, 1, 1), stem_width=16)
+
+
+def _teacher_paper() -> TeacherConfig:
+    return TeacherConfig(
+        name="teacher-paper",
+        description=(
+            "Published TSCM teacher (224×224, 2048-d): ResNet-50 to layer3 + ViT-B/16 chained without class "
+            "token or position embedding (quirk kept), unused bn2/GeM parameters kept for exact import."
+        ),
+        keep_unused_published_params=True,
+    )
+
+
+def _student_paper() -> StudentConfig:
+    return StudentConfig(
+        name="student-paper",
+        description=(
+            "Published TSCM student (224×224, 2048-d): ResNet-50 to layer3 + GeM, 16×16 patch embedding and "
+            "NetVLAD over token-major runs of 196 values (quirk kept), uncertainty head; unused bn2 kept."
+        ),
+        keep_unused_published_params=True,
+    )
+
+
+def _teacher_tiny() -> TeacherConfig:
+    return TeacherConfig(
+        name="teacher-tiny",
+        description=(
+            "CPU demo teacher (64×64, 256-d): 3-stage timm BasicBlock ResNet (64 ch) + 2-block ViT (8×8 patches, "
+            "64-d); fixes the quirk by adding a class token and position embeddings; no unused parameters."
+        ),
+        image_size=(64, 64),
+        cnn=dataclasses.replace(_TINY_CNN),
+        vit=VitConfig(timm_name="", patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, position_embedding=True),
+        d_model=64,
+        num_heads=4,
+        d_ff=128,
+        clusters=16,
+        joint_dim=128,
+        branch_dim=32,
+    )
+
+
+def _student_tiny() -> StudentConfig:
+    return StudentConfig(
+        name="student-tiny",
+        description=(
+            "CPU demo student (64×64, 256-d, matches teacher-tiny): 3-stage timm BasicBlock ResNet (64 ch) + GeM, "
+            "8×8 patch embedding (64-d); fixes the quirk: NetVLAD samples are whole tokens."
+        ),
+        image_size=(64, 64),
+        cnn=dataclasses.replace(_TINY_CNN),
+        patch_size=8,
+        embed_dim=64,
+        clusters=16,
+        vlad_dim=64,
+        projection_dim=192,
+        token_major_vlad_samples=False,
+    )
+
+
+_REGISTRY: dict[str, Callable[[], ModelConfig]] = {
+    "teacher-paper": _teacher_paper,
+    "student-paper": _student_paper,
+    "teacher-tiny": _teacher_tiny,
+    "student-tiny": _student_tiny,
+}
+
+
+def list_presets() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of the named preset's config."""
+    if name not in _REGISTRY:
+        raise TscmError(f"unknown model preset {name!r}; expected one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]()
+
+
+def model_role(config: ModelConfig) -> str:
+    return "teacher" if isinstance(config, TeacherConfig) else "student"
+
+
+def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    """JSON-ready dict of a config, with its role."""
+    return {"role": model_role(config), **dataclasses.asdict(config)}
+
+
+def config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Inverse of `config_to_dict`; unknown or missing fields are a TscmError."""
+    data = dict(data)
+    role = data.pop("role", None)
+    classes = {"teacher": TeacherConfig, "student": StudentConfig}
+    if role not in classes:
+        raise TscmError(f"model config field 'role' must be 'teacher' or 'student', got {role!r}")
+    return _dataclass_from_dict(classes[role], data, "config")
+
+
+def _dataclass_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise TscmError(f"{where} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TscmError(f"{where} has unknown fields {unknown}; expected {sorted(names)}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            value = _dataclass_from_dict(hint, value, f"{where}.{name}")
+        elif typing.get_origin(hint) is tuple:
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+def build_model(
+    preset_or_config: str | ModelConfig,
+    pretrained: bool = False,
+    backbone_weights: str | Path | Sequence[str | Path] | None = None,
+) -> nn.Module:
+    """Build a teacher or student from a preset name or config (in training mode, random heads).
+
+    pretrained=True fetches ImageNet backbones through torchvision/timm (fails offline with a
+    TscmError); backbone_weights gives local torchvision/timm state-dict files instead, each
+    loaded into the backbone (cnn or vit) whose keys it fits.
+    """
+    config = get_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    if not isinstance(config, (TeacherConfig, StudentConfig)):
+        raise TscmError(f"expected a preset name or a TeacherConfig/StudentConfig, got {type(config).__name__}")
+    model_class = Teacher if isinstance(config, TeacherConfig) else Student
+    model = model_class(config, pretrained=pretrained)
+    if backbone_weights is not None:
+        files = [backbone_weights] if isinstance(backbone_weights, (str, Path)) else list(backbone_weights)
+        for file in files:
+            load_backbone_weights(model, str(file))
+    return model
+
+
+def load_backbone_weights(model: nn.Module, path: str) -> str:
+    """Load one local backbone weights file into the backbone it fits; returns that backbone's name."""
+    state = read_weights_file(path)
+    misfits = {}
+    for name, backbone in model.backbones().items():
+        if name == "cnn":
+            problems = load_cnn_backbone_state(backbone, state)
+        else:
+            problems = backbone.load_backbone_state(state)
+        if not problems:
+            return name
+        misfits[name] = problems
+    detail = "; ".join(f"{name}: {len(p)} keys missing or mis-shaped, e.g. {p[:3]}" for name, p in misfits.items())
+    raise TscmError(f"backbone weights file {path} fits none of this model's backbones ({detail})")
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Parameters in total and per part (trunk, vit, encoder, heads, uncertainty), shared ones counted once."""
+    counts = {"total": sum(p.numel() for p in model.parameters())}
+    for part, modules in model.parts().items():
+        unique = {id(p): p for module in modules for p in module.parameters()}
+        counts[part] = sum(p.numel() for p in unique.values())
+    return counts
+
+
+def multiply_adds_per_image(model: nn.Module) -> int:
+    """Multiply-adds of one forward pass on one image of the model's input size (FLOPs / 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    height, width = model.config.image_size
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, height, width))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2

@@ -1,0 +1,97 @@
+"""The student: ResNet trunk with GeM, and a patch-embedding NetVLAD branch; plus an uncertainty head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from tscm.errors import TscmError
+from tscm.models.backbones import IMAGENET_MEAN, IMAGENET_STD, CnnConfig, CnnTrunk
+from tscm.models.layers import GeM, NetVLADGated, l2_normalize
+from tscm.models.teacher import check_image_size
+
+
+@dataclass
+class StudentConfig:
+    """Student sizes; the NetVLAD sample size follows from `image_size` and `patch_size`.
+
+    `token_major_vlad_samples=True` is the published quirk: the N×E token buffer is read row-major
+    as E samples of N values. False uses the N tokens (E values each) as samples.
+    `keep_unused_published_params`: keep the NetVLAD head's never-used `bn2`, as published.
+    """
+
+    name: str = "student"
+    description: str = ""
+    image_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    cnn: CnnConfig = field(default_factory=CnnConfig)
+    patch_size: int = 16
+    embed_dim: int = 768
+    clusters: int = 64
+    vlad_dim: int = 256
+    projection_dim: int = 1024
+    token_major_vlad_samples: bool = True
+    gem_p: float = 3.0
+    keep_unused_published_params: bool = False
+
+
+class Student(nn.Module):
+    """forward(images) -> B×D L2-normalised descriptors (D = projection_dim + CNN channels);
+    uncertainty(images) -> B×D values in (0, 1) from the published STUN-style variance head."""
+
+    role = "student"
+
+    def __init__(self, config: StudentConfig, pretrained: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        height, width = config.image_size
+        if height % config.patch_size or width % config.patch_size:
+            raise TscmError(f"image size {height}×{width} is not a multiple of patch_size {config.patch_size}")
+        num_tokens = (height // config.patch_size) * (width // config.patch_size)
+        self.cnn = CnnTrunk(config.cnn, pretrained)
+        cnn_channels, _, _ = self.cnn.output_size(height, width)
+        self.gem = GeM(config.gem_p)
+        self.patch_embed = nn.Conv2d(3, config.embed_dim, kernel_size=config.patch_size, stride=config.patch_size)
+        sample_size = num_tokens if config.token_major_vlad_samples else config.embed_dim
+        self.vlad = NetVLADGated(sample_size, config.clusters, config.vlad_dim, config.keep_unused_published_params)
+        self.proj = nn.Linear(config.vlad_dim, config.projection_dim)
+        self.descriptor_dim = config.projection_dim + cnn_channels
+        self.var_head = nn.Sequential(nn.Linear(self.descriptor_dim, self.descriptor_dim), nn.Sigmoid())
+
+    def parts(self) -> dict[str, list[nn.Module]]:
+        """Modules by part, for parameter reports."""
+        return {
+            "trunk": [self.cnn, self.gem],
+            "vit": [self.patch_embed],
+            "heads": [self.vlad, self.proj],
+            "uncertainty": [self.var_head],
+        }
+
+    def backbones(self) -> dict[str, nn.Module]:
+        return {"cnn": self.cnn}
+
+    def raw_descriptor(self, images: torch.Tensor) -> torch.Tensor:
+        """The descriptor before L2 normalisation (input of the uncertainty head)."""
+        check_image_size(images, self.config.image_size, self.config.name)
+        batch = images.shape[0]
+        pooled = self.gem(self.cnn(images))
+        tokens = self.patch_embed(images).flatten(2).transpose(1, 2)  # B×N×E, tokens row-major over h,w
+        if self.config.token_major_vlad_samples:
+            samples = tokens.reshape(batch, self.config.embed_dim, -1)
+        else:
+            samples = tokens
+        return torch.cat([self.proj(self.vlad(samples)), pooled], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.raw_descriptor(images))
+
+    def uncertainty(self, images: torch.Tensor) -> torch.Tensor:
+        return self.var_head(self.raw_descriptor(images))
+
+    def forward_with_uncertainty(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(descriptor, uncertainty) from one pass through the network."""
+        raw = self.raw_descriptor(images)
+        return l2_normalize(raw), self.var_head(raw)

@@ -1,0 +1,153 @@
+"""Teacher/student presets: shapes, normalisation, parameter counts, input checks, backbone weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tscm.errors import TscmError
+from tscm.models import build_model, config_from_dict, config_to_dict, get_preset, list_presets
+from tscm.models.presets import multiply_adds_per_image, parameter_counts
+
+
+@pytest.fixture(scope="module")
+def paper_models() -> dict[str, torch.nn.Module]:
+    # Built on the meta device: shapes and counts without 140 M random numbers. The paper presets'
+    # values (and unit norm) are checked against the published forward in test_official.py.
+    with torch.device("meta"):
+        return {name: build_model(name).eval() for name in ("teacher-paper", "student-paper")}
+
+
+def test_presets_listed() -> None:
+    assert set(list_presets()) >= {"teacher-paper", "student-paper", "teacher-tiny", "student-tiny"}
+    with pytest.raises(TscmError, match="unknown model preset 'nope'"):
+        get_preset("nope")
+
+
+@pytest.mark.parametrize("name", ["teacher-tiny", "student-tiny"])
+def test_tiny_forward_shapes_normalisation_and_backward(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name)
+    height, width = model.config.image_size
+    assert (height, width) == (64, 64)
+    images = torch.randn(3, 3, height, width)
+    out = model(images)
+    assert out.shape == (3, model.descriptor_dim)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(3))
+    out.sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if not n.startswith("var_head"))
+    assert 100_000 <= parameter_counts(model)["total"] <= 1_500_000
+
+
+def test_tiny_teacher_and_student_descriptors_match_in_size() -> None:
+    assert build_model("teacher-tiny").descriptor_dim == build_model("student-tiny").descriptor_dim
+
+
+def test_paper_forward_shapes(paper_models: dict[str, torch.nn.Module]) -> None:
+    images = torch.empty(3, 3, 224, 224, device="meta")
+    for model in paper_models.values():
+        with torch.no_grad():
+            out = model(images)
+        assert model.descriptor_dim == 2048 and out.shape == (3, 2048)
+        assert model.config.image_size == (224, 224)
+        with pytest.raises(TscmError, match="takes images of shape B×3×224×224"):
+            model(torch.empty(1, 3, 256, 256, device="meta"))
+    assert paper_models["student-paper"].uncertainty(images).shape == (3, 2048)
+
+
+def test_paper_parameter_counts_equal_published(paper_models: dict[str, torch.nn.Module]) -> None:
+    teacher, student = paper_models["teacher-paper"], paper_models["student-paper"]
+    teacher_counts, student_counts = parameter_counts(teacher), parameter_counts(student)
+    assert teacher_counts["total"] == 125_003_266
+    assert student_counts["total"] - student_counts["uncertainty"] == 12_699_777
+    assert student_counts["uncertainty"] == 4_196_352
+    for counts in (teacher_counts, student_counts):
+        assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
+    unused_norms = sum(p.numel() for n, p in teacher.named_parameters() if n.startswith("head_") and ".bn2." in n)
+    assert unused_norms == 2_048
+    assert sum(p.numel() for n, p in student.named_parameters() if n.startswith("vlad.bn2.")) == 512
+
+
+def test_student_uncertainty_is_sigmoid_of_linear_on_raw_descriptor() -> None:
+    torch.manual_seed(1)
+    student = build_model("student-tiny").eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        raw = student.raw_descriptor(images)
+        sigma = student.uncertainty(images)
+        descriptor, sigma_again = student.forward_with_uncertainty(images)
+    linear = student.var_head[0]
+    torch.testing.assert_close(sigma, torch.sigmoid(raw @ linear.weight.T + linear.bias))
+    torch.testing.assert_close(descriptor, raw / raw.norm(dim=1, keepdim=True))
+    torch.testing.assert_close(sigma_again, sigma)
+    assert sigma.shape == (2, student.descriptor_dim)
+
+
+def test_student_quirk_samples_are_token_major_runs() -> None:
+    torch.manual_seed(2)
+    config = get_preset("student-tiny")
+    config.token_major_vlad_samples = True
+    student = build_model(config).eval()
+    assert student.vlad.feature_size == (64 // 8) ** 2
+    images = torch.randn(1, 3, 64, 64)
+    captured = {}
+    student.vlad.register_forward_hook(lambda module, inputs, output: captured.update(samples=inputs[0]))
+    with torch.no_grad():
+        student(images)
+        patches = torch.nn.functional.conv2d(images, student.patch_embed.weight, student.patch_embed.bias, stride=8)
+    tokens = [patches[0, :, i, j] for i in range(8) for j in range(8)]  # row-major over h, w
+    buffer = torch.cat(tokens)  # token-major: 64 values per token
+    torch.testing.assert_close(captured["samples"][0], buffer.reshape(64, 64))
+
+
+@pytest.mark.parametrize("name", ["teacher-tiny", "student-tiny"])
+def test_wrong_input_size_is_a_clear_error(name: str) -> None:
+    model = build_model(name)
+    with pytest.raises(TscmError, match=r"takes images of shape B×3×64×64.*got \(1, 3, 72, 64\)"):
+        model(torch.randn(1, 3, 72, 64))
+
+
+def test_config_round_trips_through_dict() -> None:
+    for name in list_presets():
+        config = get_preset(name)
+        assert config_from_dict(config_to_dict(config)) == config
+    data = config_to_dict(get_preset("student-tiny"))
+    data["cnn"]["bogus"] = 1
+    with pytest.raises(TscmError, match=r"config\.cnn has unknown fields \['bogus'\]"):
+        config_from_dict(data)
+
+
+def test_backbone_weights_files_load_into_the_backbone_they_fit(tmp_path) -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(3)
+    donor = build_model("teacher-tiny")
+    cnn_file = tmp_path / "cnn.safetensors"
+    save_file({k: v.contiguous() for k, v in donor.cnn.body.state_dict().items()}, str(cnn_file))
+    vit_source = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=0)
+    vit_file = tmp_path / "vit.pth"
+    torch.save(vit_source.state_dict(), vit_file)
+
+    model = build_model("teacher-tiny", backbone_weights=[cnn_file, vit_file])
+    for name, tensor in donor.cnn.body.state_dict().items():
+        assert torch.equal(model.cnn.body.state_dict()[name], tensor)
+    torch.testing.assert_close(model.vit.model.blocks[1].mlp.fc2.weight, vit_source.blocks[1].mlp.fc2.weight)
+    assert model.vit.model.pos_embed.shape == (1, 1 + 64, 64)  # resampled from a 4×4 grid to 8×8
+    torch.testing.assert_close(model.vit.model.pos_embed[:, 0], vit_source.pos_embed[:, 0])
+
+    student_file = tmp_path / "wrong.safetensors"
+    save_file({"conv1.weight": torch.zeros(3, 3, 3, 3)}, str(student_file))
+    with pytest.raises(TscmError, match="fits none of this model's backbones"):
+        build_model("teacher-tiny", backbone_weights=student_file)
+    with pytest.raises(TscmError, match="does not exist"):
+        build_model("student-tiny", backbone_weights=tmp_path / "absent.pth")
+
+
+def test_multiply_adds_count_the_patch_embedding() -> None:
+    config = get_preset("student-tiny")
+    model = build_model(config)
+    macs = multiply_adds_per_image(model)
+    patch_macs = 64 * (3 * 8 * 8) * (64 // 8) ** 2  # embed_dim × kernel volume × tokens
+    var_head_macs = model.descriptor_dim**2
+    assert macs > patch_macs + var_head_macs

@@ -1,0 +1,540 @@
+"""Place index: descriptors of known places, searchable through faiss, saved as one safetensors file.
+
+Back-ends (``PlaceIndex.create(backend, dim, **params)``):
+
+- ``flat``: exact L2 search on the full descriptors (``storage="fp16"`` halves memory).
+- ``pca-flat``: PCA (optionally whitened) to ``pca_dim`` dims, then exact search there.
+- ``ivfpq``: inverted lists + product quantisation, optionally after PCA, with exact re-ranking
+  of ``rerank × k`` candidates on the (reduced) vectors.
+- ``hnsw``: HNSW graph on the (optionally PCA-reduced) vectors.
+
+Distances returned by ``search`` are squared L2 in the space the back-end searches (after PCA and
+whitening where those are used), so they are comparable within one index, not across back-ends.
+
+File format (one file, written atomically): safetensors arrays ``faiss_index`` (faiss'
+``serialize_index`` bytes, plain binary), ``ids``, optional ``xy``, optional ``paths_utf8`` +
+``paths_end`` and, for PCA, ``pca_mean`` + ``pca_projection``; the safetensors header metadata
+holds key ``tscm_index`` with JSON: format version, backend, params, dim, count, memory in bytes,
+model fingerprint and metadata, and a SHA-256 of every array so a damaged file is detected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from tscm import __version__
+from tscm.errors import TscmError
+from tscm.fileio import atomic_path
+
+FORMAT_NAME = "tscm-place-index"
+FORMAT_VERSION = 1
+METADATA_KEY = "tscm_index"
+BACKENDS = ("flat", "pca-flat", "ivfpq", "hnsw")
+
+# Training uses at most this many vectors (a fixed-seed sample): 20k is ten times a 2048-d
+# descriptor, plenty for the leading PCA axes; 50k (reduced) vectors give 1024 IVF lists ~50
+# points each. Both keep training time bounded on large maps.
+PCA_TRAIN_LIMIT = 20_000
+QUANTIZER_TRAIN_LIMIT = 50_000
+# faiss spreads even one query over its threads; on a shared CPU the thread barrier then costs
+# milliseconds (measured on a loaded 2-core machine, 10k×256 flat search: median 0.13 ms on one
+# thread, 0.4 to 40 ms on two), so batches smaller than this run on one thread.
+SINGLE_THREAD_BELOW = 8
+
+_DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "flat": {"storage": "fp32"},
+    "pca-flat": {"pca_dim": 256, "whiten": False, "storage": "fp32"},
+    "ivfpq": {"pca_dim": None, "whiten": False, "nlist": 1024, "pq_m": 64, "pq_bits": 8, "nprobe": 16, "rerank": 8},
+    "hnsw": {"pca_dim": None, "whiten": False, "hnsw_m": 32, "ef_construction": 80, "ef_search": 128},
+}
+# Parameters that only affect search, so they may change after the index is built.
+_SEARCH_PARAMS = {"ivfpq": ("nprobe", "rerank"), "hnsw": ("ef_search",)}
+_STORAGES = ("fp32", "fp16")
+
+
+def recommended_config(num_db: int, dim: int) -> tuple[str, dict[str, Any]]:
+    """Back-end and parameters for a database of `num_db` descriptors of `dim` dims.
+
+    From the matching benchmark (tscm.bench, synthetic 2048-d descriptors, 2 shared CPU cores):
+    exact search while the database is at most 8 MB; PCA to 256 dims + exact search up to 25k
+    images (0.18 ms CPU per query at 10k, Recall@1 as exact; it grows linearly with size);
+    beyond that an HNSW graph on the PCA-reduced vectors.
+    """
+    if num_db < 1 or dim < 1:
+        raise TscmError(f"recommended_config: need a positive database size and dimension, got {num_db}×{dim}")
+    if num_db * dim * 4 <= 8 * 2**20:
+        return "flat", {}
+    reduce = {"pca_dim": 256} if dim > 256 else {}
+    if num_db <= 25_000:
+        return ("pca-flat", reduce) if reduce else ("flat", {})
+    return "hnsw", {**reduce, "hnsw_m": 32, "ef_construction": 80, "ef_search": 128}
+
+
+@dataclass
+class SearchResult:
+    """Top-k hits per query. `indices` are row numbers in the index (the order descriptors were
+    added), -1 where fewer than k hits exist; `ids`/`xy`/`paths` describe the same hits."""
+
+    distances: np.ndarray  # Q×k float32, squared L2 in the searched space
+    indices: np.ndarray  # Q×k int64
+    ids: np.ndarray  # Q×k int64, -1 for a missing hit
+    xy: np.ndarray | None  # Q×k×2 float64 (NaN for a missing hit), None if the index has no coordinates
+    paths: list[list[str | None]] | None  # None if the index has no paths
+
+
+@dataclass
+class PcaProjection:
+    """Centre, project onto the leading principal axes, optionally whiten (then re-normalise).
+
+    The product runs in faiss (a LinearTransform) rather than numpy: faiss' BLAS follows faiss'
+    thread setting, so a single query is projected on one thread like it is searched; numpy's BLAS
+    threads spin-waited for milliseconds per query on the shared CPU.
+    """
+
+    mean: np.ndarray  # D float32
+    projection: np.ndarray  # D×d float32, columns scaled by 1/sqrt(eigenvalue) when whitening
+    whiten: bool
+    _transform: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        import faiss
+
+        dim, out_dim = self.projection.shape
+        transform = faiss.LinearTransform(dim, out_dim, True)
+        matrix = np.ascontiguousarray(self.projection.T, dtype=np.float32)
+        faiss.copy_array_to_vector(matrix.ravel(), transform.A)
+        faiss.copy_array_to_vector((-(matrix @ self.mean.astype(np.float32))).astype(np.float32), transform.b)
+        transform.is_trained = True
+        self._transform = transform
+
+    @classmethod
+    def fit(cls, descriptors: np.ndarray, out_dim: int, whiten: bool) -> PcaProjection:
+        if len(descriptors) < 2:
+            raise TscmError(f"PCA needs at least 2 training descriptors, got {len(descriptors)}")
+        mean = descriptors.mean(axis=0, dtype=np.float64)
+        centred = (descriptors - mean).astype(np.float32)
+        # The product in float32 (twice as fast); the eigen-decomposition in float64.
+        covariance = (centred.T @ centred).astype(np.float64) / (len(descriptors) - 1)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        order = np.argsort(eigenvalues)[::-1][:out_dim]
+        projection = eigenvectors[:, order]
+        if whiten:
+            # A floor on tiny eigenvalues keeps near-empty directions from being blown up into noise.
+            floor = max(eigenvalues[order[0]], 1e-12) * 1e-6
+            projection = projection / np.sqrt(np.maximum(eigenvalues[order], floor))
+        return cls(mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32), whiten)
+
+    def apply(self, descriptors: np.ndarray) -> np.ndarray:
+        reduced = self._transform.apply(np.ascontiguousarray(descriptors, dtype=np.float32))
+        if self.whiten:
+            norms = np.linalg.norm(reduced, axis=1, keepdims=True)
+            reduced /= np.maximum(norms, 1e-12)
+        return np.ascontiguousarray(reduced, dtype=np.float32)
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _check_params(backend: str, dim: int, params: dict[str, Any]) -> dict[str, Any]:
+    """Defaults merged with `params`, every value checked; raises TscmError naming the bad one."""
+    if backend not in _DEFAULT_PARAMS:
+        raise TscmError(f"index backend {backend!r} is unknown; expected one of {', '.join(BACKENDS)}")
+    unknown = sorted(set(params) - set(_DEFAULT_PARAMS[backend]))
+    if unknown:
+        raise TscmError(
+            f"index backend {backend!r} has no parameter(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(_DEFAULT_PARAMS[backend])}"
+        )
+    merged = {**_DEFAULT_PARAMS[backend], **params}
+    if dim < 1:
+        raise TscmError(f"index dim must be a positive integer, got {dim}")
+    pca_dim = merged.get("pca_dim")
+    if backend == "pca-flat" and pca_dim is None:
+        raise TscmError("index backend 'pca-flat' needs pca_dim (the reduced dimension)")
+    if pca_dim is not None and not (isinstance(pca_dim, int) and 1 <= pca_dim <= dim):
+        raise TscmError(f"index pca_dim must be an integer in 1..{dim} (the descriptor dim), got {pca_dim!r}")
+    if "storage" in merged and merged["storage"] not in _STORAGES:
+        raise TscmError(f"index storage must be one of {', '.join(_STORAGES)}, got {merged['storage']!r}")
+    search_dim = pca_dim or dim
+    positive_ints = [name for name in ("nlist", "pq_m", "pq_bits", "nprobe", "hnsw_m", "ef_construction", "ef_search")
+                     if name in merged]
+    for name in positive_ints:
+        if not (isinstance(merged[name], int) and merged[name] >= 1):
+            raise TscmError(f"index parameter {name} must be a positive integer, got {merged[name]!r}")
+    if "rerank" in merged and not (isinstance(merged["rerank"], int) and merged["rerank"] >= 0):
+        raise TscmError(f"index parameter rerank must be an integer >= 0 (0 = no re-ranking), got {merged['rerank']!r}")
+    if backend == "ivfpq" and search_dim % merged["pq_m"] != 0:
+        raise TscmError(f"index parameter pq_m={merged['pq_m']} must divide the searched dimension {search_dim}")
+    return merged
+
+
+def _build_faiss_index(backend: str, search_dim: int, params: dict[str, Any]):
+    import faiss
+
+    if backend in ("flat", "pca-flat"):
+        if params["storage"] == "fp16":
+            return faiss.IndexScalarQuantizer(search_dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
+        return faiss.IndexFlatL2(search_dim)
+    if backend == "hnsw":
+        index = faiss.IndexHNSWFlat(search_dim, params["hnsw_m"])
+        index.hnsw.efConstruction = params["ef_construction"]
+        return index
+    coarse = faiss.IndexFlatL2(search_dim)
+    # faiss' Python wrappers keep the quantizer and base index alive as long as the outer index.
+    ivfpq = faiss.IndexIVFPQ(coarse, search_dim, params["nlist"], params["pq_m"], params["pq_bits"])
+    if params["rerank"] == 0:
+        return ivfpq
+    return faiss.IndexRefineFlat(ivfpq)
+
+
+def _apply_search_params(backend: str, index, params: dict[str, Any]) -> None:
+    import faiss
+
+    if backend == "hnsw":
+        index.hnsw.efSearch = params["ef_search"]
+    elif backend == "ivfpq":
+        if params["rerank"] > 0:
+            index.k_factor = float(params["rerank"])
+            faiss.extract_index_ivf(index.base_index).nprobe = params["nprobe"]
+        else:
+            faiss.extract_index_ivf(index).nprobe = params["nprobe"]
+
+
+def _sample_rows(array: np.ndarray, limit: int) -> np.ndarray:
+    """At most `limit` rows, a fixed-seed sample in their original order."""
+    if len(array) <= limit:
+        return array
+    keep = np.random.default_rng(0).choice(len(array), limit, replace=False)
+    return array[np.sort(keep)]
+
+
+@contextlib.contextmanager
+def _faiss_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` faiss/OpenMP threads (None: leave the setting alone)."""
+    import faiss
+
+    if threads is None:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise TscmError(f"{what}: expected an N×{dim} array of descriptors, got shape {np.shape(values)}")
+    if not np.isfinite(array).all():
+        raise TscmError(f"{what}: descriptors must be finite numbers (found NaN or inf)")
+    return np.ascontiguousarray(array)
+
+
+class PlaceIndex:
+    """Descriptors of database places with their image ids, optional coordinates and paths."""
+
+    def __init__(self, backend: str, dim: int, params: dict[str, Any], faiss_index, pca: PcaProjection | None,
+                 model_fingerprint: str | None, model_meta: dict[str, Any] | None) -> None:
+        self.backend = backend
+        self.dim = dim
+        self.params = params
+        self.model_fingerprint = model_fingerprint
+        self.model_meta = model_meta
+        self._faiss = faiss_index
+        self._pca = pca
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._xy: np.ndarray | None = None
+        self._paths: list[str] | None = None
+        _apply_search_params(backend, faiss_index, params)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def create(cls, backend: str, dim: int, *, model_fingerprint: str | None = None,
+               model_meta: dict[str, Any] | None = None, **params: Any) -> PlaceIndex:
+        """An empty index; back-ends with PCA or IVF need `train` before `add`."""
+        params = _check_params(backend, dim, params)
+        if model_meta is not None:
+            try:
+                json.dumps(model_meta)
+            except (TypeError, ValueError) as error:
+                raise TscmError(f"index model_meta must be JSON-serialisable: {error}") from None
+        search_dim = params.get("pca_dim") or dim
+        return cls(backend, dim, params, _build_faiss_index(backend, search_dim, params), None,
+                   model_fingerprint, model_meta)
+
+    @classmethod
+    def build(cls, descriptors, ids=None, *, paths: Sequence[str] | None = None, xy=None, backend: str = "auto",
+              train_descriptors=None, model_fingerprint: str | None = None,
+              model_meta: dict[str, Any] | None = None, **params: Any) -> PlaceIndex:
+        """Create, train (on `train_descriptors`, else the database itself) and fill an index.
+
+        `backend="auto"` takes `recommended_config` for this database size (`params` override it).
+        """
+        descriptors = np.asarray(descriptors, dtype=np.float32)
+        if descriptors.ndim != 2 or len(descriptors) == 0:
+            raise TscmError(f"index build: expected a non-empty N×D descriptor array, got shape {descriptors.shape}")
+        if backend == "auto":
+            backend, chosen = recommended_config(len(descriptors), descriptors.shape[1])
+            params = {**chosen, **params}
+        index = cls.create(backend, descriptors.shape[1], model_fingerprint=model_fingerprint,
+                           model_meta=model_meta, **params)
+        if index.needs_training:
+            index.train(descriptors if train_descriptors is None else train_descriptors)
+        if ids is None:
+            ids = np.arange(len(descriptors), dtype=np.int64)
+        index.add(descriptors, ids, paths=paths, xy=xy)
+        return index
+
+    # ---- state --------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return int(len(self._ids))
+
+    @property
+    def search_dim(self) -> int:
+        return int(self._faiss.d)
+
+    @property
+    def needs_training(self) -> bool:
+        return (self.params.get("pca_dim") is not None and self._pca is None) or not self._faiss.is_trained
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes held for search: the faiss index (as serialised), PCA, ids, coordinates, paths."""
+        return sum(array.nbytes for array in self._arrays().values())
+
+    def set_search_params(self, **params: Any) -> None:
+        """Change search-time parameters (ivfpq: nprobe, rerank > 0 if built with re-ranking; hnsw: ef_search)."""
+        allowed = _SEARCH_PARAMS.get(self.backend, ())
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise TscmError(f"index backend {self.backend!r} cannot change {', '.join(unknown)} after building; "
+                            f"search parameters: {', '.join(allowed) or 'none'}")
+        if self.backend == "ivfpq" and "rerank" in params and (params["rerank"] == 0) != (self.params["rerank"] == 0):
+            raise TscmError("index parameter rerank can change between positive values only; "
+                            "turning re-ranking on or off needs a rebuild")
+        merged = _check_params(self.backend, self.dim, {**self.params, **params})
+        self.params = merged
+        _apply_search_params(self.backend, self._faiss, merged)
+
+    # ---- training and adding ------------------------------------------------------------
+    def train(self, descriptors) -> None:
+        """Fit PCA and/or the faiss quantisers on representative descriptors (database or training set)."""
+        descriptors = _as_descriptors(descriptors, self.dim, "index train")
+        if self.count:
+            raise TscmError("index train: the index already holds descriptors; train before adding")
+        descriptors = _sample_rows(descriptors, QUANTIZER_TRAIN_LIMIT)
+        pca_dim = self.params.get("pca_dim")
+        if pca_dim is not None:
+            if len(descriptors) < pca_dim:
+                raise TscmError(f"index train: PCA to {pca_dim} dims needs at least {pca_dim} training "
+                                f"descriptors, got {len(descriptors)}")
+            self._pca = PcaProjection.fit(_sample_rows(descriptors, PCA_TRAIN_LIMIT), pca_dim, self.params["whiten"])
+            descriptors = self._pca.apply(descriptors)
+        if not self._faiss.is_trained:
+            minimum = max(self.params.get("nlist", 1), 2 ** self.params.get("pq_bits", 0))
+            if len(descriptors) < minimum:
+                raise TscmError(f"index train: backend {self.backend!r} with {self.params} needs at least "
+                                f"{minimum} training descriptors, got {len(descriptors)}")
+            self._faiss.train(descriptors)
+
+    def add(self, descriptors, ids, paths: Sequence[str] | None = None, xy=None) -> None:
+        """Append descriptors with their image ids (unique int64), and paths/coordinates if known.
+
+        Either every add gives paths (or coordinates), or none does.
+        """
+        descriptors = _as_descriptors(descriptors, self.dim, "index add")
+        count = len(descriptors)
+        if self.needs_training:
+            raise TscmError(f"index add: backend {self.backend!r} with these parameters must be trained first "
+                            "(call train() with database or training descriptors)")
+        ids = np.asarray(ids)
+        if ids.shape != (count,) or not np.issubdtype(ids.dtype, np.integer):
+            raise TscmError(f"index add: expected {count} integer ids, got shape {ids.shape} dtype {ids.dtype}")
+        ids = ids.astype(np.int64)
+        all_ids = np.concatenate([self._ids, ids])
+        if len(np.unique(all_ids)) != len(all_ids):
+            raise TscmError("index add: image ids must be unique within the index (found a repeated id)")
+        first = self.count == 0
+        if xy is not None:
+            xy = np.asarray(xy, dtype=np.float64)
+            if xy.shape != (count, 2) or not np.isfinite(xy).all():
+                raise TscmError(f"index add: expected finite coordinates of shape ({count}, 2), got {xy.shape}")
+        if paths is not None:
+            paths = [str(path) for path in paths]
+            if len(paths) != count:
+                raise TscmError(f"index add: expected {count} paths, got {len(paths)}")
+        if not first and (xy is None) != (self._xy is None):
+            raise TscmError("index add: coordinates must be given for every batch or for none")
+        if not first and (paths is None) != (self._paths is None):
+            raise TscmError("index add: paths must be given for every batch or for none")
+        searched = self._pca.apply(descriptors) if self._pca is not None else descriptors
+        self._faiss.add(searched)
+        self._ids = all_ids
+        if xy is not None:
+            self._xy = xy if first else np.concatenate([self._xy, xy])
+        if paths is not None:
+            self._paths = paths if first else self._paths + paths
+
+    # ---- search -------------------------------------------------------------------------
+    def search(self, queries, k: int) -> SearchResult:
+        """The `k` nearest database entries for each query (N×dim, or one dim-vector)."""
+        if self.count == 0:
+            raise TscmError("index search: the index is empty; add database descriptors before querying")
+        if not (isinstance(k, (int, np.integer)) and k >= 1):
+            raise TscmError(f"index search: k must be a positive integer, got {k!r}")
+        queries = _as_descriptors(queries, self.dim, "index search")
+        with _faiss_threads(1 if len(queries) < SINGLE_THREAD_BELOW else None):
+            if self._pca is not None:
+                queries = self._pca.apply(queries)
+            distances, indices = self._faiss.search(queries, int(k))
+        missing = indices < 0
+        ids = np.where(missing, -1, self._ids[np.maximum(indices, 0)])
+        xy = None
+        if self._xy is not None:
+            xy = self._xy[np.maximum(indices, 0)]
+            xy[missing] = np.nan
+        paths = None
+        if self._paths is not None:
+            paths = [[self._paths[i] if i >= 0 else None for i in row] for row in indices.tolist()]
+        return SearchResult(distances, indices.astype(np.int64), ids, xy, paths)
+
+    # ---- files --------------------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        import faiss
+
+        arrays = {"faiss_index": faiss.serialize_index(self._faiss), "ids": self._ids}
+        if self._xy is not None:
+            arrays["xy"] = self._xy
+        if self._paths is not None:
+            encoded = [path.encode("utf-8") for path in self._paths]
+            arrays["paths_utf8"] = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+            arrays["paths_end"] = np.cumsum([len(item) for item in encoded], dtype=np.int64)
+        if self._pca is not None:
+            arrays["pca_mean"] = self._pca.mean
+            arrays["pca_projection"] = self._pca.projection
+        return arrays
+
+    def save(self, path: str | Path) -> None:
+        """Write the index to one safetensors file, atomically (a failed save keeps the old file)."""
+        from safetensors.numpy import save_file
+
+        arrays = {name: np.ascontiguousarray(array) for name, array in self._arrays().items()}
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "backend": self.backend,
+            "params": self.params,
+            "dim": self.dim,
+            "search_dim": self.search_dim,
+            "count": self.count,
+            "memory_bytes": sum(array.nbytes for array in arrays.values()),
+            "model_fingerprint": self.model_fingerprint,
+            "model_meta": self.model_meta,
+            "pca_whiten": None if self._pca is None else self._pca.whiten,
+            "sha256": {name: _sha256(array) for name, array in arrays.items()},
+        }
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path, expected_fingerprint: str | None = None) -> PlaceIndex:
+        """Read an index; with `expected_fingerprint`, refuse one built from another model's descriptors."""
+        import faiss
+
+        meta = read_index_metadata(path)
+        if expected_fingerprint is not None and meta["model_fingerprint"] != expected_fingerprint:
+            raise TscmError(
+                f"{path}: index was built from descriptors of model {meta['model_fingerprint']!r}, "
+                f"but the model in use has fingerprint {expected_fingerprint!r}; rebuild the index with this model"
+            )
+        arrays = _read_arrays(path, meta)
+        try:
+            faiss_index = faiss.deserialize_index(arrays["faiss_index"])
+        except RuntimeError as error:
+            raise TscmError(f"{path}: the stored faiss index cannot be read ({error}); the file is corrupt") from None
+        pca = None
+        if "pca_mean" in arrays:
+            pca = PcaProjection(arrays["pca_mean"], arrays["pca_projection"], bool(meta["pca_whiten"]))
+        count = meta["count"]
+        try:
+            _check_params(meta["backend"], meta["dim"], meta["params"])
+        except TscmError as error:
+            raise TscmError(f"{path}: stored index parameters are invalid: {error}") from None
+        index = cls(meta["backend"], meta["dim"], meta["params"], faiss_index, pca,
+                    meta["model_fingerprint"], meta["model_meta"])
+        if faiss_index.ntotal != count or len(arrays["ids"]) != count:
+            raise TscmError(f"{path}: metadata says {count} entries, but the faiss index holds "
+                            f"{faiss_index.ntotal} and ids {len(arrays['ids'])}; the file is inconsistent")
+        index._ids = arrays["ids"].astype(np.int64)
+        if "xy" in arrays:
+            index._xy = arrays["xy"]
+        if "paths_utf8" in arrays:
+            blob = arrays["paths_utf8"].tobytes()
+            ends = arrays["paths_end"].tolist()
+            starts = [0] + ends[:-1]
+            index._paths = [blob[a:b].decode("utf-8") for a, b in zip(starts, ends)]
+        return index
+
+
+def read_index_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of an index file (backend, params, count, memory, fingerprint...) without its arrays."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise TscmError(f"{path}: no such index file")
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            header = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for damaged headers
+        raise TscmError(f"{path}: not a readable index file ({error})") from None
+    if METADATA_KEY not in header:
+        raise TscmError(f"{path}: safetensors file without {METADATA_KEY!r} metadata; not a tscm place index")
+    try:
+        meta = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise TscmError(f"{path}: index metadata is not valid JSON ({error})") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise TscmError(f"{path}: format {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise TscmError(f"{path}: index format version {meta.get('format_version')!r}; "
+                        f"this tscm reads version {FORMAT_VERSION}")
+    required = ("backend", "params", "dim", "count", "model_fingerprint", "model_meta", "sha256")
+    missing = [name for name in required if name not in meta]
+    if missing:
+        raise TscmError(f"{path}: index metadata lacks {', '.join(missing)}")
+    if meta["backend"] not in BACKENDS:
+        raise TscmError(f"{path}: unknown index backend {meta['backend']!r}")
+    return meta
+
+
+def _read_arrays(path: str | Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            arrays = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # truncated or damaged data sections
+        raise TscmError(f"{path}: index arrays cannot be read ({error}); the file is corrupt") from None
+    expected = meta["sha256"]
+    if set(arrays) != set(expected):
+        raise TscmError(f"{path}: index holds arrays {sorted(arrays)}, metadata lists {sorted(expected)}")
+    for name, array in arrays.items():
+        if _sha256(array) != expected[name]:
+            raise TscmError(f"{path}: array {name!r} does not match its checksum; the file is corrupt")
+    return arrays

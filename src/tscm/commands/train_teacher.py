@@ -1,0 +1,33 @@
+"""`tscm train-teacher`: train a teacher with hard-negative mining (YAML preset + overrides)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "train-teacher"
+HELP = "train a teacher network with triplet loss and hard-negative mining"
+DEFAULT_CONFIG = "demo_teacher"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tscm.train.cli_options import add_training_arguments
+
+    add_training_arguments(parser, DEFAULT_CONFIG)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tscm.config import load_config
+    from tscm.errors import TscmError
+    from tscm.train.cli_options import overrides_from_args, print_result
+    from tscm.train.session import resume_run, train_teacher
+
+    overrides = overrides_from_args(args)
+    if args.resume:
+        if args.config:
+            raise TscmError("--resume uses the run's saved config; drop --config")
+        result = resume_run(args.resume, overrides)
+    else:
+        config = load_config(args.config or DEFAULT_CONFIG, overrides, kind="teacher")
+        result = train_teacher(config)
+    print_result(result)
+    return 0

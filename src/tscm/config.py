@@ -1,0 +1,334 @@
+"""Typed training settings: dataclasses, YAML presets, command-line overrides, resolved copy.
+
+A run is described by one `TrainConfig` made of sections (`data`, `model`, `mining`, `train`,
+`loss`, `distill`, `eval`, `run`). A preset is a YAML file with the same sections; shipped presets
+live in `tscm/configs/*.yaml` and are found by name (`demo_teacher`), any other YAML by path.
+Every field can be overridden as `section.field=value`; values are converted to the field's type
+and checked, and unknown sections/fields or bad values raise `TscmError` naming them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from tscm.errors import TscmError
+
+
+def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DataSettings:
+    path: str = _setting("", "data set (folder, .mat, .csv, .npz) or synthetic:<preset> for the built-in city")
+    name: str = _setting("", "data-set name when a folder holds several (e.g. pitts30k beside pitts250k)")
+    synthetic_seed: int = _setting(0, "seed of the synthetic city when path is synthetic:<preset>")
+    train_split: str = _setting("train", "split used for training tuples")
+    val_split: str = _setting("val", "split used for model selection (never test)")
+    num_workers: int = _setting(0, "image-loading worker processes (0: load in the training process)")
+
+
+@dataclass
+class ModelSettings:
+    preset: str = _setting("teacher-tiny", "model preset to train (see `tscm info`)")
+    pretrained: bool = _setting(False, "start from ImageNet backbone weights (downloads through timm/torchvision)")
+    backbone_weights: str = _setting("", "local backbone weights file instead of a download")
+
+
+@dataclass
+class MiningConfig:
+    positive_rule: str = _setting(
+        "descriptor", "positive: nearest in descriptor space within pos_radius_m (published) or heading-aware",
+        choices=("descriptor", "heading", "nearest"),
+    )
+    pos_radius_m: float = _setting(10.0, "positives lie within this distance (m)")
+    neg_radius_m: float = _setting(25.0, "negatives lie beyond this distance (m)")
+    num_negatives: int = _setting(10, "negatives kept per tuple")
+    num_random: int = _setting(1000, "random database images ranked as negative candidates")
+    margin: float = _setting(0.1, "mining keeps negatives with d_neg < d_pos + sqrt(margin)")
+    heading_tolerance_deg: float = _setting(45.0, "heading rule: largest heading difference of a positive")
+    cache_dtype: str = _setting("float32", "dtype of the descriptor cache", choices=("float32", "float16"))
+    refresh_every_epochs: int = _setting(1, "recompute the descriptor cache every N epochs")
+    refresh_every_queries: int = _setting(0, "also recompute it every N training queries (0: only per epoch)")
+    descriptors: str = _setting(
+        "teacher", "student runs: whose descriptors drive mining (teacher: published)", choices=("teacher", "student")
+    )
+    batch_size: int = _setting(32, "images per batch when computing the cache")
+
+
+@dataclass
+class TrainSettings:
+    optimizer: str = _setting("adam", "optimiser", choices=("adam", "sgd"))
+    lr: float = _setting(1e-5, "learning rate")
+    weight_decay: float = _setting(1e-3, "weight decay")
+    momentum: float = _setting(0.9, "SGD momentum")
+    lr_gamma: float = _setting(0.99, "ExponentialLR factor applied after each epoch")
+    epochs: int = _setting(200, "largest number of epochs")
+    patience: int = _setting(10, "stop after this many epochs without validation Recall@1 gain (0: never)")
+    batch_size: int = _setting(8, "tuples per optimisation step (over all processes)")
+    max_queries_per_epoch: int = _setting(0, "train queries used per epoch, a random subset (0: all)")
+    seed: int = _setting(1234, "seed of weights, shuffling, mining and dropout")
+    device: str = _setting("auto", "auto, cpu, cuda or cuda:N")
+    amp: str = _setting("auto", "mixed precision: auto (bf16/fp16 on GPU, off on CPU)", choices=("auto", "off", "bf16", "fp16"))
+    threads: int = _setting(0, "torch CPU threads (0: torch default)")
+    batchnorm: str = _setting(
+        "batch", "batch norms while training: batch statistics, or frozen running statistics", choices=("batch", "frozen")
+    )
+    checkpoint_every_steps: int = _setting(100, "write the resumable last checkpoint every N steps (and each epoch)")
+    stop_after_steps: int = _setting(0, "simulate a crash: stop without saving after N steps in total (0: off)")
+    progress: bool = _setting(True, "show tqdm progress bars")
+
+
+@dataclass
+class LossSettings:
+    preset: str = _setting("none", "loss preset: none (triplet only), soft, cm, soft+cm, tscm, tscm-published, regression, rkd")
+    margin: float = _setting(0.1, "triplet margin (Euclidean distance)")
+
+
+@dataclass
+class DistillSettings:
+    teacher_checkpoint: str = _setting("", "teacher checkpoint directory (student runs)")
+    teacher_outputs: str = _setting(
+        "cache", "teacher descriptors: reuse the mining cache (no augmentation) or run the teacher per batch",
+        choices=("cache", "per_batch"),
+    )
+    time_steps: int = _setting(0, "before training, time N steps student-only vs distillation and print them")
+
+
+@dataclass
+class EvalSettings:
+    radius_m: float = _setting(25.0, "validation: a match within this radius is correct (10: published code)")
+    batch_size: int = _setting(64, "images per batch when extracting validation descriptors")
+
+
+@dataclass
+class RunSettings:
+    output_dir: str = _setting("runs", "folder that holds run folders")
+    name: str = _setting("", "run folder name (default: <kind>-<date>-<time>)")
+    tensorboard: bool = _setting(True, "also log to TensorBoard when it is installed")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a teacher or student run needs; `kind` is "teacher" or "student"."""
+
+    kind: str = "teacher"
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+KINDS = ("teacher", "student")
+
+
+def section_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name != "kind"]
+
+
+def _section_fields(section: str) -> dict[str, dataclasses.Field]:
+    section_type = typing.get_type_hints(TrainConfig)[section]
+    return {f.name: f for f in dataclasses.fields(section_type)}
+
+
+def all_keys() -> list[tuple[str, dataclasses.Field]]:
+    """Every overridable `section.field` with its dataclass field (for help and dotted flags)."""
+    return [(f"{s}.{name}", f) for s in section_names() for name, f in _section_fields(s).items()]
+
+
+def _field_type(section: str, name: str) -> type:
+    section_type = typing.get_type_hints(TrainConfig)[section]
+    return typing.get_type_hints(section_type)[name]
+
+
+def _coerce(value: Any, target: type, key: str, where: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise naming the key."""
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise TscmError(f"{where}: {key} must be true or false, got {value!r}")
+    if target is int:
+        if isinstance(value, bool):
+            raise TscmError(f"{where}: {key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise TscmError(f"{where}: {key} must be an integer, got {value!r}")
+    if target is float:
+        if isinstance(value, bool):
+            raise TscmError(f"{where}: {key} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise TscmError(f"{where}: {key} must be a number, got {value!r}")
+    if target is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TscmError(f"{where}: {key} must be a string, got {value!r}")
+    raise TscmError(f"{where}: {key} has unsupported type {target}")
+
+
+def set_value(config: TrainConfig, key: str, value: Any, where: str = "override") -> None:
+    """Set `section.field` (or `kind`) to `value`, converting and checking it."""
+    if key == "kind":
+        config.kind = _coerce(value, str, key, where)
+        return
+    section, _, name = key.partition(".")
+    if section not in section_names():
+        raise TscmError(f"{where}: unknown section {section!r} in {key!r}; sections: {', '.join(section_names())}")
+    fields = _section_fields(section)
+    if name not in fields:
+        raise TscmError(f"{where}: unknown setting {key!r}; {section} has: {', '.join(fields)}")
+    converted = _coerce(value, _field_type(section, name), key, where)
+    choices = fields[name].metadata.get("choices")
+    if choices is not None and converted not in choices:
+        raise TscmError(f"{where}: {key} must be one of {', '.join(choices)}, got {converted!r}")
+    setattr(getattr(config, section), name, converted)
+
+
+def apply_mapping(config: TrainConfig, mapping: dict[str, Any], where: str) -> None:
+    """Apply a nested mapping {section: {field: value}} as read from YAML."""
+    if not isinstance(mapping, dict):
+        raise TscmError(f"{where}: expected a mapping of sections, got {type(mapping).__name__}")
+    for section, values in mapping.items():
+        if section == "kind":
+            set_value(config, "kind", values, where)
+            continue
+        if section not in section_names():
+            raise TscmError(f"{where}: unknown section {section!r}; sections: {', '.join(section_names())}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise TscmError(f"{where}: section {section!r} must be a mapping, got {values!r}")
+        for name, value in values.items():
+            set_value(config, f"{section}.{name}", value, where)
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Split `section.field=value`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise TscmError(f"override {text!r}: expected section.field=value, e.g. train.lr=3e-4")
+    return key.strip(), value.strip()
+
+
+def shipped_presets() -> list[str]:
+    """Names of the YAML presets shipped in tscm/configs."""
+    folder = resources.files("tscm") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_text(name_or_path: str) -> tuple[str, str]:
+    """The YAML text of a shipped preset (by name) or of a file (by path), with where it came from."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise TscmError(f"config {name_or_path}: no such file")
+        return path.read_text(encoding="utf-8"), str(path)
+    resource = resources.files("tscm") / "configs" / f"{name_or_path}.yaml"
+    if not resource.is_file():
+        raise TscmError(
+            f"config {name_or_path!r}: not a YAML file and not a shipped preset; presets: {', '.join(shipped_presets())}"
+        )
+    return resource.read_text(encoding="utf-8"), f"preset {name_or_path}"
+
+
+def load_config(
+    name_or_path: str | None, overrides: Iterable[str] = (), kind: str | None = None
+) -> TrainConfig:
+    """Defaults, then the preset/YAML file, then `section.field=value` overrides, then checks."""
+    config = TrainConfig()
+    if kind is not None:
+        config.kind = kind
+    if name_or_path:
+        text, where = preset_text(name_or_path)
+        try:
+            mapping = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise TscmError(f"{where}: not valid YAML: {error}") from None
+        apply_mapping(config, mapping, where)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_value(config, key, value, f"override {item!r}")
+    if kind is not None and config.kind != kind:
+        raise TscmError(f"config {name_or_path}: describes a {config.kind} run, expected {kind}")
+    validate(config)
+    return config
+
+
+def config_from_dict(mapping: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Rebuild a config from `to_dict()` output (e.g. a run's saved config.yaml)."""
+    config = TrainConfig()
+    apply_mapping(config, mapping, where)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Cross-field and range checks; raises TscmError naming the setting."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise TscmError(f"config: {message}")
+
+    need(config.kind in KINDS, f"kind must be teacher or student, got {config.kind!r}")
+    t, m = config.train, config.mining
+    need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
+    need(t.weight_decay >= 0, f"train.weight_decay must be ≥ 0, got {t.weight_decay}")
+    need(0 < t.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1], got {t.lr_gamma}")
+    need(t.epochs >= 1, f"train.epochs must be ≥ 1, got {t.epochs}")
+    need(t.patience >= 0, f"train.patience must be ≥ 0, got {t.patience}")
+    need(t.batch_size >= 1, f"train.batch_size must be ≥ 1, got {t.batch_size}")
+    need(t.max_queries_per_epoch >= 0, f"train.max_queries_per_epoch must be ≥ 0, got {t.max_queries_per_epoch}")
+    need(t.checkpoint_every_steps >= 1, f"train.checkpoint_every_steps must be ≥ 1, got {t.checkpoint_every_steps}")
+    need(t.stop_after_steps >= 0, f"train.stop_after_steps must be ≥ 0, got {t.stop_after_steps}")
+    need(t.threads >= 0, f"train.threads must be ≥ 0, got {t.threads}")
+    need(
+        t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+        f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",
+    )
+    need(0 < m.pos_radius_m <= m.neg_radius_m, f"need 0 < mining.pos_radius_m ≤ mining.neg_radius_m, got {m.pos_radius_m}, {m.neg_radius_m}")
+    need(m.num_negatives >= 1, f"mining.num_negatives must be ≥ 1, got {m.num_negatives}")
+    need(m.num_random >= 1, f"mining.num_random must be ≥ 1, got {m.num_random}")
+    need(m.margin >= 0, f"mining.margin must be ≥ 0, got {m.margin}")
+    need(m.refresh_every_epochs >= 1, f"mining.refresh_every_epochs must be ≥ 1, got {m.refresh_every_epochs}")
+    need(m.refresh_every_queries >= 0, f"mining.refresh_every_queries must be ≥ 0, got {m.refresh_every_queries}")
+    need(m.batch_size >= 1, f"mining.batch_size must be ≥ 1, got {m.batch_size}")
+    need(config.loss.margin >= 0, f"loss.margin must be ≥ 0, got {config.loss.margin}")
+    need(config.eval.radius_m > 0, f"eval.radius_m must be positive, got {config.eval.radius_m}")
+    need(config.eval.batch_size >= 1, f"eval.batch_size must be ≥ 1, got {config.eval.batch_size}")
+    need(config.distill.time_steps >= 0, f"distill.time_steps must be ≥ 0, got {config.distill.time_steps}")
+    need(config.data.num_workers >= 0, f"data.num_workers must be ≥ 0, got {config.data.num_workers}")

@@ -1,0 +1,117 @@
+"""Training state on disk without pickle: nested state dicts split into safetensors + JSON.
+
+Optimiser, scheduler, gradient-scaler and miner states are nested dicts/lists of tensors, arrays
+and plain values. `pack_state` replaces every tensor/array by a reference into a flat tensor map
+(saved with safetensors) and keeps the rest as JSON; dicts keep their key types (optimisers key
+their state by int: such dicts are stored as key/value pairs). `unpack_state` inverts it exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from tscm.errors import TscmError
+from tscm.fileio import atomic_path, write_json_atomic
+
+_TENSOR = "__tensor__"
+_ARRAY = "__ndarray__"
+_DICT = "__dict__"
+_TUPLE = "__tuple__"
+
+
+def pack_state(obj: Any, tensors: dict[str, torch.Tensor] | None = None, prefix: str = "s") -> tuple[Any, dict[str, torch.Tensor]]:
+    """(JSON-able structure, flat tensor map) for a nested state."""
+    tensors = {} if tensors is None else tensors
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}.{len(tensors)}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {_TENSOR: key}, tensors
+    if isinstance(obj, np.ndarray):
+        key = f"{prefix}.{len(tensors)}"
+        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        return {_ARRAY: key}, tensors
+    if isinstance(obj, dict):
+        for k in obj:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TscmError(f"training state: cannot store a dict key of type {type(k).__name__}")
+        plain = all(isinstance(k, str) and not k.startswith("__") for k in obj)
+        if plain:  # an ordinary JSON object
+            return {k: pack_state(v, tensors, prefix)[0] for k, v in obj.items()}, tensors
+        return {_DICT: [[k, pack_state(v, tensors, prefix)[0]] for k, v in obj.items()]}, tensors
+    if isinstance(obj, (list, tuple)):
+        packed = [pack_state(v, tensors, prefix)[0] for v in obj]
+        return ({_TUPLE: packed} if isinstance(obj, tuple) else packed), tensors
+    if isinstance(obj, np.generic):
+        return obj.item(), tensors
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj, tensors
+    raise TscmError(f"training state: cannot store a value of type {type(obj).__name__}")
+
+
+def unpack_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `pack_state`."""
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if _ARRAY in obj:
+            return tensors[obj[_ARRAY]].numpy()
+        if _DICT in obj:
+            return {k: unpack_state(v, tensors) for k, v in obj[_DICT]}
+        if _TUPLE in obj:
+            return tuple(unpack_state(v, tensors) for v in obj[_TUPLE])
+        return {k: unpack_state(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unpack_state(v, tensors) for v in obj]
+    return obj
+
+
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+
+
+def save_training_state(folder: Path, state: dict[str, Any]) -> None:
+    """Write `state` into `folder` as training_state.safetensors + training_state.json."""
+    structure, tensors = pack_state(state)
+    with atomic_path(folder / STATE_TENSORS) as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(folder / STATE_JSON, structure)
+
+
+def load_training_state(folder: Path) -> dict[str, Any]:
+    json_path, tensor_path = folder / STATE_JSON, folder / STATE_TENSORS
+    if not json_path.is_file() or not tensor_path.is_file():
+        raise TscmError(f"{folder}: no training state ({STATE_JSON} + {STATE_TENSORS}); not a resumable checkpoint")
+    try:
+        structure = json.loads(json_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(tensor_path))
+    except (OSError, ValueError) as error:
+        raise TscmError(f"{folder}: unreadable training state: {error}") from None
+    return unpack_state(structure, tensors)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Move the finished folder `new` to `target`, replacing it; a crash leaves `target` or `target.old`."""
+    old = target.with_name(target.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def existing_folder(target: Path) -> Path | None:
+    """`target`, or its `.old` copy when a crash interrupted `replace_folder`; None if neither."""
+    if target.is_dir():
+        return target
+    old = target.with_name(target.name + ".old")
+    return old if old.is_dir() else None

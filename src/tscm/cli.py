@@ -11,6 +11,20 @@ from tscm.errors import TscmError
 
 # Sub-command modules under tscm.commands, in the order `tscm --help` lists them.
 COMMANDS = [
+    "check_data",
+    "evaluate",
+    "visualize",
+    "info",
+    "import_official",
+    "train_teacher",
+    "distill",
+    "demo",
+    "ablation",
+    "synth",
+    "export",
+    "index",
+    "query",
+    "bench",
 ]
 
 

@@ -1,0 +1,271 @@
+"""Extraction benchmark: descriptor ms per image per model, runtime and batch size, side by side;
+and the accuracy check of each runtime (Recall@1 and top-1 agreement with eager float32).
+
+Timing: the runtimes of one model and batch size take turns (a block of calls each, several
+turns), so load from other processes hits them alike; the table gives the median and the minimum
+over the timed calls. The speed-up compares medians. Models without a checkpoint (the paper presets) get random weights: speed
+does not depend on the weights, accuracy does, so their agreement columns only say how far each
+runtime moves descriptors, not what recall it keeps.
+
+Run: `python -m tscm.bench_extraction --models student-paper teacher-paper --batch-sizes 1 16`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from tscm.errors import TscmError
+from tscm.export import RUNTIMES, rowwise_cosine, runtime_model
+
+REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
+DEFAULT_RUNTIMES = RUNTIMES
+
+
+@dataclass
+class ExtractionRow:
+    model: str
+    runtime: str
+    batch_size: int
+    image_size: tuple[int, int]
+    median_ms: float  # per image, median over timed calls
+    min_ms: float  # per image, fastest call
+    calls: int  # timed calls
+    speedup: float  # reference median / this median, same model and batch size
+    min_cosine: float  # lowest descriptor cosine against the reference on the timed batch
+    prepare_s: float  # export / quantisation / conversion time
+
+
+def model_and_meta(source: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A checkpoint directory, or a preset name (random weights, seed 0), as (float32 model, metadata)."""
+    from tscm.checkpoint import load_checkpoint, model_fingerprint
+    from tscm.models.presets import build_model, config_to_dict, list_presets
+
+    if Path(source).is_dir():
+        return load_checkpoint(source)
+    if source not in list_presets():
+        raise TscmError(f"model {source!r}: expected a checkpoint directory or a preset ({', '.join(list_presets())})")
+    torch.manual_seed(0)
+    model = build_model(source).eval()
+    config = model.config
+    meta = {
+        "preset": source, "role": model.role, "config": config_to_dict(config),
+        "descriptor_dim": int(model.descriptor_dim), "image_size": list(config.image_size),
+        "mean": list(config.mean), "std": list(config.std), "fingerprint": model_fingerprint(model),
+    }
+    return model, meta
+
+
+def time_blocks(functions: dict[str, Callable[[], Any]], cycles: int, calls_per_block: int,
+                budget_s: float) -> dict[str, list[float]]:
+    """Seconds per call of each function, timed in blocks of consecutive calls, the functions taking turns.
+
+    Each block starts with one untimed call: thread pools of the previous runtime may still be
+    spinning, and the first call after a switch pays for it. Stops after `cycles` turns of every
+    function, or after the first turn once `budget_s` has passed.
+    """
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    started = time.perf_counter()
+    for _ in range(cycles):
+        for name, function in functions.items():
+            function()
+            for _ in range(calls_per_block):
+                tic = time.perf_counter()
+                function()
+                times[name].append(time.perf_counter() - tic)
+        if time.perf_counter() - started > budget_s:
+            break
+    return times
+
+
+def bench_model(source: str, runtimes: Sequence[str], batch_sizes: Sequence[int], *, threads: int,
+                calibration_paths: Sequence[str | Path], cycles: int, calls_per_block: int, budget_s: float,
+                exporter: str = "dynamo", print_fn: Callable[[str], None] = print) -> list[ExtractionRow]:
+    """Rows for one model: every runtime at every batch size, reference first."""
+    model, meta = model_and_meta(source)
+    name = meta["preset"] if not Path(source).is_dir() else f"{meta['preset']} ({Path(source).name})"
+    height, width = (int(s) for s in meta["image_size"])
+    order = [REFERENCE_RUNTIME] + [r for r in runtimes if r != REFERENCE_RUNTIME]
+    extractors: dict[str, nn.Module] = {}
+    prepare_s: dict[str, float] = {}
+    for runtime in order:
+        tic = time.perf_counter()
+        extractors[runtime] = runtime_model(model, meta, runtime, threads=threads, calibration_paths=calibration_paths,
+                                            exporter=exporter)
+        prepare_s[runtime] = time.perf_counter() - tic
+    rows = []
+    generator = torch.Generator().manual_seed(1)
+    for batch_size in batch_sizes:
+        images = torch.randn(batch_size, 3, height, width, generator=generator)
+        with torch.inference_mode():
+            outputs = {runtime: extractor(images).float().numpy() for runtime, extractor in extractors.items()}
+
+            def call(extractor: nn.Module) -> Callable[[], Any]:
+                return lambda: extractor(images)
+
+            times = time_blocks({runtime: call(extractor) for runtime, extractor in extractors.items()},
+                                cycles, calls_per_block, budget_s)
+        reference_ms = statistics.median(times[REFERENCE_RUNTIME]) * 1e3 / batch_size
+        for runtime in order:
+            median_ms = statistics.median(times[runtime]) * 1e3 / batch_size
+            row = ExtractionRow(
+                name, runtime, batch_size, (height, width), median_ms, min(times[runtime]) * 1e3 / batch_size,
+                len(times[runtime]), reference_ms / median_ms,
+                float(np.min(rowwise_cosine(outputs[REFERENCE_RUNTIME], outputs[runtime]))), prepare_s[runtime],
+            )
+            rows.append(row)
+            print_fn(format_extraction_row(row))
+    return rows
+
+
+EXTRACTION_HEADER = (f"{'model':<28} {'runtime':<11} {'batch':>5} {'size':>7} {'median ms/img':>13} {'min ms/img':>10} "
+                     f"{'calls':>5} {'speed-up':>8} {'min cos':>8} {'prep s':>7}")
+
+
+def format_extraction_row(row: ExtractionRow) -> str:
+    size = f"{row.image_size[0]}×{row.image_size[1]}"
+    return (f"{row.model:<28} {row.runtime:<11} {row.batch_size:>5} {size:>7} {row.median_ms:>13.2f} {row.min_ms:>10.2f} "
+            f"{row.calls:>5} {row.speedup:>7.2f}× {row.min_cosine:>8.5f} {row.prepare_s:>7.1f}")
+
+
+def bench_extraction(sources: Sequence[str], runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+                     batch_sizes: Sequence[int] = (1, 16), *, threads: int = 2,
+                     calibration_paths: Sequence[str | Path] = (), cycles: int = 3, calls_per_block: int = 5,
+                     budget_s: float = 60.0, exporter: str = "dynamo",
+                     print_fn: Callable[[str], None] = print) -> list[ExtractionRow]:
+    """Time every runtime of every model at every batch size with `threads` threads; print and return the rows."""
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise TscmError(f"runtimes {unknown}: expected some of {', '.join(RUNTIMES)}")
+    if "onnx-int8" in runtimes and not calibration_paths:
+        raise TscmError("runtime onnx-int8 needs calibration images (--calibration DATA)")
+    if any(b < 1 for b in batch_sizes):
+        raise TscmError(f"batch sizes must be positive, got {list(batch_sizes)}")
+    torch.set_num_threads(threads)
+    print_fn(EXTRACTION_HEADER)
+    rows: list[ExtractionRow] = []
+    for source in sources:
+        rows += bench_model(source, runtimes, batch_sizes, threads=threads, calibration_paths=calibration_paths,
+                            cycles=cycles, calls_per_block=calls_per_block, budget_s=budget_s, exporter=exporter,
+                            print_fn=print_fn)
+    return rows
+
+
+# ----- accuracy ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AccuracyRow:
+    runtime: str
+    recall_at_1: float  # percent
+    recall_delta: float  # points, this runtime minus the reference
+    top1_agreement: float  # percent of queries whose nearest database image is the reference's
+    min_cosine: float  # lowest database-descriptor cosine against the reference
+    num_queries: int
+
+
+def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str] = DEFAULT_RUNTIMES, *,
+                   radius_m: float = 25.0, threads: int = 2, calibration_paths: Sequence[str | Path] = (),
+                   batch_size: int = 32, print_fn: Callable[[str], None] = print) -> list[AccuracyRow]:
+    """Recall@1 of the checkpoint on `placeset` with each runtime, against eager float32."""
+    from tscm.evaluate import evaluate_descriptors, extract_descriptors
+
+    torch.set_num_threads(threads)
+    model, meta = model_and_meta(str(checkpoint))
+    order = [REFERENCE_RUNTIME] + [r for r in runtimes if r != REFERENCE_RUNTIME]
+    options = dict(image_size=meta["image_size"], mean=meta["mean"], std=meta["std"], batch_size=batch_size, progress=False)
+    print_fn(f"accuracy of {meta['preset']} ({checkpoint}) on {placeset.name}/{placeset.split}, radius {radius_m:g} m")
+    print_fn(f"{'runtime':<11} {'R@1 %':>7} {'ΔR@1':>6} {'top-1 agree %':>13} {'min cos':>8} {'queries':>7}")
+    rows: list[AccuracyRow] = []
+    reference: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    for runtime in order:
+        extractor = runtime_model(model, meta, runtime, threads=threads, calibration_paths=calibration_paths)
+        db = extract_descriptors(extractor, placeset.db_paths, **options)
+        queries = extract_descriptors(extractor, placeset.query_paths, **options)
+        result = evaluate_descriptors(placeset, db, queries, radius_m=radius_m, ns=(1,))
+        top1 = nearest(db, queries)
+        if reference is None:
+            reference = (db, top1, np.asarray(result.recall[1]))
+        row = AccuracyRow(runtime, result.recall[1], result.recall[1] - float(reference[2]),
+                          100.0 * float(np.mean(top1 == reference[1])),
+                          float(np.min(rowwise_cosine(reference[0], db))), result.num_queries_evaluated)
+        rows.append(row)
+        print_fn(f"{row.runtime:<11} {row.recall_at_1:>7.2f} {row.recall_delta:>+6.2f} {row.top1_agreement:>13.1f} "
+                 f"{row.min_cosine:>8.5f} {row.num_queries:>7}")
+    return rows
+
+
+def nearest(db: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Index of each query's nearest database descriptor (exact L2)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(db.shape[1])
+    index.add(np.ascontiguousarray(db, dtype=np.float32))
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)[1][:, 0]
+
+
+# ----- command line -------------------------------------------------------------------------------
+
+
+def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=["student-paper", "teacher-paper"],
+                        help="checkpoint directories or presets (random weights) to time")
+    parser.add_argument("--runtimes", nargs="+", default=list(DEFAULT_RUNTIMES), choices=RUNTIMES)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
+    parser.add_argument("--cycles", type=int, default=3, help="turns of every runtime per model and batch size")
+    parser.add_argument("--calls", type=int, default=5, help="timed calls per turn (after one untimed call)")
+    parser.add_argument("--budget", type=float, default=120.0,
+                        help="seconds of timing per model and batch size; no new turn starts after it (≥ 1 turn)")
+    parser.add_argument("--calibration", default=None,
+                        help="data set whose train-split database images calibrate int8 (default: synthetic demo city)")
+    parser.add_argument("--calibration-images", type=int, default=64)
+    parser.add_argument("--accuracy", default=None, metavar="CKPT",
+                        help="also measure Recall@1 per runtime of this checkpoint on --accuracy-data")
+    parser.add_argument("--accuracy-data", default=None, help="data set for --accuracy (default: synthetic demo city)")
+    parser.add_argument("--accuracy-split", default="test")
+
+
+def calibration_images(data: str | None, count: int) -> list[Path]:
+    """`count` train-split database images of `data` (default: the synthetic demo city, generated on first use)."""
+    from tscm.export import calibration_subset
+
+    placeset = _placeset(data, "train")
+    return calibration_subset(placeset.db_paths, count)
+
+
+def _placeset(data: str | None, split: str) -> Any:
+    from tscm.data.formats import load_placeset
+    from tscm.data.synthetic import ensure_synthetic_city
+
+    return load_placeset(data if data is not None else ensure_synthetic_city("demo"), split=split)
+
+
+def run_extraction(args: argparse.Namespace) -> None:
+    calibration = calibration_images(args.calibration, args.calibration_images) if "onnx-int8" in args.runtimes else []
+    print(f"extraction benchmark: {args.threads} threads; per model and batch size the runtimes take turns, "
+          f"{args.calls} timed calls a turn, up to {args.cycles} turns; ms per image, median and fastest call; speed-up and "
+          f"descriptor cosine against eager float32 ('{REFERENCE_RUNTIME}'); int8 calibrated on {len(calibration)} images")
+    bench_extraction(args.models, args.runtimes, args.batch_sizes, threads=args.threads, calibration_paths=calibration,
+                     cycles=args.cycles, calls_per_block=args.calls, budget_s=args.budget)
+    if args.accuracy:
+        bench_accuracy(args.accuracy, _placeset(args.accuracy_data, args.accuracy_split), args.runtimes,
+                       threads=args.threads, calibration_paths=calibration)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Time descriptor extraction per model, runtime and batch size.")
+    add_extraction_arguments(parser)
+    run_extraction(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""`tscm demo` / `tscm ablation` orchestration on the tiny synthetic city with a step or two of training:
+the run folder's files exist and hold the numbers the saved descriptors give (not the learning)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tscm import cli
+from tscm.ablation import ablation_settings, compare_to_baseline
+from tscm.data.formats import load_placeset
+from tscm.models import build_model
+from tscm.reference import raw_pixel_descriptors
+from tscm.report import load_descriptors
+
+TINY_RUN = ["--data", "synthetic:tiny", "--quick", "--no-progress", "--threads", "1"]
+
+
+def reference_recall(db: np.ndarray, queries: np.ndarray, db_xy: np.ndarray, query_xy: np.ndarray,
+                     radius_m: float, ns=(1, 5, 10)) -> dict[int, float]:
+    """Recall@N by brute force in float64: stable sort of squared distances, positives by plain distance."""
+    distances = ((queries[:, None, :].astype(np.float64) - db[None, :, :]) ** 2).sum(-1)
+    ranked = np.argsort(distances, axis=1, kind="stable")
+    metres = np.sqrt(((query_xy[:, None, :] - db_xy[None, :, :]) ** 2).sum(-1))
+    has_positive = (metres <= radius_m).any(axis=1)
+    recall = {}
+    for n in ns:
+        hits = [(metres[q, ranked[q, :n]] <= radius_m).any() for q in np.flatnonzero(has_positive)]
+        recall[n] = 100.0 * float(np.mean(hits))
+    return recall
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def demo_run(cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    assert cli.main(["demo", *TINY_RUN, "--cache-dir", str(cache), "--out", str(out)]) == 0
+    return out
+
+
+def test_raw_pixel_descriptors_match_a_plain_computation(tmp_path):
+    rng = np.random.default_rng(0)
+    # 4×4 blocks whose texture (±20 in a checkerboard) averages out, so each block's mean is an exact integer.
+    block_means = rng.integers(30, 220, size=(2, 3, 3))
+    checker = np.where((np.arange(8)[:, None] + np.arange(12)[None, :]) % 2 == 0, 20, -20)[:, :, None]
+    pixels = (np.repeat(np.repeat(block_means, 4, axis=0), 4, axis=1) + checker).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(np.full((8, 12, 3), 90, dtype=np.uint8)).save(tmp_path / "flat.png")
+    out = raw_pixel_descriptors([tmp_path / "a.png", tmp_path / "flat.png"], (2, 3))
+    # A box filter from 8×12 to 2×3 averages the 4×4 blocks.
+    blocks = pixels.astype(np.float64).reshape(2, 4, 3, 4, 3).mean(axis=(1, 3)) / 255.0
+    np.testing.assert_array_equal(blocks * 255.0, block_means)
+    expected = blocks.reshape(-1) - blocks.mean()
+    expected /= np.linalg.norm(expected)
+    assert out.dtype == np.float32 and out.shape == (2, 18)
+    np.testing.assert_allclose(out[0], expected, atol=1e-6)
+    assert not out[1].any(), "a constant image has no structure left after centring"
+
+
+def test_ablation_rows_merge_presets_with_the_same_terms():
+    from tscm.losses import DISTILLATION_PRESETS
+
+    rows = ablation_settings()
+    trained = [row.preset for row in rows]
+    assert len(trained) == len(set(trained))
+    covered = [alias for row in rows for alias in row.aliases]
+    assert sorted(covered) == sorted(DISTILLATION_PRESETS)
+    for row in rows:
+        for alias in row.aliases:
+            assert DISTILLATION_PRESETS[alias] == row.weights
+    if DISTILLATION_PRESETS["soft+cm"] == DISTILLATION_PRESETS["tscm"]:
+        merged = next(row for row in rows if "tscm" in row.aliases)
+        assert merged.aliases == ("soft+cm", "tscm") and merged.preset == "tscm"
+        assert "L_hard + L_soft + L_cm" in merged.label
+
+
+def test_compare_to_baseline_states_the_difference_and_its_error():
+    def row(name, mean, stderr):
+        return {"name": name, "recall": {"1": {"mean": mean, "stderr": stderr, "n": 3}}}
+
+    lines = compare_to_baseline([row("base", 50.0, 1.0), row("up", 56.0, 1.0), row("same", 51.0, 1.0)], "base")
+    assert lines[0].startswith(f"up: R@1 +6.0 ± {math.hypot(1, 1):.1f}") and "clear gain" in lines[0]
+    assert "within noise" in lines[1]
+
+
+def test_demo_writes_results_that_match_its_descriptors(demo_run, cache):
+    results = json.loads((demo_run / "results.json").read_text())
+    names = [m["name"] for m in results["models"]]
+    assert names == ["teacher", "student-tscm", "student-baseline", "raw-pixels"]
+    by_name = {m["name"]: m for m in results["models"]}
+    assert [by_name[n]["role"] for n in names] == ["teacher", "student", "student", "reference"]
+    assert by_name["student-tscm"]["distillation"] == "tscm"
+    assert by_name["student-baseline"]["distillation"] is None and by_name["teacher"]["distillation"] is None
+
+    test_set = load_placeset(cache / "synth-tiny-seed0", "test")
+    assert results["dataset"]["num_queries"] == test_set.num_queries and results["radius_m"] == 25.0
+    for name in names:
+        db, queries = load_descriptors(demo_run, name)
+        expected = reference_recall(db, queries, test_set.db_xy, test_set.query_xy, 25.0)
+        for n, value in expected.items():
+            assert by_name[name]["recall"][str(n)] == pytest.approx(value, abs=1e-9), (name, n)
+        published = reference_recall(db, queries, test_set.db_xy, test_set.query_xy, 10.0, ns=(1,))
+        assert by_name[name]["recall_10m"]["1"] == pytest.approx(published[1], abs=1e-9)
+        assert by_name[name]["ms_per_image"] > 0 and by_name[name]["matching_ms_per_query"] > 0
+        assert by_name[name]["descriptor_dim"] == db.shape[1]
+
+    raw_db, raw_queries = load_descriptors(demo_run, "raw-pixels")
+    np.testing.assert_array_equal(raw_queries, raw_pixel_descriptors(test_set.query_paths, 16))
+    assert by_name["raw-pixels"]["params"] == 0
+    for name, preset in (("teacher", "teacher-tiny"), ("student-tscm", "student-tiny")):
+        assert by_name[name]["params"] == sum(p.numel() for p in build_model(preset).parameters())
+
+    table = (demo_run / "results.md").read_text()
+    for name in names:
+        line = next(row for row in table.splitlines() if row.startswith(f"| {name} "))
+        assert f"| {by_name[name]['recall']['1']:.1f} |" in line
+    for picture in ("recall_curves.png", "retrieval_student-tscm.png", "map_teacher.png"):
+        assert (demo_run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    settings = json.loads((demo_run / "settings.json").read_text())
+    assert settings["options"]["quick"] is True and "tscm demo" in settings["command"]
+    assert (demo_run / "train" / "student-tscm" / "config.yaml").is_file()
+
+
+def test_demo_refuses_a_used_run_folder(demo_run, capsys):
+    assert cli.main(["demo", *TINY_RUN, "--out", str(demo_run)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_ablation_rows_summarise_their_seeds(demo_run, cache, tmp_path):
+    out = tmp_path / "ablation"
+    teacher = demo_run / "train" / "teacher" / "best"
+    args = ["ablation", *TINY_RUN, "--cache-dir", str(cache), "--out", str(out), "--teacher", str(teacher),
+            "--seeds", "0", "1", "--rows", "none", "cm"]
+    assert cli.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = results["ablation"]
+    assert [row["settings"]["preset"] for row in rows] == ["none", "cm"]
+    assert rows[0]["name"] == "none: L_hard (no distillation)" and rows[1]["name"] == "cm: L_hard + L_cm"
+    for row in rows:
+        assert row["seeds"] == [0, 1]
+        values = [r["1"] for r in row["recall_per_seed"]]
+        assert row["recall"]["1"]["mean"] == pytest.approx(np.mean(values))
+        assert row["recall"]["1"]["stderr"] == pytest.approx(np.std(values, ddof=1) / math.sqrt(2))
+        assert len(row["wall_s_per_seed"]) == 2
+    # Same tuples, same steps: rows differ only in their loss.
+    assert rows[0]["settings"]["steps_per_seed"] == rows[1]["settings"]["steps_per_seed"]
+
+    test_set = load_placeset(cache / "synth-tiny-seed0", "test")
+    by_name = {m["name"]: m for m in results["models"]}
+    assert set(by_name) == {"teacher", "raw-pixels", "student-none-seed0", "student-cm-seed0"}
+    for name, row in (("student-none-seed0", rows[0]), ("student-cm-seed0", rows[1])):
+        db, queries = load_descriptors(out, name)
+        expected = reference_recall(db, queries, test_set.db_xy, test_set.query_xy, 25.0)
+        assert row["recall_per_seed"][0]["1"] == pytest.approx(expected[1], abs=1e-9)
+        assert by_name[name]["recall"]["1"] == pytest.approx(expected[1], abs=1e-9)
+    assert "cm: L_hard + L_cm" in (out / "results.md").read_text()
+    assert (out / "recall_curves.png").is_file()
+
+
+def test_data_argument_takes_a_path_or_a_synthetic_preset(tmp_path):
+    from tscm.demo import resolve_data
+    from tscm.errors import TscmError
+
+    assert resolve_data(str(tmp_path)) == tmp_path
+    with pytest.raises(TscmError, match="no such file or folder"):
+        resolve_data(str(tmp_path / "missing"))
+    with pytest.raises(TscmError, match="unknown synthetic preset 'nowhere'"):
+        resolve_data("synthetic:nowhere", cache_dir=str(tmp_path))
+
+
+def test_chance_level_is_the_mean_share_of_true_matches():
+    from tscm.data.places import PlaceSet
+    from tscm.demo import chance_recall_at_1
+
+    places = PlaceSet("toy", "test", ["a", "b", "c"], ["q1", "q2", "q3"],
+                      db_xy=[[0, 0], [10, 0], [100, 0]], query_xy=[[0, 0], [100, 0], [500, 0]])
+    # q1 has 2 of 3 database images within 25 m, q2 has 1 of 3, q3 none (dropped).
+    assert chance_recall_at_1(places, 25.0) == pytest.approx(100.0 * (2 / 3 + 1 / 3) / 2)

@@ -1,0 +1,383 @@
+"""Streaming place recognition: images in, nearest known places (with coordinates) out.
+
+`PlaceRecognizer` joins a descriptor extractor (a checkpoint or an exported ONNX model, any
+runtime of `tscm.export`) and a `PlaceIndex`. Images may be paths, PIL images or H×W×3 uint8
+arrays. The index's metadata records the model fingerprint, so an index is only ever searched
+with descriptors of the model that built it.
+
+Back-ends that need training (PCA, IVF) and streaming `add`: the recognizer searches an exact
+flat index until it holds `train_after` descriptors (default: twice what the back-end needs to
+train, at least 1,000), then trains the requested back-end on everything added so far and moves
+to it; later adds go straight into it. `backend="auto"` follows `recommended_config` as the map
+grows (exact flat while small, PCA + flat, then HNSW), switching when the recommendation changes.
+`rebuild()` retrains on everything (worth doing after the map has grown well past its training
+set). Switching and rebuilding need the original descriptors, which the recognizer keeps in
+memory for what was added in this session (dim × 4 bytes per image); an index loaded from a
+file keeps its back-end, since its file holds only the searched (possibly reduced) vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tscm.errors import TscmError
+from tscm.index import PlaceIndex, read_index_metadata, recommended_config
+
+BAD_IMAGE_POLICIES = ("fail", "skip")
+MIN_TRAIN_AFTER = 1000
+RECOGNIZER_META_KEY = "recognizer"  # inside the index's model_meta: the requested back-end, kept across saves
+
+
+@dataclass
+class Place:
+    """One hit of a query: the database image's id, path (None if added from memory), coordinates."""
+
+    rank: int
+    id: int
+    distance: float  # squared L2 in the space the back-end searches
+    path: str | None
+    xy: tuple[float, float] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "id": self.id, "distance": self.distance, "path": self.path,
+                "east": None if self.xy is None else self.xy[0], "north": None if self.xy is None else self.xy[1]}
+
+
+@dataclass
+class Described:
+    """Descriptors of the images that could be read, and what became of the others."""
+
+    descriptors: np.ndarray  # K×D float32
+    kept: list[int]  # positions in the input of the K described images
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason) of unreadable ones
+
+
+def image_label(image: Any) -> str:
+    """The path of a path-like image, else a short description (for messages and stored paths)."""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return f"<{type(image).__name__}>"
+
+
+def _as_rgb(image: Any):
+    """A PIL RGB image from a path, PIL image or H×W×3 / H×W uint8 array (TscmError naming the problem)."""
+    from PIL import Image
+
+    from tscm.data.transforms import load_rgb
+
+    if isinstance(image, (str, Path)):
+        return load_rgb(image)
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+            raise TscmError(f"image array: expected H×W×3 (or H×W) uint8 pixels, got {image.dtype} {image.shape}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        return Image.fromarray(image).convert("RGB")
+    raise TscmError(f"image of type {type(image).__name__}: expected a path, a PIL image or a uint8 array")
+
+
+def describe_images(extractor, meta: dict[str, Any], images: Sequence[Any], *, batch_size: int = 16,
+                    on_bad_image: str = "fail", progress: bool = False,
+                    report: Callable[[str], None] | None = None) -> Described:
+    """Descriptors of `images` in order, in batches; unreadable images fail or are skipped (and reported)."""
+    import torch
+    from tqdm import tqdm
+
+    from tscm.data.transforms import eval_transform
+
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise TscmError(f"on_bad_image {on_bad_image!r}: expected one of {', '.join(BAD_IMAGE_POLICIES)}")
+    if batch_size < 1:
+        raise TscmError(f"batch_size: expected a positive number, got {batch_size}")
+    dim = int(meta["descriptor_dim"])
+    chunks: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    starts = range(0, len(images), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="descriptors", unit="batch", disable=None if progress else True):
+            tensors, positions = [], []
+            for position in range(start, min(start + batch_size, len(images))):
+                try:
+                    rgb = _as_rgb(images[position])
+                except TscmError as error:
+                    if on_bad_image == "fail":
+                        raise TscmError(f"{error} (pass on_bad_image='skip' / --on-bad-image skip to leave it out)") from None
+                    skipped.append((image_label(images[position]), str(error)))
+                    if report is not None:
+                        report(f"skipped: {error}")
+                    continue
+                tensors.append(eval_transform(rgb, meta["image_size"], meta["mean"], meta["std"]))
+                positions.append(position)
+            if not tensors:
+                continue
+            output = extractor(torch.stack(tensors))
+            if not isinstance(output, torch.Tensor) or tuple(output.shape) != (len(tensors), dim):
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise TscmError(f"model output: expected {len(tensors)}×{dim} descriptors, got {shape}")
+            chunks.append(output.float().numpy())
+            kept += positions
+    descriptors = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
+    return Described(np.ascontiguousarray(descriptors, dtype=np.float32), kept, skipped)
+
+
+def index_model_meta(meta: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
+    """What an index records about the model that made its descriptors (beside the fingerprint)."""
+    return {
+        "checkpoint": None if source is None else str(Path(source).resolve()),
+        "preset": meta.get("preset"),
+        "role": meta.get("role"),
+        "descriptor_dim": int(meta["descriptor_dim"]),
+        "image_size": [int(s) for s in meta["image_size"]],
+        "mean": [float(m) for m in meta["mean"]],
+        "std": [float(s) for s in meta["std"]],
+        "runtime": meta.get("runtime", "torch"),
+        "precision": meta.get("precision", "float32"),
+    }
+
+
+def training_minimum(backend: str, params: dict[str, Any]) -> int:
+    """Fewest descriptors `PlaceIndex.train` accepts for this back-end (0: it needs no training)."""
+    needed = 0
+    if params.get("pca_dim") is not None or backend == "pca-flat":
+        needed = max(needed, int(params.get("pca_dim") or 256))
+    if backend == "ivfpq":
+        needed = max(needed, int(params.get("nlist", 1024)), 2 ** int(params.get("pq_bits", 8)))
+    return needed
+
+
+class PlaceRecognizer:
+    """An extractor and a place index: `add` images of known places, `query` new images."""
+
+    def __init__(self, extractor, meta: dict[str, Any], *, source: str | Path | None = None,
+                 index: PlaceIndex | None = None, backend: str = "auto", backend_params: dict[str, Any] | None = None,
+                 train_after: int | None = None, batch_size: int = 16) -> None:
+        self.extractor = extractor
+        self.meta = meta
+        self.fingerprint: str = meta["fingerprint"]
+        self.dim = int(meta["descriptor_dim"])
+        self.batch_size = batch_size
+        self.source = source
+        self.index = index
+        if index is not None and index.dim != self.dim:
+            raise TscmError(f"index holds {index.dim}-d descriptors, the model makes {self.dim}-d ones")
+        self._configure(backend, dict(backend_params or {}), train_after)
+        # The session's original descriptors with their ids, paths and coordinates; None when the
+        # map was loaded from a file (which keeps only the searched vectors).
+        self._held: list[np.ndarray] | None = [] if index is None else None
+        self._ids: list[np.ndarray] = []
+        self._paths: list[str] = []
+        self._xy: list[np.ndarray] | None = []
+
+    def _configure(self, backend: str, params: dict[str, Any], train_after: int | None) -> None:
+        """Check and record the requested back-end, its parameters and when to train it."""
+        if backend == "auto":
+            if params:
+                raise TscmError(f"backend 'auto' chooses its own parameters; name a backend to set {', '.join(params)}")
+            minimum = 0
+        else:
+            PlaceIndex.create(backend, self.dim, **params)  # fails now on an unknown back-end or parameter
+            minimum = training_minimum(backend, params)
+        train_after = train_after if train_after is not None else max(2 * minimum, MIN_TRAIN_AFTER)
+        if train_after < minimum:
+            raise TscmError(f"train_after={train_after}: backend {backend!r} needs at least {minimum} descriptors to train")
+        self.backend, self.backend_params, self.train_after = backend, params, train_after
+
+    def _model_meta(self) -> dict[str, Any]:
+        requested = {"backend": self.backend, "params": self.backend_params, "train_after": self.train_after}
+        return {**index_model_meta(self.meta, self.source), RECOGNIZER_META_KEY: requested}
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, index: str | Path | PlaceIndex | None = None, *,
+                        backend: str = "auto", runtime: str = "torch", threads: int | None = None,
+                        calibration_paths: Sequence[str | Path] = (), train_after: int | None = None,
+                        batch_size: int = 16, **backend_params: Any) -> PlaceRecognizer:
+        """A recognizer with the model of `checkpoint` (directory or exported .onnx) run by `runtime`.
+
+        `index`: None (start an empty map with `backend`), or an index file / PlaceIndex made by this
+        model, which keeps its own back-end.
+        """
+        from tscm.export import make_extractor
+
+        if index is not None and (backend != "auto" or backend_params or train_after is not None):
+            raise TscmError("backend settings apply to a new map; an existing index keeps the back-end it was built with")
+        extractor, meta = make_extractor(checkpoint, runtime, threads=threads, calibration_paths=calibration_paths)
+        loaded = None
+        if isinstance(index, PlaceIndex):
+            loaded = index
+            if loaded.model_fingerprint != meta["fingerprint"]:
+                raise TscmError(f"index was built from descriptors of model {loaded.model_fingerprint!r}, but "
+                                f"{checkpoint} has fingerprint {meta['fingerprint']!r}; rebuild the index with this model")
+        elif index is not None:
+            loaded = PlaceIndex.load(index, expected_fingerprint=meta["fingerprint"])
+        if loaded is not None:
+            backend, backend_params = loaded.backend, dict(loaded.params)
+        return cls(extractor, meta, source=checkpoint, index=loaded, backend=backend, backend_params=backend_params,
+                   train_after=train_after, batch_size=batch_size)
+
+    @classmethod
+    def load(cls, path: str | Path, checkpoint: str | Path | None = None, *, runtime: str = "torch",
+             threads: int | None = None, batch_size: int = 16) -> PlaceRecognizer:
+        """The map saved at `path`, with the checkpoint recorded in it (or `checkpoint`, which must be the same model)."""
+        if checkpoint is None:
+            recorded = (read_index_metadata(path).get("model_meta") or {}).get("checkpoint")
+            if not recorded:
+                raise TscmError(f"{path}: the index records no checkpoint; pass one (--checkpoint)")
+            if not Path(recorded).exists():
+                raise TscmError(f"{path}: the checkpoint it records, {recorded}, does not exist; pass one (--checkpoint)")
+            checkpoint = recorded
+        return cls.from_checkpoint(checkpoint, path, runtime=runtime, threads=threads, batch_size=batch_size)
+
+    # ---- state --------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return 0 if self.index is None else self.index.count
+
+    @property
+    def can_rebuild(self) -> bool:
+        """Whether the original descriptors of every entry are held (needed to switch or retrain)."""
+        return self._held is not None
+
+    # ---- adding -------------------------------------------------------------------------
+    def describe(self, images: Sequence[Any], *, on_bad_image: str = "fail", progress: bool = False,
+                 report: Callable[[str], None] | None = None) -> Described:
+        """Descriptors of `images` with this recognizer's model (see `describe_images`)."""
+        return describe_images(self.extractor, self.meta, list(images), batch_size=self.batch_size,
+                               on_bad_image=on_bad_image, progress=progress, report=report)
+
+    def add(self, images: Sequence[Any], xy=None, ids=None, *, on_bad_image: str = "fail", progress: bool = False,
+            report: Callable[[str], None] | None = None) -> Described:
+        """Describe `images` and add them as known places; returns what was added and skipped.
+
+        `xy`: N×2 coordinates (metres) or None, for every add or for none. `ids`: N unique
+        integers, default the next free numbers. A skipped image leaves its id unused.
+        """
+        images = list(images)
+        if not images:
+            raise TscmError("add: no images given")
+        if xy is not None:
+            xy = np.asarray(xy, dtype=np.float64)
+            if xy.shape != (len(images), 2):
+                raise TscmError(f"add: expected coordinates of shape ({len(images)}, 2), got {xy.shape}")
+        if ids is None:
+            start = self._next_id()
+            ids = np.arange(start, start + len(images), dtype=np.int64)
+        ids = np.asarray(ids)
+        if ids.shape != (len(images),) or not np.issubdtype(ids.dtype, np.integer):
+            raise TscmError(f"add: expected {len(images)} integer ids, got shape {ids.shape} dtype {ids.dtype}")
+        described = self.describe(images, on_bad_image=on_bad_image, progress=progress, report=report)
+        if not described.kept:
+            raise TscmError(f"add: none of the {len(images)} images could be read")
+        kept = np.asarray(described.kept)
+        paths = [str(images[i]) if isinstance(images[i], (str, Path)) else "" for i in described.kept]
+        self.add_descriptors(described.descriptors, ids[kept], xy=None if xy is None else xy[kept], paths=paths)
+        return described
+
+    def add_descriptors(self, descriptors: np.ndarray, ids, *, xy=None, paths: Sequence[str] | None = None) -> None:
+        """Add descriptors made by this recognizer's model (e.g. by `describe`); may switch back-end (module doc)."""
+        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        paths = list(paths) if paths is not None else [""] * len(descriptors)
+        if self.index is None:
+            self.index = PlaceIndex.create("flat", self.dim, model_fingerprint=self.fingerprint,
+                                           model_meta=self._model_meta())
+        self.index.add(descriptors, ids, paths=paths, xy=xy)
+        if self._held is None:
+            return
+        self._held.append(descriptors)
+        self._ids.append(ids)
+        self._paths += paths
+        if xy is None:
+            self._xy = None
+        elif self._xy is not None:
+            self._xy.append(np.asarray(xy, dtype=np.float64))
+        target = self._target_config()
+        if target is not None and not self._index_matches(*target):
+            self.rebuild()
+
+    def _next_id(self) -> int:
+        if self.count == 0:
+            return 0
+        if self._held is not None:
+            return int(max(int(chunk.max()) for chunk in self._ids)) + 1
+        # PlaceIndex has no public accessor for its ids yet; a loaded map needs them to continue numbering.
+        return int(self.index._ids.max()) + 1
+
+    def _target_config(self) -> tuple[str, dict[str, Any]] | None:
+        """The back-end the map should be on now, or None while it collects descriptors to train on."""
+        if self.backend == "auto":
+            return recommended_config(self.count, self.dim)
+        if training_minimum(self.backend, self.backend_params) == 0 or self.count >= self.train_after:
+            return self.backend, self.backend_params
+        return None
+
+    def _index_matches(self, backend: str, params: dict[str, Any]) -> bool:
+        return self.index.backend == backend and all(self.index.params.get(k) == v for k, v in params.items())
+
+    def rebuild(self, backend: str | None = None, **params: Any) -> None:
+        """Rebuild the index from every descriptor held, training on all of them.
+
+        With `backend`, switch to it (with `params`); else rebuild the requested back-end.
+        """
+        if not self.can_rebuild:
+            raise TscmError("rebuild: this map was loaded from a file, which holds only the searched vectors; "
+                            "build it again from the images (tscm index build)")
+        if self.count == 0:
+            raise TscmError("rebuild: the map is empty; add images first")
+        if backend is not None:
+            self._configure(backend, params, None)
+        chosen, chosen_params = (recommended_config(self.count, self.dim) if self.backend == "auto"
+                                 else (self.backend, self.backend_params))
+        minimum = training_minimum(chosen, chosen_params)
+        if self.count < minimum:
+            raise TscmError(f"rebuild: backend {chosen!r} needs at least {minimum} descriptors to train, "
+                            f"the map holds {self.count}")
+        self.index = PlaceIndex.build(
+            np.concatenate(self._held), np.concatenate(self._ids), paths=self._paths,
+            xy=None if self._xy is None else np.concatenate(self._xy), backend=chosen,
+            model_fingerprint=self.fingerprint, model_meta=self._model_meta(), **chosen_params)
+
+    # ---- search -------------------------------------------------------------------------
+    def query(self, image: Any, k: int = 5) -> list[Place]:
+        """The `k` nearest known places of one image (fewer if the map holds fewer), nearest first."""
+        return self.query_many([image], k)[0]
+
+    def query_many(self, images: Sequence[Any], k: int = 5) -> list[list[Place]]:
+        """`query` for several images, described and searched in batches."""
+        self._check_not_empty()
+        return self.search(self.describe(images).descriptors, k)
+
+    def search(self, descriptors: np.ndarray, k: int = 5) -> list[list[Place]]:
+        """Places for descriptors made by this recognizer's model, one list per descriptor."""
+        self._check_not_empty()
+        result = self.index.search(descriptors, k)
+        places = []
+        for row in range(len(result.indices)):
+            hits = []
+            for rank, position in enumerate(result.indices[row].tolist()):
+                if position < 0:
+                    break
+                path = result.paths[row][rank] if result.paths is not None else None
+                xy = None if result.xy is None else (float(result.xy[row, rank, 0]), float(result.xy[row, rank, 1]))
+                hits.append(Place(rank + 1, int(result.ids[row, rank]), float(result.distances[row, rank]),
+                                  path or None, xy))
+            places.append(hits)
+        return places
+
+    def _check_not_empty(self) -> None:
+        if self.count == 0:
+            raise TscmError("query: the map is empty; add images of known places first")
+
+    # ---- files --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the map (index, model fingerprint, checkpoint path, requested back-end), atomically."""
+        if self.count == 0:
+            raise TscmError(f"save {path}: the map is empty; add images first")
+        self.index.save(path)

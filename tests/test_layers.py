@@ -10,7 +10,15 @@ import torch
 
 from tscm.errors import TscmError
 from tscm.models.backbones import CnnConfig, CnnTrunk, VitConfig, VitTokens
-from tscm.models.layers import CrossAttention, FeedForward, GeM, InterTransformerEncoder, NetVLADGated, l2_normalize
+from tscm.models.layers import (
+    CrossAttention,
+    FeedForward,
+    GeM,
+    InterTransformerEncoder,
+    NetVLADGated,
+    l2_normalize,
+    standardize_per_image,
+)
 
 
 def arr(t: torch.Tensor) -> np.ndarray:
@@ -26,6 +34,34 @@ def test_l2_normalize_matches_division_by_norm() -> None:
     expected = np.array([[v / math.sqrt(sum(w * w for w in row)) for v in row] for row in arr(x)])
     np.testing.assert_allclose(arr(l2_normalize(x)), expected, rtol=1e-6, atol=1e-7)
     assert torch.equal(l2_normalize(torch.zeros(2, 4)), torch.zeros(2, 4))
+
+
+def test_standardize_per_image_matches_loop() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5) * 3 + 1
+    x[1, 2] = 0.25  # a flat channel: centred, scale bounded by eps instead of dividing by zero
+    out = arr(standardize_per_image(x, eps=1e-3))
+    xs = arr(x)
+    for b in range(2):
+        for c in range(3):
+            values = xs[b, c].ravel()
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            expected = (xs[b, c] - mean) / max(std, 1e-3)
+            np.testing.assert_allclose(out[b, c], expected, rtol=1e-5, atol=1e-5)
+    assert np.all(out[1, 2] == 0.0)
+
+
+def test_timm_trunk_stem_and_residual_init_knobs() -> None:
+    deep = CnnTrunk(CnnConfig(library="timm", channels=(8, 16), blocks=(1, 1), last_stage=2, stem_width=4, stem_type="deep"))
+    convs = [m for m in deep.body.conv1.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 4, 8]
+    zero = CnnTrunk(CnnConfig(library="timm", channels=(8, 16), blocks=(1, 1), last_stage=2))
+    live = CnnTrunk(CnnConfig(library="timm", channels=(8, 16), blocks=(1, 1), last_stage=2, zero_init_last=False))
+    assert torch.all(zero.body.layer1[0].bn2.weight == 0) and torch.all(live.body.layer1[0].bn2.weight == 1)
+    assert zero.body.conv1.out_channels == 64  # timm's plain stem ignores stem_width
+    with pytest.raises(TscmError, match="stem_type"):
+        CnnTrunk(CnnConfig(library="timm", channels=(8,), blocks=(1,), last_stage=1, stem_type="tiered"))
 
 
 def test_gem_matches_loop() -> None:

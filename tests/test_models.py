@@ -88,6 +88,7 @@ def test_student_quirk_samples_are_token_major_runs() -> None:
     torch.manual_seed(2)
     config = get_preset("student-tiny")
     config.token_major_vlad_samples = True
+    config.standardize_input = False  # the patches below are taken from the raw input
     student = build_model(config).eval()
     assert student.vlad.feature_size == (64 // 8) ** 2
     images = torch.randn(1, 3, 64, 64)
@@ -99,6 +100,26 @@ def test_student_quirk_samples_are_token_major_runs() -> None:
     tokens = [patches[0, :, i, j] for i in range(8) for j in range(8)]  # row-major over h, w
     buffer = torch.cat(tokens)  # token-major: 64 values per token
     torch.testing.assert_close(captured["samples"][0], buffer.reshape(64, 64))
+
+
+@pytest.mark.parametrize("name", ["teacher-tiny", "student-tiny"])
+def test_tiny_presets_standardise_each_image_inside_the_model(name: str) -> None:
+    from tscm.models.layers import standardize_per_image
+
+    torch.manual_seed(5)
+    model = build_model(name).eval()
+    assert model.config.standardize_input
+    images = torch.randn(2, 3, 64, 64)
+    # A per-channel brightness/contrast change of one image does not change its descriptor.
+    shifted = images.clone()
+    shifted[0] = shifted[0] * torch.tensor([2.0, 0.5, 1.5]).view(3, 1, 1) + torch.tensor([0.3, -1.0, 0.2]).view(3, 1, 1)
+    plain_config = get_preset(name)
+    plain_config.standardize_input = False
+    plain = build_model(plain_config).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(shifted), model(images), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model(images), plain(standardize_per_image(images)))
 
 
 @pytest.mark.parametrize("name", ["teacher-tiny", "student-tiny"])

@@ -25,7 +25,12 @@ class CnnConfig:
     """A ResNet trunk cut after stage `last_stage` (the paper keeps layer1..layer3).
 
     library "torchvision": torchvision ResNet `arch` (e.g. resnet50), children chained as published.
-    library "timm": a small timm ResNet of BasicBlocks with `channels`/`blocks` per stage.
+    library "timm": a small timm ResNet of BasicBlocks with `channels`/`blocks` per stage; its stem is
+    one 7×7 convolution to 64 channels (`stem_type` "", where timm ignores `stem_width`) or, with
+    `stem_type` "deep", three 3×3 convolutions to stem_width, stem_width and 2·stem_width channels.
+    `zero_init_last` (timm's default) starts every residual branch at zero; trained from scratch on
+    small images that leaves the stride-2 1×1 shortcuts (which drop 3 of 4 positions) as the whole
+    trunk at first, and it learns slowly, so the tiny presets turn it off.
     """
 
     library: str = "torchvision"
@@ -34,6 +39,8 @@ class CnnConfig:
     channels: tuple[int, ...] = ()
     blocks: tuple[int, ...] = ()
     stem_width: int = 64
+    stem_type: str = ""
+    zero_init_last: bool = True
 
 
 @dataclass
@@ -102,9 +109,12 @@ class CnnTrunk(nn.Module):
                     f"cnn.channels {config.channels} and cnn.blocks {config.blocks} must have one entry per stage "
                     f"(at least last_stage={config.last_stage})"
                 )
+            if config.stem_type not in ("", "deep"):
+                raise TscmError(f"cnn.stem_type must be '' or 'deep', got {config.stem_type!r}")
             return ResNet(
                 BasicBlock, layers=tuple(config.blocks), channels=tuple(config.channels),
-                stem_width=config.stem_width, num_classes=0,
+                stem_width=config.stem_width, stem_type=config.stem_type, zero_init_last=config.zero_init_last,
+                num_classes=0,
             )
         raise TscmError(f"cnn.library must be 'torchvision' or 'timm', got {config.library!r}")
 

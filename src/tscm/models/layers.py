@@ -1,4 +1,5 @@
-"""Building blocks: GeM pooling, L2 normalisation, NetVLAD with context gating, inter-transformer encoder."""
+"""Building blocks: per-image standardisation, GeM pooling, L2 normalisation, NetVLAD with context gating,
+inter-transformer encoder."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ from torch import nn
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
     """Scale `x` to unit Euclidean length along `dim` (zero vectors stay zero)."""
     return F.normalize(x, p=2.0, dim=dim, eps=eps)
+
+
+def standardize_per_image(images: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Each image's channels shifted to zero mean and scaled to unit standard deviation over H×W.
+
+    Removes global brightness and colour casts (light, weather) that differ between database and
+    query; invariant to any per-channel affine normalisation applied before it. `eps` bounds the
+    scale on flat channels.
+    """
+    mean = images.mean(dim=(-2, -1), keepdim=True)
+    std = images.std(dim=(-2, -1), keepdim=True)
+    return (images - mean) / std.clamp_min(eps)
 
 
 class GeM(nn.Module):

@@ -9,7 +9,7 @@ from torch import nn
 
 from tscm.errors import TscmError
 from tscm.models.backbones import IMAGENET_MEAN, IMAGENET_STD, CnnConfig, CnnTrunk
-from tscm.models.layers import GeM, NetVLADGated, l2_normalize
+from tscm.models.layers import GeM, NetVLADGated, l2_normalize, standardize_per_image
 from tscm.models.teacher import check_image_size
 
 
@@ -20,6 +20,8 @@ class StudentConfig:
     `token_major_vlad_samples=True` is the published quirk: the N×E token buffer is read row-major
     as E samples of N values. False uses the N tokens (E values each) as samples.
     `keep_unused_published_params`: keep the NetVLAD head's never-used `bn2`, as published.
+    `standardize_input`: standardise each image's channels inside the network before both branches
+    (not published; part of the model, so export and deployment apply it too).
     """
 
     name: str = "student"
@@ -36,6 +38,7 @@ class StudentConfig:
     token_major_vlad_samples: bool = True
     gem_p: float = 3.0
     keep_unused_published_params: bool = False
+    standardize_input: bool = False
 
 
 class Student(nn.Module):
@@ -76,6 +79,8 @@ class Student(nn.Module):
     def raw_descriptor(self, images: torch.Tensor) -> torch.Tensor:
         """The descriptor before L2 normalisation (input of the uncertainty head)."""
         check_image_size(images, self.config.image_size, self.config.name)
+        if self.config.standardize_input:
+            images = standardize_per_image(images)
         batch = images.shape[0]
         pooled = self.gem(self.cnn(images))
         tokens = self.patch_embed(images).flatten(2).transpose(1, 2)  # B×N×E, tokens row-major over h,w

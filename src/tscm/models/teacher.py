@@ -9,7 +9,7 @@ from torch import nn
 
 from tscm.errors import TscmError
 from tscm.models.backbones import IMAGENET_MEAN, IMAGENET_STD, CnnConfig, CnnTrunk, VitConfig, VitTokens
-from tscm.models.layers import GeM, InterTransformerEncoder, NetVLADGated, l2_normalize
+from tscm.models.layers import GeM, InterTransformerEncoder, NetVLADGated, l2_normalize, standardize_per_image
 
 
 @dataclass
@@ -20,6 +20,8 @@ class TeacherConfig:
     row-major into this many NetVLAD samples, as published (2 and 2).
     `keep_unused_published_params`: keep the published network's never-used parameters (the heads'
     `bn2` and the spare GeM of its `backboneR`) so the parameter count and import match exactly.
+    `standardize_input`: standardise each image's channels inside the network before both branches
+    (not published; part of the model, so export and deployment apply it too).
     """
 
     name: str = "teacher"
@@ -40,6 +42,7 @@ class TeacherConfig:
     branch_dim: int = 256
     gem_p: float = 3.0
     keep_unused_published_params: bool = False
+    standardize_input: bool = False
 
 
 class Teacher(nn.Module):
@@ -86,6 +89,8 @@ class Teacher(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         check_image_size(images, self.config.image_size, self.config.name)
+        if self.config.standardize_input:
+            images = standardize_per_image(images)
         batch = images.shape[0]
         d_model = self.config.d_model
         cnn_map = self.cnn(images)

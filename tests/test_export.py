@@ -19,6 +19,7 @@ from tscm.export import (
     OnnxDescriptorModel,
     calibration_subset,
     export_onnx,
+    image_reading_convolutions,
     make_extractor,
     read_onnx_metadata,
 )
@@ -198,9 +199,9 @@ def test_int8_file_records_its_precision(student_checkpoint, images, tmp_path):
     assert meta["precision"] == "int8"
     ops = {node.op_type for node in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    convs = [n for n in onnx.load(str(out)).graph.node if n.op_type == "Conv"]
-    image_readers = [n for n in convs if n.input[0] == "images"]
-    assert image_readers  # the convolutions reading the image stay float32, fed by the raw input
+    # The convolutions reading the image (after the model's weight-free standardisation) stay
+    # float32: a quantised one would be fed by a DequantizeLinear node and not be found here.
+    assert image_reading_convolutions(onnx.load(str(out)))
 
 
 def test_onnx_model_works_with_extract_descriptors(student_checkpoint, student_onnx, images):

@@ -328,10 +328,28 @@ def calibration_subset(paths: Sequence[str | Path], count: int = DEFAULT_CALIBRA
     return [paths[i] for i in chosen]
 
 
+# Ops that transform pixels without learned weights (e.g. a model's per-image standardisation):
+# a convolution fed through them still reads the image.
+PIXEL_PASS_THROUGH_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Max", "Min", "Clip", "ReduceMean", "ReduceSum",
+    "Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Expand",
+})
+
+
 def image_reading_convolutions(proto: Any) -> list[str]:
-    """Names of the Conv nodes whose input is the image itself (the CNN stem, patch embeddings)."""
-    image = proto.graph.input[0].name
-    return [node.name for node in proto.graph.node if node.op_type == "Conv" and node.input[0] == image]
+    """Names of the Conv nodes that read the image itself (the CNN stem, patch embeddings).
+
+    The image may first pass through weight-free element-wise ops (per-image standardisation);
+    the graph is in topological order, so one forward sweep finds every image-derived tensor.
+    """
+    image_derived = {proto.graph.input[0].name}
+    convolutions = []
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and node.input[0] in image_derived:
+            convolutions.append(node.name)
+        elif node.op_type in PIXEL_PASS_THROUGH_OPS and any(name in image_derived for name in node.input):
+            image_derived.update(node.output)
+    return convolutions
 
 
 def quantize_int8(proto: Any, calibration_paths: Sequence[str | Path], meta: dict[str, Any]) -> Any:

@@ -8,7 +8,7 @@ import yaml
 from tscm.cli import build_parser
 from tscm.config import TrainConfig, config_from_dict, load_config, shipped_presets
 from tscm.errors import TscmError
-from tscm.train.cli_options import overrides_from_args
+from tscm.commands.training_options import overrides_from_args
 
 
 def test_shipped_presets_are_found_and_valid():

@@ -10,7 +10,7 @@ DEFAULT_CONFIG = "demo_teacher"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tscm.train.cli_options import add_training_arguments
+    from tscm.commands.training_options import add_training_arguments
 
     add_training_arguments(parser, DEFAULT_CONFIG)
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tscm.config import load_config
     from tscm.errors import TscmError
-    from tscm.train.cli_options import overrides_from_args, print_result
+    from tscm.commands.training_options import overrides_from_args, print_result
     from tscm.train.session import resume_run, train_teacher
 
     overrides = overrides_from_args(args)

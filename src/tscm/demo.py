@@ -33,12 +33,6 @@ RAW_PIXEL_SIZE = 16
 TRAIN_DIR = "train"
 SETTINGS_FILE = "settings.json"
 
-# Cities this module generates itself: (base preset, knob overrides). The demo city's test split
-# (480 queries) gives a standard error of about two points per run; an ablation wants ≥ 1.5k queries.
-EXTRA_CITIES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ablation": ("demo", {"streets_test": 10}),  # 3,200 database images, 1,600 queries in test
-}
-
 # `--quick`: a mechanics check in seconds (tests, smoke runs), not a measurement of learning.
 QUICK_OVERRIDES = (
     "train.epochs=1",
@@ -124,23 +118,10 @@ def resolve_data(data: str, cache_dir: str | None = None, progress: bool = True)
     from tscm.data.synthetic import PRESETS, ensure_synthetic_city
 
     preset = data[len(SYNTHETIC_PREFIX) :] or "demo"
-    if preset in EXTRA_CITIES:
-        return _ensure_extra_city(preset, cache_dir, progress)
     if preset not in PRESETS:
-        known = ", ".join([*PRESETS, *EXTRA_CITIES])
+        known = ", ".join(PRESETS)
         raise TscmError(f"--data {data}: unknown synthetic preset {preset!r}; expected one of {known}")
     return ensure_synthetic_city(preset, seed=0, cache_dir=cache_dir, progress=progress)
-
-
-def _ensure_extra_city(preset: str, cache_dir: str | None, progress: bool) -> Path:
-    from tscm.data.synthetic import city_matches, default_cache_dir, generate_synthetic_city, resolve_config
-
-    base, knobs = EXTRA_CITIES[preset]
-    config = resolve_config(base, **knobs)
-    target = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / f"synth-{preset}-seed0"
-    if not city_matches(target, preset, 0, config):
-        generate_synthetic_city(target, preset, 0, config, progress=progress, overwrite=True)
-    return target
 
 
 # ----- training ---------------------------------------------------------------------------------

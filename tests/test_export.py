@@ -12,7 +12,6 @@ import tscm.commands.export as export_command
 import tscm.export as export_module
 from tscm import cli
 from tscm.bench_extraction import bench_model, time_blocks
-from tscm.checkpoint import save_checkpoint
 from tscm.errors import TscmError
 from tscm.evaluate import extract_descriptors
 from tscm.export import (
@@ -23,7 +22,8 @@ from tscm.export import (
     make_extractor,
     read_onnx_metadata,
 )
-from tscm.models import build_model
+
+from model_files import write_checkpoint
 
 FAST = "torchscript"  # the legacy exporter takes a second; the dynamo one is exercised once, on the student
 
@@ -44,20 +44,12 @@ def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def student_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = trained_looking(build_model("student-tiny"))
-    path = tmp_path_factory.mktemp("student") / "ckpt"
-    save_checkpoint(path, model, model.config)
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("student") / "ckpt", "student-tiny", seed=0, prepare=trained_looking)
 
 
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    model = trained_looking(build_model("teacher-tiny"))
-    path = tmp_path_factory.mktemp("teacher") / "ckpt"
-    save_checkpoint(path, model, model.config)
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("teacher") / "ckpt", "teacher-tiny", seed=1, prepare=trained_looking)
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tscm.checkpoint import load_checkpoint, save_checkpoint
+from tscm.checkpoint import load_checkpoint
 from tscm.errors import TscmError
 from tscm.evaluate import extract_descriptors
 from tscm.index import PlaceIndex
-from tscm.models import build_model
 from tscm.recognizer import PlaceRecognizer
+
+from model_files import write_checkpoint
 
 
 def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -33,20 +33,12 @@ def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = build_model("student-tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "student"
-    save_checkpoint(path, model, model.config)
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", "student-tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
 def other_checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    model = build_model("student-tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "other"
-    save_checkpoint(path, model, model.config)
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "other", "student-tiny", seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from tscm.checkpoint import save_checkpoint
+from tscm.models.checkpoint import save_checkpoint
 from tscm.models import build_model
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tscm import __version__
-from tscm.checkpoint import load_checkpoint, model_fingerprint, read_metadata, save_checkpoint
+from tscm.models.checkpoint import load_checkpoint, model_fingerprint, read_metadata, save_checkpoint
 from tscm.cli import main
 from tscm.errors import TscmError
 from tscm.models import build_model, get_preset

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from tscm import cli
-from tscm.ablation import ablation_settings, compare_to_baseline
+from tscm.experiments.ablation import ablation_settings, compare_to_baseline
 from tscm.data.formats import load_placeset
 from tscm.models import build_model
-from tscm.reference import raw_pixel_descriptors
-from tscm.report import load_descriptors
+from tscm.evaluation.raw_pixels import raw_pixel_descriptors
+from tscm.experiments.report import load_descriptors
 
 TINY_RUN = ["--data", "synthetic:tiny", "--quick", "--no-progress", "--threads", "1"]
 
@@ -167,7 +167,7 @@ def test_ablation_rows_summarise_their_seeds(demo_run, cache, tmp_path):
 
 
 def test_data_argument_takes_a_path_or_a_synthetic_preset(tmp_path):
-    from tscm.demo import resolve_data
+    from tscm.experiments.demo import resolve_data
     from tscm.errors import TscmError
 
     assert resolve_data(str(tmp_path)) == tmp_path
@@ -179,7 +179,7 @@ def test_data_argument_takes_a_path_or_a_synthetic_preset(tmp_path):
 
 def test_chance_level_is_the_mean_share_of_true_matches():
     from tscm.data.places import PlaceSet
-    from tscm.demo import chance_recall_at_1
+    from tscm.experiments.demo import chance_recall_at_1
 
     places = PlaceSet("toy", "test", ["a", "b", "c"], ["q1", "q2", "q3"],
                       db_xy=[[0, 0], [10, 0], [100, 0]], query_xy=[[0, 0], [100, 0], [500, 0]])

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from tscm import cli
-from tscm.bench import MatchingRow, format_matching_row, synthetic_matching_data
-from tscm.checkpoint import read_metadata, save_checkpoint
-from tscm.index import PlaceIndex, read_index_metadata
+from tscm.bench.matching import MatchingRow, format_matching_row, synthetic_matching_data
+from tscm.models.checkpoint import read_metadata, save_checkpoint
+from tscm.deploy.index import PlaceIndex, read_index_metadata
 from tscm.models import build_model
 
 
@@ -78,7 +78,7 @@ def test_build_from_utm_folder_then_query_round_trip(checkpoints, utm_folder, tm
     assert code == 0 and "id 3 " in out and f"east {xy[3, 0]:.1f}" in out
     assert index.count == 5
     # The same model exported to ONNX keeps the fingerprint, so it may search this index, with the same answer.
-    from tscm.export import export_onnx
+    from tscm.deploy.onnx_export import export_onnx
 
     export_onnx(checkpoint, tmp_path / "student.onnx", exporter="torchscript")
     code, out, _ = tscm(capsys, "query", "--index", tmp_path / "map.idx", paths[3], paths[0], "-k", 2, "--json",
@@ -115,7 +115,7 @@ def test_csv_manifest_build_with_bad_image_fail_and_skip(checkpoints, tmp_path, 
 
 
 def index_descriptor_of(index_path: Path, image: Path, checkpoint: Path) -> np.ndarray:
-    from tscm.recognizer import PlaceRecognizer
+    from tscm.deploy.recognizer import PlaceRecognizer
 
     return PlaceRecognizer.load(index_path, checkpoint).describe([image]).descriptors
 
@@ -201,8 +201,8 @@ def test_command_mirrors_match_the_library() -> None:
     import tscm.commands.bench as bench_command
     import tscm.commands.index as index_command
     import tscm.commands.query as query_command
-    from tscm.export import RUNTIMES
-    from tscm.index import BACKENDS
+    from tscm.deploy.onnx_export import RUNTIMES
+    from tscm.deploy.index import BACKENDS
 
     assert index_command.BACKENDS == ("auto", *BACKENDS)
     assert index_command.RUNTIMES == bench_command.RUNTIMES == RUNTIMES

@@ -14,7 +14,7 @@ from tscm.data.formats import load_placeset
 from tscm.data.places import PlaceSet
 from tscm.data.transforms import eval_transform, load_rgb
 from tscm.errors import TscmError
-from tscm.evaluate import EvalResult, evaluate_descriptors, extract_descriptors, recall_at_n
+from tscm.evaluation.recall import EvalResult, evaluate_descriptors, extract_descriptors, recall_at_n
 
 
 def reference_recall(db, queries, positives, ns):
@@ -159,7 +159,7 @@ def test_evaluate_command(tmp_path, capsys):
 
 
 def test_evaluate_command_with_checkpoint(tmp_path, capsys):
-    from tscm.checkpoint import save_checkpoint
+    from tscm.models.checkpoint import save_checkpoint
     from tscm.models.presets import build_model, get_preset
 
     torch.manual_seed(0)

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 import tscm.commands.export as export_command
-import tscm.export as export_module
+import tscm.deploy.onnx_export as export_module
 from tscm import cli
-from tscm.bench_extraction import bench_model, time_blocks
+from tscm.bench.extraction import bench_model, time_blocks
 from tscm.errors import TscmError
-from tscm.evaluate import extract_descriptors
-from tscm.export import (
+from tscm.evaluation.recall import extract_descriptors
+from tscm.deploy.onnx_export import (
     OnnxDescriptorModel,
     calibration_subset,
     export_onnx,
@@ -73,7 +73,7 @@ def images(tmp_path_factory):
 
 
 def reference(checkpoint, batch: torch.Tensor) -> np.ndarray:
-    from tscm.checkpoint import load_checkpoint
+    from tscm.models.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
     with torch.no_grad():
@@ -103,7 +103,7 @@ def test_teacher_parity(teacher_checkpoint, tmp_path):
 
 
 def test_metadata_props_carry_the_checkpoint_identity(student_checkpoint, student_onnx):
-    from tscm.checkpoint import read_metadata
+    from tscm.models.checkpoint import read_metadata
 
     path, returned = student_onnx
     checkpoint_meta = read_metadata(student_checkpoint)
@@ -197,7 +197,7 @@ def test_int8_file_records_its_precision(student_checkpoint, images, tmp_path):
 
 
 def test_onnx_model_works_with_extract_descriptors(student_checkpoint, student_onnx, images):
-    from tscm.checkpoint import load_checkpoint
+    from tscm.models.checkpoint import load_checkpoint
 
     torch_model, meta = load_checkpoint(student_checkpoint)
     options = dict(image_size=meta["image_size"], mean=meta["mean"], std=meta["std"], batch_size=4, progress=False)

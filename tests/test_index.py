@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-import tscm.index as index_module
+import tscm.deploy.index as index_module
 from tscm.errors import TscmError
-from tscm.index import PlaceIndex, read_index_metadata, recommended_config
+from tscm.deploy.index import PlaceIndex, read_index_metadata, recommended_config
 
 DIM = 32
 
@@ -260,7 +260,7 @@ def test_recommended_config_by_size():
 
 
 def test_synthetic_matching_data_and_bench_rows():
-    from tscm.bench import MatchingConfig, bench_matching, synthetic_matching_data
+    from tscm.bench.matching import MatchingConfig, bench_matching, synthetic_matching_data
 
     data = synthetic_matching_data(400, 20, dim=64, rank=16, views_per_place=4, seed=3)
     assert data.database.shape == (400, 64) and data.queries.shape == (20, 64)

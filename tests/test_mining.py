@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tscm.bench_mining import eligible_negatives, mine_per_query_loop, structured_places
+from tscm.bench.mining import eligible_negatives, mine_per_query_loop, structured_places
 from tscm.data.mining import DescriptorCache, Miner, MiningSettings
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError

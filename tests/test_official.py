@@ -270,7 +270,7 @@ def test_missing_unexpected_and_mis_shaped_keys_are_listed(student_state) -> Non
 
 
 def test_cli_import_writes_a_native_checkpoint(student_file: Path, student_state, tmp_path: Path, capsys) -> None:
-    from tscm.checkpoint import load_checkpoint
+    from tscm.models.checkpoint import load_checkpoint
 
     out = tmp_path / "student-ckpt"
     assert main(["import-official", str(student_file), "--role", "student", "--out", str(out)]) == 0

@@ -10,8 +10,8 @@ from PIL import Image
 
 from tscm.cli import main
 from tscm.data.places import PlaceSet
-from tscm.evaluate import recall_at_n
-from tscm.plots import (
+from tscm.evaluation.recall import recall_at_n
+from tscm.experiments.plots import (
     choose_grid_queries,
     draw_run_pictures,
     plot_recall_curves,
@@ -19,7 +19,7 @@ from tscm.plots import (
     plot_retrieval_grid,
     retrieve_for_placeset,
 )
-from tscm.report import DatasetInfo, ModelResult, build_results, save_descriptors, write_results
+from tscm.experiments.report import DatasetInfo, ModelResult, build_results, save_descriptors, write_results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NUM_DB, NUM_QUERIES, DIM = 16, 8, 6

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tscm.checkpoint import load_checkpoint
+from tscm.models.checkpoint import load_checkpoint
 from tscm.errors import TscmError
-from tscm.evaluate import extract_descriptors
-from tscm.index import PlaceIndex
-from tscm.recognizer import PlaceRecognizer
+from tscm.evaluation.recall import extract_descriptors
+from tscm.deploy.index import PlaceIndex
+from tscm.deploy.recognizer import PlaceRecognizer
 
 from model_files import write_checkpoint
 
@@ -180,7 +180,7 @@ def test_training_backend_waits_for_enough_descriptors_then_matches_a_direct_bui
 
 
 def test_auto_backend_follows_the_recommendation_as_the_map_grows() -> None:
-    from tscm.index import recommended_config
+    from tscm.deploy.index import recommended_config
 
     dim = 512  # flat is recommended up to 8 MB: 4096 descriptors of 512-d
     recognizer = descriptor_recognizer(dim)

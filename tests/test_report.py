@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tscm.errors import TscmError
-from tscm.report import (
+from tscm.experiments.report import (
     AblationRow,
     DatasetInfo,
     ModelResult,

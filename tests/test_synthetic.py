@@ -15,8 +15,8 @@ import scipy.io
 from PIL import Image
 from scipy.spatial import cKDTree
 
-from tscm.data import synthetic
-from tscm.data.synthetic import (
+from tscm.data.synthetic import city as synthetic
+from tscm.data.synthetic.city import (
     PRESETS,
     SPLITS,
     ensure_synthetic_city,
@@ -25,7 +25,7 @@ from tscm.data.synthetic import (
     resolve_config,
     split_streets,
 )
-from tscm.data.synthetic_render import Camera, Conditions, Facades, Street, render
+from tscm.data.synthetic.render import Camera, Conditions, Facades, Street, render
 from tscm.errors import TscmError
 
 MAT_FIELDS = ["whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries",

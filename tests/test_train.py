@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from tscm import cli
-from tscm.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from tscm.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from tscm.config import load_config
-from tscm.data.synthetic import ensure_synthetic_city
+from tscm.data.synthetic.city import ensure_synthetic_city
 from tscm.errors import TscmError
 from tscm.models import build_model
-from tscm.train import session
-from tscm.train.session import distill, resume_run, train_teacher
+from tscm.train import runs as session
+from tscm.train.runs import distill, resume_run, train_teacher
 
 TINY = [
     "train.max_queries_per_epoch=8",

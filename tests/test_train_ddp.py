@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from tscm.config import load_config
-from tscm.data.synthetic import ensure_synthetic_city
+from tscm.data.synthetic.city import ensure_synthetic_city
 from tscm.models import build_model
-from tscm.train.session import distill
+from tscm.train.runs import distill
 
 # The no-distillation student run: no dropout, and frozen batch norms, because per-process batch
 # statistics cannot equal whole-batch ones (SyncBatchNorm needs a GPU).

@@ -10,7 +10,7 @@ from tscm.data.mining import MinedTuple
 from tscm.data.tuples import TupleArrays, scatter_to_layout, tuple_layout
 from tscm.errors import TscmError
 from tscm.train.metrics_log import CsvTable
-from tscm.train.state import (
+from tscm.train.training_state import (
     existing_folder,
     load_training_state,
     pack_state,

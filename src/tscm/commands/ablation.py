@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tscm.ablation import DEFAULT_DATA, run_ablation
+    from tscm.experiments.ablation import DEFAULT_DATA, run_ablation
     from tscm.commands.demo import options_from_args
 
     options = options_from_args(args, NAME, args.seeds[0], DEFAULT_DATA)

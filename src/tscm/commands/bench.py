@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
-    from tscm.bench import MatchingConfig
+    from tscm.bench.matching import MatchingConfig
 
 NAME = "bench"
 HELP = ("time descriptor extraction (teacher vs student, eager vs ONNX Runtime vs quantised, batch 1 and 16) and "
         "matching per search back-end (10k/250k synthetic descriptors and the synthetic city), with Recall@1 vs exact")
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.export.RUNTIMES
+RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.deploy.onnx_export.RUNTIMES
 PQ_MIN_TRAIN = 39 * 256  # faiss warns below 39 training points per centroid; PQ codebooks have 256
 QUICK = {"sizes": [1000], "queries": 40, "single": 10, "dim": 512, "models": ["student-tiny"],
          "runtimes": ["torch", "torch-int8"], "batch_sizes": [1, 4], "cycles": 1, "calls": 2, "city": "tiny"}
@@ -66,7 +66,7 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def feasible_configs(num_db: int, dim: int) -> list[MatchingConfig]:
-    """tscm.bench's default configurations, kept or scaled down so that each can be trained on `num_db` vectors of `dim` dims.
+    """tscm.bench.matching's default configurations, kept or scaled down so that each can be trained on `num_db` vectors of `dim` dims.
 
     PCA is kept only when it reduces the dimension and has at least `pca_dim` vectors to fit; IVF
     lists are cut to about one per 39 vectors (faiss' advice), and IVF-PQ is left out under
@@ -74,7 +74,7 @@ def feasible_configs(num_db: int, dim: int) -> list[MatchingConfig]:
     """
     from dataclasses import replace
 
-    from tscm.bench import default_matching_configs
+    from tscm.bench.matching import default_matching_configs
 
     configs = []
     for config in default_matching_configs(num_db):
@@ -96,7 +96,7 @@ def feasible_configs(num_db: int, dim: int) -> list[MatchingConfig]:
 
 
 def _label(backend: str, params: dict) -> str:
-    """A configuration label in tscm.bench's style, for scaled-down parameters."""
+    """A configuration label in tscm.bench.matching's style, for scaled-down parameters."""
     reduce = f" pca{params['pca_dim']}" if params.get("pca_dim") else ""
     if backend == "hnsw":
         return f"hnsw{reduce} M{params['hnsw_m']} ef{params['ef_search']}"
@@ -109,7 +109,7 @@ def _label(backend: str, params: dict) -> str:
 def numpy_blas_threads(count: int) -> Iterator[bool]:
     """Limit numpy's bundled OpenBLAS to `count` threads in the block; yields whether it could.
 
-    Why: PCA fitting (tscm.index) runs numpy's eigh; on this 2-core machine shared with other work,
+    Why: PCA fitting (tscm.deploy.index) runs numpy's eigh; on this 2-core machine shared with other work,
     two OpenBLAS threads made a 512×512 eigh take 7.8 s instead of 0.05 s on one (2048×2048: 45 s vs 2.3 s).
     """
     import ctypes
@@ -147,11 +147,11 @@ def _city_data(settings: dict, print_fn):
     """MatchingData of the synthetic city's database and queries described by the chosen model, and its description."""
     import numpy as np
 
-    from tscm.bench import MatchingData
-    from tscm.bench_extraction import model_and_meta
+    from tscm.bench.matching import MatchingData
+    from tscm.bench.extraction import model_and_meta
     from tscm.data.formats import load_placeset
-    from tscm.data.synthetic import ensure_synthetic_city
-    from tscm.evaluate import extract_descriptors
+    from tscm.data.synthetic.city import ensure_synthetic_city
+    from tscm.evaluation.recall import extract_descriptors
 
     root = ensure_synthetic_city(settings["city"], progress=False)
     placeset = load_placeset(root, split=settings["city_split"])
@@ -211,8 +211,8 @@ def run_bench(settings: dict, *, skip_extraction: bool, skip_matching: bool, ski
     """Run the chosen parts, print their tables, and write bench.json / bench.md to `out_dir`; returns the report."""
     from dataclasses import asdict
 
-    from tscm.bench import bench_matching, synthetic_matching_data
-    from tscm.bench_extraction import bench_extraction, calibration_images
+    from tscm.bench.matching import bench_matching, synthetic_matching_data
+    from tscm.bench.extraction import bench_extraction, calibration_images
     from tscm.errors import TscmError
     from tscm.fileio import write_json_atomic, write_text_atomic
 

@@ -35,7 +35,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
 def options_from_args(args: argparse.Namespace, kind: str, seed: int, default_data: str):
     from pathlib import Path
 
-    from tscm.demo import RunOptions, default_run_dir
+    from tscm.experiments.demo import RunOptions, default_run_dir
     from tscm.errors import TscmError
 
     for flag, value in (("--epochs", args.epochs), ("--max-queries", args.max_queries), ("--threads", args.threads),
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.demo import DEFAULT_DATA, run_demo
+    from tscm.experiments.demo import DEFAULT_DATA, run_demo
 
     outcome = run_demo(options_from_args(args, NAME, args.seed, DEFAULT_DATA))
     return 1 if outcome.picture_failures else 0

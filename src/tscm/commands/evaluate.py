@@ -53,10 +53,10 @@ def _load_descriptors(path: str):
 def _compute_descriptors(args: argparse.Namespace, placeset):
     import numpy as np
 
-    from tscm.checkpoint import load_checkpoint
+    from tscm.models.checkpoint import load_checkpoint
     from tscm.data.formats import is_placeholder_path
     from tscm.errors import TscmError
-    from tscm.evaluate import extract_descriptors
+    from tscm.evaluation.recall import extract_descriptors
     from tscm.fileio import atomic_path
 
     if any(is_placeholder_path(p) for p in placeset.db_paths + placeset.query_paths):
@@ -76,7 +76,7 @@ def _compute_descriptors(args: argparse.Namespace, placeset):
 def run(args: argparse.Namespace) -> int:
     from tscm.data.formats import load_placeset
     from tscm.errors import TscmError
-    from tscm.evaluate import evaluate_descriptors
+    from tscm.evaluation.recall import evaluate_descriptors
     from tscm.fileio import write_json_atomic
 
     if args.save_descriptors and not args.checkpoint:

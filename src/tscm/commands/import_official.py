@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tscm.checkpoint import save_checkpoint
+    from tscm.models.checkpoint import save_checkpoint
     from tscm.models.official import load_official_with_report
 
     model, report = load_official_with_report(args.checkpoint, args.role)

@@ -6,7 +6,7 @@ import argparse
 
 NAME = "index"
 HELP = "build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint"
-# Mirrors of tscm.index.BACKENDS and tscm.export.RUNTIMES, so that building the CLI imports neither faiss nor torch.
+# Mirrors of tscm.deploy.index.BACKENDS and tscm.deploy.onnx_export.RUNTIMES, so that building the CLI imports neither faiss nor torch.
 BACKENDS = ("auto", "flat", "pca-flat", "ivfpq", "hnsw")
 RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tscm.commands.bench import numpy_blas_threads
     from tscm.errors import TscmError
-    from tscm.export import calibration_subset
-    from tscm.index import PlaceIndex
-    from tscm.recognizer import PlaceRecognizer, index_model_meta
+    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.deploy.index import PlaceIndex
+    from tscm.deploy.recognizer import PlaceRecognizer, index_model_meta
 
     if args.batch_size < 1:
         raise TscmError(f"--batch-size: expected a positive number, got {args.batch_size}")

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tscm.checkpoint import load_checkpoint
+    from tscm.models.checkpoint import load_checkpoint
     from tscm.models.presets import build_model, list_presets, multiply_adds_per_image, parameter_counts
 
     if Path(args.model).is_dir():

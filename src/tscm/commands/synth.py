@@ -9,7 +9,7 @@ HELP = "Generate the procedural synthetic city (Pittsburgh .mat layout, JPEG ima
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tscm.data.synthetic import PRESETS
+    from tscm.data.synthetic.city import PRESETS
 
     parser.add_argument("out", metavar="OUT", help="directory to create (must not exist or be empty)")
     parser.add_argument("--preset", default="demo", choices=list(PRESETS),
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.data.synthetic import generate_synthetic_city, resolve_config
+    from tscm.data.synthetic.city import generate_synthetic_city, resolve_config
 
     knob_names = ("image_size", "streets_train", "streets_val", "streets_test", "street_length_m", "db_spacing_m",
                   "db_headings", "query_spacing_m", "query_headings", "difficulty", "supersample", "jpeg_quality")

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from tscm.config import load_config
     from tscm.errors import TscmError
     from tscm.commands.training_options import overrides_from_args, print_result
-    from tscm.train.session import resume_run, train_teacher
+    from tscm.train.runs import resume_run, train_teacher
 
     overrides = overrides_from_args(args)
     if args.resume:

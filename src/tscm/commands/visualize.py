@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tscm.data.formats import load_placeset
     from tscm.errors import TscmError
-    from tscm.plots import draw_run_pictures
-    from tscm.report import load_descriptors, read_results
+    from tscm.experiments.plots import draw_run_pictures
+    from tscm.experiments.report import load_descriptors, read_results
 
     results = read_results(args.run)
     dataset = results["dataset"]

@@ -7,7 +7,7 @@ from `tscm.config.load_config(preset, overrides, kind)`.
 
 from __future__ import annotations
 
-from tscm.train.loop import RunResult
-from tscm.train.session import distill, resume_run, train_teacher
+from tscm.train.trainer import RunResult
+from tscm.train.runs import distill, resume_run, train_teacher
 
 __all__ = ["RunResult", "distill", "resume_run", "train_teacher"]

@@ -5,7 +5,7 @@ Callers (`tscm demo`, `tscm ablation`) compute numbers and hand them here. Run d
     <run>/results.json                 the numbers and what a reader needs to trust them
     <run>/results.md                   the same as Markdown tables
     <run>/descriptors/<model>.npz      arrays `db` (num_db×D) and `queries` (num_queries×D), float32
-    <run>/*.png                        pictures (tscm.plots), re-drawable by `tscm visualize <run>`
+    <run>/*.png                        pictures (tscm.experiments.plots), re-drawable by `tscm visualize <run>`
 
 results.json records the data set path and split, so pictures can be redrawn from the saved
 descriptors without recomputing them.
@@ -27,7 +27,7 @@ import numpy as np
 from tscm import __version__
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
-from tscm.evaluate import protocol_label
+from tscm.evaluation.recall import protocol_label
 from tscm.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 RESULTS_JSON = "results.json"

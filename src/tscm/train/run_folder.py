@@ -34,7 +34,7 @@ def load_training_data(config: TrainConfig, runtime: Runtime) -> tuple[PlaceSet,
         raise TscmError("config: data.path is empty; give a data set (--set data.path=DIR) or synthetic:demo")
     root: str | Path = data.path
     if data.path.startswith(SYNTHETIC_PREFIX):
-        from tscm.data.synthetic import ensure_synthetic_city
+        from tscm.data.synthetic.city import ensure_synthetic_city
 
         preset = data.path[len(SYNTHETIC_PREFIX) :] or "demo"
         # One process generates the city; the others wait and then find it cached.

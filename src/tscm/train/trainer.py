@@ -30,7 +30,7 @@ from tscm.errors import TscmError
 from tscm.fileio import write_json_atomic
 from tscm.train.metrics_log import MetricsLog
 from tscm.train.runtime import Runtime, rng_state, set_rng_state
-from tscm.train.state import existing_folder, load_training_state, replace_folder, save_training_state
+from tscm.train.training_state import existing_folder, load_training_state, replace_folder, save_training_state
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class Trainer:
 
     def _extract(self, model: nn.Module, spec: InputSpec, paths: list, batch_size: int) -> np.ndarray:
         """Descriptors of `paths`, computed in shards over the processes and gathered."""
-        from tscm.evaluate import extract_descriptors
+        from tscm.evaluation.recall import extract_descriptors
 
         share = self.rt.shard(len(paths))
         local = extract_descriptors(
@@ -337,7 +337,7 @@ class Trainer:
         replace_folder(staging, self.best_dir)
 
     def restore(self, folder: Path) -> None:
-        from tscm.checkpoint import load_checkpoint
+        from tscm.models.checkpoint import load_checkpoint
 
         found = existing_folder(folder / "last")
         if found is None:
@@ -365,7 +365,7 @@ class Trainer:
     # ----- validation ---------------------------------------------------------------------------
 
     def validate(self) -> dict[str, Any]:
-        from tscm.evaluate import evaluate_descriptors
+        from tscm.evaluation.recall import evaluate_descriptors
 
         val = self.job.val_set
         paths = flat_image_paths(val)

@@ -26,7 +26,7 @@ import scipy.io
 from PIL import Image
 from tqdm import tqdm
 
-from tscm.data.synthetic_render import Camera, Conditions, Street, hsv_to_rgb, make_street, render
+from tscm.data.synthetic.render import Camera, Conditions, Street, hsv_to_rgb, make_street, render
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, write_json_atomic
 

@@ -6,7 +6,7 @@ Recall@1 against exact search on the same data. Real descriptors can be passed a
 `MatchingData` (e.g. from the synthetic city, with `PlaceSet.positives(radius)`); without them
 `synthetic_matching_data` makes structured stand-ins.
 
-Run: `python -m tscm.bench --sizes 10000 250000`.
+Run: `python -m tscm.bench.matching --sizes 10000 250000`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from tscm.index import PlaceIndex
+from tscm.deploy.index import PlaceIndex
 
 EXACT_LABEL = "exact (flat fp32)"
 
@@ -135,7 +135,7 @@ def _time_single_queries(index: PlaceIndex, queries: np.ndarray, limit: int,
                          budget_s: float) -> tuple[list[float], list[float]]:
     """Wall and CPU ms per query, one query per call, stopping at `limit` queries or `budget_s` seconds.
 
-    Single queries run on one thread (see tscm.index), so this thread's CPU time is the work done;
+    Single queries run on one thread (see tscm.deploy.index), so this thread's CPU time is the work done;
     wall time adds waiting for a core when other processes share the CPU.
     """
     index.search(queries[:1], k=1)  # warm-up: first-call allocations are not the steady state

@@ -7,7 +7,7 @@ over the timed calls. The speed-up compares medians. Models without a checkpoint
 does not depend on the weights, accuracy does, so their agreement columns only say how far each
 runtime moves descriptors, not what recall it keeps.
 
-Run: `python -m tscm.bench_extraction --models student-paper teacher-paper --batch-sizes 1 16`.
+Run: `python -m tscm.bench.extraction --models student-paper teacher-paper --batch-sizes 1 16`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from tscm.errors import TscmError
-from tscm.export import RUNTIMES, rowwise_cosine, runtime_model
+from tscm.deploy.onnx_export import RUNTIMES, rowwise_cosine, runtime_model
 
 REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
 DEFAULT_RUNTIMES = RUNTIMES
@@ -46,7 +46,7 @@ class ExtractionRow:
 
 def model_and_meta(source: str) -> tuple[nn.Module, dict[str, Any]]:
     """A checkpoint directory, or a preset name (random weights, seed 0), as (float32 model, metadata)."""
-    from tscm.checkpoint import load_checkpoint, model_fingerprint
+    from tscm.models.checkpoint import load_checkpoint, model_fingerprint
     from tscm.models.presets import build_model, config_to_dict, list_presets
 
     if Path(source).is_dir():
@@ -176,7 +176,7 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
                    radius_m: float = 25.0, threads: int = 2, calibration_paths: Sequence[str | Path] = (),
                    batch_size: int = 32, print_fn: Callable[[str], None] = print) -> list[AccuracyRow]:
     """Recall@1 of the checkpoint on `placeset` with each runtime, against eager float32."""
-    from tscm.evaluate import evaluate_descriptors, extract_descriptors
+    from tscm.evaluation.recall import evaluate_descriptors, extract_descriptors
 
     torch.set_num_threads(threads)
     model, meta = model_and_meta(str(checkpoint))
@@ -236,7 +236,7 @@ def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
 
 def calibration_images(data: str | None, count: int) -> list[Path]:
     """`count` train-split database images of `data` (default: the synthetic demo city, generated on first use)."""
-    from tscm.export import calibration_subset
+    from tscm.deploy.onnx_export import calibration_subset
 
     placeset = _placeset(data, "train")
     return calibration_subset(placeset.db_paths, count)
@@ -244,7 +244,7 @@ def calibration_images(data: str | None, count: int) -> list[Path]:
 
 def _placeset(data: str | None, split: str) -> Any:
     from tscm.data.formats import load_placeset
-    from tscm.data.synthetic import ensure_synthetic_city
+    from tscm.data.synthetic.city import ensure_synthetic_city
 
     return load_placeset(data if data is not None else ensure_synthetic_city("demo"), split=split)
 

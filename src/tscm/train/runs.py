@@ -14,8 +14,8 @@ from torch import nn
 
 from tscm.config import TrainConfig
 from tscm.errors import TscmError
-from tscm.train.loop import InputSpec, RunResult, Trainer, TrainingJob
-from tscm.train.run_setup import (
+from tscm.train.trainer import InputSpec, RunResult, Trainer, TrainingJob
+from tscm.train.run_folder import (
     create_run_dir,
     current_command_line,
     load_training_data,
@@ -46,7 +46,7 @@ def build_loss_for(config: TrainConfig) -> nn.Module:
 
 
 def _run(config: TrainConfig, teacher_checkpoint: str | Path | None, resume: str | Path | None, command_line: str | None) -> RunResult:
-    from tscm.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
+    from tscm.models.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
     from tscm.models import build_model
 
     command_line = command_line or current_command_line()
@@ -150,7 +150,7 @@ def resume_run(
     run_dir: str | Path, overrides: Iterable[str] = (), *, command_line: str | None = None
 ) -> RunResult:
     """Continue the run in `run_dir` from its last checkpoint, with its saved config."""
-    from tscm.train.run_setup import load_run_config
+    from tscm.train.run_folder import load_run_config
 
     overrides = list(overrides)
     for item in overrides:

@@ -15,7 +15,7 @@ import numpy as np
 
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
-from tscm.evaluate import recall_at_n
+from tscm.evaluation.recall import recall_at_n
 from tscm.fileio import atomic_path
 
 CURVE_MAX_N = 20
@@ -61,7 +61,7 @@ def retrieve(
     index = faiss.IndexFlatL2(db.shape[1])
     index.add(db)
     distances, ranked = index.search(queries, min(k, len(db)))
-    # Ties go to the lower database index, the rule tscm.evaluate uses, so maps agree with Recall@1.
+    # Ties go to the lower database index, the rule tscm.evaluation.recall uses, so maps agree with Recall@1.
     order = np.lexsort((ranked, distances), axis=-1)
     ranked = np.take_along_axis(ranked, order, axis=-1)
     return Retrieval(ranked=ranked.astype(np.int64), positives=[np.asarray(p) for p in positives], radius_m=radius_m)
@@ -273,7 +273,7 @@ def draw_run_pictures(
     """Draw every picture of a run into run_dir; one picture's failure does not stop the others.
 
     `results` is the results.json document (models, roles, radius); `descriptors` maps model
-    names to (db, queries). Recall@N curves (N = 1..20) come from tscm.evaluate.recall_at_n;
+    names to (db, queries). Recall@N curves (N = 1..20) come from tscm.evaluation.recall.recall_at_n;
     models without descriptors are drawn from the recall in `results`.
     Grids and maps are drawn for teachers and students (not the reference floor).
     """

@@ -62,7 +62,7 @@ _STORAGES = ("fp32", "fp16")
 def recommended_config(num_db: int, dim: int) -> tuple[str, dict[str, Any]]:
     """Back-end and parameters for a database of `num_db` descriptors of `dim` dims.
 
-    From the matching benchmark (tscm.bench, synthetic 2048-d descriptors, 2 shared CPU cores):
+    From the matching benchmark (tscm.bench.matching, synthetic 2048-d descriptors, 2 shared CPU cores):
     exact search while the database is at most 8 MB; PCA to 256 dims + exact search up to 25k
     images (0.18 ms CPU per query at 10k, Recall@1 as exact; it grows linearly with size);
     beyond that an HNSW graph on the PCA-reduced vectors.

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from tscm.data.places import PlaceSet
-from tscm.demo import (
+from tscm.experiments.demo import (
     RADIUS_M,
     RAW_PIXEL_SIZE,
     SETTINGS_FILE,
@@ -36,7 +36,7 @@ from tscm.demo import (
 )
 from tscm.errors import TscmError
 from tscm.fileio import write_json_atomic
-from tscm.report import AblationRow, format_table
+from tscm.experiments.report import AblationRow, format_table
 
 DEFAULT_DATA = "synthetic:ablation"
 BASELINE_PRESET = "none"

@@ -1,6 +1,6 @@
 """Benchmark: one mining refresh, batched (tscm.data.mining) against a per-query numpy loop, side by side.
 
-Run `python -m tscm.bench_mining` (Pittsburgh30k train size by default: 10,000 database images,
+Run `python -m tscm.bench.mining` (Pittsburgh30k train size by default: 10,000 database images,
 7,416 queries, 2048-d descriptors). Data are synthetic but structured: places along a street grid,
 12 headings per place, descriptors a smooth random function of position and heading plus noise.
 """

@@ -57,7 +57,7 @@ def require_onnx() -> None:
 
 
 def _load(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    from tscm.checkpoint import load_checkpoint
+    from tscm.models.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
     if not path.is_dir():
@@ -262,7 +262,7 @@ def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class OnnxDescriptorModel(nn.Module):
     """An exported model run by ONNX Runtime, callable like the PyTorch model (B×3×H×W tensor -> B×D tensor).
 
-    Being an nn.Module without parameters, it works with `tscm.evaluate.extract_descriptors`.
+    Being an nn.Module without parameters, it works with `tscm.evaluation.recall.extract_descriptors`.
     """
 
     def __init__(self, source: str | Path | bytes, threads: int | None = None) -> None:

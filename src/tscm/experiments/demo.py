@@ -2,7 +2,7 @@
 teacher, evaluate all three (and the raw-pixel reference) on the test split, write the run folder.
 
 Also the pieces `tscm ablation` shares: data resolution, training settings, measuring a model.
-Run folder: results.json / results.md / pictures (tscm.report, tscm.plots), settings.json (the
+Run folder: results.json / results.md / pictures (tscm.experiments.report, tscm.experiments.plots), settings.json (the
 command and every knob), train/<model>/ (each training run with its config.yaml and checkpoints).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.fileio import write_json_atomic
-from tscm.report import format_table
+from tscm.experiments.report import format_table
 
 DEFAULT_DATA = "synthetic:demo"
 SYNTHETIC_PREFIX = "synthetic:"
@@ -115,7 +115,7 @@ def resolve_data(data: str, cache_dir: str | None = None, progress: bool = True)
         if not path.exists():
             raise TscmError(f"--data {data}: no such file or folder (or use synthetic:<preset>)")
         return path
-    from tscm.data.synthetic import PRESETS, ensure_synthetic_city
+    from tscm.data.synthetic.city import PRESETS, ensure_synthetic_city
 
     preset = data[len(SYNTHETIC_PREFIX) :] or "demo"
     if preset not in PRESETS:
@@ -160,7 +160,7 @@ class TrainedModel:
 
 def train_teacher_run(options: RunOptions, data_root: Path, run_dir: Path, seed: int, command: str) -> TrainedModel:
     from tscm.config import load_config
-    from tscm.train.session import train_teacher
+    from tscm.train.runs import train_teacher
 
     config = load_config(TEACHER_CONFIG, training_overrides(options, data_root, run_dir, "teacher", seed), kind="teacher")
     started = time.perf_counter()
@@ -185,7 +185,7 @@ def train_student_run(
     best on the validation split.
     """
     from tscm.config import load_config
-    from tscm.train.session import distill
+    from tscm.train.runs import distill
 
     items = training_overrides(options, data_root, run_dir, name, seed) + [f"loss.preset={loss}"]
     if teacher is None:
@@ -268,7 +268,7 @@ def chance_recall_at_1(placeset: PlaceSet, radius_m: float = RADIUS_M) -> float:
 
 
 def _recalls(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray) -> tuple[dict[int, float], dict[int, float]]:
-    from tscm.evaluate import evaluate_descriptors
+    from tscm.evaluation.recall import evaluate_descriptors
 
     at_25 = evaluate_descriptors(placeset, db, queries, radius_m=RADIUS_M, ns=CURVE_NS).recall
     if not any(len(p) for p in placeset.positives(PUBLISHED_RADIUS_M)):
@@ -279,8 +279,8 @@ def _recalls(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray) -> tuple[d
 
 def measure_checkpoint(checkpoint: Path, placeset: PlaceSet, options: RunOptions) -> Measurement:
     """Describe the test split with the checkpoint's model (timed end to end), then Recall@N and matching."""
-    from tscm.checkpoint import load_checkpoint
-    from tscm.evaluate import extract_descriptors
+    from tscm.models.checkpoint import load_checkpoint
+    from tscm.evaluation.recall import extract_descriptors
 
     model, meta = load_checkpoint(checkpoint)
     model.to(options.device)
@@ -300,8 +300,8 @@ def measure_checkpoint(checkpoint: Path, placeset: PlaceSet, options: RunOptions
 
 
 def measure_raw_pixels(placeset: PlaceSet, options: RunOptions, size: int = RAW_PIXEL_SIZE) -> Measurement:
-    """The reference floor: downsampled pixels as descriptors (tscm.reference)."""
-    from tscm.reference import raw_pixel_descriptors
+    """The reference floor: downsampled pixels as descriptors (tscm.evaluation.raw_pixels)."""
+    from tscm.evaluation.raw_pixels import raw_pixel_descriptors
 
     with _threads(options.threads):
         started = time.perf_counter()
@@ -339,7 +339,7 @@ class _threads:
 def model_result(name: str, role: str, distillation: str | None, measured: Measurement, *, seed: int | None,
                  wall_s: float | None, extra: dict[str, Any] | None = None):
     """A report.ModelResult from a measurement; the 10 m recall and forward-only time go in extra fields."""
-    from tscm.report import ModelResult
+    from tscm.experiments.report import ModelResult
 
     fields = {
         "recall_10m": {str(n): v for n, v in measured.recall_published.items()},
@@ -383,8 +383,8 @@ def finish_run(run_dir: Path, data_root: Path, placeset: PlaceSet, models: list,
                notes: Sequence[str] = (), draw: bool = True) -> tuple[dict[str, Any], list[Path], list[str]]:
     """Save descriptors, write results.json and results.md (notes appended), draw the pictures."""
     from tscm.fileio import write_text_atomic
-    from tscm.plots import draw_run_pictures
-    from tscm.report import DatasetInfo, build_results, format_markdown, save_descriptors, write_results
+    from tscm.experiments.plots import draw_run_pictures
+    from tscm.experiments.report import DatasetInfo, build_results, format_markdown, save_descriptors, write_results
 
     for name, (db, queries) in descriptors.items():
         save_descriptors(run_dir, name, db, queries)

@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # torch/torchvision are pinned to the releases this machine keeps on disk (no download).
 TORCH_PINS = torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast clean
 
 $(BIN)/tscm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The unit tests only (integration tests are marked slow): under a minute.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from placeset_files import DB_XY, QUERY_XY, write_jpeg, write_pittsburgh
+from helpers.placeset_files import DB_XY, QUERY_XY, write_jpeg, write_pittsburgh
 
 from tscm.cli import main
 from tscm.data.formats import load_placeset

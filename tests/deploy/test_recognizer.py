@@ -14,7 +14,7 @@ from tscm.evaluation.recall import extract_descriptors
 from tscm.deploy.index import PlaceIndex
 from tscm.deploy.recognizer import PlaceRecognizer
 
-from model_files import write_checkpoint
+from helpers.model_files import write_checkpoint
 
 
 def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:

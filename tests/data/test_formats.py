@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from placeset_files import DB_NAMES, DB_XY, QUERY_NAMES, QUERY_XY, dbstruct, write_mat, write_pittsburgh
+from helpers.placeset_files import DB_NAMES, DB_XY, QUERY_NAMES, QUERY_XY, dbstruct, write_mat, write_pittsburgh
 
 from tscm.data.formats import (
     is_placeholder_path,

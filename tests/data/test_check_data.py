@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from placeset_files import DB_NAMES, DB_XY, QUERY_NAMES, QUERY_XY, write_jpeg, write_pittsburgh
+from helpers.placeset_files import DB_NAMES, DB_XY, QUERY_NAMES, QUERY_XY, write_jpeg, write_pittsburgh
 
 from tscm.cli import main
 from tscm.data.checks import check_placeset, image_problem

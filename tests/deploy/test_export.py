@@ -23,7 +23,7 @@ from tscm.deploy.onnx_export import (
     read_onnx_metadata,
 )
 
-from model_files import write_checkpoint
+from helpers.model_files import write_checkpoint
 
 FAST = "torchscript"  # the legacy exporter takes a second; the dynamo one is exercised once, on the student
 

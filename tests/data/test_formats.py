@@ -182,7 +182,7 @@ def test_csv_manifest(tmp_path):
         "database,db/b.jpg,10.5,20,45,2024-01-01T00:00:00Z\n"
         "query,{abs},11,21,,\n"
         "\n"
-        "database, db/a.jpg ,0,-5,90,\n".format(abs=absolute)
+        "database, db/a.jpg ,0,-5,90,1704067210\n".format(abs=absolute)
     )
     ps = load_placeset(manifest, split="mine-split")
     assert (ps.name, ps.split) == ("mine", "mine-split")
@@ -191,6 +191,9 @@ def test_csv_manifest(tmp_path):
     np.testing.assert_array_equal(ps.db_xy, [[10.5, 20.0], [0.0, -5.0]])
     np.testing.assert_array_equal(ps.db_heading, [45.0, 90.0])
     assert ps.query_heading is None
+    # timestamps: ISO 8601 or plain seconds; now kept per role only when every row has one, like headings
+    np.testing.assert_array_equal(ps.db_time, [1704067200.0, 1704067210.0])
+    assert ps.query_time is None
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ Recognised, in this order:
 - a `.csv` file: manifest (see `csv_manifest`);
 - a `.npz` file: ground truth (see `ground_truth_npz`);
 - a folder with `<name>_<split>.mat` in it or in `datasets/`: Pittsburgh;
-- a folder with `database/` and `queries/` (directly, in `<split>/` or `images/<split>/`): `@utm@` names.
+- a folder with `database/` and `queries/` (directly, in `<split>/` or `images/<split>/`): `@utm@` names;
+- a folder with `ref/`, `query/` and `ground_truth_new.npy`: VPR-Bench (see `vpr_bench`);
+- a folder with `summer/` and `winter/`: Nordland frames (see `nordland`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 
 from tscm.data.formats.csv_manifest import read_csv_manifest
 from tscm.data.formats.ground_truth_npz import is_placeholder_path, read_ground_truth_npz
+from tscm.data.formats.nordland import is_nordland_root, read_nordland, write_nordland_manifest
 from tscm.data.formats.pittsburgh_mat import find_structure_files, read_pittsburgh_mat
 from tscm.data.formats.utm_folder import find_utm_root, read_utm_folder
+from tscm.data.formats.vpr_bench import is_vpr_bench_root, read_vpr_bench
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
@@ -24,17 +28,21 @@ __all__ = [
     "load_placeset",
     "read_csv_manifest",
     "read_ground_truth_npz",
+    "read_nordland",
     "read_pittsburgh_mat",
     "read_utm_folder",
+    "read_vpr_bench",
+    "write_nordland_manifest",
 ]
 
 
 def load_placeset(path: str | Path, split: str = "test", name: str | None = None) -> PlaceSet:
     """Read the data set at `path`, whatever its format.
 
-    `split` selects the structure file or sub-folder inside a folder and labels CSV/.npz sets; a
-    `.mat` file carries its own split. `name` picks `<name>_<split>.mat` when a folder holds
-    several (pitts30k and pitts250k side by side).
+    `split` selects the structure file or sub-folder inside a folder, the rows of a CSV manifest
+    with a `split` column and the section of a Nordland folder; it labels other CSV, .npz and
+    VPR-Bench sets. A `.mat` file carries its own split. `name` picks `<name>_<split>.mat` when a
+    folder holds several (pitts30k and pitts250k side by side).
     """
     path = Path(path)
     if not path.exists():
@@ -54,11 +62,16 @@ def load_placeset(path: str | Path, split: str = "test", name: str | None = None
         raise TscmError(f"{path}: several structure files for split '{split}' ({listed}); pass one of them or a name")
     if find_utm_root(path, split) is not None:
         return read_utm_folder(path, split)
+    if is_vpr_bench_root(path):
+        return read_vpr_bench(path, split)
+    if is_nordland_root(path):
+        return read_nordland(path, split)
     other_mats = sorted(p.name for p in [*path.glob("*.mat"), *path.glob("datasets/*.mat")])
     pattern = f"{name or '<name>'}_{split}.mat"
     raise TscmError(
         f"{path}: no data set found for split '{split}'. Looked for {pattern} in it and in datasets/"
         + (f" (found only {', '.join(other_mats)})" if other_mats else "")
-        + f", and for database/ + queries/ folders in it, in {split}/ and in images/{split}/"
+        + f", for database/ + queries/ folders in it, in {split}/ and in images/{split}/"
+        + ", for ref/ + query/ + ground_truth_new.npy (VPR-Bench) and for summer/ + winter/ (Nordland)"
         + "; or pass a .mat, .csv or .npz file"
     )

@@ -1,0 +1,181 @@
+"""Sequence matching for ordered traversals (SeqSLAM-style): recognise a place by its last L frames.
+
+Database frames and queries are both in route order, and D is the Q×N single-frame distance
+matrix (squared L2, or any score where smaller is better). The sequence score of query q against
+database frame j is the best, over relative speeds v (database frames per query frame), of the
+mean single-frame distance along the straight path that ends at (q, j):
+
+    score[q, j] = min over v of  mean over t = 0..L-1 of  D[q − t, j − round(v·t)]
+
+with round(v·t) = ⌊v·t + ½⌋ (halves round up). Edges:
+
+- causal: only queries ≤ q are used; the first L − 1 queries use the t that exist (t ≤ q), so
+  their scores rest on fewer frames and are as ambiguous as single frames (on the toy route of
+  the tests, query 0 is the most confident false positive);
+- a path point whose database index falls before the start of the database is left out of the
+  mean rather than clamped (clamping would reward paths that pile up on frame 0). The point t = 0
+  is (q, j) itself, so every mean has at least one term and every score is finite.
+
+Optionally each D entry is first normalised by the mean and standard deviation of its row over a
+window of database neighbours (SeqSLAM's local contrast enhancement). It is off by default: on
+the ambiguous toy route of the tests (L = 5) it costs Recall@1 (95.0 % off, 87.9 % with 5
+neighbours a side, 91.0 % with 10); it pays where stretches of the database are offset, as
+under appearance change (same route with a per-segment offset added to D, L = 5, mean of 5
+seeds: 51.5 % off, 85.8 % on).
+
+Rank sequence scores like distances: `sequence_ranking` gives a Ranking (ties to the lower index)
+whose top1_distance is the sequence score, so Recall@N (first_hit_rank) and precision-recall
+(pr_from_ranking) apply unchanged.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+from typing import Sequence
+
+import numpy as np
+
+from tscm.errors import TscmError
+from tscm.evaluation.ranking import Ranking, rank_matrix
+
+# Geometric steps from 0.8 to 1.25 (= 1/0.8): slowing down and speeding up are treated alike, 1.0 included.
+DEFAULT_SPEEDS = tuple(float(v) for v in 1.25 ** np.linspace(-1.0, 1.0, 5))  # 0.8, 0.894, 1.0, 1.118, 1.25
+
+
+def _check_length(length) -> int:
+    if not (isinstance(length, Integral) and length >= 1):
+        raise TscmError(f"sequence length: expected a positive integer, got {length!r}")
+    return int(length)
+
+
+def _path_offsets(speeds: Sequence[float], length: int) -> np.ndarray:
+    """S×L database offsets round(v·t) ≥ 0 of each speed's path, t = 0..L-1."""
+    try:
+        values = np.asarray(speeds, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        values = np.empty(0)
+    if values.size == 0 or not np.isfinite(values).all() or (values <= 0).any():
+        raise TscmError(f"speeds: expected positive finite database frames per query frame, got {speeds!r}")
+    return np.floor(np.unique(values)[:, None] * np.arange(length) + 0.5).astype(np.int64)
+
+
+def _path_counts(offsets: np.ndarray, num_db: int) -> np.ndarray:
+    """S×L×N float32: how many of the path points t ≤ k ending at column j lie inside the database."""
+    inside = np.arange(num_db) >= offsets[:, :, None]
+    return np.cumsum(inside, axis=1, dtype=np.float32)
+
+
+def _check_contrast_window(window) -> int | None:
+    if window is not None and not (isinstance(window, Integral) and window >= 1):
+        raise TscmError(f"contrast_window: expected None (off) or a positive number of neighbours, got {window!r}")
+    return window
+
+
+def local_contrast(distances: np.ndarray, window: int) -> np.ndarray:
+    """Each entry minus the mean, over the std, of its row's entries j − window..j + window (clipped at the ends)."""
+    d = np.asarray(distances, dtype=np.float64)
+    num_db = d.shape[1]
+    # Window sums from running sums, so the cost does not grow with the window.
+    zero = np.zeros((len(d), 1))
+    running = np.concatenate([zero, np.cumsum(d, axis=1)], axis=1)
+    running_sq = np.concatenate([zero, np.cumsum(d * d, axis=1)], axis=1)
+    columns = np.arange(num_db)
+    lo, hi = np.maximum(columns - window, 0), np.minimum(columns + window + 1, num_db)
+    size = hi - lo
+    mean = (running[:, hi] - running[:, lo]) / size
+    var = (running_sq[:, hi] - running_sq[:, lo]) / size - mean * mean
+    # A flat window has no contrast: keep its entries at 0 instead of dividing rounding noise by ~0.
+    std = np.maximum(np.sqrt(np.maximum(var, 0.0)), 1e-6 * np.abs(mean) + np.finfo(np.float64).tiny)
+    return ((d - mean) / std).astype(np.float32)
+
+
+def _distance_matrix(distances) -> np.ndarray:
+    d = np.asarray(distances)
+    if d.ndim != 2 or d.dtype.kind not in "fiu" or d.shape[1] == 0:
+        raise TscmError(f"distances: expected a numeric Q×N matrix with N ≥ 1, got {d.dtype} with shape {d.shape}")
+    d = np.ascontiguousarray(d, dtype=np.float32)
+    if not np.isfinite(d).all():
+        raise TscmError("distances: contains NaN or infinite values")
+    return d
+
+
+def sequence_scores(distances, length: int, speeds: Sequence[float] = DEFAULT_SPEEDS, *,
+                    contrast_window: int | None = None) -> np.ndarray:
+    """Q×N float32 sequence scores of every query against every database frame (module docstring)."""
+    length = _check_length(length)
+    offsets = _path_offsets(speeds, length)
+    d = _distance_matrix(distances)
+    if _check_contrast_window(contrast_window) is not None:
+        d = local_contrast(d, contrast_window)
+    num_q, num_db = d.shape
+    counts = _path_counts(offsets, num_db)
+    best = np.full((num_q, num_db), np.inf, dtype=np.float32)
+    total = np.empty_like(best)
+    head = min(num_q, length - 1)  # queries that still have fewer than L frames behind them
+    for speed_offsets, speed_counts in zip(offsets, counts):
+        total.fill(0.0)
+        for t in range(min(length, num_q)):
+            # Row q, column j takes D[q − t, j − offset]: D shifted down t rows and right `offset` columns.
+            start = min(speed_offsets[t], num_db)
+            total[t:, start:] += d[: num_q - t, : num_db - start]
+        total[:head] /= speed_counts[:head]
+        total[head:] /= speed_counts[length - 1]
+        np.minimum(best, total, out=best)
+    return best
+
+
+class SequenceMatcher:
+    """Online sequence matching: push each new query's distance row, get that query's sequence-score row.
+
+    Keeps only the last `length` rows, in a ring buffer allocated once. push() returns the same
+    row as sequence_scores does for that query over all the rows pushed so far.
+    """
+
+    def __init__(self, length: int, num_db: int, speeds: Sequence[float] = DEFAULT_SPEEDS, *,
+                 contrast_window: int | None = None):
+        self.length = _check_length(length)
+        if not (isinstance(num_db, Integral) and num_db >= 1):
+            raise TscmError(f"num_db: expected a positive number of database frames, got {num_db!r}")
+        self.num_db = int(num_db)
+        self.contrast_window = _check_contrast_window(contrast_window)
+        self._offsets = _path_offsets(speeds, self.length)
+        self._counts = _path_counts(self._offsets, self.num_db)
+        self._history = np.zeros((self.length, self.num_db), dtype=np.float32)
+        self._total = np.empty(self.num_db, dtype=np.float32)
+        self._best = np.empty(self.num_db, dtype=np.float32)
+        self.num_pushed = 0
+
+    def reset(self) -> None:
+        """Forget the rows pushed so far (a new traversal starts)."""
+        self.num_pushed = 0
+
+    def push(self, distance_row) -> np.ndarray:
+        """The newest query's N sequence scores, given its N single-frame distances."""
+        row = np.asarray(distance_row)
+        if row.shape != (self.num_db,) or row.dtype.kind not in "fiu":
+            raise TscmError(f"distance row: expected {self.num_db} numeric distances, got {row.dtype} with shape {row.shape}")
+        if not np.isfinite(row).all():
+            raise TscmError("distance row: contains NaN or infinite values")
+        newest = self.num_pushed % self.length
+        if self.contrast_window is None:
+            self._history[newest] = row
+        else:
+            self._history[newest] = local_contrast(row[None], self.contrast_window)[0]
+        self.num_pushed += 1
+        used = min(self.num_pushed, self.length)
+        n, total, best = self.num_db, self._total, self._best
+        best.fill(np.inf)
+        for speed_offsets, speed_counts in zip(self._offsets, self._counts):
+            total.fill(0.0)
+            for t in range(used):
+                start = min(speed_offsets[t], n)
+                total[start:] += self._history[(newest - t) % self.length, : n - start]
+            total /= speed_counts[used - 1]
+            np.minimum(best, total, out=best)
+        return best.copy()
+
+
+def sequence_ranking(distances, length: int, speeds: Sequence[float] = DEFAULT_SPEEDS, k: int = 20, *,
+                     contrast_window: int | None = None) -> Ranking:
+    """The k best database frames of each query by sequence score; top1_distance is the sequence score."""
+    return rank_matrix(sequence_scores(distances, length, speeds, contrast_window=contrast_window), k)

@@ -72,19 +72,24 @@ def reference_cross_metric(s: TupleDescriptors, t: TupleDescriptors) -> float:
     return sum(sq(s.anchor[b], t.positive[b]) + sq(s.positive[b], t.anchor[b]) for b in range(BATCH)) / BATCH
 
 
-def reference_squared_hinge(s: TupleDescriptors, t: TupleDescriptors, margin: float) -> list[list[float]]:
+FIVE_TERMS = ("SaTp", "SpTa", "SaTa", "SpTp", "SnTn")
+
+
+def reference_squared_hinge(
+    s: TupleDescriptors, t: TupleDescriptors, margin: float, terms: tuple[str, ...] = FIVE_TERMS
+) -> list[list[float]]:
     values = []
     for b in range(BATCH):
         row = []
         for sn, tn in zip(real_negatives(s, b), real_negatives(t, b)):
-            inner = (
-                margin
-                + sq(s.anchor[b], t.positive[b])
-                + sq(s.positive[b], t.anchor[b])
-                + sq(s.anchor[b], t.anchor[b])
-                + sq(s.positive[b], t.positive[b])
-                + sq(sn, tn)
-            )
+            distances = {
+                "SaTp": sq(s.anchor[b], t.positive[b]),
+                "SpTa": sq(s.positive[b], t.anchor[b]),
+                "SaTa": sq(s.anchor[b], t.anchor[b]),
+                "SpTp": sq(s.positive[b], t.positive[b]),
+                "SnTn": sq(sn, tn),
+            }
+            inner = margin + sum(distances[name] for name in terms)
             row.append(0.5 * max(0.0, inner) ** 2)
         values.append(row)
     return values
@@ -171,6 +176,75 @@ def test_distillation_losses_match_loops() -> None:
     assert regression.item() == pytest.approx(sum(sq(s, t) for s, t in pairs) / len(pairs), rel=1e-10)
 
 
+PUBLISHED_VARIANTS = {
+    "SaTp+SpTa": ("SaTp", "SpTa"),
+    "SaTa+SpTp+SnTn": ("SaTa", "SpTp", "SnTn"),
+    "SpTp+SnTn": ("SpTp", "SnTn"),
+    "tscm-published": FIVE_TERMS,
+}
+
+
+@pytest.mark.parametrize("preset", list(PUBLISHED_VARIANTS))
+@pytest.mark.parametrize("reduction", ["tuple", "triplet"])
+def test_published_variants_match_loop(preset: str, reduction: str) -> None:
+    """Each published variant = triplet + its squared hinge, against per-triplet loops (REAL_COUNTS vary)."""
+    student, teacher = random_tuples(21), random_tuples(22)
+    terms = PUBLISHED_VARIANTS[preset]
+    average = tuple_mean if reduction == "tuple" else triplet_mean
+    expected_hinge = average(reference_squared_hinge(student, teacher, 0.1, terms))
+    hinge, _ = build_loss("squared_hinge", terms=terms, reduction=reduction)(student, teacher)
+    assert hinge.item() == pytest.approx(expected_hinge, rel=1e-10)
+    total, parts = build_preset(preset, reduction=reduction)(student, teacher)
+    expected_triplet = average(reference_triplet(student, 0.1))
+    assert parts["squared_hinge"].item() == pytest.approx(expected_hinge, rel=1e-10)
+    assert parts["triplet"].item() == pytest.approx(expected_triplet, rel=1e-10, abs=1e-12)
+    assert total.item() == pytest.approx(expected_triplet + expected_hinge, rel=1e-10)
+
+
+def test_hinge_terms_option() -> None:
+    student, teacher = random_tuples(23), random_tuples(24)
+    five, _ = build_loss("squared_hinge")(student, teacher)
+    spelled, _ = build_loss("squared_hinge", terms="SnTn+SaTp+SpTa+SaTa+SpTp")(student, teacher)
+    assert spelled.item() == pytest.approx(five.item(), rel=1e-12)  # default = all five, order-free
+    assert build_loss("squared_hinge", terms=["SpTp", "SaTa"]).terms == ("SaTa", "SpTp")
+    # Without SnTn every negative of a tuple has the same value, so the reductions differ only by weighting.
+    per_tuple = [row[0] for row in reference_squared_hinge(student, teacher, 0.1, ("SaTp", "SpTa"))]
+    value, _ = build_loss("squared_hinge", terms="SaTp+SpTa", reduction="triplet")(student, teacher)
+    weighted = sum(v * n for v, n in zip(per_tuple, REAL_COUNTS)) / sum(REAL_COUNTS)
+    assert value.item() == pytest.approx(weighted, rel=1e-10)
+    for bad in ("SaTn", "", ["SaTp", "SaTp"], ()):
+        with pytest.raises(TscmError, match="squared_hinge terms"):
+            build_loss("squared_hinge", terms=bad)
+
+
+def test_presets_resolve_to_their_terms_and_options() -> None:
+    from tscm.losses import PUBLISHED_ROWS, preset_terms
+
+    assert PUBLISHED_ROWS == ("SaTp+SpTa", "SaTa+SpTp+SnTn", "SpTp+SnTn", "tscm-published")
+    assert all(row in DISTILLATION_PRESETS for row in PUBLISHED_ROWS)
+    for preset, terms in PUBLISHED_VARIANTS.items():
+        loss = build_preset(preset)
+        assert list(loss.terms) == ["triplet", "squared_hinge"]
+        assert loss.terms["squared_hinge"].terms == terms
+        assert loss.needs_teacher and not loss.needs_uncertainty
+    assert preset_terms("SpTp+SnTn") == [("triplet", 1.0, {}), ("squared_hinge", 1.0, {"terms": ("SpTp", "SnTn")})]
+    assert preset_terms("tscm-published") == [("triplet", 1.0, {}), ("squared_hinge", 1.0, {})]  # unchanged
+    stun = build_preset("stun")
+    assert list(stun.terms) == ["triplet", "stun"] and stun.needs_teacher and stun.needs_uncertainty
+    # Options add to the preset's own; `reduction` reaches every term that averages over negatives.
+    loss = build_preset("SaTa+SpTp+SnTn", options={"triplet": {"margin": 0.3}}, reduction="triplet")
+    assert loss.terms["triplet"].margin == 0.3
+    assert loss.terms["triplet"].reduction == loss.terms["squared_hinge"].reduction == "triplet"
+    assert loss.terms["squared_hinge"].terms == ("SaTa", "SpTp", "SnTn")
+    loss = build_preset("tscm", reduction="triplet", weights={"squared_hinge": 1.0})
+    assert loss.terms["squared_hinge"].reduction == "triplet" and "reduction" not in vars(loss.terms["soft"])
+    assert build_preset("none").terms["triplet"].reduction == "tuple"  # None: the terms' default
+    kept = build_preset("tscm-published", options={"squared_hinge": {"reduction": "tuple"}}, reduction="triplet")
+    assert kept.terms["squared_hinge"].reduction == "tuple" and kept.terms["triplet"].reduction == "triplet"
+    with pytest.raises(TscmError, match="reduction"):
+        build_preset("none", reduction="batch")
+
+
 def test_rkd_matches_loop_with_different_teacher_size() -> None:
     student, teacher = random_tuples(3), random_tuples(4, dim=DIM + 3)
     expected_distance, expected_angle = reference_rkd(student, teacher)
@@ -253,8 +327,11 @@ def test_mismatched_teacher_is_an_error() -> None:
 
 
 def test_registry_and_presets() -> None:
-    assert {"triplet", "soft", "cross_metric", "squared_hinge", "regression", "rkd", "weighted_sum"} <= set(LOSSES)
-    assert set(DISTILLATION_PRESETS) == {"none", "soft", "cm", "soft+cm", "tscm", "tscm-published", "regression", "rkd"}
+    assert {"triplet", "soft", "cross_metric", "squared_hinge", "regression", "rkd", "stun", "weighted_sum"} <= set(LOSSES)
+    assert set(DISTILLATION_PRESETS) == {
+        "none", "soft", "cm", "soft+cm", "tscm", "tscm-published", "regression", "rkd",
+        "SaTp+SpTa", "SaTa+SpTp+SnTn", "SpTp+SnTn", "stun",
+    }
     with pytest.raises(TscmError, match="unknown loss"):
         build_loss("contrastive")
     with pytest.raises(TscmError, match="bad options"):

@@ -37,12 +37,15 @@ class TupleDescriptors:
     anchor B×D, positive B×D, negatives B×K×D, negative_mask B×K bool (True = a real negative;
     False marks padding for tuples with fewer than K negatives — its descriptors are ignored).
     Every tuple must have at least one real negative (the miner skips queries with none).
+    `uncertainty`: the student's uncertainty outputs for the same images in the same layout (B×U,
+    B×K×U, same mask; U may differ from D), for losses with `needs_uncertainty`; None otherwise.
     """
 
     anchor: Tensor
     positive: Tensor
     negatives: Tensor
     negative_mask: Tensor
+    uncertainty: TupleDescriptors | None = None
 
     def __post_init__(self) -> None:
         if self.anchor.ndim != 2:
@@ -66,6 +69,24 @@ class TupleDescriptors:
             raise TscmError("TupleDescriptors: the batch holds no tuples")
         if not bool(self.negative_mask.any(dim=1).all()):
             raise TscmError("TupleDescriptors.negative_mask: every tuple needs at least one real negative")
+        if self.uncertainty is not None:
+            self.check_uncertainty()
+
+    def check_uncertainty(self) -> TupleDescriptors:
+        """The uncertainty tuples, checked to describe the same images (also after assigning the field)."""
+        uncertainty = self.uncertainty
+        if not isinstance(uncertainty, TupleDescriptors):
+            raise TscmError(
+                f"TupleDescriptors.uncertainty: expected TupleDescriptors or None, got {type(uncertainty).__name__}"
+            )
+        if uncertainty.negatives.shape[:2] != self.negatives.shape[:2] or not torch.equal(
+            uncertainty.negative_mask, self.negative_mask
+        ):
+            raise TscmError(
+                f"TupleDescriptors.uncertainty: expected tuples of shape B×K={tuple(self.negatives.shape[:2])} with "
+                f"the descriptors' negative mask, got B×K={tuple(uncertainty.negatives.shape[:2])}"
+            )
+        return uncertainty
 
     @property
     def batch_size(self) -> int:
@@ -80,8 +101,13 @@ class TupleDescriptors:
         return self.anchor.shape[1]
 
     @classmethod
-    def from_flat(cls, desc: Tensor, num_negatives: int, mask: Tensor | None = None) -> TupleDescriptors:
-        """Split a flat (B·(K+2))×D batch laid out [q, p, n1..nK] per tuple; `mask` is B×K (None: all real)."""
+    def from_flat(
+        cls, desc: Tensor, num_negatives: int, mask: Tensor | None = None, uncertainty: Tensor | None = None
+    ) -> TupleDescriptors:
+        """Split a flat (B·(K+2))×D batch laid out [q, p, n1..nK] per tuple; `mask` is B×K (None: all real).
+
+        `uncertainty`: the student's uncertainty outputs as a flat (B·(K+2))×U tensor in the same row order.
+        """
         if desc.ndim != 2:
             raise TscmError(f"flat descriptors: expected a 2-D (B·(K+2))×D tensor, got shape {tuple(desc.shape)}")
         per_tuple = num_negatives + 2
@@ -93,7 +119,15 @@ class TupleDescriptors:
         grouped = desc.reshape(desc.shape[0] // per_tuple, per_tuple, desc.shape[1])
         if mask is None:
             mask = torch.ones(grouped.shape[:1] + (num_negatives,), dtype=torch.bool, device=desc.device)
-        return cls(grouped[:, 0], grouped[:, 1], grouped[:, 2:], mask)
+        nested = None
+        if uncertainty is not None:
+            if uncertainty.ndim != 2 or uncertainty.shape[0] != desc.shape[0]:
+                raise TscmError(
+                    f"flat uncertainty: expected a 2-D {desc.shape[0]}×U tensor (one row per descriptor), "
+                    f"got shape {tuple(uncertainty.shape)}"
+                )
+            nested = cls.from_flat(uncertainty, num_negatives, mask)
+        return cls(grouped[:, 0], grouped[:, 1], grouped[:, 2:], mask, nested)
 
     def real_descriptors(self) -> Tensor:
         """Anchors, positives and the real negatives stacked as N×D (padding dropped)."""
@@ -104,11 +138,13 @@ class DistillationLoss(nn.Module):
     """Base of every loss: `forward(student, teacher) -> (total, parts)`.
 
     `parts` maps each term's name to a detached scalar for logging. Losses that compare with the
-    teacher set `needs_teacher` and raise TscmError when it is missing.
+    teacher set `needs_teacher` and raise TscmError when it is missing; losses that read the
+    student's uncertainty (`student.uncertainty`) set `needs_uncertainty`.
     """
 
     name: str = ""
     needs_teacher: bool = False
+    needs_uncertainty: bool = False
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
@@ -129,6 +165,15 @@ class DistillationLoss(nn.Module):
                 f"loss '{self.name}': needs equal descriptor sizes, teacher D={teacher.dim}, student D={student.dim}"
             )
         return teacher
+
+    def _checked_uncertainty(self, student: TupleDescriptors) -> TupleDescriptors:
+        """The student's uncertainty tuples, checked to describe the student's images."""
+        if student.uncertainty is None:
+            raise TscmError(
+                f"loss '{self.name}' needs the student's uncertainty outputs (TupleDescriptors.uncertainty, e.g. "
+                "from Student.forward_with_uncertainty), but the student tuples carry none"
+            )
+        return student.check_uncertainty()
 
 
 def reduce_over_negatives(per_negative: Tensor, mask: Tensor, reduction: str) -> Tensor:

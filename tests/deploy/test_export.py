@@ -13,15 +13,9 @@ import tscm.deploy.onnx_export as export_module
 from tscm import cli
 from tscm.bench.extraction import bench_model, time_blocks
 from tscm.errors import TscmError
-from tscm.evaluation.recall import extract_descriptors
-from tscm.deploy.onnx_export import (
-    OnnxDescriptorModel,
-    calibration_subset,
-    export_onnx,
-    image_reading_convolutions,
-    make_extractor,
-    read_onnx_metadata,
-)
+from tscm.deploy.onnx_export import calibration_subset, export_onnx, image_reading_convolutions, read_onnx_metadata
+from tscm.deploy.runtimes import OnnxDescriptorModel, make_extractor
+from tscm.evaluation.extract import InputSpec, extract_descriptors
 
 from helpers.model_files import write_checkpoint
 
@@ -149,7 +143,7 @@ def test_not_a_tscm_onnx_file(tmp_path):
         OnnxDescriptorModel(garbage)
     plain = tmp_path / "plain.onnx"
     torch.onnx.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),), plain, dynamo=False)
-    with pytest.raises(TscmError, match="not a tscm ONNX model"):
+    with pytest.raises(TscmError, match="expected .tscm-onnx."):
         read_onnx_metadata(plain)
 
 
@@ -200,9 +194,9 @@ def test_onnx_model_works_with_extract_descriptors(student_checkpoint, student_o
     from tscm.models.checkpoint import load_checkpoint
 
     torch_model, meta = load_checkpoint(student_checkpoint)
-    options = dict(image_size=meta["image_size"], mean=meta["mean"], std=meta["std"], batch_size=4, progress=False)
-    expected = extract_descriptors(torch_model, images, **options)
-    actual = extract_descriptors(OnnxDescriptorModel(student_onnx[0]), images, **options)
+    spec = InputSpec.of(meta)
+    expected = extract_descriptors(torch_model, images, spec, batch_size=4)
+    actual = extract_descriptors(OnnxDescriptorModel(student_onnx[0]), images, spec, batch_size=4)
     assert actual.shape == expected.shape == (len(images), 256)
     assert rowwise_cosine(actual, expected).min() >= 0.9999
 

@@ -10,7 +10,6 @@ from PIL import Image
 
 from tscm.models.checkpoint import load_checkpoint
 from tscm.errors import TscmError
-from tscm.evaluation.recall import extract_descriptors
 from tscm.deploy.index import PlaceIndex
 from tscm.deploy.recognizer import PlaceRecognizer
 
@@ -47,9 +46,15 @@ def images(tmp_path_factory) -> list[Path]:
 
 
 def reference_descriptors(checkpoint: Path, paths) -> np.ndarray:
-    """Descriptors through the evaluation pipeline (DataLoader + ImageListDataset), independent of the recognizer."""
+    """Descriptors by a plain loop over the eval transform, independent of the extraction path the recognizer uses."""
+    import torch
+
+    from tscm.data.images import ImageListDataset
+
     model, meta = load_checkpoint(checkpoint)
-    return extract_descriptors(model, paths, meta["image_size"], meta["mean"], meta["std"], batch_size=3, progress=False)
+    dataset = ImageListDataset(paths, meta["image_size"], meta["mean"], meta["std"])
+    with torch.no_grad():
+        return model(torch.stack([dataset[i] for i in range(len(dataset))])).numpy()
 
 
 def squared_distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:

@@ -7,30 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers.placeset_files import DB_XY, QUERY_XY, write_jpeg, write_pittsburgh
+from helpers.placeset_files import DB_XY, QUERY_XY, write_pittsburgh
+from helpers.references import naive_recall
 
 from tscm.cli import main
 from tscm.data.formats import load_placeset
 from tscm.data.places import PlaceSet
-from tscm.data.transforms import eval_transform, load_rgb
+from tscm.data.images import eval_transform, load_rgb
 from tscm.errors import TscmError
-from tscm.evaluation.recall import EvalResult, evaluate_descriptors, extract_descriptors, recall_at_n
-
-
-def reference_recall(db, queries, positives, ns):
-    """Plain loop: rank by squared distance (ties by lower index), first N, any positive?"""
-    correct = {n: 0 for n in ns}
-    evaluated = 0
-    for q, pos in zip(queries, positives):
-        if len(pos) == 0:
-            continue
-        evaluated += 1
-        distances = [(float(((d.astype(np.float64) - q) ** 2).sum()), i) for i, d in enumerate(db)]
-        ranking = [i for _, i in sorted(distances)]
-        for n in ns:
-            if set(ranking[:n]) & set(int(p) for p in pos):
-                correct[n] += 1
-    return {n: 100.0 * correct[n] / evaluated for n in ns}, evaluated
+from tscm.evaluation.recall import EvalResult, evaluate_descriptors, recall_at_n
 
 
 def test_recall_matches_reference_with_ties_and_large_n():
@@ -45,7 +30,7 @@ def test_recall_matches_reference_with_ties_and_large_n():
             positives[0] = np.array([num_db - 1])
         ns = (1, 5, 10, 20, 50)
         got = recall_at_n(db, queries, positives, ns)
-        expected, evaluated = reference_recall(db, queries, positives, ns)
+        expected, evaluated = naive_recall(db, queries, positives, ns)
         assert got.num_evaluated == evaluated and got.num_without_positive == num_q - evaluated
         for n in ns:
             assert got.recall[n] == pytest.approx(expected[n]), (trial, n)
@@ -60,7 +45,7 @@ def test_recall_hand_cases():
     got = recall_at_n(db, queries, positives, ns=(1, 2, 20))
     assert got.recall == {1: 50.0, 2: 100.0, 20: 100.0}
     assert (got.num_evaluated, got.num_without_positive) == (2, 1)
-    with pytest.raises(TscmError, match="no query has a database image"):
+    with pytest.raises(TscmError, match="no query has a true match"):
         recall_at_n(db, queries, [np.array([], dtype=np.int64)] * 3)
     with pytest.raises(TscmError, match="dimension 3"):
         recall_at_n(db, np.zeros((1, 3)), [np.array([0])])
@@ -76,63 +61,30 @@ def test_evaluate_descriptors_checks_shapes_and_counts():
     ps = small_placeset()
     db = np.eye(4, dtype=np.float32)
     queries = db[[0, 3, 1]]  # query 0 -> db 0 (positive), query 1 -> db 3 (positive at 25 m), query 2 far away
-    result = evaluate_descriptors(ps, db, queries, radius_m=25.0, ns=(1, 5))
+    result = evaluate_descriptors(ps, db, queries, radius=25.0, ns=(1, 5))
     assert result.recall == {1: 100.0, 5: 100.0}
     assert (result.num_db, result.num_queries, result.num_queries_evaluated, result.num_queries_without_positive) == (4, 3, 2, 1)
-    result10 = evaluate_descriptors(ps, db, db[[2, 0, 1]], radius_m=10.0, ns=(1, 5))
+    result10 = evaluate_descriptors(ps, db, db[[2, 0, 1]], radius=10.0, ns=(1, 5))
     assert result10.recall == {1: 0.0, 5: 100.0}
     with pytest.raises(TscmError, match=r"descriptors 'db': expected shape \(4, D\).*got \(3, 4\)"):
         evaluate_descriptors(ps, db[:3], queries)
     with pytest.raises(TscmError, match=r"descriptors 'queries': expected shape \(3, D\)"):
         evaluate_descriptors(ps, db, queries[:2])
-    with pytest.raises(TscmError, match="'db' has dimension 4 but 'queries' has 2"):
+    with pytest.raises(TscmError, match="expected 4-d descriptors"):
         evaluate_descriptors(ps, db, queries[:, :2])
 
 
 def test_eval_result_json_and_table():
-    result = EvalResult({1: 50.0, 5: 75.0, 10: 80.0, 20: 90.0}, 10.0, 100, 40, 38, 2, "city/test")
+    result = EvalResult({1: 50.0, 5: 75.0, 10: 80.0, 20: 90.0}, 10.0, "m", 100, 40, 38, 2, "city/test")
     payload = result.to_json()
     assert payload["recall"] == {"1": 50.0, "5": 75.0, "10": 80.0, "20": 90.0}
-    assert (payload["radius_m"], payload["num_db"], payload["num_queries"], payload["num_queries_evaluated"]) == (10.0, 100, 40, 38)
+    assert (payload["radius"], payload["unit"], payload["num_db"], payload["num_queries"],
+            payload["num_queries_evaluated"]) == (10.0, "m", 100, 40, 38)
     table = result.format_table()
     assert "radius 10 m (published TSCM protocol)" in table
     assert "100 images" in table and "40 queries" in table and "38 evaluated" in table and "2 dropped" in table
-    result.radius_m = 25.0
+    result.radius = 25.0
     assert "radius 25 m (community standard)" in result.format_table()
-
-
-class MeanColourModel(torch.nn.Module):
-    """Descriptor = per-channel mean and a scaled copy; records the mode it ran in."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(2.0))
-        self.modes: list[bool] = []
-
-    def forward(self, images):
-        self.modes.append(self.training)
-        means = images.mean(dim=(2, 3))
-        return torch.cat([means, means * self.scale], dim=1)
-
-
-def test_extract_descriptors_matches_direct_model_call(tmp_path):
-    paths = [write_jpeg(tmp_path / f"{i}.jpg", seed=i, size=(9 + i, 7)) for i in range(5)]
-    model = MeanColourModel().train()
-    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
-    got = extract_descriptors(model, paths, (6, 8), mean, std, batch_size=2, progress=False)
-    assert got.dtype == np.float32 and got.shape == (5, 6)
-    batch = torch.stack([eval_transform(load_rgb(p), (6, 8), mean, std) for p in paths])
-    with torch.no_grad():
-        expected = MeanColourModel()(batch).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert model.modes == [False, False, False] and model.training  # eval inside, mode restored after
-
-    class WrongShape(torch.nn.Module):
-        def forward(self, images):
-            return images
-
-    with pytest.raises(TscmError, match="model output"):
-        extract_descriptors(WrongShape(), paths[:1], (6, 8), mean, std, progress=False)
 
 
 def test_evaluate_command(tmp_path, capsys):
@@ -146,9 +98,10 @@ def test_evaluate_command(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "radius 10 m (published TSCM protocol)" in printed
     saved = json.loads(out.read_text())
-    expected = evaluate_descriptors(ps, db, db[[0, 3, 1]], radius_m=10.0)
+    expected = evaluate_descriptors(ps, db, db[[0, 3, 1]], radius=10.0)
     assert saved["recall"] == {str(n): v for n, v in expected.recall.items()}
-    assert saved["num_queries_evaluated"] == 2 and saved["radius_m"] == 10.0
+    assert saved["num_queries_evaluated"] == 2 and saved["radius"] == 10.0 and saved["unit"] == "m"
+    assert {"average_precision", "recall_at_100_precision", "f1_max"} <= set(saved["pr"])
 
     np.savez(descriptors, db=db[:3], queries=db[[0, 3, 1]])
     assert main(["evaluate", str(tmp_path / "city"), "--descriptors", str(descriptors)]) == 2

@@ -1,5 +1,6 @@
 """`tscm demo` / `tscm ablation` orchestration on the tiny synthetic city with a step or two of training:
-the run folder's files exist and hold the numbers the saved descriptors give (not the learning)."""
+the run folder's files exist and hold the numbers the saved descriptors give (not the learning), and the
+multi-seed rows and the gain are the hand formulas of their per-seed values."""
 
 from __future__ import annotations
 
@@ -9,30 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.references import naive_recall
 from PIL import Image
 
 from tscm import cli
-from tscm.experiments.ablation import ablation_settings, compare_to_baseline
 from tscm.data.formats import load_placeset
-from tscm.models import build_model
 from tscm.evaluation.raw_pixels import raw_pixel_descriptors
+from tscm.experiments.ablation import ablation_settings, row_sets
 from tscm.experiments.report import load_descriptors
+from tscm.models import build_model
 
 TINY_RUN = ["--data", "synthetic:tiny", "--quick", "--no-progress", "--threads", "1"]
-
-
-def reference_recall(db: np.ndarray, queries: np.ndarray, db_xy: np.ndarray, query_xy: np.ndarray,
-                     radius_m: float, ns=(1, 5, 10)) -> dict[int, float]:
-    """Recall@N by brute force in float64: stable sort of squared distances, positives by plain distance."""
-    distances = ((queries[:, None, :].astype(np.float64) - db[None, :, :]) ** 2).sum(-1)
-    ranked = np.argsort(distances, axis=1, kind="stable")
-    metres = np.sqrt(((query_xy[:, None, :] - db_xy[None, :, :]) ** 2).sum(-1))
-    has_positive = (metres <= radius_m).any(axis=1)
-    recall = {}
-    for n in ns:
-        hits = [(metres[q, ranked[q, :n]] <= radius_m).any() for q in np.flatnonzero(has_positive)]
-        recall[n] = 100.0 * float(np.mean(hits))
-    return recall
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +31,7 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def demo_run(cache, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "demo"
-    assert cli.main(["demo", *TINY_RUN, "--cache-dir", str(cache), "--out", str(out)]) == 0
+    assert cli.main(["demo", *TINY_RUN, "--seeds", "0", "1", "--cache-dir", str(cache), "--out", str(out)]) == 0
     return out
 
 
@@ -66,32 +54,30 @@ def test_raw_pixel_descriptors_match_a_plain_computation(tmp_path):
     assert not out[1].any(), "a constant image has no structure left after centring"
 
 
-def test_ablation_rows_merge_presets_with_the_same_terms():
-    from tscm.losses import DISTILLATION_PRESETS
+@pytest.mark.parametrize("rows", [["all"], ["classic"], ["paper"]])
+def test_ablation_rows_merge_presets_with_the_same_terms(rows):
+    from tscm.losses import preset_terms
 
-    rows = ablation_settings()
-    trained = [row.preset for row in rows]
+    settings = ablation_settings(rows)
+    trained = [row.preset for row in settings]
     assert len(trained) == len(set(trained))
-    covered = [alias for row in rows for alias in row.aliases]
-    assert sorted(covered) == sorted(DISTILLATION_PRESETS)
-    for row in rows:
+    covered = [alias for row in settings for alias in row.aliases]
+    wanted = [p for item in rows for p in row_sets()[item]]
+    assert sorted(set(covered)) == sorted(set(wanted))
+    for row in settings:
         for alias in row.aliases:
-            assert DISTILLATION_PRESETS[alias] == row.weights
-    if DISTILLATION_PRESETS["soft+cm"] == DISTILLATION_PRESETS["tscm"]:
-        merged = next(row for row in rows if "tscm" in row.aliases)
+            assert {t: (w, o) for t, w, o in preset_terms(alias)} == row.terms
+    if "tscm" in covered and "soft+cm" in covered:
+        merged = next(row for row in settings if "tscm" in row.aliases)
         assert merged.aliases == ("soft+cm", "tscm") and merged.preset == "tscm"
         assert "L_hard + L_soft + L_cm" in merged.label
 
 
-def test_compare_to_baseline_states_the_difference_and_its_error():
-    def row(name, mean, stderr):
-        return {"name": name, "recall": {"1": {"mean": mean, "stderr": stderr, "n": 3}}}
-
-    lines = compare_to_baseline([row("base", 50.0, 1.0), row("up", 56.0, 1.0), row("same", 51.0, 1.0)], "base")
-    assert lines[0].startswith(f"up: R@1 +6.0 ± {math.hypot(1, 1):.1f}") and "clear gain" in lines[0]
-    assert "within noise" in lines[1]
+def _recall_at(placeset, db, queries, radius):
+    return naive_recall(db, queries, placeset.positives(radius), (1, 5, 10))[0]
 
 
+@pytest.mark.slow
 def test_demo_writes_results_that_match_its_descriptors(demo_run, cache):
     results = json.loads((demo_run / "results.json").read_text())
     names = [m["name"] for m in results["models"]]
@@ -102,39 +88,65 @@ def test_demo_writes_results_that_match_its_descriptors(demo_run, cache):
     assert by_name["student-baseline"]["distillation"] is None and by_name["teacher"]["distillation"] is None
 
     test_set = load_placeset(cache / "synth-tiny-seed0", "test")
-    assert results["dataset"]["num_queries"] == test_set.num_queries and results["radius_m"] == 25.0
+    dataset = results["dataset"]
+    assert dataset["num_queries"] == test_set.num_queries and (dataset["radius"], dataset["unit"]) == (25.0, "m")
     for name in names:
-        db, queries = load_descriptors(demo_run, name)
-        expected = reference_recall(db, queries, test_set.db_xy, test_set.query_xy, 25.0)
+        db, queries = load_descriptors(demo_run, name)  # the first seed's descriptors
+        expected = _recall_at(test_set, db, queries, 25.0)
         for n, value in expected.items():
-            assert by_name[name]["recall"][str(n)] == pytest.approx(value, abs=1e-9), (name, n)
-        published = reference_recall(db, queries, test_set.db_xy, test_set.query_xy, 10.0, ns=(1,))
-        assert by_name[name]["recall_10m"]["1"] == pytest.approx(published[1], abs=1e-9)
+            assert by_name[name]["recall_per_seed"][0][str(n)] == pytest.approx(value, abs=1e-9), (name, n)
+        published = _recall_at(test_set, db, queries, 10.0)
+        if len(by_name[name]["seeds"]) == 1:
+            assert by_name[name]["recall_at"]["10 m"]["1"] == pytest.approx(published[1], abs=1e-9)
         assert by_name[name]["ms_per_image"] > 0 and by_name[name]["matching_ms_per_query"] > 0
         assert by_name[name]["descriptor_dim"] == db.shape[1]
+        assert 0 <= by_name[name]["pr"]["average_precision"] <= 100
 
     raw_db, raw_queries = load_descriptors(demo_run, "raw-pixels")
-    np.testing.assert_array_equal(raw_queries, raw_pixel_descriptors(test_set.query_paths, 16))
+    np.testing.assert_array_equal(raw_queries, raw_pixel_descriptors(test_set.query_paths, (16, 16)))
     assert by_name["raw-pixels"]["params"] == 0
     for name, preset in (("teacher", "teacher-tiny"), ("student-tscm", "student-tiny")):
         assert by_name[name]["params"] == sum(p.numel() for p in build_model(preset).parameters())
+        assert by_name[name]["multiply_adds"] > 0
 
     table = (demo_run / "results.md").read_text()
     for name in names:
         line = next(row for row in table.splitlines() if row.startswith(f"| {name} "))
-        assert f"| {by_name[name]['recall']['1']:.1f} |" in line
-    for picture in ("recall_curves.png", "retrieval_student-tscm.png", "map_teacher.png"):
+        assert f"| {by_name[name]['recall']['1']:.1f}" in line
+    for picture in ("recall_curves.png", "precision_recall.png", "retrieval_student-tscm.png", "map_teacher.png"):
         assert (demo_run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     settings = json.loads((demo_run / "settings.json").read_text())
     assert settings["options"]["quick"] is True and "tscm demo" in settings["command"]
-    assert (demo_run / "train" / "student-tscm" / "config.yaml").is_file()
+    assert (demo_run / "train" / "student-tscm-seed1" / "config.yaml").is_file()
 
 
+@pytest.mark.slow
+def test_demo_rows_are_the_mean_and_standard_error_of_their_seeds(demo_run):
+    results = json.loads((demo_run / "results.json").read_text())
+    by_name = {m["name"]: m for m in results["models"]}
+    for name in ("student-tscm", "student-baseline"):
+        row = by_name[name]
+        assert row["seeds"] == [0, 1]
+        for n in ("1", "5", "10"):
+            values = [seed[n] for seed in row["recall_per_seed"]]
+            assert row["recall"][n] == pytest.approx(sum(values) / 2)
+            assert row["recall_stderr"][n] == pytest.approx(abs(values[0] - values[1]) / 2)  # s / √2 for two values
+    gain = next(c for c in results["comparisons"] if c["model"] == "student-tscm" and c["baseline"] == "student-baseline")
+    student, baseline = by_name["student-tscm"], by_name["student-baseline"]
+    assert gain["difference"] == pytest.approx(student["recall"]["1"] - baseline["recall"]["1"])
+    assert gain["stderr"] == pytest.approx(math.hypot(student["recall_stderr"]["1"], baseline["recall_stderr"]["1"]))
+    noisy = abs(gain["difference"]) < 2 * gain["stderr"]
+    assert ("within noise" in gain["verdict"]) == noisy
+    assert "student-tscm vs student-baseline: R@1" in (demo_run / "results.md").read_text()
+
+
+@pytest.mark.slow
 def test_demo_refuses_a_used_run_folder(demo_run, capsys):
     assert cli.main(["demo", *TINY_RUN, "--out", str(demo_run)]) == 2
     assert "not an empty folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ablation_rows_summarise_their_seeds(demo_run, cache, tmp_path):
     out = tmp_path / "ablation"
     teacher = demo_run / "train" / "teacher" / "best"
@@ -142,32 +154,31 @@ def test_ablation_rows_summarise_their_seeds(demo_run, cache, tmp_path):
             "--seeds", "0", "1", "--rows", "none", "cm"]
     assert cli.main(args) == 0
     results = json.loads((out / "results.json").read_text())
-    rows = results["ablation"]
-    assert [row["settings"]["preset"] for row in rows] == ["none", "cm"]
-    assert rows[0]["name"] == "none: L_hard (no distillation)" and rows[1]["name"] == "cm: L_hard + L_cm"
+    rows = [m for m in results["models"] if m["role"] == "student"]
+    assert [row["distillation"] for row in rows] == ["none", "cm"]
+    assert rows[0]["label"] == "none: L_hard (no distillation)" and rows[1]["label"] == "cm: L_hard + L_cm"
     for row in rows:
         assert row["seeds"] == [0, 1]
         values = [r["1"] for r in row["recall_per_seed"]]
-        assert row["recall"]["1"]["mean"] == pytest.approx(np.mean(values))
-        assert row["recall"]["1"]["stderr"] == pytest.approx(np.std(values, ddof=1) / math.sqrt(2))
+        assert row["recall"]["1"] == pytest.approx(np.mean(values))
+        assert row["recall_stderr"]["1"] == pytest.approx(np.std(values, ddof=1) / math.sqrt(2))
         assert len(row["wall_s_per_seed"]) == 2
     # Same tuples, same steps: rows differ only in their loss.
-    assert rows[0]["settings"]["steps_per_seed"] == rows[1]["settings"]["steps_per_seed"]
+    steps = [[seed["training"]["steps"] for seed in row["per_seed"]] for row in rows]
+    assert steps[0] == steps[1]
+    comparison = results["comparisons"][0]
+    assert (comparison["model"], comparison["baseline"]) == ("student-cm", "student-none")
 
     test_set = load_placeset(cache / "synth-tiny-seed0", "test")
-    by_name = {m["name"]: m for m in results["models"]}
-    assert set(by_name) == {"teacher", "raw-pixels", "student-none-seed0", "student-cm-seed0"}
-    for name, row in (("student-none-seed0", rows[0]), ("student-cm-seed0", rows[1])):
-        db, queries = load_descriptors(out, name)
-        expected = reference_recall(db, queries, test_set.db_xy, test_set.query_xy, 25.0)
-        assert row["recall_per_seed"][0]["1"] == pytest.approx(expected[1], abs=1e-9)
-        assert by_name[name]["recall"]["1"] == pytest.approx(expected[1], abs=1e-9)
+    for row in rows:
+        db, queries = load_descriptors(out, row["name"])
+        assert row["recall_per_seed"][0]["1"] == pytest.approx(_recall_at(test_set, db, queries, 25.0)[1], abs=1e-9)
     assert "cm: L_hard + L_cm" in (out / "results.md").read_text()
     assert (out / "recall_curves.png").is_file()
 
 
 def test_data_argument_takes_a_path_or_a_synthetic_preset(tmp_path):
-    from tscm.experiments.demo import resolve_data
+    from tscm.data.synthetic import resolve_data
     from tscm.errors import TscmError
 
     assert resolve_data(str(tmp_path)) == tmp_path
@@ -179,7 +190,7 @@ def test_data_argument_takes_a_path_or_a_synthetic_preset(tmp_path):
 
 def test_chance_level_is_the_mean_share_of_true_matches():
     from tscm.data.places import PlaceSet
-    from tscm.experiments.demo import chance_recall_at_1
+    from tscm.experiments.common import chance_recall_at_1
 
     places = PlaceSet("toy", "test", ["a", "b", "c"], ["q1", "q2", "q3"],
                       db_xy=[[0, 0], [10, 0], [100, 0]], query_xy=[[0, 0], [100, 0], [500, 0]])

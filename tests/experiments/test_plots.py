@@ -19,7 +19,14 @@ from tscm.experiments.plots import (
     plot_retrieval_grid,
     retrieve_for_placeset,
 )
-from tscm.experiments.report import DatasetInfo, ModelResult, build_results, save_descriptors, write_results
+from tscm.experiments.report import (
+    DatasetInfo,
+    ModelResult,
+    SeedMeasurement,
+    build_results,
+    save_descriptors,
+    write_results,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NUM_DB, NUM_QUERIES, DIM = 16, 8, 6
@@ -148,7 +155,7 @@ def write_tiny_run(tmp_path):
         db, queries = tiny_descriptors(seed, noise)
         save_descriptors(run_dir, name, db, queries)
         curve = recall_at_n(db, queries, placeset.positives(25.0), ns=range(1, 21)).recall
-        models.append(ModelResult(name, role, loss, curve, params=1000, ms_per_image=1.0))
+        models.append(ModelResult(name, role, loss, [seed], [SeedMeasurement(curve)], params=1000, ms_per_image=1.0))
     dataset = DatasetInfo.from_placeset(manifest, placeset, 25.0)
     assert dataset.num_queries_evaluated == NUM_QUERIES - 1
     results = build_results(dataset, models, command="test", run_dir=run_dir)
@@ -158,6 +165,7 @@ def write_tiny_run(tmp_path):
 
 EXPECTED_PICTURES = {
     "recall_curves.png",
+    "precision_recall.png",
     "retrieval_teacher.png",
     "map_teacher.png",
     "retrieval_student-cm.png",
@@ -196,7 +204,7 @@ def test_a_failing_picture_keeps_results_and_the_other_pictures(tmp_path):
         placeset.query_paths[q].write_bytes(b"not a jpeg")
     descriptors = {m["name"]: tiny_descriptors(s, n) for m, s, n in zip(results["models"], (0, 1, 2), (0.5, 0.9, 1.5))}
     report = draw_run_pictures(run_dir, results, placeset, descriptors)
-    assert any(f.startswith("retrieval_teacher.png") and "cannot open image" in f for f in report.failed)
+    assert any(f.startswith("retrieval_teacher.png") and "unreadable image" in f for f in report.failed)
     assert {p.name for p in report.written} >= {"recall_curves.png", "map_teacher.png", "map_student-cm.png"}
     assert (run_dir / "results.json").read_text() == before
     assert json.loads(before)["models"][0]["name"] == "teacher"

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from tscm.errors import TscmError
 from tscm.experiments.report import (
-    AblationRow,
     DatasetInfo,
     ModelResult,
+    SeedMeasurement,
     build_results,
     descriptor_path,
     format_markdown,
@@ -65,9 +66,9 @@ def test_results_json_and_markdown_hold_the_recall_of_the_saved_descriptors(tmp_
     for name, db, queries in models:
         role, loss = roles[name]
         recall = plain_recall(db, queries, positives, ns)
-        results_in.append(ModelResult(name, role, loss, recall, params=1234567, ms_per_image=0.4321,
-                                      matching_ms_per_query=0.05, descriptor_dim=8, seed=7))
-    dataset = DatasetInfo(path="/data/city", name="city", split="test", radius_m=25.0,
+        results_in.append(ModelResult(name, role, loss, [7], [SeedMeasurement(recall)], params=1234567,
+                                      ms_per_image=0.4321, matching_ms_per_query=0.05, descriptor_dim=8))
+    dataset = DatasetInfo(path="/data/city", name="city", split="test", radius=25.0, unit="m",
                           num_db=30, num_queries=10, num_queries_evaluated=9)
     doc = build_results(dataset, results_in, seeds=[7], wall_s={"total": 12.5}, command="tscm demo", run_dir=tmp_path)
     json_path, md_path = write_results(tmp_path, doc)
@@ -94,37 +95,56 @@ def test_results_json_and_markdown_hold_the_recall_of_the_saved_descriptors(tmp_
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {entry['name']} |"))
         for n in (1, 5, 10):
             assert f"{entry['recall'][str(n)]:.1f}" in row
-        assert "1.23 M" in row and "0.432" in row and "0.050" in row
+        assert "1.23 M" in row and "0.432" in row and "0.050" in row and "| 1 |" in row
 
     table = format_table(loaded)
     assert "9 of 10 queries evaluated" in table
     assert f"{loaded['models'][1]['recall']['1']:.1f}" in table
 
 
-def test_radius_10_is_labelled_as_the_published_protocol(tmp_path):
-    dataset = DatasetInfo("/d", "city", "test", 10.0, 5, 4, 4)
-    doc = build_results(dataset, [ModelResult("t", "teacher", None, {1: 50.0}, None, None)], command="x")
-    assert "radius 10 m (published TSCM protocol)" in format_table(doc)
+def one(name="t", role="teacher", recall=None, **kw):
+    return ModelResult(name, role, None, [None], [SeedMeasurement(recall or {1: 50.0})], **kw)
 
 
-def test_ablation_rows_have_mean_and_standard_error_from_per_seed_values():
+def test_radius_and_unit_are_stated_for_every_kind_of_ground_truth(tmp_path):
+    cases = [(10.0, "m", "radius 10 m (published TSCM protocol)"), (1.0, "frame", "radius ±1 frame"),
+             (0.0, "frame", "radius ±0 frames"), (None, "explicit", "listed matches (explicit ground truth)")]
+    for radius, unit, text in cases:
+        doc = build_results(DatasetInfo("/d", "city", "test", radius, unit, 5, 4, 4), [one()], command="x")
+        assert text in format_table(doc) and text in format_markdown(doc)
+        assert (doc["dataset"]["radius"], doc["dataset"]["unit"]) == (radius, unit)
+        assert re.search(r"\d m\b", format_table(doc).splitlines()[0]) is None or unit == "m"  # no "25 m" for frames
+
+
+def test_seed_rows_have_mean_and_standard_error_from_per_seed_values():
     per_seed = [{1: 40.0, 5: 70.0}, {1: 50.0, 5: 75.0}, {1: 45.0, 5: 71.0}]
-    row = AblationRow("cm-only", seeds=[1, 2, 3], recall_per_seed=per_seed, wall_s_per_seed=[10.0, 12.0, 11.0],
-                      settings={"loss": "cross_metric"}).to_json()
+    prs = [{"average_precision": a, "recall_at_100_precision": b, "f1_max": c} for a, b, c in
+           ((30.0, 5.0, 40.0), (36.0, 7.0, 44.0), (33.0, 6.0, 42.0))]
+    row = ModelResult("student-cm", "student", "cm", [1, 2, 3],
+                      [SeedMeasurement(r, pr, wall_s=w) for r, pr, w in zip(per_seed, prs, (10.0, 12.0, 11.0))]).to_json()
     r1 = [40.0, 50.0, 45.0]
     mean = sum(r1) / 3
     sample_std = math.sqrt(sum((v - mean) ** 2 for v in r1) / 2)
-    assert row["recall"]["1"]["mean"] == pytest.approx(mean)
-    assert row["recall"]["1"]["stderr"] == pytest.approx(sample_std / math.sqrt(3))
-    assert row["recall"]["1"]["n"] == 3
-    assert row["wall_s"]["mean"] == pytest.approx(11.0)
+    assert row["recall"]["1"] == pytest.approx(mean)
+    assert row["recall_stderr"]["1"] == pytest.approx(sample_std / math.sqrt(3))
+    assert row["pr"]["average_precision"] == pytest.approx(33.0)
+    assert row["pr_stderr"]["average_precision"] == pytest.approx(math.sqrt(9.0) / math.sqrt(3))
+    assert row["wall_s_per_seed"] == [10.0, 12.0, 11.0]
     assert row["recall_per_seed"][1] == {"1": 50.0, "5": 75.0}
 
-    dataset = DatasetInfo("/d", "city", "val", 25.0, 5, 4, 4)
-    doc = build_results(dataset, [], ablation=[AblationRow("cm-only", [1, 2, 3], per_seed)], command="tscm ablation")
+    base = ModelResult("student-none", "student", "none", [1, 2, 3], [SeedMeasurement({1: v}) for v in (35.0, 39.0, 37.0)])
+    dataset = DatasetInfo("/d", "city", "val", 25.0, "m", 5, 4, 4)
+    doc = build_results(dataset, [ModelResult("student-cm", "student", "cm", [1, 2, 3],
+                                              [SeedMeasurement(r) for r in per_seed]), base],
+                        comparisons=[("student-cm", "student-none")], command="tscm ablation")
     expected_cell = f"{mean:.1f} ± {sample_std / math.sqrt(3):.1f}"
-    assert expected_cell in format_markdown(doc)
-    assert expected_cell in format_table(doc)
+    assert expected_cell in format_markdown(doc) and expected_cell in format_table(doc)
+    comparison = doc["comparisons"][0]
+    assert comparison["difference"] == pytest.approx(mean - 37.0)
+    assert comparison["stderr"] == pytest.approx(math.hypot(sample_std / math.sqrt(3), 2.0 / math.sqrt(3)))
+    assert comparison["verdict"] == "a clear gain"  # 8 points against ≈ 3.2 combined
+    single = build_results(dataset, [one("a", "student"), one("b", "student", {1: 40.0})], comparisons=[("a", "b")])
+    assert single["comparisons"][0]["verdict"] == "one seed: no error estimate"
 
 
 def test_mean_and_stderr_edge_cases():
@@ -136,15 +156,17 @@ def test_mean_and_stderr_edge_cases():
 
 def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(TscmError, match="role"):
-        ModelResult("m", "pupil", None, {1: 10.0}, None, None).to_json()
+        one("m", "pupil").to_json()
     with pytest.raises(TscmError, match="percentage"):
-        ModelResult("m", "student", None, {1: 110.0}, None, None).to_json()
+        one("m", "student", {1: 110.0}).to_json()
+    with pytest.raises(TscmError, match="one measurement per seed"):
+        ModelResult("m", "student", None, [0, 1], [SeedMeasurement({1: 1.0})]).to_json()
     with pytest.raises(TscmError, match="names a file"):
         save_descriptors(tmp_path, "../escape", np.zeros((2, 3)), np.zeros((1, 3)))
     with pytest.raises(TscmError, match="same D"):
         save_descriptors(tmp_path, "m", np.zeros((2, 3)), np.zeros((1, 4)))
-    dataset = DatasetInfo("/d", "city", "test", 25.0, 5, 4, 4)
-    twice = [ModelResult("m", "student", None, {1: 1.0}, None, None)] * 2
+    dataset = DatasetInfo("/d", "city", "test", 25.0, "m", 5, 4, 4)
+    twice = [one("m", "student")] * 2
     with pytest.raises(TscmError, match="unique"):
         build_results(dataset, twice)
     with pytest.raises(TscmError, match="no results.json"):

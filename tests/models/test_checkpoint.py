@@ -76,7 +76,28 @@ def test_shape_mismatch_is_an_error(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "meta.json").read_text())
     meta["config"]["clusters"] = 8
     (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TscmError, match=r"field\(s\) config differ from what was saved"):
+        load_checkpoint(tmp_path)
+    # Without the digests (a checkpoint of an earlier release), the weights' shapes still catch it.
+    del meta["metadata_digest"], meta["field_digests"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(TscmError, match=r"mis-shaped \['vlad.cluster_weights \(64, 16\) \(expected \(64, 8\)\)"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("field, value", [("role", "teacher"), ("preset", "teacher-tiny"), ("descriptor_dim", 128),
+                                          ("mean", [0.5, 0.5, 0.5])])
+def test_edited_behaviour_fields_are_refused_by_name(tmp_path: Path, field, value) -> None:
+    model = build_model("student-tiny")
+    save_checkpoint(tmp_path, model, model.config)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    meta[field] = value
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TscmError, match=f"field\\(s\\) {field} differ"):
+        load_checkpoint(tmp_path)
+    del meta["metadata_digest"], meta["field_digests"]  # no digest: the model config still contradicts it
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(TscmError, match=f"'{field}'"):
         load_checkpoint(tmp_path)
 
 

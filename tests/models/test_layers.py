@@ -116,6 +116,30 @@ def test_netvlad_gated_matches_loop(keep_unused_norm: bool) -> None:
         head(torch.randn(1, 6, 5))
 
 
+@pytest.mark.parametrize("hidden_init, fan", [("published", "feature_size"), ("legacy", "cluster_size")])
+def test_netvlad_hidden_init_std(hidden_init: str, fan: str) -> None:
+    torch.manual_seed(6)
+    head = NetVLADGated(feature_size=48, cluster_size=12, output_dim=64, hidden_init=hidden_init)
+    expected = 1.0 / math.sqrt(getattr(head, fan))  # 48·12·64 ≈ 37k values: the estimate is within ~1 %
+    assert head.hidden1_weights.std().item() == pytest.approx(expected, rel=0.05)
+    assert abs(head.hidden1_weights.mean().item()) < 0.05 * expected
+    with pytest.raises(TscmError, match=r"hidden_init \(vlad_init\).*got 'xavier'"):
+        NetVLADGated(4, 3, 5, hidden_init="xavier")
+
+
+def test_netvlad_legacy_init_is_the_default_and_unchanged() -> None:
+    torch.manual_seed(7)
+    default = NetVLADGated(8, 4, 6)
+    torch.manual_seed(7)
+    legacy = NetVLADGated(8, 4, 6, hidden_init="legacy")
+    torch.manual_seed(7)
+    published = NetVLADGated(8, 4, 6, hidden_init="published")
+    assert torch.equal(default.hidden1_weights, legacy.hidden1_weights)
+    # Same random draws, scaled by √K/√D: only the hidden1 scale differs.
+    torch.testing.assert_close(published.hidden1_weights, legacy.hidden1_weights * math.sqrt(4 / 8))
+    assert torch.equal(published.cluster_weights, legacy.cluster_weights)
+
+
 def linear_loop(x: np.ndarray, layer: torch.nn.Linear) -> np.ndarray:
     w, b = arr(layer.weight), arr(layer.bias)
     return np.array([[sum(row[i] * w[o, i] for i in range(len(row))) + b[o] for o in range(w.shape[0])] for row in x])

@@ -172,3 +172,143 @@ def test_multiply_adds_count_the_patch_embedding() -> None:
     patch_macs = 64 * (3 * 8 * 8) * (64 // 8) ** 2  # embed_dim × kernel volume × tokens
     var_head_macs = model.descriptor_dim**2
     assert macs > patch_macs + var_head_macs
+
+
+@pytest.fixture(scope="module")
+def paper_models_initialised() -> dict[str, torch.nn.Module]:
+    # Real (not meta) tensors: the initial weights themselves are checked.
+    torch.manual_seed(8)
+    return {name: build_model(name) for name in ("teacher-paper", "student-paper")}
+
+
+def _vlad_heads(model: torch.nn.Module) -> list:
+    from tscm.models.layers import NetVLADGated
+
+    return [m for m in model.modules() if isinstance(m, NetVLADGated)]
+
+
+@pytest.mark.slow
+def test_paper_presets_initialise_hidden1_as_published(paper_models_initialised) -> None:
+    for name, model in paper_models_initialised.items():
+        assert model.config.vlad_init == "published"
+        heads = _vlad_heads(model)
+        assert len(heads) == (3 if name == "teacher-paper" else 1)
+        for head in heads:  # millions of values: std within far less than 5 % of 1/√D
+            assert head.hidden1_weights.std().item() == pytest.approx(head.feature_size**-0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("name", ["teacher-tiny", "student-tiny"])
+def test_tiny_presets_keep_the_legacy_hidden1_init(name: str) -> None:
+    torch.manual_seed(9)
+    model = build_model(name)
+    assert model.config.vlad_init == "legacy"
+    for head in _vlad_heads(model):
+        assert head.feature_size != head.cluster_size  # the two inits are told apart
+        assert head.hidden1_weights.std().item() == pytest.approx(head.cluster_size**-0.5, rel=0.05)
+
+
+def test_configs_saved_before_vlad_init_load_with_the_legacy_init() -> None:
+    for name in list_presets():
+        data = config_to_dict(get_preset(name))
+        del data["vlad_init"]
+        config = config_from_dict(data)
+        assert config.vlad_init == "legacy"
+        with torch.device("meta"):
+            build_model(config)
+    data = config_to_dict(get_preset("student-tiny"))
+    data["vlad_init"] = "xavier"
+    with pytest.raises(TscmError, match="vlad_init"):
+        build_model(config_from_dict(data))
+
+
+class _Recorder:
+    """Stands in for a backbone class: records the `pretrained` flag it gets, builds without weights."""
+
+    def __init__(self, real: type, calls: list) -> None:
+        self.real, self.calls = real, calls
+
+    def __call__(self, *args):
+        *rest, pretrained = args
+        self.calls.append((self.real.__name__, pretrained))
+        return self.real(*rest, False)
+
+
+@pytest.mark.parametrize(
+    "name, pretrained, expected",
+    [
+        ("teacher-paper", {"cnn"}, [("CnnTrunk", True), ("VitTokens", False)]),  # published: ViT from random
+        ("teacher-paper", {"cnn", "vit"}, [("CnnTrunk", True), ("VitTokens", True)]),
+        ("teacher-paper", True, [("CnnTrunk", True), ("VitTokens", True)]),
+        ("teacher-paper", frozenset({"vit"}), [("CnnTrunk", False), ("VitTokens", True)]),
+        ("teacher-paper", False, [("CnnTrunk", False), ("VitTokens", False)]),
+        ("student-paper", {"cnn", "vit"}, [("CnnTrunk", True)]),  # the student has no ViT branch
+        ("student-paper", ["cnn"], [("CnnTrunk", True)]),
+    ],
+)
+def test_pretrained_names_the_backbones_that_load_imagenet_weights(monkeypatch, name, pretrained, expected) -> None:
+    import tscm.models.student as student_module
+    import tscm.models.teacher as teacher_module
+
+    calls: list = []
+    monkeypatch.setattr(teacher_module, "CnnTrunk", _Recorder(teacher_module.CnnTrunk, calls))
+    monkeypatch.setattr(teacher_module, "VitTokens", _Recorder(teacher_module.VitTokens, calls))
+    monkeypatch.setattr(student_module, "CnnTrunk", _Recorder(student_module.CnnTrunk, calls))
+    with torch.device("meta"):
+        build_model(name, pretrained=pretrained)
+    assert calls == expected
+
+
+def test_training_config_choice_of_pretrained_backbones_builds(monkeypatch) -> None:
+    """What runs pass: ({"cnn", "vit"} if model.pretrained_vit else {"cnn"}) if model.pretrained else False."""
+    from tscm.config import load_config
+    from tscm.models.backbones import VitTokens
+
+    loaded = []
+    monkeypatch.setattr(VitTokens, "_load_timm_pretrained", lambda self: loaded.append(self))
+    model = load_config("paper_pitts30k_teacher").model
+    choice = ({"cnn", "vit"} if model.pretrained_vit else {"cnn"}) if model.pretrained else False
+    assert choice == {"cnn"}
+    # The tiny trunk has no ImageNet weights: {"cnn"} fails there, and only there.
+    with pytest.raises(TscmError, match="custom timm trunk .* has no published ImageNet weights"):
+        build_model("teacher-tiny", pretrained=choice)
+    with pytest.raises(TscmError, match="custom timm trunk"):
+        build_model("student-tiny", pretrained={"cnn", "vit"})
+    assert not loaded
+    # {"vit"} alone loads the ViT (loader stubbed) and leaves the tiny trunk random: no error.
+    teacher = build_model("teacher-tiny", pretrained={"vit"})
+    assert loaded == [teacher.vit]
+    build_model("student-tiny", pretrained={"vit"})  # nothing to load
+    assert len(loaded) == 1
+
+
+@pytest.mark.parametrize("bad", ["cnn", {"cnn", "resnet"}, 1, None])
+def test_bad_pretrained_is_a_clear_error(bad) -> None:
+    with pytest.raises(TscmError, match="pretrained"):
+        build_model("student-tiny", pretrained=bad)
+
+
+def test_student_forward_can_return_the_uncertainty_too() -> None:
+    """The trainer calls model(images, with_uncertainty=True) so that DDP sees one forward."""
+    torch.manual_seed(10)
+    student = build_model("student-tiny").eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        descriptor, sigma = student(images, with_uncertainty=True)
+        expected_descriptor, expected_sigma = student.forward_with_uncertainty(images)
+        plain = student(images)
+    torch.testing.assert_close(descriptor, expected_descriptor)
+    torch.testing.assert_close(sigma, expected_sigma)
+    torch.testing.assert_close(plain, expected_descriptor)
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_paper_yamls_use_the_published_protocol(kind: str) -> None:
+    from tscm.config import load_config
+
+    config = load_config(f"paper_pitts30k_{kind}", kind=kind)
+    assert config.loss.reduction == "triplet"
+    assert config.train.amp == "off"
+    assert config.model.pretrained
+    assert config.model.preset == f"{kind}-paper"
+    if kind == "teacher":
+        assert config.model.pretrained_vit is False

@@ -10,14 +10,8 @@ from tscm.data.mining import MinedTuple
 from tscm.data.tuples import TupleArrays, scatter_to_layout, tuple_layout
 from tscm.errors import TscmError
 from tscm.train.metrics_log import CsvTable
-from tscm.train.training_state import (
-    existing_folder,
-    load_training_state,
-    pack_state,
-    replace_folder,
-    save_training_state,
-    unpack_state,
-)
+from tscm.train.checkpoints import existing_folder, replace_folder
+from tscm.train.training_state import load_training_state, pack_state, save_training_state, unpack_state
 
 
 def _same(a, b) -> bool:

@@ -7,12 +7,11 @@ over the timed calls. The speed-up compares medians. Models without a checkpoint
 does not depend on the weights, accuracy does, so their agreement columns only say how far each
 runtime moves descriptors, not what recall it keeps.
 
-Run: `python -m tscm.bench.extraction --models student-paper teacher-paper --batch-sizes 1 16`.
+Run through `tscm bench extraction` (and `tscm bench accuracy --checkpoint CKPT`).
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ import torch
 from torch import nn
 
 from tscm.errors import TscmError
-from tscm.deploy.onnx_export import RUNTIMES, rowwise_cosine, runtime_model
+from tscm.evaluation.ranking import rank_exact
+from tscm.deploy.onnx_export import rowwise_cosine
+from tscm.deploy.runtimes import RUNTIMES, runtime_model
 
 REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
 DEFAULT_RUNTIMES = RUNTIMES
@@ -173,25 +174,27 @@ class AccuracyRow:
 
 
 def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str] = DEFAULT_RUNTIMES, *,
-                   radius_m: float = 25.0, threads: int = 2, calibration_paths: Sequence[str | Path] = (),
+                   radius: float | None = None, threads: int = 2, calibration_paths: Sequence[str | Path] = (),
                    batch_size: int = 32, print_fn: Callable[[str], None] = print) -> list[AccuracyRow]:
     """Recall@1 of the checkpoint on `placeset` with each runtime, against eager float32."""
-    from tscm.evaluation.recall import evaluate_descriptors, extract_descriptors
+    from tscm.evaluation.extract import InputSpec, describe_placeset
+    from tscm.evaluation.recall import evaluate_descriptors
+    from tscm.threads import limit_threads
 
-    torch.set_num_threads(threads)
     model, meta = model_and_meta(str(checkpoint))
     order = [REFERENCE_RUNTIME] + [r for r in runtimes if r != REFERENCE_RUNTIME]
-    options = dict(image_size=meta["image_size"], mean=meta["mean"], std=meta["std"], batch_size=batch_size, progress=False)
-    print_fn(f"accuracy of {meta['preset']} ({checkpoint}) on {placeset.name}/{placeset.split}, radius {radius_m:g} m")
+    spec = InputSpec.of(meta)
+    print_fn(f"accuracy of {meta['preset']} ({checkpoint}) on {placeset.name}/{placeset.split}, "
+             f"radius {placeset.radius_text(radius)}")
     print_fn(f"{'runtime':<11} {'R@1 %':>7} {'ΔR@1':>6} {'top-1 agree %':>13} {'min cos':>8} {'queries':>7}")
     rows: list[AccuracyRow] = []
     reference: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for runtime in order:
         extractor = runtime_model(model, meta, runtime, threads=threads, calibration_paths=calibration_paths)
-        db = extract_descriptors(extractor, placeset.db_paths, **options)
-        queries = extract_descriptors(extractor, placeset.query_paths, **options)
-        result = evaluate_descriptors(placeset, db, queries, radius_m=radius_m, ns=(1,))
-        top1 = nearest(db, queries)
+        with limit_threads(torch=threads):
+            db, queries = describe_placeset(extractor, spec, placeset, batch_size=batch_size)
+        result = evaluate_descriptors(placeset, db, queries, radius=radius, ns=(1,))
+        top1 = rank_exact(db, queries, 1).top1
         if reference is None:
             reference = (db, top1, np.asarray(result.recall[1]))
         row = AccuracyRow(runtime, result.recall[1], result.recall[1] - float(reference[2]),
@@ -203,69 +206,16 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
     return rows
 
 
-def nearest(db: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Index of each query's nearest database descriptor (exact L2)."""
-    import faiss
-
-    index = faiss.IndexFlatL2(db.shape[1])
-    index.add(np.ascontiguousarray(db, dtype=np.float32))
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), 1)[1][:, 0]
-
-
-# ----- command line -------------------------------------------------------------------------------
-
-
-def add_extraction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=["student-paper", "teacher-paper"],
-                        help="checkpoint directories or presets (random weights) to time")
-    parser.add_argument("--runtimes", nargs="+", default=list(DEFAULT_RUNTIMES), choices=RUNTIMES)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
-    parser.add_argument("--cycles", type=int, default=3, help="turns of every runtime per model and batch size")
-    parser.add_argument("--calls", type=int, default=5, help="timed calls per turn (after one untimed call)")
-    parser.add_argument("--budget", type=float, default=120.0,
-                        help="seconds of timing per model and batch size; no new turn starts after it (≥ 1 turn)")
-    parser.add_argument("--calibration", default=None,
-                        help="data set whose train-split database images calibrate int8 (default: synthetic demo city)")
-    parser.add_argument("--calibration-images", type=int, default=64)
-    parser.add_argument("--accuracy", default=None, metavar="CKPT",
-                        help="also measure Recall@1 per runtime of this checkpoint on --accuracy-data")
-    parser.add_argument("--accuracy-data", default=None, help="data set for --accuracy (default: synthetic demo city)")
-    parser.add_argument("--accuracy-split", default="test")
-
-
 def calibration_images(data: str | None, count: int) -> list[Path]:
     """`count` train-split database images of `data` (default: the synthetic demo city, generated on first use)."""
     from tscm.deploy.onnx_export import calibration_subset
 
-    placeset = _placeset(data, "train")
+    placeset = placeset_or_demo_city(data, "train")
     return calibration_subset(placeset.db_paths, count)
 
 
-def _placeset(data: str | None, split: str) -> Any:
+def placeset_or_demo_city(data: str | None, split: str) -> Any:
     from tscm.data.formats import load_placeset
-    from tscm.data.synthetic.city import ensure_synthetic_city
+    from tscm.data.synthetic import resolve_data
 
-    return load_placeset(data if data is not None else ensure_synthetic_city("demo"), split=split)
-
-
-def run_extraction(args: argparse.Namespace) -> None:
-    calibration = calibration_images(args.calibration, args.calibration_images) if "onnx-int8" in args.runtimes else []
-    print(f"extraction benchmark: {args.threads} threads; per model and batch size the runtimes take turns, "
-          f"{args.calls} timed calls a turn, up to {args.cycles} turns; ms per image, median and fastest call; speed-up and "
-          f"descriptor cosine against eager float32 ('{REFERENCE_RUNTIME}'); int8 calibrated on {len(calibration)} images")
-    bench_extraction(args.models, args.runtimes, args.batch_sizes, threads=args.threads, calibration_paths=calibration,
-                     cycles=args.cycles, calls_per_block=args.calls, budget_s=args.budget)
-    if args.accuracy:
-        bench_accuracy(args.accuracy, _placeset(args.accuracy_data, args.accuracy_split), args.runtimes,
-                       threads=args.threads, calibration_paths=calibration)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Time descriptor extraction per model, runtime and batch size.")
-    add_extraction_arguments(parser)
-    run_extraction(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()
+    return load_placeset(resolve_data(data or "synthetic:demo"), split=split)

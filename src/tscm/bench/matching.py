@@ -6,12 +6,11 @@ Recall@1 against exact search on the same data. Real descriptors can be passed a
 `MatchingData` (e.g. from the synthetic city, with `PlaceSet.positives(radius)`); without them
 `synthetic_matching_data` makes structured stand-ins.
 
-Run: `python -m tscm.bench.matching --sizes 10000 250000`.
+Run: `tscm bench matching --sizes 10000 250000`.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -199,25 +198,3 @@ def bench_matching(datasets: Iterable[MatchingData],
             print_fn(format_matching_row(row))
             del index
     return rows
-
-
-# Extraction timing (teacher vs student; eager vs ONNX vs quantised) belongs in this module too,
-# as its own functions beside the matching ones above, with its own entry in `main`.
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    options = argparse.ArgumentParser(description="Time place matching per index back-end on synthetic descriptors.")
-    options.add_argument("--sizes", type=int, nargs="+", default=[10_000, 250_000], help="database sizes")
-    options.add_argument("--queries", type=int, default=1000, help="queries per database (Recall@1, batch timing)")
-    options.add_argument("--single", type=int, default=200, help="queries timed one at a time")
-    options.add_argument("--threads", type=int, default=2, help="faiss/torch threads")
-    options.add_argument("--seed", type=int, default=0)
-    args = options.parse_args(argv)
-    print(f"matching benchmark: {args.threads} threads, {args.queries} queries, "
-          f"median of up to {args.single} single-query searches")
-    datasets = (synthetic_matching_data(size, args.queries, seed=args.seed) for size in args.sizes)
-    bench_matching(datasets, num_single=args.single, threads=args.threads)
-
-
-if __name__ == "__main__":
-    main()

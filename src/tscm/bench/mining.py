@@ -1,22 +1,21 @@
 """Benchmark: one mining refresh, batched (tscm.data.mining) against a per-query numpy loop, side by side.
 
-Run `python -m tscm.bench.mining` (Pittsburgh30k train size by default: 10,000 database images,
+Run `tscm bench mining` (Pittsburgh30k train size by default: 10,000 database images,
 7,416 queries, 2048-d descriptors). Data are synthetic but structured: places along a street grid,
 12 headings per place, descriptors a smooth random function of position and heading plus noise.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
 
-from tscm.data.mining import DescriptorCache, MinedTuple, Miner, MiningSettings
+from tscm.config import MiningSettings
+from tscm.data.mining import DescriptorCache, MinedTuple, Miner
 from tscm.data.places import PlaceSet
 
 HEADINGS_PER_PLACE = 12
@@ -124,7 +123,7 @@ def benchmark_mining(
 ) -> dict[str, float]:
     """Seconds per full refresh: batched (measured) and per-query loop (measured on `loop_queries`, extrapolated)."""
     placeset, cache = structured_places(num_db, num_queries, dim, seed, dtype)
-    settings = MiningSettings()
+    settings = MiningSettings(positive_rule="heading")  # the rule the benchmark was first measured with
     every_query = np.arange(num_queries)
     subset = every_query[:loop_queries]
 
@@ -159,46 +158,22 @@ def benchmark_mining(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-db", type=int, default=10_000)
-    parser.add_argument("--num-queries", type=int, default=7_416)
-    parser.add_argument("--dim", type=int, default=2048)
-    parser.add_argument("--loop-queries", type=int, default=300, help="queries the per-query loop runs (then extrapolated)")
-    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    result = benchmark_mining(args.num_db, args.num_queries, args.dim, args.loop_queries, args.dtype, args.seed)
+def format_mining(result: dict[str, float]) -> str:
+    """The mining benchmark as printed lines (wall s / process CPU s)."""
     loop_refresh = result["loop_refresh_extrapolated_s"]
-    print(
-        f"mining refresh: {result['num_db']} database, {result['num_queries']} queries, {result['dim']}-d {args.dtype} "
-        f"cache ({result['cache_mib']:.0f} MiB), {result['num_random']} random negatives + previous, "
-        f"up to {result['num_negatives']} kept"
-    )
-    print("  (wall s / process CPU s over all threads; wall times depend on what else shares the CPU)")
-    print(
+    return "\n".join([
+        f"mining refresh: {result['num_db']} database, {result['num_queries']} queries, {result['dim']}-d cache "
+        f"({result['cache_mib']:.0f} MiB), {result['num_random']} random negatives + previous, up to "
+        f"{result['num_negatives']} kept (wall s / process CPU s; wall depends on what else shares the CPU)",
         f"  batched, first refresh (no previous negatives): {result['batched_first_refresh_s']:8.2f} / "
-        f"{result['batched_first_refresh_cpu_s']:.2f}"
-    )
-    print(
+        f"{result['batched_first_refresh_cpu_s']:.2f}",
         f"  batched, second refresh (with previous):        {result['batched_second_refresh_s']:8.2f} / "
-        f"{result['batched_second_refresh_cpu_s']:.2f}"
-    )
-    print(
+        f"{result['batched_second_refresh_cpu_s']:.2f}",
         f"  per-query numpy loop, measured on {result['loop_queries']} queries and extrapolated to "
-        f"{result['num_queries']}: {loop_refresh:8.2f} / {result['loop_refresh_extrapolated_cpu_s']:.2f}"
-    )
-    print(
+        f"{result['num_queries']}: {loop_refresh:8.2f} / {result['loop_refresh_extrapolated_cpu_s']:.2f}",
         f"  speed-up (first refresh): {loop_refresh / result['batched_first_refresh_s']:.1f}x wall, "
-        f"{result['loop_refresh_extrapolated_cpu_s'] / result['batched_first_refresh_cpu_s']:.1f}x CPU"
-    )
-    print(
+        f"{result['loop_refresh_extrapolated_cpu_s'] / result['batched_first_refresh_cpu_s']:.1f}x CPU",
         f"  tuples: {result['tuples_first_refresh']} of {result['num_queries']} queries; on the loop's queries "
         f"{result['tuples_agreeing']} of {result['loop_tuples']} loop tuples identical to the batched ones "
-        f"({result['batched_tuples_on_loop_queries']} batched)"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        f"({result['batched_tuples_on_loop_queries']} batched)",
+    ])

@@ -5,30 +5,26 @@ from __future__ import annotations
 import argparse
 
 NAME = "ablation"
-HELP = ("The paper's distillation ablation on any data set: the same student trained with no distillation, "
-        "L_soft, L_cm, L_soft + L_cm (the paper's total), the published squared hinge, regression and RKD, "
-        "over several seeds, one shared teacher; mean ± standard error per row.")
+HELP = ("The distillation ablation on any data set: the same student trained with each loss (no distillation, "
+        "L_soft, L_cm, the paper's total, the published code's variants, STUN, regression, RKD) over several seeds, "
+        "one shared teacher; mean ± standard error per row, each against no distillation.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tscm.commands.demo import add_run_arguments
+    from tscm.commands.run_options import add_run_arguments
 
-    add_run_arguments(parser, NAME)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="seeds of the student runs, each row trained once per seed (default: 0 1 2)")
-    parser.add_argument("--rows", nargs="+", default=None, metavar="PRESET",
-                        help="loss presets to compare (default: all of none soft cm soft+cm tscm tscm-published "
-                             "regression rkd; presets with the same terms are trained once)")
-    parser.add_argument("--teacher", default=None,
-                        help="a trained teacher checkpoint to share (default: train one with the first seed)")
+    add_run_arguments(parser, NAME, "synthetic:ablation")
+    parser.add_argument("--rows", nargs="+", default=["all"], metavar="SET|PRESET",
+                        help="row sets (classic, paper = the published variants + STUN, all) or loss presets; "
+                             "presets with the same terms are trained once (default: all)")
+    parser.add_argument("--teacher", default=None, help="a trained teacher checkpoint to share (default: train one)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tscm.experiments.ablation import DEFAULT_DATA, run_ablation
-    from tscm.commands.demo import options_from_args
+    from tscm.commands.run_options import options_from_args
+    from tscm.experiments.ablation import run_ablation
 
-    options = options_from_args(args, NAME, args.seeds[0], DEFAULT_DATA)
-    run_ablation(options, args.seeds, args.rows, Path(args.teacher) if args.teacher else None)
+    run_ablation(options_from_args(args, NAME), args.rows, Path(args.teacher) if args.teacher else None)
     return 0

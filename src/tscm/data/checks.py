@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from tscm.data.formats.ground_truth_npz import is_placeholder_path
-from tscm.data.places import PlaceSet
+from tscm.data.places import PlaceSet, default_radius
 
 # Images decode at reduced scale: every compressed byte is still read, so truncation shows, at a
 # fraction of the cost of a full decode.
@@ -20,17 +20,24 @@ _LISTED = 10  # problems printed per kind; the counts are always complete
 
 
 def image_problem(path: Path) -> str | None:
-    """None when `path` is a readable image, else why not ("missing" or "unreadable: ...")."""
-    from PIL import Image
+    """None when `path` is a readable image, else why not ("missing", "unreadable: ...", "tiny: ...").
+
+    Images are read by the loader every command uses (tscm.data.images), so what passes here is
+    what the models see.
+    """
+    from tscm.data.images import MIN_USEFUL_SIDE, load_rgb
+    from tscm.errors import TscmError
 
     if not path.is_file():
         return "missing"
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", _DRAFT_SIZE)
-            image.load()
-    except Exception as error:  # any decoder failure means the file cannot feed a model
+        image = load_rgb(path, draft=_DRAFT_SIZE)
+    except TscmError as error:
+        return f"unreadable: {error}"
+    except Exception as error:  # noqa: BLE001 - any decoder failure means the file cannot feed a model
         return f"unreadable: {type(error).__name__}: {error}"
+    if min(image.size) < MIN_USEFUL_SIDE:
+        return f"tiny: {image.width}×{image.height} pixels (below {MIN_USEFUL_SIDE}; it holds no place)"
     return None
 
 
@@ -51,7 +58,7 @@ class DataReport:
     """What `check-data` found; `ok` is False when any image is missing or unreadable."""
 
     placeset: PlaceSet
-    radius_m: float
+    radius: float
     queries_without_positive: list[int]
     duplicate_db: list[Path]
     duplicate_queries: list[Path]
@@ -66,23 +73,41 @@ class DataReport:
 
     @property
     def unreadable(self) -> dict[Path, str]:
-        return {p: r for p, r in self.image_problems.items() if r != "missing"}
+        return {p: r for p, r in self.image_problems.items() if r != "missing" and not r.startswith("tiny")}
+
+    @property
+    def tiny(self) -> dict[Path, str]:
+        return {p: r for p, r in self.image_problems.items() if r.startswith("tiny")}
+
+    @property
+    def no_query_has_a_match(self) -> bool:
+        return len(self.queries_without_positive) == self.placeset.num_queries
 
     @property
     def ok(self) -> bool:
-        return not self.image_problems
+        """No missing or unreadable image, and at least one query with a true match (else nothing can be evaluated)."""
+        return not self.missing and not self.unreadable and not self.no_query_has_a_match
 
     def format(self) -> str:
         ps = self.placeset
-        xy = np.concatenate([ps.db_xy, ps.query_xy])
-        low, high = xy.min(axis=0), xy.max(axis=0)
         lines = [
             f"data set {ps.name}, split {ps.split}",
             f"  database images   {ps.num_db}" + ("" if ps.db_heading is None else " (with headings)"),
             f"  queries           {ps.num_queries}" + ("" if ps.query_heading is None else " (with headings)"),
-            f"  area              {high[0] - low[0]:.1f} m east × {high[1] - low[1]:.1f} m north "
-            f"(east {low[0]:.1f}..{high[0]:.1f}, north {low[1]:.1f}..{high[1]:.1f})",
-            f"  queries without a database image within {self.radius_m:g} m: {len(self.queries_without_positive)}"
+        ]
+        if ps.unit == "m":
+            xy = np.concatenate([ps.db_xy, ps.query_xy])
+            low, high = xy.min(axis=0), xy.max(axis=0)
+            lines.append(f"  area              {high[0] - low[0]:.1f} m east × {high[1] - low[1]:.1f} m north "
+                         f"(east {low[0]:.1f}..{high[0]:.1f}, north {low[1]:.1f}..{high[1]:.1f})")
+        elif ps.unit == "frame":
+            frames = np.concatenate([ps.db_xy[:, 0], ps.query_xy[:, 0]])
+            lines.append(f"  route             frames {int(frames.min())}..{int(frames.max())}")
+        else:
+            lines.append("  ground truth      listed matches per query (no positions)")
+        within = "with no listed match" if ps.unit == "explicit" else f"without a database image within {ps.radius_text(self.radius)}"
+        lines += [
+            f"  queries {within}: {len(self.queries_without_positive)}"
             + _examples([f"#{i}" for i in self.queries_without_positive]),
             f"  duplicate database paths: {len(self.duplicate_db)}" + _examples(self.duplicate_db),
             f"  duplicate query paths: {len(self.duplicate_queries)}" + _examples(self.duplicate_queries),
@@ -96,7 +121,16 @@ class DataReport:
             lines.append(f"  missing images: {len(self.missing)}" + _examples(list(self.missing)))
             lines.append(f"  unreadable images: {len(self.unreadable)}")
             lines.extend(f"    {p}: {r}" for p, r in list(self.unreadable.items())[:_LISTED])
-        lines.append("result: OK" if self.ok else "result: PROBLEMS (missing or unreadable images)")
+            if self.tiny:
+                lines.append(f"  warning: {len(self.tiny)} image(s) smaller than a few pixels" + _examples(list(self.tiny)))
+        if self.shared_paths and len(self.shared_paths) == min(ps.num_db, ps.num_queries):
+            lines.append("  warning: every query is also a database image: recall will be 100 % without meaning")
+        problems = []
+        if self.missing or self.unreadable:
+            problems.append("missing or unreadable images")
+        if self.no_query_has_a_match:
+            problems.append("no query has a true match, so nothing can be evaluated (check the radius and its unit)")
+        lines.append("result: OK" if self.ok else f"result: PROBLEMS ({'; '.join(problems)})")
         return "\n".join(lines)
 
 
@@ -111,21 +145,30 @@ def _duplicates(paths: Sequence[Path]) -> list[Path]:
     return [p for p, count in Counter(paths).items() if count > 1]
 
 
+def _resolved(paths: Sequence[Path]) -> set[Path]:
+    """Paths with symbolic links resolved, so a query folder linked to the database folder is seen as shared."""
+    return {Path(p).resolve() for p in paths}
+
+
 def check_placeset(
-    placeset: PlaceSet, radius_m: float = 25.0, open_images: bool = True, workers: int = 4, progress: bool = True
+    placeset: PlaceSet, radius: float | None = None, open_images: bool = True, workers: int = 4, progress: bool = True
 ) -> DataReport:
-    """Run every check on `placeset`; images are opened only when `open_images`."""
-    positives = placeset.positives(radius_m)
+    """Run every check on `placeset`; images are opened only when `open_images`.
+
+    `radius` is in the set's unit (default: 25 m, ±1 frame; ignored for listed matches).
+    """
+    radius = default_radius(placeset.unit) if radius is None else placeset.check_radius(radius, "--radius")
+    positives = placeset.positives(radius)
     all_paths = placeset.db_paths + placeset.query_paths
     real_paths = [p for p in all_paths if not is_placeholder_path(p)]
     problems = find_image_problems(real_paths, workers, progress) if open_images else {}
     return DataReport(
         placeset=placeset,
-        radius_m=radius_m,
+        radius=radius,
         queries_without_positive=[i for i, p in enumerate(positives) if len(p) == 0],
         duplicate_db=_duplicates(placeset.db_paths),
         duplicate_queries=_duplicates(placeset.query_paths),
-        shared_paths=sorted(set(placeset.db_paths) & set(placeset.query_paths)),
+        shared_paths=sorted(_resolved(placeset.db_paths) & _resolved(placeset.query_paths)),
         images_checked=open_images,
         images_without_files=len(all_paths) - len(real_paths),
         image_problems=problems,

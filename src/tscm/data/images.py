@@ -1,10 +1,18 @@
-"""Image loading and the evaluation transform that turn image files into model input tensors."""
+"""The one image loader of tscm and the evaluation transform that turns images into model input.
+
+Every command reads images through `load_rgb` / `as_rgb` (check-data included), so what the
+checks accept is what the models see. 8-bit images are used as they are; 16-bit and 32-bit integer
+images are scaled from their full range (a 16-bit value v becomes round(v / 257)); float images
+are accepted with values in [0, 1]. Anything else is refused with a message naming the file,
+never clipped silently (Pillow's plain `convert("RGB")` turns 16-bit images white).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
@@ -14,17 +22,70 @@ from tscm.errors import TscmError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Smaller than this an image holds no place; it is still described, but check-data warns.
+MIN_USEFUL_SIDE = 8
+_WIDE_INTEGER_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """The fully decoded RGB image at `path`; a missing or corrupt file raises TscmError naming it."""
+def _to_8bit(image: Image.Image, where: str) -> Image.Image:
+    """An 8-bit RGB copy of `image`; wide integer and float modes are scaled, not clipped."""
+    if image.mode in ("RGB", "L", "P", "RGBA", "LA", "CMYK", "YCbCr", "1", "PA", "La", "RGBa", "LAB", "HSV"):
+        return image.convert("RGB")
+    if image.mode in _WIDE_INTEGER_MODES or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            if values.size and (not np.isfinite(values).all() or values.min() < 0 or values.max() > 1):
+                raise TscmError(f"{where}: floating-point image with values outside [0, 1] "
+                                f"({values.min():g}..{values.max():g}); save it as 8- or 16-bit")
+            scaled = values * 255.0
+        else:
+            if values.size and (values.min() < 0 or values.max() > 65535):
+                raise TscmError(f"{where}: {image.mode} image with values outside 0..65535; save it as 8- or 16-bit")
+            scaled = values / 257.0  # 65535 → 255: the full 16-bit range onto the full 8-bit range
+        grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    raise TscmError(f"{where}: image mode {image.mode!r} is not supported; expected an 8- or 16-bit grey or colour image")
+
+
+def load_rgb(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Image:
+    """The fully decoded 8-bit RGB image at `path`; a missing or corrupt file raises TscmError naming it.
+
+    `draft` lets JPEG decoding work at reduced scale (every byte is still read, so truncation shows).
+    """
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            if draft is not None:
+                image.draft("RGB", draft)
+            image.load()
+            return _to_8bit(image, str(path))
     except FileNotFoundError:
         raise TscmError(f"{path}: image not found") from None
+    except IsADirectoryError:
+        raise TscmError(f"{path}: is a folder, not an image") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise TscmError(f"{path}: unreadable image ({error})") from None
+
+
+def as_rgb(image: Any) -> Image.Image:
+    """A PIL RGB image from a path, PIL image or H×W×3 / H×W uint8 array (TscmError naming the problem)."""
+    if isinstance(image, (str, Path)):
+        return load_rgb(image)
+    if isinstance(image, Image.Image):
+        return _to_8bit(image, f"<PIL image {image.mode}>")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
+            raise TscmError(f"image array: expected H×W×3 (or H×W) uint8 pixels, got {image.dtype} {image.shape}")
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        return Image.fromarray(image).convert("RGB")
+    raise TscmError(f"image of type {type(image).__name__}: expected a path, a PIL image or a uint8 array")
+
+
+def image_label(image: Any) -> str:
+    """The path of a path-like image, else a short description (for messages and stored paths)."""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return f"<{type(image).__name__}>"
 
 
 def to_unit_tensor(image: Image.Image) -> torch.Tensor:
@@ -38,30 +99,30 @@ def eval_transform(
     image_size: Sequence[int],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    normalize_first: bool = True,
 ) -> torch.Tensor:
     """3×H×W model input: normalise, then resize bilinearly to `image_size` (H, W).
 
     The published pipeline normalises first and resizes the normalised tensor, without
-    antialiasing (the torchvision tensor Resize of its time); `normalize_first=False` swaps the order.
+    antialiasing (the torchvision tensor Resize of its time).
     """
     height, width = int(image_size[0]), int(image_size[1])
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    tensor = to_unit_tensor(image)
+    tensor = (to_unit_tensor(image) - mean_t) / std_t
+    if tuple(tensor.shape[-2:]) == (height, width):
+        return tensor
+    return F.interpolate(tensor[None], size=(height, width), mode="bilinear", align_corners=False, antialias=False)[0]
 
-    def resize(x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == (height, width):
-            return x
-        return F.interpolate(x[None], size=(height, width), mode="bilinear", align_corners=False, antialias=False)[0]
 
-    if normalize_first:
-        return resize((tensor - mean_t) / std_t)
-    return (resize(tensor) - mean_t) / std_t
+def check_input_spec(image_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
+    if len(image_size) != 2 or min(int(s) for s in image_size) <= 0:
+        raise TscmError(f"image_size: expected (height, width) in pixels, got {tuple(image_size)}")
+    if len(mean) != 3 or len(std) != 3 or min(float(s) for s in std) <= 0:
+        raise TscmError(f"normalisation: expected 3 means and 3 positive stds, got mean={mean}, std={std}")
 
 
 class ImageListDataset(Dataset):
-    """The images at `paths`, in order, each as the eval-transformed 3×H×W tensor."""
+    """The images at `paths`, in order, each as the eval-transformed 3×H×W tensor (errors raise)."""
 
     def __init__(
         self,
@@ -70,10 +131,7 @@ class ImageListDataset(Dataset):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        if len(image_size) != 2 or min(int(s) for s in image_size) <= 0:
-            raise TscmError(f"image_size: expected (height, width) in pixels, got {tuple(image_size)}")
-        if len(mean) != 3 or len(std) != 3 or min(float(s) for s in std) <= 0:
-            raise TscmError(f"normalisation: expected 3 means and 3 positive stds, got mean={mean}, std={std}")
+        check_input_spec(image_size, mean, std)
         self.paths = [Path(p) for p in paths]
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.mean = tuple(float(m) for m in mean)

@@ -1,71 +1,31 @@
 """Descriptor cache and NetVLAD-style hard-negative mining, batched over queries with matrix products.
 
-For each query: the positive is chosen among database images within `pos_radius_m` (rule below);
-`num_random` database images beyond `neg_radius_m`, drawn with the miner's own generator, plus the
-query's previous hard negatives are ranked by Euclidean descriptor distance to the query; up to
-`num_negatives` of them that violate d_neg < d_pos + √margin are kept, hardest first. A query
-without a positive or without a violating negative yields no tuple.
+Settings are `tscm.config.MiningSettings`; radii are in the data set's unit (metres or frames), and a
+set with explicit ground truth uses its listed matches instead. For each query: the positive is
+chosen among its true matches within the positive radius (`positive_rule`: "descriptor", published:
+nearest in descriptor space; "heading": the same among views whose heading differs by at most
+heading_tolerance_deg; "nearest": the geographically nearest — both fall back to "descriptor" where
+the set has no headings or positions); `num_random` database images beyond the negative radius,
+drawn with the miner's own generator, plus the query's previous hard negatives are ranked by
+Euclidean descriptor distance to the query; up to `num_negatives` of them that violate
+d_neg < d_pos + √margin (margin is the published squared margin, 0.1) are kept, hardest first. A
+query without a positive or without a violating negative yields no tuple.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from tscm.config import MiningSettings, check_mining
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
-POSITIVE_RULES = ("descriptor", "heading", "nearest")
 CACHE_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-@dataclass(frozen=True)
-class MiningSettings:
-    """Mining parameters; the defaults are the published ones except `positive_rule`.
-
-    margin: the squared margin as published (0.1); negatives are kept when their Euclidean
-    distance is below d_pos + √margin.
-    positive_rule: "descriptor" (published: nearest in descriptor space within pos_radius_m),
-    "heading" (the same among those whose heading differs from the query's by at most
-    heading_tolerance_deg; the published rule when the place set has no headings), or
-    "nearest" (geographically nearest within pos_radius_m).
-    query_chunk: queries per matrix product (memory ≈ query_chunk × database size floats).
-    """
-
-    pos_radius_m: float = 10.0
-    neg_radius_m: float = 25.0
-    num_negatives: int = 10
-    num_random: int = 1000
-    margin: float = 0.1
-    positive_rule: str = "heading"
-    heading_tolerance_deg: float = 45.0
-    query_chunk: int = 256
-
-    def __post_init__(self) -> None:
-        if not self.pos_radius_m > 0:
-            raise TscmError(f"mining.pos_radius_m: expected a positive distance in metres, got {self.pos_radius_m}")
-        if not self.neg_radius_m >= self.pos_radius_m:
-            raise TscmError(
-                f"mining.neg_radius_m: expected at least pos_radius_m={self.pos_radius_m}, got {self.neg_radius_m}"
-            )
-        for field_name in ("num_negatives", "num_random", "query_chunk"):
-            value = getattr(self, field_name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise TscmError(f"mining.{field_name}: expected a positive integer, got {value!r}")
-        if not self.margin >= 0:
-            raise TscmError(f"mining.margin: expected a non-negative number, got {self.margin}")
-        if self.positive_rule not in POSITIVE_RULES:
-            raise TscmError(
-                f"mining.positive_rule: expected one of {', '.join(POSITIVE_RULES)}, got {self.positive_rule!r}"
-            )
-        if not 0 <= self.heading_tolerance_deg <= 180:
-            raise TscmError(
-                f"mining.heading_tolerance_deg: expected degrees in [0, 180], got {self.heading_tolerance_deg}"
-            )
 
 
 class DescriptorCache:
@@ -84,12 +44,6 @@ class DescriptorCache:
         self.queries = np.empty(queries.shape, dtype=self.dtype)
         self.set_db(0, db)
         self.set_queries(0, queries)
-
-    @classmethod
-    def allocate(cls, num_db: int, num_queries: int, dim: int, dtype: str | type = np.float32) -> DescriptorCache:
-        """An all-zero cache to be filled batch by batch with set_db / set_queries."""
-        dtype = _cache_dtype(dtype)
-        return cls(np.zeros((num_db, dim), dtype), np.zeros((num_queries, dim), dtype), dtype)
 
     @property
     def dim(self) -> int:
@@ -148,15 +102,12 @@ class MinedTuple:
 
 @dataclass
 class MiningStats:
-    """Counts from the last `mine` call, for logging."""
+    """Counts from the last `mine` call (logged per epoch in epochs.csv)."""
 
     requested: int = 0
     tuples: int = 0
     no_positive: int = 0
     no_violating_negative: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
 
 def heading_difference_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -179,14 +130,18 @@ class Miner:
     def __init__(self, placeset: PlaceSet, settings: MiningSettings | None = None, seed: int = 0) -> None:
         self.placeset = placeset
         self.settings = settings or MiningSettings()
+        check_mining(self.settings)
         self.rng = np.random.default_rng(seed)
         self.last_stats = MiningStats()
         rule = self.settings.positive_rule
         has_headings = placeset.db_heading is not None and placeset.query_heading is not None
-        # Without headings the heading rule has nothing to test: it becomes the published rule.
-        self.effective_positive_rule = "descriptor" if rule == "heading" and not has_headings else rule
-        self.positive_candidates = self._positive_candidates(placeset.positives(self.settings.pos_radius_m))
-        self.negative_exclusions = placeset.positives(self.settings.neg_radius_m)
+        # Without headings (or positions) the heading (nearest) rule has nothing to test: it becomes the published rule.
+        if (rule == "heading" and not has_headings) or (rule == "nearest" and not placeset.has_positions):
+            rule = "descriptor"
+        self.effective_positive_rule = rule
+        pos_radius, neg_radius = self.settings.radii(placeset.unit)
+        self.positive_candidates = self._positive_candidates(placeset.positives(pos_radius))
+        self.negative_exclusions = placeset.positives(neg_radius)
         self._positive_matrix = _padded(self.positive_candidates)
         self._far_count = np.array([placeset.num_db - len(n) for n in self.negative_exclusions], dtype=np.int64)
         # For sampling "the r-th database image not excluded": with the sorted exclusions e_0 < e_1 < …,

@@ -15,6 +15,9 @@ from tscm.errors import TscmError
 # How a data set says which database images show a query's place.
 UNITS = ("m", "frame", "explicit")
 UNIT_WORDS = {"m": "metres", "frame": "frames", "explicit": "listed matches"}
+# The radius a table reports by default: 25 m (community standard), ±1 frame (Nordland-style routes),
+# none for listed matches.
+DEFAULT_RADIUS = {"m": 25.0, "frame": 1.0, "explicit": None}
 # Beyond this a coordinate is no longer a position on Earth (UTM northings stay below 1e7 m); the
 # KD-tree's squared distances would overflow long before 1e308.
 MAX_COORDINATE = 1e9
@@ -167,6 +170,10 @@ class PlaceSet:
 
     def summary(self) -> str:
         return f"{self.name}/{self.split}: {self.num_db} database images, {self.num_queries} queries"
+
+
+def default_radius(unit: str) -> float | None:
+    return DEFAULT_RADIUS[unit]
 
 
 def radius_text(radius: float | None, unit: str) -> str:

@@ -20,18 +20,18 @@ model fingerprint and metadata, and a SHA-256 of every array so a damaged file i
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from tscm import __version__
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path
+from tscm.fileio import atomic_path, check_header
+from tscm.threads import limit_threads
 
 FORMAT_NAME = "tscm-place-index"
 FORMAT_VERSION = 1
@@ -216,22 +216,6 @@ def _sample_rows(array: np.ndarray, limit: int) -> np.ndarray:
     return array[np.sort(keep)]
 
 
-@contextlib.contextmanager
-def _faiss_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with `threads` faiss/OpenMP threads (None: leave the setting alone)."""
-    import faiss
-
-    if threads is None:
-        yield
-        return
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
-
-
 def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float32)
     if array.ndim == 1:
@@ -302,6 +286,13 @@ class PlaceIndex:
     @property
     def count(self) -> int:
         return int(len(self._ids))
+
+    @property
+    def ids(self) -> np.ndarray:
+        """The image ids of the entries, in the order they were added (read-only view)."""
+        view = self._ids.view()
+        view.flags.writeable = False
+        return view
 
     @property
     def search_dim(self) -> int:
@@ -397,7 +388,7 @@ class PlaceIndex:
         if not (isinstance(k, (int, np.integer)) and k >= 1):
             raise TscmError(f"index search: k must be a positive integer, got {k!r}")
         queries = _as_descriptors(queries, self.dim, "index search")
-        with _faiss_threads(1 if len(queries) < SINGLE_THREAD_BELOW else None):
+        with limit_threads(faiss=1 if len(queries) < SINGLE_THREAD_BELOW else None):
             if self._pca is not None:
                 queries = self._pca.apply(queries)
             distances, indices = self._faiss.search(queries, int(k))
@@ -509,15 +500,8 @@ def read_index_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as error:
         raise TscmError(f"{path}: index metadata is not valid JSON ({error})") from None
-    if meta.get("format") != FORMAT_NAME:
-        raise TscmError(f"{path}: format {meta.get('format')!r}, expected {FORMAT_NAME!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise TscmError(f"{path}: index format version {meta.get('format_version')!r}; "
-                        f"this tscm reads version {FORMAT_VERSION}")
     required = ("backend", "params", "dim", "count", "model_fingerprint", "model_meta", "sha256")
-    missing = [name for name in required if name not in meta]
-    if missing:
-        raise TscmError(f"{path}: index metadata lacks {', '.join(missing)}")
+    check_header(meta, FORMAT_NAME, FORMAT_VERSION, str(path), required)
     if meta["backend"] not in BACKENDS:
         raise TscmError(f"{path}: unknown index backend {meta['backend']!r}")
     return meta

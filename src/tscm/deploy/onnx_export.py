@@ -1,16 +1,10 @@
-"""ONNX export of teacher/student checkpoints, and the CPU runtimes that extract descriptors.
+"""ONNX export of teacher/student checkpoints, with tscm metadata, a parity check and static int8 quantisation.
 
 An exported model maps `images` (B×3×H×W, any B, normalised as in training) to `descriptors`
 (B×D, L2-normalised). Its `metadata_props` carry the checkpoint's fingerprint, preset, image
 size, mean/std and precision under `tscm.*` keys, so an index or a deployment can check which
-model made a descriptor without the checkpoint. Quantised or bf16 runtimes keep the fingerprint of
-the float32 weights they come from: their descriptors live in the same space (the benchmark
-measures how close) and search an index built with the float32 model.
-
-Runtimes (`make_extractor`): `torch` (eager float32), `torch-bf16` (eager under bfloat16
-autocast), `torch-int8` (eager with dynamically quantised Linear layers), `onnx` (ONNX Runtime
-float32), `onnx-int8` (ONNX Runtime with statically quantised convolutions, QDQ format,
-calibrated on images the caller supplies).
+model made a descriptor without the checkpoint. The runtimes that run exported models live in
+`tscm.deploy.runtimes`.
 """
 
 from __future__ import annotations
@@ -28,7 +22,7 @@ from torch import nn
 
 from tscm import __version__
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path
+from tscm.fileio import atomic_path, check_header
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "descriptors"
@@ -38,7 +32,6 @@ METADATA_PREFIX = "tscm."
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
 PRECISIONS = ("float32", "int8")
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 PARITY_MIN_COSINE = 0.9999  # float32 export against PyTorch, per descriptor
 INT8_OP_TYPES = ("Conv",)  # the CNN trunk; the NetVLAD heads and the convolutions reading the image stay float32
 DEFAULT_CALIBRATION_IMAGES = 64
@@ -56,7 +49,7 @@ def require_onnx() -> None:
         raise TscmError(f"ONNX export and runtimes need {', '.join(missing)}: pip install 'tscm[onnx]'")
 
 
-def _load(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint_folder(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     from tscm.models.checkpoint import load_checkpoint
 
     path = Path(checkpoint)
@@ -132,15 +125,8 @@ def parse_metadata(props: dict[str, str], where: str) -> dict[str, Any]:
                 values[key[len(METADATA_PREFIX):]] = json.loads(text)
             except ValueError as error:
                 raise TscmError(f"{where}: metadata entry {key!r} is not valid JSON ({error})") from error
-    if values.get("format") != FORMAT_NAME:
-        raise TscmError(f"{where} is not a tscm ONNX model (metadata_props lack '{METADATA_PREFIX}format' = {FORMAT_NAME!r})")
-    if values.get("format_version") != FORMAT_VERSION:
-        raise TscmError(f"{where}: tscm.format_version {values.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
     required = ("preset", "descriptor_dim", "image_size", "mean", "std", "fingerprint", "precision")
-    absent = [name for name in required if name not in values]
-    if absent:
-        raise TscmError(f"{where}: metadata_props lack {[METADATA_PREFIX + name for name in absent]}")
-    return values
+    return check_header(values, FORMAT_NAME, FORMAT_VERSION, f"{where} (metadata_props {METADATA_PREFIX}*)", required)
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
@@ -211,7 +197,7 @@ def export_onnx(
     out = Path(out_path)
     if out.is_dir():
         raise TscmError(f"output {out} is a directory; expected a file name such as {out / 'model.onnx'}")
-    model, meta = _load(checkpoint)
+    model, meta = load_checkpoint_folder(checkpoint)
     data = export_model(model, meta, opset=opset, exporter=exporter, precision=precision,
                         calibration_paths=calibration_paths, check_parity=check_parity)
     with atomic_path(out) as tmp:
@@ -259,40 +245,6 @@ def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
 
 
-class OnnxDescriptorModel(nn.Module):
-    """An exported model run by ONNX Runtime, callable like the PyTorch model (B×3×H×W tensor -> B×D tensor).
-
-    Being an nn.Module without parameters, it works with `tscm.evaluation.recall.extract_descriptors`.
-    """
-
-    def __init__(self, source: str | Path | bytes, threads: int | None = None) -> None:
-        require_onnx()
-        import onnxruntime as ort
-
-        super().__init__()
-        where = "exported model" if isinstance(source, bytes) else str(source)
-        if not isinstance(source, bytes) and not Path(source).is_file():
-            raise TscmError(f"{source}: ONNX model not found")
-        try:
-            self.session = ort.InferenceSession(
-                source if isinstance(source, bytes) else str(source), session_options(threads),
-                providers=["CPUExecutionProvider"],
-            )
-        except Exception as error:  # ORT raises its own exception types for unreadable models
-            raise TscmError(f"{where}: ONNX Runtime cannot load it ({error})") from error
-        self.meta = parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map), where)
-        self.descriptor_dim = int(self.meta["descriptor_dim"])
-        self.image_size = tuple(int(s) for s in self.meta["image_size"])
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        expected = (3, *self.image_size)
-        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise TscmError(f"ONNX model {self.meta['preset']!r} takes images B×{expected[0]}×{expected[1]}×{expected[2]}, "
-                            f"got {tuple(images.shape)}")
-        array = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
-
-
 # ----- quantisation ---------------------------------------------------------------------------------
 
 
@@ -300,7 +252,7 @@ class _CalibrationImages:
     """ONNX Runtime calibration reader: eval-transformed images in batches."""
 
     def __init__(self, paths: Sequence[str | Path], meta: dict[str, Any], batch_size: int = 8) -> None:
-        from tscm.data.transforms import ImageListDataset
+        from tscm.data.images import ImageListDataset
 
         self.dataset = ImageListDataset(paths, meta["image_size"], meta["mean"], meta["std"])
         self.batch_size = batch_size
@@ -372,91 +324,3 @@ def quantize_int8(proto: Any, calibration_paths: Sequence[str | Path], meta: dic
             nodes_to_exclude=image_reading_convolutions(proto),
         )
         return onnx.load(str(quantized))
-
-
-# ----- runtimes -------------------------------------------------------------------------------------
-
-
-class AutocastDescriptorModel(nn.Module):
-    """A PyTorch model run under CPU bfloat16 autocast; descriptors come back as float32."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.descriptor_dim = model.descriptor_dim
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.model(images).float()
-
-
-def quantize_linear_int8(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose Linear layers use int8 weights with dynamically quantised activations."""
-    import copy
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        # torch.ao.quantization and quantized tensors are deprecated in favour of torchao (not a dependency).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*", category=UserWarning)
-        quantized = quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
-    quantized.descriptor_dim = model.descriptor_dim
-    return quantized
-
-
-RUNTIME_PRECISION = {"torch": "float32", "torch-bf16": "bfloat16", "torch-int8": "int8-linear-dynamic",
-                     "onnx": "float32", "onnx-int8": "int8"}
-
-
-def runtime_model(
-    model: nn.Module,
-    meta: dict[str, Any],
-    runtime: str,
-    *,
-    threads: int | None = None,
-    calibration_paths: Sequence[str | Path] = (),
-    exporter: str = "dynamo",
-) -> nn.Module:
-    """`model` (float32, eval mode, with checkpoint metadata `meta`) prepared to run with `runtime`."""
-    if runtime not in RUNTIMES:
-        raise TscmError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    if runtime == "torch":
-        return model.eval()
-    if runtime == "torch-bf16":
-        return AutocastDescriptorModel(model).eval()
-    if runtime == "torch-int8":
-        return quantize_linear_int8(model)
-    precision = "int8" if runtime == "onnx-int8" else "float32"
-    data = export_model(model, meta, exporter=exporter, precision=precision, calibration_paths=calibration_paths)
-    return OnnxDescriptorModel(data, threads)
-
-
-def make_extractor(
-    source: str | Path,
-    runtime: str = "torch",
-    *,
-    threads: int | None = None,
-    calibration_paths: Sequence[str | Path] = (),
-    exporter: str = "dynamo",
-) -> tuple[nn.Module, dict[str, Any]]:
-    """(model mapping B×3×H×W to B×D descriptors, metadata) for a checkpoint directory or an exported .onnx file.
-
-    The metadata has the checkpoint's fields (image_size, mean, std, fingerprint, ...) plus `runtime`
-    and `precision`. An .onnx file runs with runtime "onnx" whatever its precision; a checkpoint with
-    "onnx"/"onnx-int8" is exported in memory first (onnx-int8 needs `calibration_paths`). `threads`
-    sets ONNX Runtime's intra-op threads; PyTorch runtimes use the process' torch.set_num_threads.
-    """
-    if runtime not in RUNTIMES:
-        raise TscmError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    path = Path(source)
-    if path.is_file() and path.suffix == ".onnx":
-        if runtime != "onnx":
-            raise TscmError(f"{path} is an exported ONNX model: it runs with runtime 'onnx' only, not {runtime!r}")
-        extractor = OnnxDescriptorModel(path, threads)
-        return extractor, {**extractor.meta, "runtime": runtime}
-    model, meta = _load(path)
-    extractor = runtime_model(model, meta, runtime, threads=threads, calibration_paths=calibration_paths,
-                              exporter=exporter)
-    return extractor, {**meta, "runtime": runtime, "precision": RUNTIME_PRECISION[runtime]}

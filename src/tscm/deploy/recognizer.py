@@ -18,16 +18,15 @@ file keeps its back-end, since its file holds only the searched (possibly reduce
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tscm.errors import TscmError
 from tscm.deploy.index import PlaceIndex, read_index_metadata, recommended_config
-
-BAD_IMAGE_POLICIES = ("fail", "skip")
+from tscm.errors import TscmError
+from tscm.evaluation.extract import Described, InputSpec, describe_images
 MIN_TRAIN_AFTER = 1000
 RECOGNIZER_META_KEY = "recognizer"  # inside the index's model_meta: the requested back-end, kept across saves
 
@@ -45,86 +44,6 @@ class Place:
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "id": self.id, "distance": self.distance, "path": self.path,
                 "east": None if self.xy is None else self.xy[0], "north": None if self.xy is None else self.xy[1]}
-
-
-@dataclass
-class Described:
-    """Descriptors of the images that could be read, and what became of the others."""
-
-    descriptors: np.ndarray  # K×D float32
-    kept: list[int]  # positions in the input of the K described images
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, reason) of unreadable ones
-
-
-def image_label(image: Any) -> str:
-    """The path of a path-like image, else a short description (for messages and stored paths)."""
-    if isinstance(image, (str, Path)):
-        return str(image)
-    return f"<{type(image).__name__}>"
-
-
-def _as_rgb(image: Any):
-    """A PIL RGB image from a path, PIL image or H×W×3 / H×W uint8 array (TscmError naming the problem)."""
-    from PIL import Image
-
-    from tscm.data.transforms import load_rgb
-
-    if isinstance(image, (str, Path)):
-        return load_rgb(image)
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
-            raise TscmError(f"image array: expected H×W×3 (or H×W) uint8 pixels, got {image.dtype} {image.shape}")
-        if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
-        return Image.fromarray(image).convert("RGB")
-    raise TscmError(f"image of type {type(image).__name__}: expected a path, a PIL image or a uint8 array")
-
-
-def describe_images(extractor, meta: dict[str, Any], images: Sequence[Any], *, batch_size: int = 16,
-                    on_bad_image: str = "fail", progress: bool = False,
-                    report: Callable[[str], None] | None = None) -> Described:
-    """Descriptors of `images` in order, in batches; unreadable images fail or are skipped (and reported)."""
-    import torch
-    from tqdm import tqdm
-
-    from tscm.data.transforms import eval_transform
-
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise TscmError(f"on_bad_image {on_bad_image!r}: expected one of {', '.join(BAD_IMAGE_POLICIES)}")
-    if batch_size < 1:
-        raise TscmError(f"batch_size: expected a positive number, got {batch_size}")
-    dim = int(meta["descriptor_dim"])
-    chunks: list[np.ndarray] = []
-    kept: list[int] = []
-    skipped: list[tuple[str, str]] = []
-    starts = range(0, len(images), batch_size)
-    with torch.inference_mode():
-        for start in tqdm(starts, desc="descriptors", unit="batch", disable=None if progress else True):
-            tensors, positions = [], []
-            for position in range(start, min(start + batch_size, len(images))):
-                try:
-                    rgb = _as_rgb(images[position])
-                except TscmError as error:
-                    if on_bad_image == "fail":
-                        raise TscmError(f"{error} (pass on_bad_image='skip' / --on-bad-image skip to leave it out)") from None
-                    skipped.append((image_label(images[position]), str(error)))
-                    if report is not None:
-                        report(f"skipped: {error}")
-                    continue
-                tensors.append(eval_transform(rgb, meta["image_size"], meta["mean"], meta["std"]))
-                positions.append(position)
-            if not tensors:
-                continue
-            output = extractor(torch.stack(tensors))
-            if not isinstance(output, torch.Tensor) or tuple(output.shape) != (len(tensors), dim):
-                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise TscmError(f"model output: expected {len(tensors)}×{dim} descriptors, got {shape}")
-            chunks.append(output.float().numpy())
-            kept += positions
-    descriptors = np.concatenate(chunks) if chunks else np.zeros((0, dim), dtype=np.float32)
-    return Described(np.ascontiguousarray(descriptors, dtype=np.float32), kept, skipped)
 
 
 def index_model_meta(meta: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
@@ -204,7 +123,7 @@ class PlaceRecognizer:
         `index`: None (start an empty map with `backend`), or an index file / PlaceIndex made by this
         model, which keeps its own back-end.
         """
-        from tscm.deploy.onnx_export import make_extractor
+        from tscm.deploy.runtimes import make_extractor
 
         if index is not None and (backend != "auto" or backend_params or train_after is not None):
             raise TscmError("backend settings apply to a new map; an existing index keeps the back-end it was built with")
@@ -248,8 +167,8 @@ class PlaceRecognizer:
     # ---- adding -------------------------------------------------------------------------
     def describe(self, images: Sequence[Any], *, on_bad_image: str = "fail", progress: bool = False,
                  report: Callable[[str], None] | None = None) -> Described:
-        """Descriptors of `images` with this recognizer's model (see `describe_images`)."""
-        return describe_images(self.extractor, self.meta, list(images), batch_size=self.batch_size,
+        """Descriptors of `images` with this recognizer's model (tscm.evaluation.extract.describe_images)."""
+        return describe_images(self.extractor, list(images), InputSpec.of(self.meta), batch_size=self.batch_size,
                                on_bad_image=on_bad_image, progress=progress, report=report)
 
     def add(self, images: Sequence[Any], xy=None, ids=None, *, on_bad_image: str = "fail", progress: bool = False,
@@ -307,8 +226,7 @@ class PlaceRecognizer:
             return 0
         if self._held is not None:
             return int(max(int(chunk.max()) for chunk in self._ids)) + 1
-        # PlaceIndex has no public accessor for its ids yet; a loaded map needs them to continue numbering.
-        return int(self.index._ids.max()) + 1
+        return int(self.index.ids.max()) + 1
 
     def _target_config(self) -> tuple[str, dict[str, Any]] | None:
         """The back-end the map should be on now, or None while it collects descriptors to train on."""

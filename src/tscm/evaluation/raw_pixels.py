@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from tscm.data.transforms import load_rgb
+from tscm.data.images import load_rgb
 from tscm.errors import TscmError
 
 _FLAT_NORM = 1.0 / 255.0

@@ -1,210 +1,180 @@
-"""The evaluation protocol: descriptor extraction and Recall@N by exact L2 search.
+"""The evaluation protocol: Recall@N by exact L2 search, with the radius and its unit always stated.
 
-A query is correct at N when one of its N nearest database descriptors (exact L2; ties broken
-by lower database index) lies within the radius. Queries without any database image within the
-radius are dropped from the denominator and counted. Recall is in percent.
+A query is correct at N when one of its N nearest database descriptors (exact L2; ties broken by
+lower database index, `tscm.evaluation.ranking`) is a true match: within the radius (metres, or
+±frames for frame-ordered data) or listed (explicit ground truth). Queries without any true match
+are dropped from the denominator and counted. Recall is in percent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 
-from tscm.data.places import PlaceSet
+from tscm.data.places import PlaceSet, default_radius, radius_text
 from tscm.errors import TscmError
+from tscm.evaluation.ranking import Ranking, descriptor_matrix, first_hit_rank, rank_exact
 
 DEFAULT_NS = (1, 5, 10, 20)
 COMMUNITY_RADIUS_M = 25.0
 PUBLISHED_RADIUS_M = 10.0  # the published TSCM code counts matches within sqrt(nonTrivPosDistSqThr)
 
 
-@dataclass
-class RecallCounts:
-    """Recall@N in percent over the queries that have a positive, and how many queries that was."""
-
-    recall: dict[int, float]
-    num_evaluated: int
-    num_without_positive: int
-
-
-def protocol_label(radius_m: float) -> str:
-    """`radius 25 m (community standard)`, `radius 10 m (published TSCM protocol)`, or the bare radius."""
-    if radius_m == COMMUNITY_RADIUS_M:
+def protocol_label(radius: float | None, unit: str = "m") -> str:
+    """How a result's ground truth reads: "radius 25 m (community standard)", "radius ±1 frame", ..."""
+    if unit == "explicit":
+        return "listed matches (explicit ground truth)"
+    if unit == "m" and radius == COMMUNITY_RADIUS_M:
         return "radius 25 m (community standard)"
-    if radius_m == PUBLISHED_RADIUS_M:
+    if unit == "m" and radius == PUBLISHED_RADIUS_M:
         return "radius 10 m (published TSCM protocol)"
-    return f"radius {radius_m:g} m (custom)"
+    return f"radius {radius_text(radius, unit)}" + (" (custom)" if unit == "m" else "")
 
 
-@dataclass
-class EvalResult:
-    """Recall@N of one descriptor set on one PlaceSet, with everything needed to read it right."""
-
-    recall: dict[int, float]
-    radius_m: float
-    num_db: int
-    num_queries: int
-    num_queries_evaluated: int
-    num_queries_without_positive: int
-    dataset: str = ""
-
-    def to_json(self) -> dict:
-        return {
-            "recall": {str(n): value for n, value in sorted(self.recall.items())},
-            "radius_m": self.radius_m,
-            "protocol": protocol_label(self.radius_m),
-            "num_db": self.num_db,
-            "num_queries": self.num_queries,
-            "num_queries_evaluated": self.num_queries_evaluated,
-            "num_queries_without_positive": self.num_queries_without_positive,
-            "dataset": self.dataset,
-        }
-
-    def format_table(self) -> str:
-        ns = sorted(self.recall)
-        title = f"{self.dataset}: " if self.dataset else ""
-        lines = [
-            f"{title}Recall@N, {protocol_label(self.radius_m)}",
-            f"database {self.num_db} images; {self.num_queries} queries, {self.num_queries_evaluated} evaluated, "
-            f"{self.num_queries_without_positive} dropped (no database image within {self.radius_m:g} m)",
-            "  ".join(f"{'R@' + str(n):>7}" for n in ns),
-            "  ".join(f"{self.recall[n]:7.2f}" for n in ns),
-        ]
-        return "\n".join(lines)
-
-
-def _descriptor_matrix(array: np.ndarray, what: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.ndim != 2 or array.dtype.kind not in "fiu":
-        raise TscmError(f"{what}: expected a numeric N×D array, got {array.dtype} with shape {array.shape}")
-    matrix = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(matrix).all():
-        raise TscmError(f"{what}: contains NaN or infinite values")
-    return matrix
-
-
-def _check_ns(ns: Sequence[int]) -> tuple[int, ...]:
+def check_ns(ns: Sequence[int]) -> tuple[int, ...]:
     values = tuple(sorted({int(n) for n in ns}))
     if not values or values[0] < 1:
         raise TscmError(f"Recall@N: expected positive N values, got {tuple(ns)}")
     return values
 
 
-def recall_at_n(
-    db: np.ndarray,
-    queries: np.ndarray,
-    positives: Sequence[np.ndarray],
-    ns: Sequence[int] = DEFAULT_NS,
-) -> RecallCounts:
-    """Recall@N (percent) of `queries` against `db` by exact L2 search (faiss IndexFlatL2).
+@dataclass
+class RecallCounts:
+    """Recall@N in percent over the queries that have a true match, and how many queries that was."""
 
-    `positives[j]` holds the database indices that count as correct for query j. An N larger
-    than the database is answered with the whole database.
+    recall: dict[int, float]
+    num_evaluated: int
+    num_without_positive: int
+
+
+def recall_from_ranking(indices: np.ndarray, positives: Sequence[np.ndarray], ns: Sequence[int] = DEFAULT_NS) -> RecallCounts:
+    """Recall@N (percent) of ranked database indices (Q×k, nearest first) against per-query true matches.
+
+    An N larger than k counts what the k ranked entries hold (k is the whole database when
+    N exceeds it).
     """
-    import faiss
-
-    ns = _check_ns(ns)
-    db = _descriptor_matrix(db, "database descriptors")
-    queries = _descriptor_matrix(queries, "query descriptors")
-    if len(db) == 0:
-        raise TscmError("database descriptors: empty")
-    if queries.shape[1] != db.shape[1]:
-        raise TscmError(f"query descriptors have dimension {queries.shape[1]}, database descriptors {db.shape[1]}")
-    if len(positives) != len(queries):
-        raise TscmError(f"positives: {len(positives)} lists for {len(queries)} queries")
+    ns = check_ns(ns)
+    if len(positives) != len(indices):
+        raise TscmError(f"positives: {len(positives)} lists for {len(indices)} queries")
     evaluated = np.asarray([len(p) > 0 for p in positives], dtype=bool)
     num_evaluated = int(evaluated.sum())
     if num_evaluated == 0:
-        raise TscmError("Recall@N is undefined: no query has a database image within the radius")
-
-    k = min(ns[-1], len(db))
-    index = faiss.IndexFlatL2(db.shape[1])
-    index.add(db)
-    distances, labels = index.search(queries[evaluated], k)
-    # Make the tie rule explicit instead of relying on the search backend's order.
-    order = np.lexsort((labels, distances), axis=-1)
-    labels = np.take_along_axis(labels, order, axis=-1)
-
-    first_hit = np.full(num_evaluated, np.iinfo(np.int64).max, dtype=np.int64)
-    for row, query_index in enumerate(np.flatnonzero(evaluated)):
-        hits = np.flatnonzero(np.isin(labels[row], positives[query_index]))
-        if hits.size:
-            first_hit[row] = hits[0]
-    recall = {n: 100.0 * float(np.mean(first_hit < n)) for n in ns}
-    return RecallCounts(recall, num_evaluated, len(queries) - num_evaluated)
+        raise TscmError("Recall@N is undefined: no query has a true match in the database "
+                        "(check the radius and its unit)")
+    first = first_hit_rank(indices[evaluated], [positives[q] for q in np.flatnonzero(evaluated)])
+    recall = {n: 100.0 * float(np.mean(first < n)) for n in ns}
+    return RecallCounts(recall, num_evaluated, len(indices) - num_evaluated)
 
 
-def evaluate_descriptors(
-    placeset: PlaceSet,
-    db: np.ndarray,
-    queries: np.ndarray,
-    radius_m: float = COMMUNITY_RADIUS_M,
-    ns: Sequence[int] = DEFAULT_NS,
-) -> EvalResult:
-    """Recall@N of descriptors given in the PlaceSet's database and query order."""
+def recall_at_n(db, queries, positives: Sequence[np.ndarray], ns: Sequence[int] = DEFAULT_NS) -> RecallCounts:
+    """Recall@N (percent) of `queries` against `db` by exact L2 search; `positives[j]` are query j's true matches."""
+    ns = check_ns(ns)
+    queries = descriptor_matrix(queries, "query descriptors")
+    if len(positives) != len(queries):
+        raise TscmError(f"positives: {len(positives)} lists for {len(queries)} queries")
+    ranking = rank_exact(db, queries, ns[-1])
+    return recall_from_ranking(ranking.indices, positives, ns)
+
+
+@dataclass
+class EvalResult:
+    """Recall@N (and precision-recall) of one descriptor set on one PlaceSet, with what is needed to read it right."""
+
+    recall: dict[int, float]
+    radius: float | None
+    unit: str
+    num_db: int
+    num_queries: int
+    num_queries_evaluated: int
+    num_queries_without_positive: int
+    dataset: str = ""
+    pr: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        entry = {
+            "recall": {str(n): value for n, value in sorted(self.recall.items())},
+            "radius": self.radius,
+            "unit": self.unit,
+            "protocol": protocol_label(self.radius, self.unit),
+            "num_db": self.num_db,
+            "num_queries": self.num_queries,
+            "num_queries_evaluated": self.num_queries_evaluated,
+            "num_queries_without_positive": self.num_queries_without_positive,
+            "dataset": self.dataset,
+        }
+        if self.unit == "m":
+            entry["radius_m"] = self.radius  # the field name of earlier releases
+        if self.pr is not None:
+            entry["pr"] = self.pr
+        entry.update(self.extra)
+        return entry
+
+    def format_table(self) -> str:
+        ns = sorted(self.recall)
+        title = f"{self.dataset}: " if self.dataset else ""
+        dropped = "no true match" if self.unit == "explicit" else f"no database image within {radius_text(self.radius, self.unit)}"
+        lines = [
+            f"{title}Recall@N, {protocol_label(self.radius, self.unit)}",
+            f"database {self.num_db} images; {self.num_queries} queries, {self.num_queries_evaluated} evaluated, "
+            f"{self.num_queries_without_positive} dropped ({dropped})",
+            "  ".join(f"{'R@' + str(n):>7}" for n in ns),
+            "  ".join(f"{self.recall[n]:7.2f}" for n in ns),
+        ]
+        if self.pr is not None:
+            lines.append(
+                f"precision-recall over top-1 distances (all {self.num_queries} queries): average precision "
+                f"{self.pr['average_precision']:.2f}, recall at 100 % precision {self.pr['recall_at_100_precision']:.2f}, "
+                f"F1-max {self.pr['f1_max']:.2f}"
+            )
+        return "\n".join(lines)
+
+
+def check_descriptors(placeset: PlaceSet, db, queries) -> tuple[np.ndarray, np.ndarray]:
+    """`db` and `queries` as float32 matrices whose rows match the PlaceSet's images, or TscmError."""
+    where = f"{placeset.name}/{placeset.split}"
     db = np.asarray(db)
     queries = np.asarray(queries)
     for what, array, count in (("db", db, placeset.num_db), ("queries", queries, placeset.num_queries)):
         if array.ndim != 2 or array.shape[0] != count:
-            raise TscmError(
-                f"descriptors '{what}': expected shape ({count}, D) for {placeset.name}/{placeset.split}, got {array.shape}"
-            )
-    if db.shape[1] != queries.shape[1]:
-        raise TscmError(f"descriptors: 'db' has dimension {db.shape[1]} but 'queries' has {queries.shape[1]}")
-    counts = recall_at_n(db, queries, placeset.positives(radius_m), ns)
+            raise TscmError(f"descriptors '{what}': expected shape ({count}, D) for {where}, got {array.shape}")
+    db = descriptor_matrix(db, "descriptors 'db'")
+    queries = descriptor_matrix(queries, "descriptors 'queries'", dim=db.shape[1])
+    return db, queries
+
+
+def evaluate_ranking(placeset: PlaceSet, ranking: Ranking, radius: float | None = None,
+                     ns: Sequence[int] = DEFAULT_NS) -> EvalResult:
+    """Recall@N and precision-recall of a ranking (single frames or sequences) of the PlaceSet's queries."""
+    from tscm.evaluation.precision_recall import pr_from_ranking, pr_summary
+
+    if radius is None:
+        radius = default_radius(placeset.unit)
+    radius = placeset.check_radius(radius)
+    positives = placeset.positives(radius)
+    counts = recall_from_ranking(ranking.indices, positives, ns)
+    pr = pr_summary(pr_from_ranking(ranking.top1_distance, ranking.top1, positives))
     return EvalResult(
         recall=counts.recall,
-        radius_m=float(radius_m),
+        radius=radius,
+        unit=placeset.unit,
         num_db=placeset.num_db,
         num_queries=placeset.num_queries,
         num_queries_evaluated=counts.num_evaluated,
         num_queries_without_positive=counts.num_without_positive,
         dataset=f"{placeset.name}/{placeset.split}",
+        pr=pr,
     )
 
 
-def extract_descriptors(
-    model,
-    paths: Sequence[str | Path],
-    image_size: Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    batch_size: int = 32,
-    device: str = "cpu",
-    num_workers: int = 0,
-    progress: bool = True,
-) -> np.ndarray:
-    """float32 N×D descriptors of the images at `paths` (in order) from a model mapping B×3×H×W to B×D.
+def evaluate_descriptors(placeset: PlaceSet, db, queries, radius: float | None = None,
+                         ns: Sequence[int] = DEFAULT_NS) -> EvalResult:
+    """Recall@N and precision-recall of descriptors given in the PlaceSet's database and query order.
 
-    The model must already be on `device`. It runs in eval mode without gradients; its previous
-    train/eval mode is restored afterwards.
+    `radius` is in the set's unit (default: 25 m, ±1 frame; ignored for explicit ground truth).
     """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from tscm.data.transforms import ImageListDataset
-
-    if batch_size < 1:
-        raise TscmError(f"batch_size: expected a positive number, got {batch_size}")
-    dataset = ImageListDataset(paths, image_size, mean, std)
-    if len(dataset) == 0:
-        return np.zeros((0, int(getattr(model, "descriptor_dim", 0))), dtype=np.float32)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    chunks: list[np.ndarray] = []
-    try:
-        with torch.no_grad():
-            for images in tqdm(loader, desc="descriptors", unit="batch", disable=None if progress else True):
-                output = model(images.to(device))
-                if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != images.shape[0]:
-                    shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                    raise TscmError(f"model output: expected a {images.shape[0]}×D tensor of descriptors, got {shape}")
-                chunks.append(output.detach().float().cpu().numpy())
-    finally:
-        model.train(was_training)
-    return np.concatenate(chunks, axis=0).astype(np.float32, copy=False)
+    ns = check_ns(ns)
+    db, queries = check_descriptors(placeset, db, queries)
+    return evaluate_ranking(placeset, rank_exact(db, queries, ns[-1]), radius, ns)

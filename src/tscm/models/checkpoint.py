@@ -17,7 +17,7 @@ from torch import nn
 
 from tscm import __version__
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path, write_json_atomic
+from tscm.fileio import atomic_path, check_header, write_json_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -34,6 +34,23 @@ def model_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return "sha256:" + digest.hexdigest()
+
+
+# The metadata that changes what a checkpoint's model computes; its digest is stored beside it, so an
+# edited meta.json (say, a student relabelled `role: teacher`) is refused and the field named.
+BEHAVIOUR_FIELDS = ("preset", "role", "config", "descriptor_dim", "image_size", "mean", "std", "teacher_fingerprint")
+
+
+def metadata_digest(meta: dict[str, Any]) -> str:
+    """sha256 of the behaviour fields of `meta` (canonical JSON)."""
+    canonical = json.dumps({name: meta.get(name) for name in BEHAVIOUR_FIELDS}, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def field_digests(meta: dict[str, Any]) -> dict[str, str]:
+    """One short digest per behaviour field, to name the field that was edited."""
+    return {name: hashlib.sha256(json.dumps(meta.get(name), sort_keys=True).encode("utf-8")).hexdigest()[:16]
+            for name in BEHAVIOUR_FIELDS}
 
 
 def save_checkpoint(
@@ -80,6 +97,8 @@ def save_checkpoint(
         "teacher_fingerprint": teacher_fingerprint,
         "extra": extra or {},
     }
+    meta["metadata_digest"] = metadata_digest(meta)
+    meta["field_digests"] = field_digests(meta)
     json.dumps(meta)  # fail before writing anything if `extra` is not JSON-serialisable
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT_NAME, "fingerprint": meta["fingerprint"]})
@@ -96,30 +115,51 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise TscmError(f"{file} is not valid JSON: {error}") from error
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise TscmError(f"{file} is not tscm checkpoint metadata (field 'format' must be {FORMAT_NAME!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise TscmError(f"{file}: format_version {meta.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
     required = ("preset", "config", "descriptor_dim", "image_size", "mean", "std", "fingerprint")
-    absent = [name for name in required if name not in meta]
-    if absent:
-        raise TscmError(f"{file} lacks the fields {absent}")
-    return meta
+    return check_header(meta, FORMAT_NAME, FORMAT_VERSION, str(file), required)
 
 
-def load_checkpoint(path: str | Path, expected_preset: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode, metadata) from a checkpoint directory; never unpickles."""
+def check_metadata(meta: dict[str, Any], where: str) -> None:
+    """The behaviour fields agree with their recorded digest and with the saved model config."""
+    if "metadata_digest" in meta and metadata_digest(meta) != meta["metadata_digest"]:
+        recorded = meta.get("field_digests") or {}
+        edited = [name for name, digest in field_digests(meta).items() if recorded.get(name) != digest]
+        raise TscmError(f"{where}: field(s) {', '.join(edited) or 'of meta.json'} differ from what was saved "
+                        "(meta.json was edited); restore the file or save the checkpoint again")
+    config = meta["config"]
+    if not isinstance(config, dict):
+        raise TscmError(f"{where}: field 'config' must be a JSON object, got {type(config).__name__}")
+    for name, expected in (("preset", config.get("name")), ("role", config.get("role")),
+                           ("image_size", list(config.get("image_size") or [])), ("mean", list(config.get("mean") or [])),
+                           ("std", list(config.get("std") or []))):
+        if name in meta and meta[name] != expected:
+            raise TscmError(f"{where}: field {name!r} is {meta[name]!r} but the model config says {expected!r}")
+
+
+def load_checkpoint(path: str | Path, expected_preset: str | None = None,
+                    expected_role: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, metadata) from a checkpoint directory; never unpickles.
+
+    Refuses edited metadata (see BEHAVIOUR_FIELDS), weights from another save, and, when given, a
+    preset or role other than expected.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from tscm.models.presets import build_model, config_from_dict
 
     meta = read_metadata(path)
+    check_metadata(meta, f"{Path(path) / META_FILE}")
+    if expected_role is not None and meta.get("role") != expected_role:
+        raise TscmError(f"{path}: holds a {meta.get('role')} model, expected a {expected_role}")
     if expected_preset is not None and meta["preset"] != expected_preset:
         raise TscmError(f"checkpoint {path} holds preset {meta['preset']!r}, expected {expected_preset!r}")
     config = config_from_dict(meta["config"])
-    with torch.device("meta"):  # no random initialisation: every tensor comes from the file
-        model = build_model(config)
+    try:
+        with torch.device("meta"):  # no random initialisation: every tensor comes from the file
+            model = build_model(config)
+    except (TypeError, ValueError, AttributeError) as error:  # a field of the wrong type or size
+        raise TscmError(f"{Path(path) / META_FILE}: field 'config' does not describe a buildable model ({error})") from None
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise TscmError(f"checkpoint {path} has no {WEIGHTS_FILE}")
@@ -140,6 +180,9 @@ def load_checkpoint(path: str | Path, expected_preset: str | None = None) -> tup
             f"{weights} does not fit preset {meta['preset']!r}: missing {missing[:10]}, "
             f"unexpected {unexpected[:10]}, mis-shaped {mis_shaped[:10]}"
         )
+    if meta["descriptor_dim"] != model.descriptor_dim:
+        raise TscmError(f"{Path(path) / META_FILE}: field 'descriptor_dim' is {meta['descriptor_dim']!r} but the model "
+                        f"config gives {model.descriptor_dim}")
     model.load_state_dict(state, strict=True, assign=True)
     fingerprint = model_fingerprint(model)
     if fingerprint != meta["fingerprint"]:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tscm.errors import TscmError
+
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
     """Scale `x` to unit Euclidean length along `dim` (zero vectors stay zero)."""
@@ -52,15 +54,27 @@ class ContextGating(nn.Module):
         return y * torch.sigmoid(y @ self.gating_weights + self.gating_biases)
 
 
+# How NetVLADGated initialises `hidden1_weights` (mean 0): std 1/√D as published (D = feature size),
+# or 1/√K (K = clusters), what tscm did before (kept so the demo presets' numbers do not move).
+VLAD_INITS = ("published", "legacy")
+
+
 class NetVLADGated(nn.Module):
     """NetVLAD aggregation, projection to `output_dim` and context gating (the published "NetVLADLoupe").
 
     `keep_unused_norm` keeps the published, never-applied `bn2` batch norm so that published
-    checkpoints map one-to-one; it does not take part in forward.
+    checkpoints map one-to-one; it does not take part in forward. `hidden_init` (see VLAD_INITS)
+    sets the std of `hidden1_weights` at initialisation: "published" 1/√feature_size, "legacy"
+    1/√cluster_size.
     """
 
-    def __init__(self, feature_size: int, cluster_size: int, output_dim: int, keep_unused_norm: bool = False) -> None:
+    def __init__(
+        self, feature_size: int, cluster_size: int, output_dim: int, keep_unused_norm: bool = False,
+        hidden_init: str = "legacy",
+    ) -> None:
         super().__init__()
+        if hidden_init not in VLAD_INITS:
+            raise TscmError(f"NetVLAD hidden_init (vlad_init): expected one of {', '.join(VLAD_INITS)}, got {hidden_init!r}")
         self.feature_size = feature_size
         self.cluster_size = cluster_size
         self.output_dim = output_dim
@@ -68,9 +82,8 @@ class NetVLADGated(nn.Module):
         self.cluster_weights = nn.Parameter(torch.randn(feature_size, cluster_size) * scale)
         self.cluster_biases = nn.Parameter(torch.randn(cluster_size) * scale)
         self.cluster_weights2 = nn.Parameter(torch.randn(1, feature_size, cluster_size) * scale)
-        self.hidden1_weights = nn.Parameter(
-            torch.randn(feature_size * cluster_size, output_dim) / math.sqrt(cluster_size)
-        )
+        fan = feature_size if hidden_init == "published" else cluster_size
+        self.hidden1_weights = nn.Parameter(torch.randn(feature_size * cluster_size, output_dim) / math.sqrt(fan))
         self.bn2 = nn.BatchNorm1d(output_dim) if keep_unused_norm else None
         self.context_gating = ContextGating(output_dim)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -32,9 +32,11 @@ def _teacher_paper() -> TeacherConfig:
         name="teacher-paper",
         description=(
             "Published TSCM teacher (224×224, 2048-d): ResNet-50 to layer3 + ViT-B/16 chained without class "
-            "token or position embedding (quirk kept), unused bn2/GeM parameters kept for exact import."
+            "token or position embedding (quirk kept), unused bn2/GeM parameters kept for exact import; "
+            "NetVLAD hidden1 initialised with std 1/√D as published."
         ),
         keep_unused_published_params=True,
+        vlad_init="published",
     )
 
 
@@ -43,9 +45,11 @@ def _student_paper() -> StudentConfig:
         name="student-paper",
         description=(
             "Published TSCM student (224×224, 2048-d): ResNet-50 to layer3 + GeM, 16×16 patch embedding and "
-            "NetVLAD over token-major runs of 196 values (quirk kept), uncertainty head; unused bn2 kept."
+            "NetVLAD over token-major runs of 196 values (quirk kept), uncertainty head; unused bn2 kept; "
+            "NetVLAD hidden1 initialised with std 1/√D as published."
         ),
         keep_unused_published_params=True,
+        vlad_init="published",
     )
 
 
@@ -68,6 +72,7 @@ def _teacher_tiny() -> TeacherConfig:
         joint_dim=64,  # 2·32 + 64 + 128 (GeM of the 128-channel trunk) keeps the descriptor 256-d
         branch_dim=32,
         standardize_input=True,
+        vlad_init="legacy",  # NetVLAD hidden1 std 1/√K, as before, so the demo's numbers stay put
     )
 
 
@@ -88,6 +93,7 @@ def _student_tiny() -> StudentConfig:
         projection_dim=128,
         token_major_vlad_samples=False,
         standardize_input=True,
+        vlad_init="legacy",  # as teacher-tiny
     )
 
 
@@ -120,7 +126,8 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> ModelConfig:
-    """Inverse of `config_to_dict`; unknown or missing fields are a TscmError."""
+    """Inverse of `config_to_dict`; unknown fields are a TscmError, missing ones take their defaults
+    (configs saved before a field existed, e.g. `vlad_init`, load as built then)."""
     data = dict(data)
     role = data.pop("role", None)
     classes = {"teacher": TeacherConfig, "student": StudentConfig}
@@ -150,14 +157,17 @@ def _dataclass_from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
 
 def build_model(
     preset_or_config: str | ModelConfig,
-    pretrained: bool = False,
+    pretrained: bool | Collection[str] = False,
     backbone_weights: str | Path | Sequence[str | Path] | None = None,
 ) -> nn.Module:
     """Build a teacher or student from a preset name or config (in training mode, random heads).
 
-    pretrained=True fetches ImageNet backbones through torchvision/timm (fails offline with a
-    TscmError); backbone_weights gives local torchvision/timm state-dict files instead, each
-    loaded into the backbone (cnn or vit) whose keys it fits.
+    pretrained: True fetches ImageNet weights for every backbone through torchvision/timm (fails
+    offline with a TscmError); a collection of backbone names ("cnn", "vit") fetches only those,
+    e.g. {"cnn"} for the published teacher, whose ViT branch starts from random weights. The
+    student has only a "cnn" backbone; a "vit" in the collection has no effect there.
+    backbone_weights gives local torchvision/timm state-dict files instead, each loaded into the
+    backbone (cnn or vit) whose keys it fits.
     """
     config = get_preset(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
     if not isinstance(config, (TeacherConfig, StudentConfig)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,9 @@ class TeacherConfig:
     `bn2` and the spare GeM of its `backboneR`) so the parameter count and import match exactly.
     `standardize_input`: standardise each image's channels inside the network before both branches
     (not published; part of the model, so export and deployment apply it too).
+    `vlad_init`: initial std of the NetVLAD heads' `hidden1_weights`, "published" (1/√D, D the
+    feature size) or "legacy" (1/√K, tscm's earlier choice; the default, so saved configs that
+    predate the field keep describing how they were built).
     """
 
     name: str = "teacher"
@@ -43,6 +47,27 @@ class TeacherConfig:
     gem_p: float = 3.0
     keep_unused_published_params: bool = False
     standardize_input: bool = False
+    vlad_init: str = "legacy"
+
+
+# Backbone names `pretrained` may list (see pretrained_backbones).
+BACKBONE_NAMES = ("cnn", "vit")
+
+
+def pretrained_backbones(pretrained: bool | Collection[str]) -> frozenset[str]:
+    """The backbones to start from ImageNet weights: True = all, False = none, or a collection of names
+    from BACKBONE_NAMES (e.g. {"cnn"}: the published teacher, whose ViT branch starts from random weights)."""
+    if isinstance(pretrained, bool):
+        return frozenset(BACKBONE_NAMES) if pretrained else frozenset()
+    if isinstance(pretrained, str) or not isinstance(pretrained, Collection):
+        raise TscmError(
+            f"pretrained: expected true/false or a collection of backbone names such as {{'cnn'}}, got {pretrained!r}"
+        )
+    names = frozenset(pretrained)
+    unknown = sorted(str(name) for name in names - set(BACKBONE_NAMES))
+    if unknown:
+        raise TscmError(f"pretrained: unknown backbone names {unknown}; expected some of {', '.join(BACKBONE_NAMES)}")
+    return names
 
 
 class Teacher(nn.Module):
@@ -50,25 +75,26 @@ class Teacher(nn.Module):
 
     role = "teacher"
 
-    def __init__(self, config: TeacherConfig, pretrained: bool = False) -> None:
+    def __init__(self, config: TeacherConfig, pretrained: bool | Collection[str] = False) -> None:
         super().__init__()
         self.config = config
+        pretrained = pretrained_backbones(pretrained)
         height, width = config.image_size
         d_model = config.d_model
         if (2 * d_model) % config.joint_split or d_model % config.branch_split:
             raise TscmError(f"d_model {d_model} is not divisible by joint_split/branch_split {config.joint_split}/{config.branch_split}")
-        self.cnn = CnnTrunk(config.cnn, pretrained)
-        self.vit = VitTokens(config.vit, config.image_size, pretrained)
+        self.cnn = CnnTrunk(config.cnn, "cnn" in pretrained)
+        self.vit = VitTokens(config.vit, config.image_size, "vit" in pretrained)
         cnn_channels, _, _ = self.cnn.output_size(height, width)
         vit_dim, _, _ = self.vit.output_size(height, width)
         self.gem = GeM(config.gem_p)
         self.cnn_proj = nn.Linear(cnn_channels, d_model)
         self.vit_proj = nn.Linear(vit_dim, d_model)
         self.encoder = InterTransformerEncoder(d_model, config.num_heads, config.d_ff, config.dropout)
-        keep = config.keep_unused_published_params
-        self.head_joint = NetVLADGated(2 * d_model // config.joint_split, config.clusters, config.joint_dim, keep)
-        self.head_cnn = NetVLADGated(d_model // config.branch_split, config.clusters, config.branch_dim, keep)
-        self.head_vit = NetVLADGated(d_model // config.branch_split, config.clusters, config.branch_dim, keep)
+        keep, init = config.keep_unused_published_params, config.vlad_init
+        self.head_joint = NetVLADGated(2 * d_model // config.joint_split, config.clusters, config.joint_dim, keep, init)
+        self.head_cnn = NetVLADGated(d_model // config.branch_split, config.clusters, config.branch_dim, keep, init)
+        self.head_vit = NetVLADGated(d_model // config.branch_split, config.clusters, config.branch_dim, keep, init)
         self.unused_cnn_gem = GeM(config.gem_p) if keep else None
         self.descriptor_dim = 2 * config.branch_dim + config.joint_dim + cnn_channels
 

@@ -1,64 +1,52 @@
-"""Run folders and training data: create or reopen a run, record its config and command lines."""
+"""Run folders: create or reopen a run, record its config and command lines, and lock it while it trains."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import yaml
 
 from tscm.config import TrainConfig, apply_mapping, parse_override, set_value, validate
-from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.fileio import write_text_atomic
 from tscm.train.runtime import Runtime
 
 CONFIG_FILE = "config.yaml"
 COMMAND_FILE = "command.txt"
-SYNTHETIC_PREFIX = "synthetic:"
+LOCK_FILE = ".lock"
+# What a run that stopped before its first checkpoint leaves; such a folder may be started again.
+_STARTUP_FILES = {CONFIG_FILE, COMMAND_FILE, LOCK_FILE, "steps.csv", "epochs.csv", "tensorboard", "last.new", "best.new"}
 
 
 def current_command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def load_training_data(config: TrainConfig, runtime: Runtime) -> tuple[PlaceSet, PlaceSet]:
-    """The train and validation PlaceSets; `synthetic:<preset>` generates the built-in city once."""
-    from tscm.data.formats import load_placeset
-
-    data = config.data
-    if not data.path:
-        raise TscmError("config: data.path is empty; give a data set (--set data.path=DIR) or synthetic:demo")
-    root: str | Path = data.path
-    if data.path.startswith(SYNTHETIC_PREFIX):
-        from tscm.data.synthetic.city import ensure_synthetic_city
-
-        preset = data.path[len(SYNTHETIC_PREFIX) :] or "demo"
-        # One process generates the city; the others wait and then find it cached.
-        if runtime.is_main:
-            root = ensure_synthetic_city(preset, seed=data.synthetic_seed, progress=config.train.progress)
-        runtime.barrier()
-        if not runtime.is_main:
-            root = ensure_synthetic_city(preset, seed=data.synthetic_seed, progress=False)
-    name = data.name or None
-    train_set = load_placeset(root, data.train_split, name=name)
-    val_set = load_placeset(root, data.val_split, name=name)
-    if data.val_split == "test" or val_set.split == "test":
-        raise TscmError("config: data.val_split is the test split; model selection must use a validation split")
-    return train_set, val_set
-
-
 def create_run_dir(config: TrainConfig, runtime: Runtime, command_line: str) -> Path:
-    """A new, empty run folder holding config.yaml and command.txt (written by rank 0)."""
+    """A new run folder holding config.yaml and command.txt (written by rank 0).
+
+    An existing folder is refused unless it only holds what a run that never reached its first
+    checkpoint leaves behind (then it is started again).
+    """
     name = config.run.name or f"{config.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
     name = runtime.broadcast_text(name)
     run_dir = Path(config.run.output_dir) / name
     if runtime.is_main:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise TscmError(f"run folder {run_dir} exists and is not empty; pick another run.name or --resume it")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise TscmError(f"run folder {run_dir} exists and is a file; pick another run.name")
+        if run_dir.is_dir():
+            left = {p.name for p in run_dir.iterdir()}
+            if left - _STARTUP_FILES:
+                raise TscmError(f"run folder {run_dir} exists and holds a run ({', '.join(sorted(left - _STARTUP_FILES))}); "
+                                "pick another run.name or --resume it")
+            for stale in ("steps.csv", "epochs.csv"):
+                (run_dir / stale).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / CONFIG_FILE, config.to_yaml())
         record_command(run_dir, command_line)
@@ -81,7 +69,7 @@ def load_run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> Train
         raise TscmError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
     try:
         mapping = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise TscmError(f"{path}: not valid YAML: {error}") from None
     config = TrainConfig()
     apply_mapping(config, mapping, str(path))
@@ -102,3 +90,30 @@ def reopen_run_dir(run_dir: str | Path, config: TrainConfig, runtime: Runtime, c
         record_command(run_dir, command_line)
     runtime.barrier()
     return run_dir
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, runtime: Runtime) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder while it trains (rank 0), so two processes never
+    train into one folder; a second one stops at once, naming the folder."""
+    if not runtime.is_main:
+        yield
+        return
+    import fcntl
+
+    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise TscmError(f"run folder {run_dir} is in use by {holder}; wait for it to finish "
+                            "(two runs must not train into one folder)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()

@@ -10,7 +10,6 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -159,15 +158,3 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         for index in range(torch.cuda.device_count()):
             if f"cuda{index}" in state:
                 torch.cuda.set_rng_state(state[f"cuda{index}"], index)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Use `count` CPU threads inside the block (0: leave torch's setting)."""
-    previous = torch.get_num_threads()
-    if count > 0:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

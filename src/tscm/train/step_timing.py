@@ -38,40 +38,36 @@ def time_distillation_steps(trainer, steps: int) -> dict[str, Any]:
     saved_model = copy.deepcopy(trainer.raw_model.state_dict())
     saved_optimizer = copy.deepcopy(trainer.optimizer.state_dict())
     saved_scaler = copy.deepcopy(trainer.scaler.state_dict())
-    saved_miner = copy.deepcopy(trainer.miner.state_dict())
+    saved_caches = copy.deepcopy(trainer.caches.state_dict())
+    saved_teacher_cache = trainer.caches.teacher_cache
     saved_rng = rng_state()
-    saved_flags = (trainer.loss_fn, trainer.needs_teacher, trainer.teacher_from_cache, trainer.teacher_cache)
-
-    student_only = build_preset("none", options={"triplet": {"margin": config.loss.margin}}).to(trainer.device)
-    distillation = trainer.loss_fn if trainer.needs_teacher else build_preset(
-        "tscm", options={"triplet": {"margin": config.loss.margin}}
-    ).to(trainer.device)
-    trainer.teacher_from_cache = True
-    trainer._ensure_teacher_cache()
+    options = {"triplet": {"margin": config.loss.margin}}
+    student_only = build_preset("none", options=options).to(trainer.device)
+    distills = bool(getattr(trainer.loss_fn, "needs_teacher", False))
+    distillation = trainer.loss_fn if distills else build_preset("tscm", options=options).to(trainer.device)
     try:
-        trainer._refresh_mining_cache(0, 0)
-        tuples = trainer._mine(trainer.epoch_queries(0))
-        batches = trainer.global_batches(len(tuples))[: steps + 1]
+        trainer.caches.refresh(0, 0, progress=False)
+        tuples = trainer.caches.mine(trainer.plan.epoch_queries(0))
+        batches = trainer.plan.global_batches(len(tuples))[: steps + 1]
         if len(batches) < 2:
             raise TscmError(f"distill.time_steps: only {len(batches)} batches could be mined; need at least 2")
-        local = [trainer.local_rows(rows) for rows in batches]
-        dataset = TupleBatchDataset(tuples, local, trainer.num_db, trainer._load_image_fn(trainer.job.spec))
+        local = [trainer.plan.local_rows(rows) for rows in batches]
+        dataset = TupleBatchDataset(tuples, local, trainer.job.train_set.num_db, trainer.image_loader(trainer.job.spec))
         loaded = [dataset[i] for i in range(len(dataset))]
         settings = {
-            "student_only": (student_only, False, True),
-            "teacher_from_cache": (distillation, True, True),
-            "teacher_per_batch": (distillation, True, False),
+            "student_only": (student_only, True),
+            "teacher_from_cache": (distillation, True),
+            "teacher_per_batch": (distillation, False),
         }
-        teacher_loader = None  # only when the teacher wants other pixels than the student (then timed too)
-        if trainer.job.teacher_spec != trainer.job.spec:
-            teacher_loader = trainer._load_image_fn(trainer.job.teacher_spec)
+        # Only when the teacher wants other pixels than the student (then its loading is timed too).
+        teacher_loader = trainer.teacher_image_loader()
         seconds: dict[str, list[float]] = {mode: [] for mode, _ in MODES}
         trainer.raw_model.train()
         for index, batch in enumerate(loaded):
             for mode, _ in MODES:  # interleaved, so load from other work on the CPU hits every mode alike
-                trainer.loss_fn, trainer.needs_teacher, trainer.teacher_from_cache = settings[mode]
+                loss_fn, from_cache = settings[mode]
                 start = time.perf_counter()
-                total, _ = trainer.compute_loss(batch, teacher_loader)
+                total, _ = trainer.compute_loss(batch, teacher_loader, loss_fn=loss_fn, teacher_from_cache=from_cache)
                 trainer.optimisation_step(total, len(local[index]), len(batches[index]))
                 if trainer.device.type == "cuda":
                     torch.cuda.synchronize(trainer.device)
@@ -81,11 +77,10 @@ def time_distillation_steps(trainer, steps: int) -> dict[str, Any]:
         trainer.raw_model.load_state_dict(saved_model)
         trainer.optimizer.load_state_dict(saved_optimizer)
         trainer.scaler.load_state_dict(saved_scaler)
-        trainer.miner.load_state_dict(saved_miner)
+        trainer.caches.load_state_dict(saved_caches)
+        trainer.caches.forget_mining_cache()
+        trainer.caches.teacher_cache = saved_teacher_cache
         set_rng_state(saved_rng)
-        trainer.loss_fn, trainer.needs_teacher, trainer.teacher_from_cache, trainer.teacher_cache = saved_flags
-        if not trainer.mining_by_teacher:
-            trainer.mining_cache, trainer.cache_epoch = None, -1
 
     medians = {mode: 1000 * statistics.median(values) for mode, values in seconds.items()}
     base = medians["student_only"]
@@ -95,7 +90,7 @@ def time_distillation_steps(trainer, steps: int) -> dict[str, Any]:
         "images_per_tuple": config.mining.num_negatives + 2,
         "device": str(trainer.device),
         "threads": torch.get_num_threads(),
-        "distillation_loss": config.loss.preset if saved_flags[1] else "tscm",
+        "distillation_loss": config.loss.preset if distills else "tscm",
         "median_ms": medians,
         "ratio_to_student_only": {mode: value / base for mode, value in medians.items()},
     }

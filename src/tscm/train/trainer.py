@@ -1,14 +1,13 @@
 """The training loop shared by teacher training and distillation.
 
-One epoch: the train queries in a seeded order (optionally a subset), cut into chunks of
-`mining.refresh_every_queries`; before a chunk the descriptor cache is refreshed when due and
-tuples are mined for the chunk's queries; the tuples are cut into global batches of
-`train.batch_size`, each process training on its share. After the epoch: LR schedule step,
-validation Recall@1 (val split only), early stopping, best checkpoint. A resumable `last`
-checkpoint is written every `train.checkpoint_every_steps` steps and at each epoch end; it holds
-the model, optimiser, scheduler, gradient scaler, RNG, position (epoch, chunk, batch), the
-chunk's tuples, the miner's state and, when it will be reused, the mining cache, so a resumed run
-retraces the uninterrupted one exactly.
+One epoch: the train queries in a seeded order (`BatchPlan`), cut into mining chunks; before a
+chunk the descriptor cache is refreshed when due and tuples are mined (`DescriptorCaches`); the
+tuples are cut into global batches, each process training on its share. After the epoch: LR
+schedule step, validation Recall@1 (val split only), early stopping, best checkpoint. A resumable
+`last` checkpoint (`RunCheckpoints`) is written every `train.checkpoint_every_steps` steps and at
+each epoch end; it holds the model, optimiser, scheduler, gradient scaler, RNG, position (epoch,
+chunk, batch), the chunk's tuples, the miner's state, the epoch's running loss and, when it will
+be reused, the mining cache, so a resumed run retraces the uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -27,19 +26,15 @@ from tscm.config import TrainConfig
 from tscm.data.places import PlaceSet
 from tscm.data.tuples import TupleArrays, TupleBatch, TupleBatchDataset, flat_image_paths, scatter_to_layout
 from tscm.errors import TscmError
+from tscm.evaluation.extract import InputSpec
 from tscm.fileio import write_json_atomic
+from tscm.train.batching import BatchPlan
+from tscm.train.caches import DescriptorCaches
+from tscm.train.checkpoints import RunCheckpoints
 from tscm.train.metrics_log import MetricsLog
 from tscm.train.runtime import Runtime, rng_state, set_rng_state
-from tscm.train.training_state import existing_folder, load_training_state, replace_folder, save_training_state
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How a model wants its images: (H, W) and normalisation."""
-
-    image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+TRAINING_STATE_FORMAT = 2
 
 
 @dataclass
@@ -67,11 +62,16 @@ class TrainingJob:
     val_set: PlaceSet
     teacher: nn.Module | None = None
     teacher_spec: InputSpec | None = None
+    teacher_fingerprint: str | None = None
     resume_from: Path | None = None
 
 
 class NonFiniteLoss(TscmError):
     """The loss became NaN or infinite; the message names step, batch and loss terms."""
+
+
+class Interrupted(TscmError):
+    """Ctrl-C: the state was saved; the message says how to resume."""
 
 
 def batchnorm_mode(model: nn.Module, mode: str) -> None:
@@ -86,8 +86,6 @@ class Trainer:
     """Runs one TrainingJob: mining, steps, validation, checkpoints; `run()` returns a RunResult."""
 
     def __init__(self, job: TrainingJob) -> None:
-        from tscm.data.mining import Miner, MiningSettings
-
         self.job = job
         self.config = config = job.config
         self.rt = job.runtime
@@ -104,38 +102,27 @@ class Trainer:
             for parameter in self.teacher.parameters():
                 parameter.requires_grad_(False)
         self.loss_fn = job.loss.to(self.device)
-        self.needs_teacher = bool(getattr(self.loss_fn, "needs_teacher", False))
-        self.train_paths = flat_image_paths(job.train_set)
-        self.num_db = job.train_set.num_db
         self.k = config.mining.num_negatives
-
-        mining = config.mining
-        settings = MiningSettings(
-            pos_radius_m=mining.pos_radius_m,
-            neg_radius_m=mining.neg_radius_m,
-            num_negatives=mining.num_negatives,
-            num_random=mining.num_random,
-            margin=mining.margin,
-            positive_rule=mining.positive_rule,
-            heading_tolerance_deg=mining.heading_tolerance_deg,
-        )
-        self.miner = Miner(job.train_set, settings, seed=config.train.seed)
-        self.mining_by_teacher = config.kind == "student" and mining.descriptors == "teacher"
-        self.teacher_from_cache = self.needs_teacher and config.distill.teacher_outputs == "cache"
-        if (self.needs_teacher or self.mining_by_teacher) and self.teacher is None:
+        needs_teacher = bool(getattr(self.loss_fn, "needs_teacher", False))
+        mining_by_teacher = config.kind == "student" and config.mining.descriptors == "teacher"
+        if (needs_teacher or mining_by_teacher) and self.teacher is None:
             raise TscmError(
-                f"loss.preset={config.loss.preset}, mining.descriptors={mining.descriptors}: a teacher is needed "
+                f"loss.preset={config.loss.preset}, mining.descriptors={config.mining.descriptors}: a teacher is needed "
                 "(distill --teacher CKPT), or use loss.preset=none with mining.descriptors=student"
             )
+        self.teacher_from_cache = needs_teacher and config.distill.teacher_outputs == "cache"
+        self.caches = DescriptorCaches(config, self.rt, job.train_set, self.raw_model, job.spec, self.teacher,
+                                       job.teacher_spec, self.teacher_from_cache)
+        self.plan = BatchPlan(job.train_set.num_queries, config.train.seed, config.train.max_queries_per_epoch,
+                              config.mining.refresh_every_queries, config.train.batch_size, self.rt.world_size,
+                              self.rt.rank)
+        self.checkpoints = RunCheckpoints(job.run_dir, job.save_model)
 
         self.optimizer = self._build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.train.lr_gamma)
         use_scaler = self.rt.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
-        self.teacher_cache: torch.Tensor | None = None  # teacher descriptors of every train image
-        self.mining_cache: np.ndarray | None = None  # flat train descriptors that drive mining
-        self.cache_epoch = -1
         self.position = {"epoch": 0, "chunk": 0, "batch": 0}
         self.global_step = 0
         self.tuples: TupleArrays | None = None
@@ -144,7 +131,10 @@ class Trainer:
         self.epochs_without_gain = 0
         self.untrained_recall: dict[str, float] | None = None
         self.last_val: dict[str, Any] | None = None
+        self.epoch_loss = [0.0, 0]  # running sum and count of the epoch's step losses (kept across resumes)
         self.step_seconds: list[float] = []
+        self._resumed_rng: dict | None = None
+        self.teacher_loader: Callable[[int], torch.Tensor] | None = None
 
     # ----- building blocks -----------------------------------------------------------------
 
@@ -155,104 +145,50 @@ class Trainer:
             return torch.optim.Adam(parameters, lr=t.lr, weight_decay=t.weight_decay)
         return torch.optim.SGD(parameters, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
-    def _progress(self) -> bool:
+    @property
+    def progress(self) -> bool:
         return self.config.train.progress and self.rt.is_main
 
-    def _extract(self, model: nn.Module, spec: InputSpec, paths: list, batch_size: int) -> np.ndarray:
-        """Descriptors of `paths`, computed in shards over the processes and gathered."""
-        from tscm.evaluation.recall import extract_descriptors
+    def image_loader(self, spec: InputSpec) -> Callable[[int], torch.Tensor]:
+        """Loads train image `key` (flat numbering: database then queries) as a model input tensor."""
+        from tscm.data.images import ImageListDataset
 
-        share = self.rt.shard(len(paths))
-        local = extract_descriptors(
-            model,
-            paths[share.start : share.stop],
-            spec.image_size,
-            spec.mean,
-            spec.std,
-            batch_size=batch_size,
-            device=str(self.device),
-            num_workers=self.config.data.num_workers,
-            progress=self._progress(),
-        )
-        if len(local) == 0:
-            local = np.zeros((0, int(getattr(model, "descriptor_dim", 1))), dtype=np.float32)
-        return self.rt.gather_rows(local, len(paths))
-
-    def _ensure_teacher_cache(self) -> None:
-        if self.teacher_cache is None and (self.teacher_from_cache or self.mining_by_teacher):
-            assert self.teacher is not None and self.job.teacher_spec is not None
-            flat = self._extract(self.teacher, self.job.teacher_spec, self.train_paths, self.config.mining.batch_size)
-            self.teacher_cache = torch.from_numpy(flat).to(self.device)
-
-    def _cache_reused_later(self) -> bool:
-        return not self.mining_by_teacher and self.config.mining.refresh_every_epochs > 1
-
-    def _refresh_mining_cache(self, epoch: int, chunk: int) -> None:
-        if self.mining_by_teacher:
-            self._ensure_teacher_cache()
-            return
-        due = (
-            self.mining_cache is None
-            or chunk > 0
-            or epoch - self.cache_epoch >= self.config.mining.refresh_every_epochs
-        )
-        if due:
-            self.mining_cache = self._extract(self.raw_model, self.job.spec, self.train_paths, self.config.mining.batch_size)
-            self.cache_epoch = epoch
-
-    def _mine(self, queries: np.ndarray) -> TupleArrays:
-        from tscm.data.mining import DescriptorCache
-
-        flat = self.teacher_cache.cpu().numpy() if self.mining_by_teacher else self.mining_cache
-        assert flat is not None
-        cache = DescriptorCache(flat[: self.num_db], flat[self.num_db :], dtype=self.config.mining.cache_dtype)
-        mined = self.miner.mine(cache, queries)
-        return TupleArrays.from_mined(mined, self.k)
-
-    def epoch_queries(self, epoch: int) -> np.ndarray:
-        """The epoch's train queries in a seeded order (a subset when max_queries_per_epoch is set)."""
-        count = self.job.train_set.num_queries
-        order = np.random.default_rng([self.config.train.seed, epoch]).permutation(count)
-        limit = self.config.train.max_queries_per_epoch
-        return order[:limit] if limit else order
-
-    def chunks(self, queries: np.ndarray) -> list[np.ndarray]:
-        size = self.config.mining.refresh_every_queries
-        if size <= 0 or size >= len(queries):
-            return [queries]
-        return [queries[i : i + size] for i in range(0, len(queries), size)]
-
-    def global_batches(self, num_tuples: int) -> list[np.ndarray]:
-        """Rows of each global batch; under DDP, batches too small to give every process a tuple are dropped."""
-        size = self.config.train.batch_size
-        batches = [np.arange(i, min(i + size, num_tuples)) for i in range(0, num_tuples, size)]
-        return [b for b in batches if len(b) >= self.rt.world_size]
-
-    def local_rows(self, batch_rows: np.ndarray) -> np.ndarray:
-        return np.array_split(batch_rows, self.rt.world_size)[self.rt.rank]
-
-    def _load_image_fn(self, spec: InputSpec) -> Callable[[int], torch.Tensor]:
-        from tscm.data.transforms import ImageListDataset
-
-        dataset = ImageListDataset(self.train_paths, spec.image_size, spec.mean, spec.std)
+        dataset = ImageListDataset(flat_image_paths(self.job.train_set), spec.image_size, spec.mean, spec.std)
         return dataset.__getitem__
+
+    def teacher_image_loader(self) -> Callable[[int], torch.Tensor] | None:
+        """A loader of the teacher's own inputs when it runs per batch and wants other pixels than the student."""
+        if self.teacher is None or self.job.teacher_spec == self.job.spec:
+            return None
+        assert self.job.teacher_spec is not None
+        return self.image_loader(self.job.teacher_spec)
 
     # ----- one step ---------------------------------------------------------------------------
 
-    def compute_loss(self, batch: TupleBatch, teacher_loader: Callable[[int], torch.Tensor] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute_loss(self, batch: TupleBatch, teacher_loader: Callable[[int], torch.Tensor] | None = None, *,
+                     loss_fn: nn.Module | None = None, teacher_from_cache: bool | None = None,
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one batch (the run's loss and teacher source unless given)."""
         from tscm.losses import TupleDescriptors
 
+        loss_fn = self.loss_fn if loss_fn is None else loss_fn
+        from_cache = self.teacher_from_cache if teacher_from_cache is None else teacher_from_cache
         layout = batch.layout
         mask = layout.negative_mask.to(self.device)
         images = batch.images.to(self.device, non_blocking=True)
+        wants_uncertainty = bool(getattr(loss_fn, "needs_uncertainty", False))
         with self.rt.autocast():
-            descriptors = self.model(images)
+            output = self.model(images, with_uncertainty=True) if wants_uncertainty else self.model(images)
+        descriptors, uncertainty = output if wants_uncertainty else (output, None)
         student = TupleDescriptors.from_flat(scatter_to_layout(descriptors.float(), layout), self.k, mask)
+        if uncertainty is not None:
+            student.uncertainty = TupleDescriptors.from_flat(scatter_to_layout(uncertainty.float(), layout), self.k, mask)
         teacher = None
-        if self.needs_teacher:
-            if self.teacher_from_cache:
-                assert self.teacher_cache is not None
-                teacher_desc = self.teacher_cache.index_select(0, layout.keys.to(self.device))
+        if getattr(loss_fn, "needs_teacher", False):
+            if from_cache:
+                self.caches.ensure_teacher_cache(self.progress)
+                assert self.caches.teacher_cache is not None
+                teacher_desc = self.caches.teacher_cache.index_select(0, layout.keys.to(self.device))
             else:
                 assert self.teacher is not None
                 teacher_images = images
@@ -261,7 +197,7 @@ class Trainer:
                 with torch.no_grad(), self.rt.autocast():
                     teacher_desc = self.teacher(teacher_images).float()
             teacher = TupleDescriptors.from_flat(scatter_to_layout(teacher_desc, layout), self.k, mask)
-        return self.loss_fn(student, teacher)
+        return loss_fn(student, teacher)
 
     def optimisation_step(self, total: torch.Tensor, local_count: int, global_count: int) -> None:
         # DDP averages gradients over processes; weighting each process's mean by its share of the
@@ -272,142 +208,130 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
-    # ----- checkpoints --------------------------------------------------------------------------
+    # ----- state --------------------------------------------------------------------------------
 
-    @property
-    def last_dir(self) -> Path:
-        return self.job.run_dir / "last"
-
-    @property
-    def best_dir(self) -> Path:
-        return self.job.run_dir / "best"
-
-    def _model_extra(self) -> dict[str, Any]:
+    def model_extra(self) -> dict[str, Any]:
+        """What a saved checkpoint records about the training that made it."""
+        val_set = self.job.val_set
         return {
             "training": self.config.to_dict(),
             "epoch": self.position["epoch"],
             "step": self.global_step,
             "validation": self.last_val,
-            "eval_protocol": {"radius_m": self.config.eval.radius_m, "split": self.config.data.val_split},
+            "eval_protocol": {"radius": self.config.eval.radius(val_set.unit), "unit": val_set.unit,
+                              "split": self.config.data.val_split},
         }
 
     def training_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "format": 1,
+        return {
+            "format": TRAINING_STATE_FORMAT,
+            "kind": self.config.kind,
+            "teacher_fingerprint": self.job.teacher_fingerprint,
             "position": dict(self.position),
             "global_step": self.global_step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
-            "miner": self.miner.state_dict(),
+            "caches": self.caches.state_dict(),
             "best_recall": self.best_recall if math.isfinite(self.best_recall) else None,
             "best_epoch": self.best_epoch,
             "epochs_without_gain": self.epochs_without_gain,
             "untrained_recall": self.untrained_recall,
             "last_val": self.last_val,
+            "epoch_loss": list(self.epoch_loss),
             "tuples": self.tuples.to_tensors() if self.tuples is not None else None,
-            "cache_epoch": self.cache_epoch,
-            "mining_cache": self.mining_cache if (self._cache_reused_later() and self.mining_cache is not None) else None,
         }
-        return state
 
     def save_last(self) -> None:
-        if not self.rt.is_main:
-            return
-        staging = self.job.run_dir / "last.new"
-        if staging.exists():
-            import shutil
-
-            shutil.rmtree(staging)
-        self.job.save_model(staging, self.raw_model, self._model_extra())
-        save_training_state(staging, self.training_state())
-        replace_folder(staging, self.last_dir)
-        self.log.flush()
+        if self.rt.is_main:
+            self.checkpoints.save_last(self.raw_model, self.model_extra(), self.training_state())
+            self.log.flush()
 
     def save_best(self) -> None:
-        if not self.rt.is_main:
-            return
-        staging = self.job.run_dir / "best.new"
-        if staging.exists():
-            import shutil
+        if self.rt.is_main:
+            self.checkpoints.save_best(self.raw_model, self.model_extra())
 
-            shutil.rmtree(staging)
-        self.job.save_model(staging, self.raw_model, self._model_extra())
-        replace_folder(staging, self.best_dir)
-
-    def restore(self, folder: Path) -> None:
-        from tscm.models.checkpoint import load_checkpoint
-
-        found = existing_folder(folder / "last")
-        if found is None:
-            raise TscmError(f"--resume {folder}: no last checkpoint (expected {folder}/last)")
-        saved_model, _ = load_checkpoint(found)  # checks the weights against their recorded fingerprint
+    def restore(self) -> None:
+        """Continue from the newest intact resumable checkpoint of the run folder."""
+        folder, saved_model, state = self.checkpoints.load_last(self.say_always)
+        if state.get("format") != TRAINING_STATE_FORMAT:
+            raise TscmError(f"{folder}: training state format {state.get('format')!r}; this tscm resumes format "
+                            f"{TRAINING_STATE_FORMAT} (start the run again)")
+        if state["kind"] != self.config.kind:
+            raise TscmError(f"--resume {self.job.run_dir}: a {state['kind']} run cannot be resumed as a {self.config.kind} run")
+        if state["teacher_fingerprint"] != self.job.teacher_fingerprint:
+            raise TscmError(
+                f"--resume {self.job.run_dir}: the teacher {self.config.distill.teacher_checkpoint} has fingerprint "
+                f"{self.job.teacher_fingerprint}, but this run was trained from {state['teacher_fingerprint']}; "
+                "the teacher folder was replaced: restore it, or start a new run"
+            )
         self.raw_model.load_state_dict(saved_model.state_dict())
-        state = load_training_state(found)
         self.position = dict(state["position"])
         self.global_step = int(state["global_step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self._resumed_rng = state["rng"]  # applied just before training continues (see run)
-        self.miner.load_state_dict(state["miner"])
+        self.caches.load_state_dict(state["caches"])
         self.best_recall = state["best_recall"] if state["best_recall"] is not None else -math.inf
         self.best_epoch = int(state["best_epoch"])
         self.epochs_without_gain = int(state["epochs_without_gain"])
         self.untrained_recall = state["untrained_recall"]
         self.last_val = state["last_val"]
+        self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
         self.tuples = TupleArrays.from_tensors(state["tuples"]) if state["tuples"] is not None else None
-        self.cache_epoch = int(state["cache_epoch"])
-        if state["mining_cache"] is not None:
-            self.mining_cache = np.asarray(state["mining_cache"])
 
     # ----- validation ---------------------------------------------------------------------------
 
     def validate(self) -> dict[str, Any]:
+        """Recall@N of the model on the validation split (radius in the split's unit)."""
         from tscm.evaluation.recall import evaluate_descriptors
 
         val = self.job.val_set
-        paths = flat_image_paths(val)
-        flat = self._extract(self.raw_model, self.job.spec, paths, self.config.eval.batch_size)
-        result = evaluate_descriptors(val, flat[: val.num_db], flat[val.num_db :], radius_m=self.config.eval.radius_m)
+        flat = self.caches.describe(self.raw_model, self.job.spec, flat_image_paths(val), self.config.eval.batch_size,
+                                    self.progress)
+        result = evaluate_descriptors(val, flat[: val.num_db], flat[val.num_db :], radius=self.config.eval.radius(val.unit))
         return result.to_json()
 
     # ----- the loop -----------------------------------------------------------------------------
 
     def run(self) -> RunResult:
-        config = self.config
         resumed = self.job.resume_from is not None
         if resumed:
-            self.restore(self.job.resume_from)
+            self.restore()
         self.log = MetricsLog(
             self.job.run_dir,
-            tensorboard=config.run.tensorboard and self.rt.is_main,
+            tensorboard=self.config.run.tensorboard and self.rt.is_main,
             resume_step=self.global_step if resumed else None,
             resume_epoch=self.position["epoch"] if resumed else None,
         ) if self.rt.is_main else _NullLog()
-        self._ensure_teacher_cache()
+        self.caches.ensure_teacher_cache(self.progress)
         if not resumed:
             untrained = self.validate()
             self.untrained_recall = untrained["recall"]
             self.log.log_epoch(0, 0, {f"val_R@{n}": v for n, v in untrained["recall"].items()})
-            self._say(f"untrained: validation R@1 {untrained['recall']['1']:.2f} % ({untrained['protocol']})")
-        teacher_loader = None
-        if self.needs_teacher and not self.teacher_from_cache and self.job.teacher_spec != self.job.spec:
-            assert self.job.teacher_spec is not None
-            teacher_loader = self._load_image_fn(self.job.teacher_spec)
-        load_image = self._load_image_fn(self.job.spec)
-        if resumed:
+            self.say(f"untrained: validation R@1 {untrained['recall']['1']:.2f} % ({untrained['protocol']})")
+        runs_teacher = getattr(self.loss_fn, "needs_teacher", False) and not self.teacher_from_cache
+        self.teacher_loader = self.teacher_image_loader() if runs_teacher else None
+        load_image = self.image_loader(self.job.spec)
+        if self._resumed_rng is not None:
             # Set last: the set-up above (teacher cache, its data loader) may draw from the global RNG.
             set_rng_state(self._resumed_rng)
         stopped = "epochs"
         try:
-            stopped = self._epochs(load_image, teacher_loader)
+            stopped = self._epochs(load_image)
+        except KeyboardInterrupt:
+            self.save_last()
+            raise Interrupted(
+                f"interrupted at step {self.global_step}; the state is saved in {self.checkpoints.last_dir}: continue "
+                f"with `tscm {'train-teacher' if self.config.kind == 'teacher' else 'distill'} --resume {self.job.run_dir}`"
+            ) from None
         finally:
             self.log.close()
         return self._finish(stopped)
 
-    def _epochs(self, load_image, teacher_loader) -> str:
+    def _epochs(self, load_image) -> str:
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
@@ -415,92 +339,93 @@ class Trainer:
         while self.position["epoch"] < t.epochs:
             epoch = self.position["epoch"]
             epoch_start = time.perf_counter()
-            chunk_list = self.chunks(self.epoch_queries(epoch))
-            losses: list[float] = []
+            chunk_list = self.plan.chunks(self.plan.epoch_queries(epoch))
             while self.position["chunk"] < len(chunk_list):
                 chunk = self.position["chunk"]
                 if self.tuples is None:
-                    self._refresh_mining_cache(epoch, chunk)
-                    self.tuples = self._mine(chunk_list[chunk])
+                    self.caches.refresh(epoch, chunk, self.progress)
+                    self.tuples = self.caches.mine(chunk_list[chunk])
                     self.position["batch"] = 0
-                batches = self.global_batches(len(self.tuples))
-                local = [self.local_rows(rows) for rows in batches]
-                dataset = TupleBatchDataset(self.tuples, local[self.position["batch"] :], self.num_db, load_image)
+                batches = self.plan.global_batches(len(self.tuples))
+                local = [self.plan.local_rows(rows) for rows in batches]
+                dataset = TupleBatchDataset(self.tuples, local[self.position["batch"] :], self.job.train_set.num_db,
+                                            load_image)
                 # Its own generator: creating a loader must not draw from the global RNG (dropout's),
                 # or a run resumed mid-chunk would draw once more than the uninterrupted run.
-                loader = DataLoader(
-                    dataset,
-                    batch_size=None,
-                    shuffle=False,
-                    num_workers=config.data.num_workers,
-                    generator=torch.Generator().manual_seed(config.train.seed),
-                )
-                bar = tqdm(
-                    loader,
-                    desc=f"epoch {epoch + 1}/{t.epochs}" + (f" part {chunk + 1}/{len(chunk_list)}" if len(chunk_list) > 1 else ""),
-                    unit="step",
-                    disable=not self._progress(),
-                    leave=False,
-                )
+                loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.data.num_workers,
+                                    generator=torch.Generator().manual_seed(config.train.seed))
+                label = f"epoch {epoch + 1}/{t.epochs}" + (f" part {chunk + 1}/{len(chunk_list)}" if len(chunk_list) > 1 else "")
+                bar = tqdm(loader, desc=label, unit="step", disable=not self.progress, leave=False)
                 for batch in bar:
-                    b = self.position["batch"]
-                    self.raw_model.train()
-                    batchnorm_mode(self.raw_model, "frozen" if config.train.batchnorm == "frozen" else "batch")
-                    start = time.perf_counter()
-                    total, parts = self.compute_loss(batch, teacher_loader)
-                    finite = bool(torch.isfinite(total.detach()).item())
-                    if not self.rt.all_true(finite):
-                        self._non_finite(epoch, chunk, b, batch, total, parts)
-                    self.optimisation_step(total, len(local[b]), len(batches[b]))
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    self.step_seconds.append(time.perf_counter() - start)
-                    self.global_step += 1
-                    self.position["batch"] = b + 1
-                    values = {k: float(v) for k, v in parts.items()}
-                    values.setdefault("total", float(total.detach()))
-                    values = self.rt.weighted_mean(values, len(local[b]))  # the global batch's loss
-                    values["lr"] = self.optimizer.param_groups[0]["lr"]
-                    losses.append(values["total"])
-                    self.log.log_step(self.global_step, epoch + 1, values)
-                    bar.set_postfix(loss=f"{values['total']:.4f}")
-                    if t.stop_after_steps and self.global_step >= t.stop_after_steps:
+                    if self._step(epoch, chunk, batch, local, batches, bar):
                         bar.close()
                         return "stop_after_steps"
-                    if self.global_step % t.checkpoint_every_steps == 0:
-                        self.save_last()
                 bar.close()
                 self.position = {"epoch": epoch, "chunk": chunk + 1, "batch": 0}
                 self.tuples = None
-            self.scheduler.step()
-            val = self.validate()
-            self.last_val = val
-            recall1 = float(val["recall"]["1"])
-            self.position = {"epoch": epoch + 1, "chunk": 0, "batch": 0}
-            improved = recall1 > self.best_recall
-            if improved:
-                self.best_recall, self.best_epoch, self.epochs_without_gain = recall1, epoch + 1, 0
-                self.save_best()
-            else:
-                self.epochs_without_gain += 1
-            self.log.log_epoch(
-                epoch + 1,
-                self.global_step,
-                {
-                    "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                    **{f"val_R@{n}": v for n, v in val["recall"].items()},
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "seconds": time.perf_counter() - epoch_start,
-                },
-            )
-            self._say(
-                f"epoch {epoch + 1}: train loss {np.mean(losses) if losses else float('nan'):.4f}, "
-                f"validation R@1 {recall1:.2f} %" + (" (best)" if improved else f" (best {self.best_recall:.2f} % at epoch {self.best_epoch})")
-            )
-            self.save_last()
-            if t.patience and self.epochs_without_gain >= t.patience:
+            if self._end_epoch(epoch, epoch_start):
                 return "early_stop"
         return "epochs"
+
+    def _step(self, epoch: int, chunk: int, batch: TupleBatch, local: list, batches: list, bar) -> bool:
+        """One optimisation step; True when the run must stop here (train.stop_after_steps)."""
+        t = self.config.train
+        b = self.position["batch"]
+        self.raw_model.train()
+        batchnorm_mode(self.raw_model, t.batchnorm)
+        start = time.perf_counter()
+        total, parts = self.compute_loss(batch, self.teacher_loader)
+        finite = bool(torch.isfinite(total.detach()).item())
+        if not self.rt.all_true(finite):
+            self._non_finite(epoch, chunk, b, batch, total, parts)
+        self.optimisation_step(total, len(local[b]), len(batches[b]))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.step_seconds.append(time.perf_counter() - start)
+        self.global_step += 1
+        self.position["batch"] = b + 1
+        values = {k: float(v) for k, v in parts.items()}
+        values.setdefault("total", float(total.detach()))
+        values = self.rt.weighted_mean(values, len(local[b]))  # the global batch's loss
+        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        self.epoch_loss = [self.epoch_loss[0] + values["total"], self.epoch_loss[1] + 1]
+        self.log.log_step(self.global_step, epoch + 1, values)
+        bar.set_postfix(loss=f"{values['total']:.4f}")
+        if t.stop_after_steps and self.global_step >= t.stop_after_steps:
+            return True
+        if self.global_step % t.checkpoint_every_steps == 0:
+            self.save_last()
+        return False
+
+    def _end_epoch(self, epoch: int, epoch_start: float) -> bool:
+        """Schedule, validation, best checkpoint, logs; True when early stopping ends the run."""
+        patience = self.config.train.patience
+        self.scheduler.step()
+        val = self.validate()
+        self.last_val = val
+        recall1 = float(val["recall"]["1"])
+        self.position = {"epoch": epoch + 1, "chunk": 0, "batch": 0}
+        improved = recall1 > self.best_recall
+        if improved:
+            self.best_recall, self.best_epoch, self.epochs_without_gain = recall1, epoch + 1, 0
+            self.save_best()
+        else:
+            self.epochs_without_gain += 1
+        total, count = self.epoch_loss
+        train_loss = total / count if count else float("nan")
+        self.epoch_loss = [0.0, 0]
+        self.log.log_epoch(epoch + 1, self.global_step, {
+            "train_loss": train_loss,
+            **{f"val_R@{n}": v for n, v in val["recall"].items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - epoch_start,
+            **self.caches.take_stats(),
+        })
+        self.say(f"epoch {epoch + 1}: train loss {train_loss:.4f}, validation R@1 {recall1:.2f} %"
+                 + (" (best)" if improved else f" (best {self.best_recall:.2f} % at epoch {self.best_epoch})"))
+        self.save_last()
+        # As published: stop once more than `patience` epochs in a row brought no gain.
+        return bool(patience) and self.epochs_without_gain > patience
 
     def _non_finite(self, epoch: int, chunk: int, batch_index: int, batch: TupleBatch, total, parts) -> None:
         self.save_last()
@@ -509,7 +434,7 @@ class Trainer:
         raise NonFiniteLoss(
             f"non-finite loss at step {self.global_step + 1} (epoch {epoch + 1}, part {chunk + 1}, batch {batch_index + 1}, "
             f"train queries {queries}): total={float(total.detach()):.6g}; terms: {terms or 'none'}. "
-            f"The last good state is kept in {self.last_dir}; resume with a lower train.lr"
+            f"The last good state is kept in {self.checkpoints.last_dir}; resume with a lower train.lr"
         )
 
     def _finish(self, stopped: str) -> RunResult:
@@ -525,10 +450,17 @@ class Trainer:
         }
         if self.rt.is_main and stopped != "stop_after_steps":
             write_json_atomic(self.job.run_dir / "result.json", metrics)
-        return RunResult(self.job.run_dir, self.best_dir, self.last_dir, metrics)
+        return RunResult(self.job.run_dir, self.checkpoints.best_dir, self.checkpoints.last_dir, metrics)
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         if self.rt.is_main and self.config.train.progress:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+
+    def say_always(self, text: str) -> None:
+        """Messages a user must see even without progress output (warnings)."""
+        if self.rt.is_main:
             from tqdm import tqdm
 
             tqdm.write(text)

@@ -9,8 +9,6 @@ their state by int: such dicts are stored as key/value pairs). `unpack_state` in
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -92,26 +90,6 @@ def load_training_state(folder: Path) -> dict[str, Any]:
     try:
         structure = json.loads(json_path.read_text(encoding="utf-8"))
         tensors = load_file(str(tensor_path))
-    except (OSError, ValueError) as error:
-        raise TscmError(f"{folder}: unreadable training state: {error}") from None
-    return unpack_state(structure, tensors)
-
-
-def replace_folder(new: Path, target: Path) -> None:
-    """Move the finished folder `new` to `target`, replacing it; a crash leaves `target` or `target.old`."""
-    old = target.with_name(target.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def existing_folder(target: Path) -> Path | None:
-    """`target`, or its `.old` copy when a crash interrupted `replace_folder`; None if neither."""
-    if target.is_dir():
-        return target
-    old = target.with_name(target.name + ".old")
-    return old if old.is_dir() else None
+        return unpack_state(structure, tensors)
+    except Exception as error:  # safetensors, JSON and a damaged structure raise their own types
+        raise TscmError(f"{folder}: unreadable training state ({type(error).__name__}: {error})") from None

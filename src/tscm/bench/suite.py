@@ -1,0 +1,323 @@
+"""The `tscm bench` suite: every benchmark of tscm, run side by side in one process, printed and saved.
+
+Parts: `extraction` (descriptor ms per image: teacher vs student, eager vs ONNX Runtime vs
+quantised, batch 1 and 16), `accuracy` (Recall@1 of a checkpoint per runtime), `matching` (ms per
+query per search back-end on synthetic 10k/250k descriptors, Recall@1 vs exact), `city` (the same
+on descriptors of the synthetic city), `mining` (the batched mining refresh against the published
+per-query loop), `training` (images per second through forward + backward of the presets the demo
+trains). Numbers go to bench.json and bench.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tscm.errors import TscmError
+
+PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training")
+DEFAULT_PARTS = ("extraction", "matching", "city")
+PQ_MIN_TRAIN = 39 * 256  # faiss warns below 39 training points per centroid; PQ codebooks have 256
+
+
+@dataclass
+class BenchSettings:
+    """Every knob of the suite (the `--quick` values make a smoke test in seconds)."""
+
+    parts: tuple[str, ...] = DEFAULT_PARTS
+    threads: int = 2
+    quick: bool = False
+    seed: int = 0
+    # extraction
+    models: list[str] = field(default_factory=lambda: ["student-paper", "teacher-paper"])
+    runtimes: list[str] = field(default_factory=lambda: ["torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
+    cycles: int = 3
+    calls: int = 5
+    budget: float = 60.0
+    # accuracy
+    checkpoint: str | None = None
+    accuracy_data: str | None = None
+    accuracy_split: str = "test"
+    # matching
+    sizes: list[int] = field(default_factory=lambda: [10_000, 250_000])
+    queries: int = 1000
+    single: int = 200
+    dim: int = 2048
+    # city
+    city: str = "demo"
+    city_split: str = "test"
+    radius: float = 25.0
+    # mining
+    mining_db: int = 10_000
+    mining_queries: int = 7_416
+    mining_loop_queries: int = 300
+    # training
+    training_presets: list[str] = field(default_factory=lambda: ["teacher-tiny", "student-tiny"])
+    training_steps: int = 10
+
+    @classmethod
+    def quick_settings(cls, **overrides: Any) -> BenchSettings:
+        values = dict(sizes=[1000], queries=40, single=10, dim=512, models=["student-tiny"], runtimes=["torch", "torch-int8"],
+                      batch_sizes=[1, 4], cycles=1, calls=2, city="tiny", mining_db=600, mining_queries=120,
+                      mining_loop_queries=30, training_steps=2, quick=True)
+        values.update(overrides)
+        return cls(**values)
+
+    def check(self) -> None:
+        unknown = [p for p in self.parts if p not in PARTS]
+        if unknown or not self.parts:
+            raise TscmError(f"bench parts {list(self.parts)}: expected some of {', '.join(PARTS)}")
+        if self.threads < 1:
+            raise TscmError(f"--threads: expected a number ≥ 1, got {self.threads}")
+        if any(size < 2 for size in self.sizes) or self.queries < 1 or self.dim < 2:
+            raise TscmError(f"--sizes, --queries, --dim: expected positive sizes, got {self.sizes}, {self.queries}, {self.dim}")
+        if "accuracy" in self.parts and not self.checkpoint:
+            raise TscmError("bench part 'accuracy' needs --checkpoint CKPT (the model whose runtimes are compared)")
+
+
+def feasible_configs(num_db: int, dim: int) -> list[MatchingConfig]:
+    """tscm.bench.matching's default configurations, kept or scaled down so that each can be trained on `num_db` vectors of `dim` dims.
+
+    PCA is kept only when it reduces the dimension and has at least `pca_dim` vectors to fit; IVF
+    lists are cut to about one per 39 vectors (faiss' advice), and IVF-PQ is left out under
+    PQ_MIN_TRAIN vectors (faiss' minimum for its 256-centroid codebooks).
+    """
+    from dataclasses import replace
+
+    from tscm.bench.matching import default_matching_configs
+
+    configs = []
+    for config in default_matching_configs(num_db):
+        params = dict(config.params)
+        pca_dim = params.get("pca_dim")
+        if pca_dim is not None and (pca_dim >= dim or pca_dim > num_db):
+            if config.backend == "pca-flat":
+                continue
+            del params["pca_dim"]
+        if config.backend == "ivfpq":
+            lists_cap = max(1, num_db // 39)
+            params["nlist"] = min(params["nlist"], 1 << (lists_cap.bit_length() - 1))
+            params["nprobe"] = min(params["nprobe"], params["nlist"])
+            if num_db < PQ_MIN_TRAIN or (params.get("pca_dim") or dim) % params["pq_m"]:
+                continue
+        configs.append(replace(config, label=_label(config.backend, params), params=params)
+                       if params != config.params else config)
+    return configs
+
+
+def _label(backend: str, params: dict) -> str:
+    """A configuration label in tscm.bench.matching's style, for scaled-down parameters."""
+    reduce = f" pca{params['pca_dim']}" if params.get("pca_dim") else ""
+    if backend == "hnsw":
+        return f"hnsw{reduce} M{params['hnsw_m']} ef{params['ef_search']}"
+    if backend == "ivfpq":
+        return f"ivfpq{reduce} nlist{params['nlist']} m{params['pq_m']} np{params['nprobe']} rr{params['rerank']}"
+    return f"{backend}{reduce}"
+
+
+def _environment(threads: int) -> dict:
+    import os
+    import platform
+
+    import faiss
+    import torch
+
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            "torch": torch.__version__, "faiss": faiss.__version__,
+            "note": "CPU timings; other processes may share the cores (the CPU-time columns are less affected)"}
+
+
+def _city_data(settings: BenchSettings, print_fn: Callable[[str], None]):
+    """MatchingData of the synthetic city's database and queries described by the chosen model, and its description."""
+    import numpy as np
+
+    from tscm.bench.extraction import model_and_meta
+    from tscm.bench.matching import MatchingData
+    from tscm.data.formats import load_placeset
+    from tscm.data.synthetic import resolve_data
+    from tscm.evaluation.extract import InputSpec, describe_placeset
+
+    root = resolve_data(f"synthetic:{settings.city}", progress=False)
+    placeset = load_placeset(root, split=settings.city_split)
+    model, meta = model_and_meta(settings.checkpoint or "student-tiny")
+    described_by = (f"checkpoint {settings.checkpoint} ({meta['preset']})" if settings.checkpoint
+                    else "untrained student-tiny (random weights, seed 0)")
+    print_fn(f"synthetic city '{settings.city}' {placeset.summary()}, described by {described_by}")
+    db, queries = describe_placeset(model, InputSpec.of(meta), placeset, batch_size=32)
+    positives = placeset.positives(settings.radius)
+    keep = [i for i, hits in enumerate(positives) if len(hits)]
+    name = f"city {settings.city}"
+    data = MatchingData(name, db, np.ascontiguousarray(queries[keep]), [positives[i] for i in keep])
+    info = {"name": name, "city": settings.city, "split": settings.city_split, "root": str(root),
+            "described_by": described_by, "fingerprint": meta["fingerprint"], "descriptor_dim": int(db.shape[1]),
+            "num_db": int(len(db)), "num_queries": int(len(queries)), "num_queries_evaluated": len(keep),
+            "radius": settings.radius, "unit": placeset.unit}
+    return data, info
+
+
+def markdown_report(report: dict) -> str:
+    """The benchmark as Markdown tables (same numbers as the JSON)."""
+    environment = ", ".join(f"{key} {value}" for key, value in report["environment"].items())
+    lines = ["# tscm bench", "", f"Environment: {environment}.", ""]
+    if report.get("extraction"):
+        lines += ["## Descriptor extraction (ms per image)", "",
+                  "| model | runtime | batch | size | median ms/img | min ms/img | calls | speed-up | min cos | prep s |",
+                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for row in report["extraction"]:
+            lines.append(f"| {row['model']} | {row['runtime']} | {row['batch_size']} | "
+                         f"{row['image_size'][0]}×{row['image_size'][1]} | {row['median_ms']:.2f} | {row['min_ms']:.2f} | "
+                         f"{row['calls']} | {row['speedup']:.2f}× | {row['min_cosine']:.5f} | {row['prepare_s']:.1f} |")
+        lines.append("")
+    if report.get("accuracy"):
+        lines += ["## Accuracy per runtime", "", "| runtime | R@1 % | ΔR@1 | top-1 agreement % | min cos | queries |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for row in report["accuracy"]:
+            lines.append(f"| {row['runtime']} | {row['recall_at_1']:.2f} | {row['recall_delta']:+.2f} | "
+                         f"{row['top1_agreement']:.1f} | {row['min_cosine']:.5f} | {row['num_queries']} |")
+        lines.append("")
+    if report.get("matching"):
+        lines += ["## Matching (ms per query; Recall@1 against each data set's true matches)", ""]
+        if report.get("city") is not None:
+            city = report["city"]
+            lines += [f"City data: {city['num_db']} database images, {city['num_queries_evaluated']} of "
+                      f"{city['num_queries']} queries with a match within {city['radius']:g} m, "
+                      f"described by {city['described_by']}.", ""]
+        lines += ["| data | configuration | build s | mem MB | 1q wall ms | 1q CPU ms | (n) | batch ms/q | CPU ms/q "
+                  "| R@1 % | ΔR@1 vs exact |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for row in report["matching"]:
+            lines.append(f"| {row['data']} | {row['label']} | {row['build_s']:.1f} | {row['memory_mb']:.1f} | "
+                         f"{row['single_ms']:.3f} | {row['single_cpu_ms']:.3f} | {row['single_queries']} | "
+                         f"{row['batched_ms']:.3f} | {row['batched_cpu_ms']:.3f} | {row['recall_at_1']:.1f} | "
+                         f"{row['recall_delta']:+.1f} |")
+        lines.append("")
+    if report.get("training"):
+        lines += ["## Training throughput (forward + backward + Adam step)", "",
+                  "| preset | images/step | threads | median images/s | best images/s | median ms/step | MACs/image |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for row in report["training"]:
+            lines.append(f"| {row['preset']} | {row['images_per_step']} | {row['threads']} | "
+                         f"{row['median_images_per_s']:.0f} | {row['best_images_per_s']:.0f} | "
+                         f"{row['median_step_ms']:.1f} | {row['multiply_adds'] / 1e6:.1f} M |")
+        lines.append("")
+    if report.get("mining"):
+        m = report["mining"]
+        lines += ["## Mining refresh (seconds; wall / process CPU)", "",
+                  f"{m['num_db']} database, {m['num_queries']} queries, {m['dim']}-d: batched first refresh "
+                  f"{m['batched_first_refresh_s']:.2f} / {m['batched_first_refresh_cpu_s']:.2f}; per-query loop "
+                  f"(extrapolated from {m['loop_queries']} queries) {m['loop_refresh_extrapolated_s']:.2f} / "
+                  f"{m['loop_refresh_extrapolated_cpu_s']:.2f}; {m['tuples_agreeing']} of {m['loop_tuples']} loop tuples "
+                  "identical to the batched ones.", ""]
+    return "\n".join(lines)
+
+
+def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
+              print_fn: Callable[[str], None] = print) -> dict:
+    """Run the chosen parts, print their tables, and write bench.json / bench.md to `out_dir`; returns the report."""
+    from dataclasses import asdict
+
+    from tscm.fileio import write_json_atomic, write_text_atomic
+    from tscm.threads import limit_threads
+
+    settings.check()
+    report: dict = {"settings": asdict(settings), "environment": _environment(settings.threads)}
+    # numpy's BLAS on one thread: PCA fitting (index build) and mining products, see tscm.threads.
+    with limit_threads(blas=1):
+        if "extraction" in settings.parts:
+            report["extraction"] = _extraction(settings, print_fn)
+        if "accuracy" in settings.parts:
+            report["accuracy"] = _accuracy(settings, print_fn)
+        if "matching" in settings.parts or "city" in settings.parts:
+            report["matching"] = _matching(settings, report, print_fn)
+    if "mining" in settings.parts:
+        report["mining"] = _mining(settings, print_fn)
+    if "training" in settings.parts:
+        from dataclasses import asdict as as_dict
+
+        from tscm.bench.training import bench_training
+
+        rounds = 1 if settings.quick else 3
+        report["training"] = [as_dict(row) for row in bench_training(
+            settings.training_presets, threads=settings.threads, steps=settings.training_steps, rounds=rounds,
+            seed=settings.seed, print_fn=print_fn)]
+    if out_dir is not None:
+        write_json_atomic(Path(out_dir) / "bench.json", report)
+        write_text_atomic(Path(out_dir) / "bench.md", markdown_report(report))
+        print_fn(f"wrote {Path(out_dir) / 'bench.json'} and {Path(out_dir) / 'bench.md'}")
+    return report
+
+
+def _calibration(settings: BenchSettings) -> list:
+    from tscm.bench.extraction import calibration_images
+
+    return calibration_images(settings.accuracy_data, 64) if "onnx-int8" in settings.runtimes else []
+
+
+def _extraction(settings: BenchSettings, print_fn) -> list[dict]:
+    from dataclasses import asdict
+
+    from tscm.bench.extraction import bench_extraction
+
+    calibration = _calibration(settings)
+    print_fn(f"extraction: {settings.threads} threads, ms per image; speed-up and descriptor cosine vs eager float32"
+             + (f"; int8 calibrated on {len(calibration)} images" if calibration else ""))
+    rows = bench_extraction(settings.models, settings.runtimes, settings.batch_sizes, threads=settings.threads,
+                            calibration_paths=calibration, cycles=settings.cycles, calls_per_block=settings.calls,
+                            budget_s=settings.budget, exporter="torchscript" if settings.quick else "dynamo",
+                            print_fn=print_fn)
+    return [{**asdict(row), "image_size": list(row.image_size)} for row in rows]
+
+
+def _accuracy(settings: BenchSettings, print_fn) -> list[dict]:
+    from dataclasses import asdict
+
+    from tscm.bench.extraction import bench_accuracy, placeset_or_demo_city
+
+    placeset = placeset_or_demo_city(settings.accuracy_data, settings.accuracy_split)
+    rows = bench_accuracy(settings.checkpoint, placeset, settings.runtimes, threads=settings.threads,
+                          calibration_paths=_calibration(settings), print_fn=print_fn)
+    return [asdict(row) for row in rows]
+
+
+def _matching(settings: BenchSettings, report: dict, print_fn) -> list[dict]:
+    from dataclasses import asdict
+
+    from tscm.bench.matching import bench_matching, synthetic_matching_data
+
+    datasets = []
+    if "matching" in settings.parts:
+        for size in settings.sizes:
+            queries = min(settings.queries, -(-size // 4))
+            datasets.append(lambda size=size, queries=queries: synthetic_matching_data(
+                size, queries, dim=settings.dim, seed=settings.seed))
+    if "city" in settings.parts:
+        def city():
+            data, report["city"] = _city_data(settings, print_fn)
+            return data
+        datasets.append(city)
+    print_fn(f"matching: {settings.threads} threads; single queries timed one at a time (median of up to "
+             f"{settings.single}), then all queries in one batch; Recall@1 vs exact search on the same data")
+    current_dim = {}
+
+    def generated():
+        # bench_matching asks for the configurations right after taking each data set.
+        for make in datasets:
+            data = make()
+            current_dim["dim"] = data.database.shape[1]
+            yield data
+
+    rows = bench_matching(generated(), lambda num_db: feasible_configs(num_db, current_dim["dim"]),
+                          num_single=settings.single, threads=settings.threads, print_fn=print_fn)
+    return [asdict(row) for row in rows]
+
+
+def _mining(settings: BenchSettings, print_fn) -> dict:
+    from tscm.bench.mining import benchmark_mining, format_mining
+
+    result = benchmark_mining(settings.mining_db, settings.mining_queries, settings.dim if settings.quick else 2048,
+                              settings.mining_loop_queries, "float32", settings.seed)
+    print_fn(format_mining(result))
+    return result

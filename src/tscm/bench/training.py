@@ -1,0 +1,87 @@
+"""Training throughput: images per second through forward + backward + optimiser step, per model preset.
+
+A step is what the trainer does for one batch of tuples: B tuples of a query, a positive and K
+negatives (B·(K+2) images, the demo's 8 × (2 + 5) = 56 by default) through the model, the triplet
+loss on their descriptors, backward and an Adam step. Images are random tensors of the preset's
+size (decoding is not timed: the trainer loads images beside the computation). Presets take turns
+so load from other processes hits them alike; the table gives the median and the best step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from tscm.threads import limit_threads
+
+DEFAULT_PRESETS = ("teacher-tiny", "student-tiny")
+
+
+@dataclass
+class TrainingRow:
+    preset: str
+    images_per_step: int
+    threads: int
+    median_images_per_s: float
+    best_images_per_s: float
+    median_step_ms: float
+    steps: int
+    multiply_adds: int  # per image, forward
+
+
+def _step_function(preset: str, tuples: int, negatives: int, seed: int) -> tuple[Callable[[], None], int, int]:
+    from tscm.losses import TupleDescriptors, build_preset
+    from tscm.models.presets import build_model, multiply_adds_per_image
+
+    torch.manual_seed(seed)
+    model = build_model(preset)
+    macs = multiply_adds_per_image(model)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = build_preset("none")
+    height, width = model.config.image_size
+    per_step = tuples * (negatives + 2)
+    images = torch.randn(per_step, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+    def step() -> None:
+        descriptors = model(images)
+        total, _ = loss_fn(TupleDescriptors.from_flat(descriptors, negatives), None)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    return step, per_step, macs
+
+
+def bench_training(presets: Sequence[str] = DEFAULT_PRESETS, *, tuples: int = 8, negatives: int = 5,
+                   threads: int = 2, steps: int = 10, rounds: int = 3, seed: int = 0,
+                   print_fn: Callable[[str], None] = print) -> list[TrainingRow]:
+    """Median and best training throughput (images/s) of each preset, the presets taking turns."""
+    rows = []
+    with limit_threads(torch=threads):
+        steps_of = {preset: _step_function(preset, tuples, negatives, seed) for preset in presets}
+        seconds: dict[str, list[float]] = {preset: [] for preset in presets}
+        for step, _, _ in steps_of.values():
+            step()  # warm-up: first-call allocations are not the steady state
+        for _ in range(rounds):
+            for preset, (step, _, _) in steps_of.items():
+                for _ in range(steps):
+                    started = time.perf_counter()
+                    step()
+                    seconds[preset].append(time.perf_counter() - started)
+    print_fn(f"training throughput: forward + backward + Adam step, {tuples} tuples × {negatives + 2} images, "
+             f"{threads} threads; median and best step over {rounds} turns of {steps} steps")
+    print_fn(f"{'preset':<16} {'images/step':>11} {'median img/s':>13} {'best img/s':>11} {'median ms/step':>15} {'MACs/img':>10}")
+    for preset, (_, per_step, macs) in steps_of.items():
+        median = statistics.median(seconds[preset])
+        best = min(seconds[preset])
+        row = TrainingRow(preset, per_step, threads, per_step / median, per_step / best, 1000 * median,
+                          len(seconds[preset]), macs)
+        rows.append(row)
+        print_fn(f"{preset:<16} {per_step:>11} {row.median_images_per_s:>13.0f} {row.best_images_per_s:>11.0f} "
+                 f"{row.median_step_ms:>15.1f} {macs / 1e6:>9.1f}M")
+    return rows

@@ -1,0 +1,50 @@
+"""Command-line options shared by `tscm demo` and `tscm ablation` (not a command itself)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, kind: str, default_data: str) -> None:
+    parser.add_argument("--data", default=default_data,
+                        help="data set (folder, .mat, .csv, .npz, a Nordland or VPR-Bench folder) or synthetic:<preset> "
+                             f"(generated on first use into $TSCM_CACHE or ~/.cache/tscm, reused after); default {default_data}")
+    parser.add_argument("--name", default="", help="data-set name when a folder holds several (e.g. pitts30k)")
+    parser.add_argument("--out", default=None, help=f"run folder (default: runs/{kind}-<date>-<time>); must be new or empty")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds of the student runs; rows give mean ± standard error over them "
+                             "(default: 0 1 2; with --quick: 0)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every training run (default: the preset's)")
+    parser.add_argument("--max-queries", type=int, default=None, help="train queries per epoch, a random subset (default: the preset's)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a mechanics check in seconds (1 epoch, 8 queries, tiny mining; one seed unless --seeds "
+                             "is given); numbers mean nothing")
+    parser.add_argument("--threads", type=int, default=2, help="torch/faiss CPU threads (default: 2; 0: library default)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default: cpu)")
+    parser.add_argument("--cache-dir", default=None, help="where synthetic cities are cached (default: $TSCM_CACHE or ~/.cache/tscm)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch when describing the test split")
+    parser.add_argument("--teacher-config", default=None, help="teacher training preset (default: chosen by the data)")
+    parser.add_argument("--student-config", default=None, help="student training preset (default: chosen by the data)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="a training setting for every run, e.g. --set train.lr=1e-4 (repeatable)")
+
+
+def options_from_args(args: argparse.Namespace, kind: str):
+    from pathlib import Path
+
+    from tscm.errors import TscmError
+    from tscm.experiments.common import RunOptions, default_run_dir
+
+    for flag, value, least in (("--epochs", args.epochs, 1), ("--max-queries", args.max_queries, 1),
+                               ("--threads", args.threads, 0), ("--batch-size", args.batch_size, 1)):
+        if value is not None and value < least:
+            raise TscmError(f"{flag}: expected an integer ≥ {least}, got {value}")
+    seeds = tuple(dict.fromkeys(args.seeds)) if args.seeds else ((0,) if args.quick else (0, 1, 2))
+    return RunOptions(
+        out=Path(args.out) if args.out else default_run_dir(kind), data=args.data, name=args.name,
+        seeds=seeds, epochs=args.epochs, max_queries=args.max_queries, quick=args.quick,
+        threads=args.threads, device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
+        progress=not args.no_progress, teacher_config=args.teacher_config, student_config=args.student_config,
+        overrides=list(args.overrides),
+    )

@@ -1,0 +1,378 @@
+"""What `tscm demo` and `tscm ablation` share: run options, the recipe for a data set, training runs
+built from typed settings, and measuring a model on the test split.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tscm.config import TrainConfig, load_config, parse_override, set_value, validate
+from tscm.data.places import PlaceSet, radius_text
+from tscm.errors import TscmError
+from tscm.evaluation.recall import EvalResult, evaluate_descriptors
+from tscm.experiments.report import ModelResult, SeedMeasurement
+from tscm.threads import all_threads
+
+TRAIN_DIR = "train"
+SETTINGS_FILE = "settings.json"
+CURVE_NS = tuple(range(1, 21))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the main job treats a kind of data: training presets, radii reported, raw-pixel size."""
+
+    teacher_config: str
+    student_config: str
+    radii: tuple[float, ...]  # the first is the main radius (data-set unit)
+    raw_pixel_size: tuple[int, int]  # (height, width) of the raw-pixel reference
+    label: str
+
+
+# Metric data (the synthetic city, Pittsburgh): 25 m (community) and 10 m (published code).
+METRIC = Recipe("demo_teacher", "demo_student", (25.0, 10.0), (16, 16), "street-level images, metres")
+# Frame-ordered routes (Nordland): ±1 frame (main) and exact (±0); raw pixels as the data's README measured them.
+FRAMES = Recipe("nordland_teacher", "nordland_student", (1.0, 0.0), (16, 32), "frame-ordered route")
+EXPLICIT = Recipe("demo_teacher", "demo_student", (), (16, 16), "explicit ground truth")
+
+
+def recipe_for(placeset: PlaceSet) -> Recipe:
+    return {"m": METRIC, "frame": FRAMES, "explicit": EXPLICIT}[placeset.unit]
+
+
+@dataclass
+class RunOptions:
+    """Knobs shared by `tscm demo` and `tscm ablation`."""
+
+    out: Path
+    data: str = "synthetic:demo"
+    name: str = ""  # data-set name when a folder holds several
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int | None = None
+    max_queries: int | None = None  # train queries per epoch (None: the preset's)
+    quick: bool = False
+    threads: int = 2
+    device: str = "cpu"
+    cache_dir: str | None = None
+    batch_size: int = 64  # images per batch when describing the test split
+    progress: bool = True
+    teacher_config: str | None = None  # None: the data's recipe
+    student_config: str | None = None
+    overrides: list[str] = field(default_factory=list)  # section.field=value for every training run (from --set)
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["out"] = str(self.out)
+        values["seeds"] = list(self.seeds)
+        return values
+
+    def command_line(self, kind: str, extra: Sequence[str] = ()) -> str:
+        """`tscm <kind>` with every knob spelled out, so the run can be repeated exactly."""
+        parts = ["tscm", kind, "--data", self.data, "--out", str(self.out), "--threads", str(self.threads),
+                 "--device", self.device, "--batch-size", str(self.batch_size), "--seeds", *map(str, self.seeds)]
+        for flag, value in (("--name", self.name), ("--epochs", self.epochs), ("--max-queries", self.max_queries),
+                            ("--cache-dir", self.cache_dir), ("--teacher-config", self.teacher_config),
+                            ("--student-config", self.student_config)):
+            if value not in (None, ""):
+                parts += [flag, str(value)]
+        if self.quick:
+            parts.append("--quick")
+        if not self.progress:
+            parts.append("--no-progress")
+        for item in self.overrides:
+            parts += ["--set", item]
+        return shlex.join([*parts, *extra])
+
+
+def default_run_dir(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """A new or empty run folder; an existing non-empty one is refused, never overwritten."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise TscmError(f"--out {path}: exists and is not an empty folder; choose a new run folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def say(text: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(text)
+
+
+def resolve_data(options: RunOptions) -> Path:
+    from tscm.data.synthetic import resolve_data as resolve
+
+    return resolve(options.data, cache_dir=options.cache_dir, progress=options.progress)
+
+
+# ----- training ---------------------------------------------------------------------------------
+
+
+def apply_quick(config: TrainConfig) -> None:
+    """`--quick`: a mechanics check in seconds (tests, smoke runs), not a measurement of learning."""
+    config.train.epochs = 1
+    config.train.max_queries_per_epoch = 8
+    config.train.batch_size = 4
+    config.train.patience = 0
+    config.mining.num_negatives = 2
+    config.mining.num_random = 16
+    config.mining.batch_size = 64
+    config.eval.batch_size = 64
+    config.run.tensorboard = False
+
+
+def training_config(preset: str, kind: str, options: RunOptions, data_root: Path, run_dir: Path, name: str,
+                    seed: int, *, loss: str | None = None, mining_descriptors: str | None = None,
+                    fixed_steps: bool = False) -> TrainConfig:
+    """The settings of one training run: the YAML preset, then the run's data, folder, seed and budget,
+    then the user's `--set` items (typed values throughout; `--set` strings are parsed by config)."""
+    config = load_config(preset, kind=kind)
+    config.data.path = str(data_root)
+    config.data.name = options.name
+    config.run.output_dir = str(run_dir / TRAIN_DIR)
+    config.run.name = name
+    config.train.seed = seed
+    config.train.threads = options.threads
+    config.train.device = options.device
+    config.train.progress = options.progress
+    if loss is not None:
+        config.loss.preset = loss
+    if mining_descriptors is not None:
+        config.mining.descriptors = mining_descriptors
+    if fixed_steps:  # every row the same number of steps: no early stop
+        config.train.patience = 0
+    if options.quick:
+        apply_quick(config)
+    if options.epochs is not None:
+        config.train.epochs = options.epochs
+    if options.max_queries is not None:
+        config.train.max_queries_per_epoch = options.max_queries
+    for item in options.overrides:
+        key, value = parse_override(item)
+        set_value(config, key, value, f"--set {item!r}")
+    validate(config)
+    return config
+
+
+@dataclass
+class TrainedModel:
+    """A finished training run: the checkpoint to evaluate, and how the run went."""
+
+    checkpoint: Path
+    wall_s: float
+    metrics: dict[str, Any]
+
+
+def train_teacher_run(config: TrainConfig, command: str) -> TrainedModel:
+    from tscm.train.runs import train_teacher
+
+    started = time.perf_counter()
+    result = train_teacher(config, command_line=command)
+    return TrainedModel(result.best_checkpoint, time.perf_counter() - started, result.metrics)
+
+
+def train_student_run(config: TrainConfig, teacher: Path | None, command: str, use_last: bool = False) -> TrainedModel:
+    """A student; `use_last` evaluates the final weights (every run the same steps) instead of the best on val."""
+    from tscm.train.runs import distill
+
+    started = time.perf_counter()
+    result = distill(config, teacher, command_line=command)
+    checkpoint = result.last_checkpoint if use_last else result.best_checkpoint
+    return TrainedModel(checkpoint, time.perf_counter() - started, result.metrics)
+
+
+def training_summary(trained: TrainedModel, run_dir: Path) -> dict[str, Any]:
+    metrics = trained.metrics
+    checkpoint = trained.checkpoint
+    return {
+        "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint.is_relative_to(run_dir) else str(checkpoint),
+        "steps": metrics.get("steps"),
+        "epochs_completed": metrics.get("epochs_completed"),
+        "best_epoch": metrics.get("best_epoch"),
+        "best_val_recall_at_1": metrics.get("best_val_recall_at_1"),
+        "stopped": metrics.get("stopped"),
+    }
+
+
+# ----- measuring ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """Descriptors of the test split, their evaluation at each reported radius, and what they cost."""
+
+    db: np.ndarray
+    queries: np.ndarray
+    evaluations: list[EvalResult]  # the recipe's radii, main first
+    ms_per_image: float
+    forward_ms_per_image: float | None
+    matching_ms_per_query: float
+    params: int
+    multiply_adds: int | None = None
+
+    @property
+    def main(self) -> EvalResult:
+        return self.evaluations[0]
+
+    @property
+    def descriptor_dim(self) -> int:
+        return int(self.db.shape[1])
+
+    def seed_measurement(self, wall_s: float | None = None, extra: dict[str, Any] | None = None) -> SeedMeasurement:
+        others = {radius_text(e.radius, e.unit): e.recall for e in self.evaluations[1:]}
+        return SeedMeasurement(self.main.recall, self.main.pr, others, wall_s, extra or {})
+
+
+def evaluate_at(placeset: PlaceSet, radii: Sequence[float], db: np.ndarray, queries: np.ndarray) -> list[EvalResult]:
+    """Recall@1..20 and precision-recall at each radius that leaves a query with a true match."""
+    if placeset.unit == "explicit":
+        return [evaluate_descriptors(placeset, db, queries, None, CURVE_NS)]
+    results = []
+    for radius in radii:
+        if any(len(p) for p in placeset.positives(radius)):
+            results.append(evaluate_descriptors(placeset, db, queries, radius, CURVE_NS))
+    if not results:
+        raise TscmError(f"{placeset.summary()}: no query has a true match within {radii} {placeset.unit}")
+    return results
+
+
+def count_parameters(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def matching_ms_per_query(db: np.ndarray, queries: np.ndarray, k: int = max(CURVE_NS), repeats: int = 5) -> float:
+    """Exact L2 search (faiss flat) of all queries in one batch, ms per query (best of `repeats`:
+    the CPU may be shared, and the fastest run is the closest to the search's own cost)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(db.shape[1])
+    index.add(np.ascontiguousarray(db, dtype=np.float32))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, len(db))
+    index.search(queries[:1], k)  # first call allocates; not the steady state
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        index.search(queries, k)
+        times.append(time.perf_counter() - started)
+    return 1000.0 * min(times) / len(queries)
+
+
+def forward_ms_per_image(model, spec, paths: Sequence[Path], device: str, repeats: int = 5) -> float:
+    """The model alone (no image decoding) on one batch of test images, ms per image (best of `repeats`)."""
+    import torch
+
+    from tscm.data.images import ImageListDataset
+
+    dataset = ImageListDataset(paths, spec.image_size, spec.mean, spec.std)
+    batch = torch.stack([dataset[i] for i in range(len(dataset))]).to(device)
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        model(batch)  # warm-up
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(batch)
+            if batch.device.type == "cuda":
+                torch.cuda.synchronize(batch.device)
+            times.append(time.perf_counter() - started)
+    return 1000.0 * min(times) / len(paths)
+
+
+def chance_recall_at_1(placeset: PlaceSet, radius: float | None) -> float:
+    """Expected Recall@1 (percent) of a random ranking: the mean share of true matches in the database."""
+    shares = [len(p) / placeset.num_db for p in placeset.positives(radius) if len(p)]
+    return 100.0 * float(np.mean(shares)) if shares else 0.0
+
+
+def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], options: RunOptions) -> Measurement:
+    """Describe the test split with `model` (timed end to end), then evaluate, time matching and the model alone."""
+    from tscm.evaluation.extract import describe_placeset
+    from tscm.models.presets import multiply_adds_per_image
+
+    model.to(options.device)
+    with all_threads(options.threads):
+        started = time.perf_counter()
+        db, queries = describe_placeset(model, spec, placeset, batch_size=options.batch_size, device=options.device,
+                                        progress=options.progress)
+        ms_per_image = 1000.0 * (time.perf_counter() - started) / (placeset.num_db + placeset.num_queries)
+        sample = placeset.query_paths[: min(options.batch_size, placeset.num_queries)]
+        forward_ms = forward_ms_per_image(model, spec, sample, options.device) if sample else None
+        matching_ms = matching_ms_per_query(db, queries)
+    try:
+        macs = multiply_adds_per_image(model.cpu())
+    except Exception:  # noqa: BLE001 - a model FlopCounterMode cannot trace has no MAC count, not a failed run
+        macs = None
+    return Measurement(db, queries, evaluate_at(placeset, radii, db, queries), ms_per_image, forward_ms, matching_ms,
+                       count_parameters(model), macs)
+
+
+def measure_checkpoint(checkpoint: Path, placeset: PlaceSet, radii: Sequence[float], options: RunOptions) -> Measurement:
+    from tscm.evaluation.extract import InputSpec
+    from tscm.models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    return measure_model(model, InputSpec.of(meta), placeset, radii, options)
+
+
+def measure_raw_pixels(placeset: PlaceSet, radii: Sequence[float], options: RunOptions, size: tuple[int, int]) -> Measurement:
+    """The reference floor: downsampled pixels as descriptors (tscm.evaluation.raw_pixels)."""
+    from tscm.evaluation.raw_pixels import raw_pixel_descriptors
+
+    with all_threads(options.threads):
+        started = time.perf_counter()
+        db = raw_pixel_descriptors(placeset.db_paths, size)
+        queries = raw_pixel_descriptors(placeset.query_paths, size)
+        ms_per_image = 1000.0 * (time.perf_counter() - started) / (placeset.num_db + placeset.num_queries)
+        matching_ms = matching_ms_per_query(db, queries)
+    return Measurement(db, queries, evaluate_at(placeset, radii, db, queries), ms_per_image, None, matching_ms, 0, 0)
+
+
+def model_result(name: str, role: str, distillation: str | None, seeds: Sequence[int | None],
+                 measured: Sequence[Measurement], *, walls: Sequence[float | None] | None = None,
+                 label: str = "", extra: dict[str, Any] | None = None,
+                 per_seed_extra: Sequence[dict[str, Any]] | None = None) -> ModelResult:
+    """A report row from one measurement per seed (size and speed from the first)."""
+    walls = list(walls) if walls is not None else [None] * len(measured)
+    per_seed_extra = list(per_seed_extra) if per_seed_extra is not None else [{}] * len(measured)
+    first = measured[0]
+    return ModelResult(
+        name=name, role=role, distillation=distillation, seeds=list(seeds),
+        measurements=[m.seed_measurement(w, e) for m, w, e in zip(measured, walls, per_seed_extra)],
+        params=first.params, multiply_adds=first.multiply_adds, ms_per_image=first.ms_per_image,
+        forward_ms_per_image=first.forward_ms_per_image, matching_ms_per_query=first.matching_ms_per_query,
+        descriptor_dim=first.descriptor_dim, label=label, extra=extra or {},
+    )
+
+
+def finish_run(run_dir: Path, data_root: Path, placeset: PlaceSet, radii: Sequence[float], models: list[ModelResult],
+               descriptors: dict, *, command: str, comparisons: Sequence[tuple[str, str]] = (),
+               seeds: Sequence[int] = (), wall_s: dict[str, float], notes: Sequence[str] = (),
+               sections: dict[str, Any] | None = None, draw: bool = True,
+               log: Callable[[str], None] = say) -> tuple[dict[str, Any], list[Path], list[str]]:
+    """Save descriptors, write results.json and results.md, draw the pictures."""
+    from tscm.experiments.plots import draw_run_pictures
+    from tscm.experiments.report import DatasetInfo, build_results, save_descriptors, write_results
+
+    for name, (db, queries) in descriptors.items():
+        save_descriptors(run_dir, name, db, queries)
+    main = radii[0] if radii else None
+    dataset = DatasetInfo.from_placeset(data_root, placeset, main, radii[1:])
+    results = build_results(dataset, models, comparisons=comparisons, seeds=seeds, wall_s=wall_s, command=command,
+                            run_dir=run_dir, notes=notes, sections=sections)
+    write_results(run_dir, results)
+    if not draw:
+        return results, [], []
+    report = draw_run_pictures(run_dir, results, placeset, descriptors)
+    for failure in report.failed:
+        log(f"picture failed: {failure}")
+    return results, report.written, report.failed

@@ -20,7 +20,8 @@ from tscm.evaluation.sequence import (
 
 
 def reference_scores(d, length, speeds):
-    """Plain loop over q, j, v, t: the mean of D along each speed's path, out-of-database points left out."""
+    """Plain loop over q, j, v, t: the mean of D along each speed's path; a point before the database's
+    first frame scores its query row's mean distance."""
     num_q, num_db = d.shape
     scores = np.full((num_q, num_db), np.inf)
     for q in range(num_q):
@@ -28,11 +29,11 @@ def reference_scores(d, length, speeds):
             for v in speeds:
                 terms = []
                 for t in range(length):
+                    if q - t < 0:
+                        break
                     i = j - math.floor(v * t + 0.5)
-                    if q - t >= 0 and 0 <= i < num_db:
-                        terms.append(float(d[q - t, i]))
-                if terms:
-                    scores[q, j] = min(scores[q, j], sum(terms) / len(terms))
+                    terms.append(float(d[q - t, i]) if i >= 0 else float(np.mean(d[q - t].astype(np.float64))))
+                scores[q, j] = min(scores[q, j], sum(terms) / len(terms))
     return scores
 
 

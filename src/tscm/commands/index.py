@@ -31,10 +31,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
     build.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
                        help="an unreadable image stops the build (default) or is reported and left out")
+    calibrate = actions.add_parser(
+        "calibrate", help="choose the distance below which a match is accepted, for a target precision",
+        description="Calibrate the index's acceptance threshold on a validation split with ground truth (the model "
+                    "recorded in the index describes it), for a target precision; store it in the index file.")
+    calibrate.add_argument("--index", required=True, metavar="MAP", help="index file (rewritten with the threshold)")
+    calibrate.add_argument("--data", required=True, help="data set with ground truth (e.g. the Nordland folder)")
+    calibrate.add_argument("--split", default="val", help="split to calibrate on (default: val; never test)")
+    calibrate.add_argument("--target-precision", type=float, default=99.0, help="percent (default: 99)")
+    calibrate.add_argument("--sequence", type=int, default=1, metavar="L",
+                           help="calibrate the score of L-frame sequences (query_sequence) instead of single frames")
+    calibrate.add_argument("--radius", type=float, default=None, help="true-match radius in the data's unit (default: 25 m / ±1 frame)")
+    calibrate.add_argument("--measure", default=None, metavar="SPLIT",
+                           help="also report the precision and recall the threshold reaches on this split (e.g. test)")
+    calibrate.add_argument("--checkpoint", default=None, help="the model (default: the one recorded in the index)")
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from tscm.deploy.calibration import calibrate_index_file
+
+    report = calibrate_index_file(args.index, args.data, split=args.split, target_precision=args.target_precision / 100,
+                                  sequence_length=args.sequence, radius=args.radius, measure_split=args.measure,
+                                  checkpoint=args.checkpoint)
+    entry = report["threshold"]
+    what = "single frames" if entry["sequence_length"] == 1 else f"sequences of {entry['sequence_length']} frames"
+    print(f"threshold {entry['distance']:.6g} ({what}, {entry['space']['backend']} space) calibrated on "
+          f"{entry['calibrated_on']}: precision {100 * entry['precision']:.1f} % (target {100 * entry['target_precision']:g} %), "
+          f"recall {100 * entry['recall']:.1f} %; written to {args.index}")
+    if "measured" in report:
+        m = report["measured"]
+        print(f"on {m['measured_on']}: precision {100 * m['precision']:.1f} %, recall {100 * m['recall']:.1f} % "
+              f"({m['accepted']} accepted, {m['fp']} false)")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from tscm.deploy.map_builder import build_map, parse_params
+
+    if args.index_action == "calibrate":
+        return _calibrate(args)
 
     built = build_map(args.checkpoint, args.images, args.out, backend=args.backend, params=parse_params(args.param),
                       runtime=args.runtime, batch_size=args.batch_size, threads=args.threads,

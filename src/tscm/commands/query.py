@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _format_place(place) -> str:
     where = "" if place.xy is None else f"  east {place.xy[0]:.1f} north {place.xy[1]:.1f}"
-    return f"  {place.rank:>2}. id {place.id:<8} distance {place.distance:.4f}{where}  {place.path or '-'}"
+    decision = "" if place.accepted is None else (
+        f"  {'ACCEPTED' if place.accepted else 'rejected'} (confidence {place.confidence:.2f})")
+    return f"  {place.rank:>2}. id {place.id:<8} distance {place.distance:.4f}{decision}{where}  {place.path or '-'}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,11 +51,18 @@ def run(args: argparse.Namespace) -> int:
     results = recognizer.search(described.descriptors, args.k) if described.kept else []
     found = {position: places for position, places in zip(described.kept, results)}
     skipped = dict(described.skipped)
+    threshold = recognizer.threshold
+    if threshold is None:
+        stale = bool(recognizer.index.stale_thresholds())
+        note = ("this index's threshold was calibrated in another search space (the index was rebuilt); calibrate "
+                "again" if stale else "this index has no acceptance threshold: places are ranked, not accepted; "
+                "calibrate one with `tscm index calibrate`")
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         entries = [{"image": str(image), "places": [p.to_json() for p in found[i]]} if i in found
                    else {"image": str(image), "error": skipped[str(image)]} for i, image in enumerate(args.images)]
         print(json.dumps({"index": args.index, "k": args.k, "fingerprint": recognizer.fingerprint,
-                          "backend": recognizer.index.backend, "queries": entries}, indent=2))
+                          "backend": recognizer.index.backend, "threshold": threshold, "queries": entries}, indent=2))
     else:
         for position, image in enumerate(args.images):
             if position not in found:

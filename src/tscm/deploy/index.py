@@ -12,10 +12,16 @@ Distances returned by ``search`` are squared L2 in the space the back-end search
 whitening where those are used), so they are comparable within one index, not across back-ends.
 
 File format (one file, written atomically): safetensors arrays ``faiss_index`` (faiss'
-``serialize_index`` bytes, plain binary), ``ids``, optional ``xy``, optional ``paths_utf8`` +
-``paths_end`` and, for PCA, ``pca_mean`` + ``pca_projection``; the safetensors header metadata
-holds key ``tscm_index`` with JSON: format version, backend, params, dim, count, memory in bytes,
-model fingerprint and metadata, and a SHA-256 of every array so a damaged file is detected.
+``serialize_index`` bytes, plain binary), ``ids``, optional ``xy``, optional ``times`` (frame
+numbers or seconds, for sequences and loop closure), optional ``paths_utf8`` + ``paths_end`` and,
+for PCA, ``pca_mean`` + ``pca_projection``; the safetensors header metadata holds key
+``tscm_index`` with JSON: format version, backend, params, dim, count, memory in bytes, model
+fingerprint and metadata, calibrated thresholds with the search space they apply to, and a
+SHA-256 of every array so a damaged file is detected.
+
+A threshold (``calibrate``) is a distance below which a top-1 match is accepted, chosen on a
+validation split for a target precision; it is only meaningful in the space it was measured in
+(back-end, PCA), so it records that space and is ignored, with a warning, in any other.
 """
 
 from __future__ import annotations
@@ -241,7 +247,10 @@ class PlaceIndex:
         self._pca = pca
         self._ids = np.zeros(0, dtype=np.int64)
         self._xy: np.ndarray | None = None
+        self._times: np.ndarray | None = None
         self._paths: list[str] | None = None
+        self._vectors: np.ndarray | None = None  # the searched vectors, reconstructed on demand
+        self.thresholds: list[dict[str, Any]] = []
         _apply_search_params(backend, faiss_index, params)
 
     # ---- construction -------------------------------------------------------------------
@@ -260,7 +269,7 @@ class PlaceIndex:
                    model_fingerprint, model_meta)
 
     @classmethod
-    def build(cls, descriptors, ids=None, *, paths: Sequence[str] | None = None, xy=None, backend: str = "auto",
+    def build(cls, descriptors, ids=None, *, paths: Sequence[str] | None = None, xy=None, times=None, backend: str = "auto",
               train_descriptors=None, model_fingerprint: str | None = None,
               model_meta: dict[str, Any] | None = None, **params: Any) -> PlaceIndex:
         """Create, train (on `train_descriptors`, else the database itself) and fill an index.
@@ -279,7 +288,7 @@ class PlaceIndex:
             index.train(descriptors if train_descriptors is None else train_descriptors)
         if ids is None:
             ids = np.arange(len(descriptors), dtype=np.int64)
-        index.add(descriptors, ids, paths=paths, xy=xy)
+        index.add(descriptors, ids, paths=paths, xy=xy, times=times)
         return index
 
     # ---- state --------------------------------------------------------------------------
@@ -294,9 +303,76 @@ class PlaceIndex:
         view.flags.writeable = False
         return view
 
+    def entry(self, position: int) -> dict[str, Any]:
+        """What the index knows of the entry at `position` (order of adding): id, xy, path, time."""
+        return {
+            "id": int(self._ids[position]),
+            "xy": None if self._xy is None else (float(self._xy[position, 0]), float(self._xy[position, 1])),
+            "path": None if self._paths is None else (self._paths[position] or None),
+            "time": None if self._times is None else float(self._times[position]),
+        }
+
+    @property
+    def times(self) -> np.ndarray | None:
+        """Each entry's time (frame number or seconds), if the map was given them."""
+        return None if self._times is None else self._times.copy()
+
     @property
     def search_dim(self) -> int:
         return int(self._faiss.d)
+
+    def space(self) -> dict[str, Any]:
+        """What distances returned by `search` depend on: back-end, its build parameters, the PCA."""
+        search_only = _SEARCH_PARAMS.get(self.backend, ())
+        return {
+            "backend": self.backend,
+            "params": {k: v for k, v in sorted(self.params.items()) if k not in search_only},
+            "pca_sha256": None if self._pca is None else _sha256(self._pca.projection),
+        }
+
+    def empty_copy(self) -> PlaceIndex:
+        """An index with the same back-end, parameters, PCA and trained quantisers, holding no entries:
+        distances in it are in this index's space (used to calibrate thresholds on other images)."""
+        import faiss
+
+        clone = faiss.clone_index(self._faiss)
+        clone.reset()
+        copy = PlaceIndex(self.backend, self.dim, dict(self.params), clone, self._pca, self.model_fingerprint,
+                          self.model_meta)
+        return copy
+
+    def to_search_space(self, descriptors) -> np.ndarray:
+        """Descriptors as the back-end searches them (PCA-projected where the index uses PCA)."""
+        descriptors = _as_descriptors(descriptors, self.dim, "index descriptors")
+        return self._pca.apply(descriptors) if self._pca is not None else descriptors
+
+    def vectors(self) -> np.ndarray:
+        """The searched vectors of every entry (after PCA; approximate for quantised back-ends), N×search_dim."""
+        if self._vectors is None or len(self._vectors) != self.count:
+            import faiss
+
+            if self.backend == "ivfpq":
+                ivf = faiss.extract_index_ivf(self._faiss)
+                ivf.make_direct_map()
+            self._vectors = np.ascontiguousarray(self._faiss.reconstruct_n(0, self.count), dtype=np.float32)
+        return self._vectors
+
+    def threshold(self, sequence_length: int = 1) -> dict[str, Any] | None:
+        """The calibrated threshold for scores over `sequence_length` frames, if one applies to this space."""
+        for entry in self.thresholds:
+            if entry.get("sequence_length", 1) == sequence_length and entry.get("space") == self.space():
+                return entry
+        return None
+
+    def stale_thresholds(self) -> list[dict[str, Any]]:
+        """Thresholds measured in another space (the index was rebuilt or retrained since)."""
+        return [entry for entry in self.thresholds if entry.get("space") != self.space()]
+
+    def set_threshold(self, entry: dict[str, Any]) -> None:
+        """Store a calibrated threshold for this space (replacing one for the same sequence length)."""
+        length = entry.get("sequence_length", 1)
+        self.thresholds = [t for t in self.thresholds if t.get("sequence_length", 1) != length]
+        self.thresholds.append({**entry, "sequence_length": length, "space": self.space()})
 
     @property
     def needs_training(self) -> bool:
@@ -342,10 +418,10 @@ class PlaceIndex:
                                 f"{minimum} training descriptors, got {len(descriptors)}")
             self._faiss.train(descriptors)
 
-    def add(self, descriptors, ids, paths: Sequence[str] | None = None, xy=None) -> None:
-        """Append descriptors with their image ids (unique int64), and paths/coordinates if known.
+    def add(self, descriptors, ids, paths: Sequence[str] | None = None, xy=None, times=None) -> None:
+        """Append descriptors with their image ids (unique int64), and paths/coordinates/times if known.
 
-        Either every add gives paths (or coordinates), or none does.
+        Either every add gives paths (or coordinates, or times), or none does.
         """
         descriptors = _as_descriptors(descriptors, self.dim, "index add")
         count = len(descriptors)
@@ -372,11 +448,19 @@ class PlaceIndex:
             raise TscmError("index add: coordinates must be given for every batch or for none")
         if not first and (paths is None) != (self._paths is None):
             raise TscmError("index add: paths must be given for every batch or for none")
+        if times is not None:
+            times = np.asarray(times, dtype=np.float64)
+            if times.shape != (count,) or not np.isfinite(times).all():
+                raise TscmError(f"index add: expected {count} finite times (frames or seconds), got shape {times.shape}")
+        if not first and (times is None) != (self._times is None):
+            raise TscmError("index add: times must be given for every batch or for none")
         searched = self._pca.apply(descriptors) if self._pca is not None else descriptors
         self._faiss.add(searched)
         self._ids = all_ids
         if xy is not None:
             self._xy = xy if first else np.concatenate([self._xy, xy])
+        if times is not None:
+            self._times = times if first else np.concatenate([self._times, times])
         if paths is not None:
             self._paths = paths if first else self._paths + paths
 
@@ -410,6 +494,8 @@ class PlaceIndex:
         arrays = {"faiss_index": faiss.serialize_index(self._faiss), "ids": self._ids}
         if self._xy is not None:
             arrays["xy"] = self._xy
+        if self._times is not None:
+            arrays["times"] = self._times
         if self._paths is not None:
             encoded = [path.encode("utf-8") for path in self._paths]
             arrays["paths_utf8"] = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
@@ -437,6 +523,7 @@ class PlaceIndex:
             "model_fingerprint": self.model_fingerprint,
             "model_meta": self.model_meta,
             "pca_whiten": None if self._pca is None else self._pca.whiten,
+            "thresholds": self.thresholds,
             "sha256": {name: _sha256(array) for name, array in arrays.items()},
         }
         with atomic_path(path) as tmp:
@@ -474,12 +561,23 @@ class PlaceIndex:
         index._ids = arrays["ids"].astype(np.int64)
         if "xy" in arrays:
             index._xy = arrays["xy"]
+        if "times" in arrays:
+            index._times = arrays["times"]
+        thresholds = meta.get("thresholds", [])
+        if not isinstance(thresholds, list) or not all(isinstance(t, dict) and _finite_number(t.get("distance"))
+                                                       for t in thresholds):
+            raise TscmError(f"{path}: field 'thresholds' must be a list of calibrations with a finite 'distance'")
+        index.thresholds = thresholds
         if "paths_utf8" in arrays:
             blob = arrays["paths_utf8"].tobytes()
             ends = arrays["paths_end"].tolist()
             starts = [0] + ends[:-1]
             index._paths = [blob[a:b].decode("utf-8") for a, b in zip(starts, ends)]
         return index
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 def read_index_metadata(path: str | Path) -> dict[str, Any]:
@@ -502,6 +600,12 @@ def read_index_metadata(path: str | Path) -> dict[str, Any]:
         raise TscmError(f"{path}: index metadata is not valid JSON ({error})") from None
     required = ("backend", "params", "dim", "count", "model_fingerprint", "model_meta", "sha256")
     check_header(meta, FORMAT_NAME, FORMAT_VERSION, str(path), required)
+    for name in ("dim", "count"):
+        value = meta[name]
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= (1 if name == "dim" else 0)):
+            raise TscmError(f"{path}: metadata field {name!r} must be a non-negative integer, got {value!r}")
+    if not isinstance(meta["params"], dict):
+        raise TscmError(f"{path}: metadata field 'params' must be a JSON object, got {meta['params']!r}")
     if meta["backend"] not in BACKENDS:
         raise TscmError(f"{path}: unknown index backend {meta['backend']!r}")
     return meta

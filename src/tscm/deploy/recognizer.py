@@ -14,6 +14,14 @@ grows (exact flat while small, PCA + flat, then HNSW), switching when the recomm
 set). Switching and rebuilding need the original descriptors, which the recognizer keeps in
 memory for what was added in this session (dim × 4 bytes per image); an index loaded from a
 file keeps its back-end, since its file holds only the searched (possibly reduced) vectors.
+
+Deciding, not only ranking (loop closure): when the index holds a calibrated threshold
+(tscm.deploy.calibration), every returned place says whether it is `accepted` (its score ≤ the
+threshold) and a `confidence` in (0, 1] (0.5 at the threshold); without one both are None.
+`query_sequence` scores the newest image by the last L images it was given (SeqSLAM-style, the
+map's entries in the order they were added, i.e. along the route); `observe` is loop closure
+inside one traversal: it queries the map while excluding the most recent entries (by their
+times, or by how many were added after them), then adds the image.
 """
 
 from __future__ import annotations
@@ -37,13 +45,17 @@ class Place:
 
     rank: int
     id: int
-    distance: float  # squared L2 in the space the back-end searches
+    distance: float  # squared L2 in the space the back-end searches (a sequence score for query_sequence)
     path: str | None
     xy: tuple[float, float] | None
+    accepted: bool | None = None  # score ≤ the index's calibrated threshold; None without one
+    confidence: float | None = None  # threshold / (threshold + score): 0.5 at the threshold; None without one
+    time: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "id": self.id, "distance": self.distance, "path": self.path,
-                "east": None if self.xy is None else self.xy[0], "north": None if self.xy is None else self.xy[1]}
+                "east": None if self.xy is None else self.xy[0], "north": None if self.xy is None else self.xy[1],
+                "accepted": self.accepted, "confidence": self.confidence, "time": self.time}
 
 
 def index_model_meta(meta: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
@@ -93,6 +105,8 @@ class PlaceRecognizer:
         self._ids: list[np.ndarray] = []
         self._paths: list[str] = []
         self._xy: list[np.ndarray] | None = []
+        self._times: list[np.ndarray] | None = []
+        self._sequence = None  # the SequenceMatcher of query_sequence, made on first use
 
     def _configure(self, backend: str, params: dict[str, Any], train_after: int | None) -> None:
         """Check and record the requested back-end, its parameters and when to train it."""
@@ -171,12 +185,14 @@ class PlaceRecognizer:
         return describe_images(self.extractor, list(images), InputSpec.of(self.meta), batch_size=self.batch_size,
                                on_bad_image=on_bad_image, progress=progress, report=report)
 
-    def add(self, images: Sequence[Any], xy=None, ids=None, *, on_bad_image: str = "fail", progress: bool = False,
-            report: Callable[[str], None] | None = None) -> Described:
+    def add(self, images: Sequence[Any], xy=None, ids=None, *, times=None, on_bad_image: str = "fail",
+            progress: bool = False, report: Callable[[str], None] | None = None) -> Described:
         """Describe `images` and add them as known places; returns what was added and skipped.
 
         `xy`: N×2 coordinates (metres) or None, for every add or for none. `ids`: N unique
-        integers, default the next free numbers. A skipped image leaves its id unused.
+        integers, default the next free numbers. `times`: N frame numbers or seconds (for
+        `observe`'s exclusion of recent frames), for every add or for none. A skipped image leaves
+        its id unused.
         """
         images = list(images)
         if not images:
@@ -185,6 +201,10 @@ class PlaceRecognizer:
             xy = np.asarray(xy, dtype=np.float64)
             if xy.shape != (len(images), 2):
                 raise TscmError(f"add: expected coordinates of shape ({len(images)}, 2), got {xy.shape}")
+        if times is not None:
+            times = np.asarray(times, dtype=np.float64)
+            if times.shape != (len(images),):
+                raise TscmError(f"add: expected {len(images)} times, got shape {times.shape}")
         if ids is None:
             start = self._next_id()
             ids = np.arange(start, start + len(images), dtype=np.int64)
@@ -196,10 +216,12 @@ class PlaceRecognizer:
             raise TscmError(f"add: none of the {len(images)} images could be read")
         kept = np.asarray(described.kept)
         paths = [str(images[i]) if isinstance(images[i], (str, Path)) else "" for i in described.kept]
-        self.add_descriptors(described.descriptors, ids[kept], xy=None if xy is None else xy[kept], paths=paths)
+        self.add_descriptors(described.descriptors, ids[kept], xy=None if xy is None else xy[kept], paths=paths,
+                             times=None if times is None else times[kept])
         return described
 
-    def add_descriptors(self, descriptors: np.ndarray, ids, *, xy=None, paths: Sequence[str] | None = None) -> None:
+    def add_descriptors(self, descriptors: np.ndarray, ids, *, xy=None, paths: Sequence[str] | None = None,
+                        times=None) -> None:
         """Add descriptors made by this recognizer's model (e.g. by `describe`); may switch back-end (module doc)."""
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
         ids = np.asarray(ids, dtype=np.int64)
@@ -207,7 +229,7 @@ class PlaceRecognizer:
         if self.index is None:
             self.index = PlaceIndex.create("flat", self.dim, model_fingerprint=self.fingerprint,
                                            model_meta=self._model_meta())
-        self.index.add(descriptors, ids, paths=paths, xy=xy)
+        self.index.add(descriptors, ids, paths=paths, xy=xy, times=times)
         if self._held is None:
             return
         self._held.append(descriptors)
@@ -217,6 +239,10 @@ class PlaceRecognizer:
             self._xy = None
         elif self._xy is not None:
             self._xy.append(np.asarray(xy, dtype=np.float64))
+        if times is None:
+            self._times = None
+        elif self._times is not None:
+            self._times.append(np.asarray(times, dtype=np.float64))
         target = self._target_config()
         if target is not None and not self._index_matches(*target):
             self.rebuild()
@@ -257,10 +283,14 @@ class PlaceRecognizer:
         if self.count < minimum:
             raise TscmError(f"rebuild: backend {chosen!r} needs at least {minimum} descriptors to train, "
                             f"the map holds {self.count}")
+        previous_thresholds = list(self.index.thresholds)
         self.index = PlaceIndex.build(
             np.concatenate(self._held), np.concatenate(self._ids), paths=self._paths,
             xy=None if self._xy is None else np.concatenate(self._xy), backend=chosen,
+            times=None if self._times is None else np.concatenate(self._times),
             model_fingerprint=self.fingerprint, model_meta=self._model_meta(), **chosen_params)
+        # Thresholds travel with the map; one measured in the old space no longer applies (reported by `stale`).
+        self.index.thresholds = previous_thresholds
 
     # ---- search -------------------------------------------------------------------------
     def query(self, image: Any, k: int = 5) -> list[Place]:
@@ -272,22 +302,91 @@ class PlaceRecognizer:
         self._check_not_empty()
         return self.search(self.describe(images).descriptors, k)
 
-    def search(self, descriptors: np.ndarray, k: int = 5) -> list[list[Place]]:
-        """Places for descriptors made by this recognizer's model, one list per descriptor."""
+    @property
+    def threshold(self) -> dict[str, Any] | None:
+        """The index's calibrated single-frame threshold for its current search space, or None."""
+        return None if self.index is None else self.index.threshold(1)
+
+    def search(self, descriptors: np.ndarray, k: int = 5, *, exclude_positions: int = 0) -> list[list[Place]]:
+        """Places for descriptors made by this recognizer's model, one list per descriptor.
+
+        `exclude_positions` leaves out the map's last n entries (the most recently added).
+        """
         self._check_not_empty()
-        result = self.index.search(descriptors, k)
+        if not (isinstance(k, int) and k >= 1):
+            raise TscmError(f"k: expected a positive integer, got {k!r}")
+        searchable = self.count - exclude_positions
+        if searchable <= 0:
+            return [[] for _ in range(len(np.atleast_2d(descriptors)))]
+        result = self.index.search(descriptors, min(k + exclude_positions, self.count))
+        threshold = self.threshold
         places = []
         for row in range(len(result.indices)):
             hits = []
-            for rank, position in enumerate(result.indices[row].tolist()):
-                if position < 0:
+            for position, distance in zip(result.indices[row].tolist(), result.distances[row].tolist()):
+                if position < 0 or len(hits) == k:
                     break
-                path = result.paths[row][rank] if result.paths is not None else None
-                xy = None if result.xy is None else (float(result.xy[row, rank, 0]), float(result.xy[row, rank, 1]))
-                hits.append(Place(rank + 1, int(result.ids[row, rank]), float(result.distances[row, rank]),
-                                  path or None, xy))
+                if position >= searchable:
+                    continue
+                hits.append(self._place(len(hits) + 1, position, distance, threshold))
             places.append(hits)
         return places
+
+    def _place(self, rank: int, position: int, score: float, threshold: dict | None) -> Place:
+        entry = self.index.entry(position)
+        accepted = confidence = None
+        if threshold is not None:
+            from tscm.evaluation.precision_recall import confidence as confidence_of
+
+            accepted = bool(score <= threshold["distance"])
+            confidence = float(confidence_of(np.asarray([max(score, 0.0)]), threshold["distance"])[0])
+        return Place(rank, entry["id"], float(score), entry["path"], entry["xy"], accepted, confidence, entry["time"])
+
+    def query_sequence(self, image: Any, k: int = 5, *, length: int = 10) -> list[Place]:
+        """Places for the newest of a stream of query images, scored over the last `length` images given
+        (SeqSLAM-style trajectories through the map in the order its entries were added).
+
+        The first images of a stream are scored over the images seen so far. A threshold
+        calibrated for sequences of `length` frames gives `accepted`/`confidence`.
+        """
+        from tscm.evaluation.ranking import rank_matrix, squared_distances
+        from tscm.evaluation.sequence import SequenceMatcher
+
+        self._check_not_empty()
+        if self._sequence is None or self._sequence.length != length or self._sequence.num_db != self.count:
+            self._sequence = SequenceMatcher(length, self.count)
+        descriptor = self.describe([image]).descriptors
+        row = squared_distances(self.index.to_search_space(descriptor), self.index.vectors())[0]
+        scores = self._sequence.push(row)
+        ranking = rank_matrix(scores[None, :], min(k, self.count))
+        threshold = self.index.threshold(length)
+        return [self._place(rank + 1, int(position), float(score), threshold)
+                for rank, (position, score) in enumerate(zip(ranking.indices[0].tolist(), ranking.distances[0].tolist()))]
+
+    def reset_sequence(self) -> None:
+        """Forget the images `query_sequence` has seen (a new traversal starts)."""
+        self._sequence = None
+
+    def observe(self, image: Any, *, time: float | None = None, exclude_recent: float = 0, k: int = 1,
+                xy=None) -> list[Place]:
+        """Loop closure inside one traversal: the places of `image` among the map's entries older than
+        `exclude_recent` (in the unit of `time`: frames or seconds; without times, entries added),
+        then `image` joins the map. Returns the (possibly empty) list of loop-closure candidates."""
+        if exclude_recent < 0:
+            raise TscmError(f"exclude_recent: expected a non-negative number of frames or seconds, got {exclude_recent}")
+        descriptor = self.describe([image]).descriptors
+        candidates: list[Place] = []
+        if self.count:
+            times = self.index.times
+            if time is not None and times is not None:
+                recent = int(np.sum(times > time - exclude_recent))
+            else:
+                recent = int(min(self.count, round(exclude_recent)))
+            candidates = self.search(descriptor, k, exclude_positions=recent)[0]
+        self.add_descriptors(descriptor, [self._next_id()], xy=None if xy is None else np.asarray([xy], dtype=np.float64),
+                             paths=[str(image) if isinstance(image, (str, Path)) else ""],
+                             times=None if time is None else [time])
+        return candidates
 
     def _check_not_empty(self) -> None:
         if self.count == 0:

@@ -12,9 +12,11 @@ with round(v·t) = ⌊v·t + ½⌋ (halves round up). Edges:
 - causal: only queries ≤ q are used; the first L − 1 queries use the t that exist (t ≤ q), so
   their scores rest on fewer frames and are as ambiguous as single frames (on the toy route of
   the tests, query 0 is the most confident false positive);
-- a path point whose database index falls before the start of the database is left out of the
-  mean rather than clamped (clamping would reward paths that pile up on frame 0). The point t = 0
-  is (q, j) itself, so every mean has at least one term and every score is finite.
+- a path point whose database index falls before the start of the database counts as the mean
+  distance of its query row (what a random database frame would score): neither clamped
+  (which rewards paths that pile up on frame 0) nor left out (which lets a path with one or two
+  points inside the database beat full-length ones, so queries were drawn to the database's
+  first frames). Every score is finite.
 
 Optionally each D entry is first normalised by the mean and standard deviation of its row over a
 window of database neighbours (SeqSLAM's local contrast enhancement). It is off by default: on
@@ -57,12 +59,6 @@ def _path_offsets(speeds: Sequence[float], length: int) -> np.ndarray:
     if values.size == 0 or not np.isfinite(values).all() or (values <= 0).any():
         raise TscmError(f"speeds: expected positive finite database frames per query frame, got {speeds!r}")
     return np.floor(np.unique(values)[:, None] * np.arange(length) + 0.5).astype(np.int64)
-
-
-def _path_counts(offsets: np.ndarray, num_db: int) -> np.ndarray:
-    """S×L×N float32: how many of the path points t ≤ k ending at column j lie inside the database."""
-    inside = np.arange(num_db) >= offsets[:, :, None]
-    return np.cumsum(inside, axis=1, dtype=np.float32)
 
 
 def _check_contrast_window(window) -> int | None:
@@ -108,18 +104,19 @@ def sequence_scores(distances, length: int, speeds: Sequence[float] = DEFAULT_SP
     if _check_contrast_window(contrast_window) is not None:
         d = local_contrast(d, contrast_window)
     num_q, num_db = d.shape
-    counts = _path_counts(offsets, num_db)
+    row_means = d.mean(axis=1, keepdims=True)  # the score of a path point outside the database
+    # How many frames each query's paths have: q + 1 for the first queries, then L.
+    frames = np.minimum(np.arange(num_q) + 1, length).astype(np.float32)[:, None]
     best = np.full((num_q, num_db), np.inf, dtype=np.float32)
     total = np.empty_like(best)
-    head = min(num_q, length - 1)  # queries that still have fewer than L frames behind them
-    for speed_offsets, speed_counts in zip(offsets, counts):
+    for speed_offsets in offsets:
         total.fill(0.0)
         for t in range(min(length, num_q)):
             # Row q, column j takes D[q − t, j − offset]: D shifted down t rows and right `offset` columns.
             start = min(speed_offsets[t], num_db)
             total[t:, start:] += d[: num_q - t, : num_db - start]
-        total[:head] /= speed_counts[:head]
-        total[head:] /= speed_counts[length - 1]
+            total[t:, :start] += row_means[: num_q - t]
+        total /= frames
         np.minimum(best, total, out=best)
     return best
 
@@ -139,8 +136,8 @@ class SequenceMatcher:
         self.num_db = int(num_db)
         self.contrast_window = _check_contrast_window(contrast_window)
         self._offsets = _path_offsets(speeds, self.length)
-        self._counts = _path_counts(self._offsets, self.num_db)
         self._history = np.zeros((self.length, self.num_db), dtype=np.float32)
+        self._history_means = np.zeros(self.length, dtype=np.float32)
         self._total = np.empty(self.num_db, dtype=np.float32)
         self._best = np.empty(self.num_db, dtype=np.float32)
         self.num_pushed = 0
@@ -161,16 +158,19 @@ class SequenceMatcher:
             self._history[newest] = row
         else:
             self._history[newest] = local_contrast(row[None], self.contrast_window)[0]
+        self._history_means[newest] = self._history[newest].mean()
         self.num_pushed += 1
         used = min(self.num_pushed, self.length)
         n, total, best = self.num_db, self._total, self._best
         best.fill(np.inf)
-        for speed_offsets, speed_counts in zip(self._offsets, self._counts):
+        for speed_offsets in self._offsets:
             total.fill(0.0)
             for t in range(used):
                 start = min(speed_offsets[t], n)
-                total[start:] += self._history[(newest - t) % self.length, : n - start]
-            total /= speed_counts[used - 1]
+                slot = (newest - t) % self.length
+                total[start:] += self._history[slot, : n - start]
+                total[:start] += self._history_means[slot]
+            total /= used
             np.minimum(best, total, out=best)
         return best.copy()
 

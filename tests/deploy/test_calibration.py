@@ -1,0 +1,152 @@
+"""Loop-closure decisions: thresholds calibrated on a validation split, stored in the index file, turned
+into `accepted` and a confidence by the recognizer; streaming sequences; recent frames excluded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers.model_files import write_checkpoint
+
+from tscm.data.places import PlaceSet
+from tscm.deploy.calibration import calibrate, index_scores, measure
+from tscm.deploy.index import PlaceIndex
+from tscm.deploy.recognizer import PlaceRecognizer
+from tscm.errors import TscmError
+
+
+def route(num: int, seed: int, noise: float, dim: int = 16, split: str = "val") -> tuple[PlaceSet, np.ndarray, np.ndarray]:
+    """A frame-ordered route: database frame i and query frame i show the same place (noise on the query);
+    the last fifth of the queries are places the database does not hold."""
+    rng = np.random.default_rng(seed)
+    db = rng.normal(size=(num, dim)).astype(np.float32)
+    queries = db + rng.normal(0, noise, size=db.shape).astype(np.float32)
+    unseen = num - num // 5
+    queries[unseen:] = rng.normal(size=(num - unseen, dim))
+    frames = np.arange(num, dtype=np.float64)
+    query_frames = frames.copy()
+    query_frames[unseen:] += 10 * num  # far along the route: no database frame within ±1
+    placeset = PlaceSet("route", split, [f"/db/{i}.png" for i in range(num)], [f"/q/{i}.png" for i in range(num)],
+                        frames, query_frames, unit="frame")
+    return placeset, db, queries
+
+
+def plain_precision_recall(distances, top1, positives, threshold):
+    tp = fp = 0
+    for d, t, pos in zip(distances, top1, positives):
+        if d <= threshold:
+            if t in set(pos.tolist()):
+                tp += 1
+            else:
+                fp += 1
+    with_match = sum(len(p) > 0 for p in positives)
+    return (tp / (tp + fp) if tp + fp else 1.0), tp / with_match
+
+
+@pytest.mark.parametrize("backend, params", [("flat", {}), ("pca-flat", {"pca_dim": 8})])
+def test_calibrated_threshold_reaches_its_precision_in_the_index_space(backend, params):
+    val, db, queries = route(200, seed=0, noise=0.5)
+    index = PlaceIndex.build(db, backend=backend, **params)
+    entry = calibrate(index, db, queries, val, target_precision=0.9)
+    assert entry["precision"] >= 0.9 and entry["space"] == index.space() and entry["sequence_length"] == 1
+    # the stored distance is in the same space as index.search: check it with a plain loop there
+    result = index.search(queries, 1)
+    precision, recall = plain_precision_recall(result.distances[:, 0], result.indices[:, 0], val.positives(1.0),
+                                               entry["distance"])
+    assert precision == pytest.approx(entry["precision"]) and recall == pytest.approx(entry["recall"])
+    # the largest such threshold: the next larger top-1 distance drops below the target
+    larger = np.sort(result.distances[:, 0][result.distances[:, 0] > entry["distance"]])
+    if len(larger):
+        assert plain_precision_recall(result.distances[:, 0], result.indices[:, 0], val.positives(1.0), larger[0])[0] < 0.9
+
+
+def test_threshold_transfers_and_travels_through_the_index_file(tmp_path):
+    val, val_db, val_queries = route(200, seed=1, noise=0.6)
+    test, test_db, test_queries = route(200, seed=2, noise=0.6, split="test")
+    index = PlaceIndex.build(test_db, backend="flat")  # the deployment map: the test route's database
+    entry = calibrate(index, val_db, val_queries, val, target_precision=0.9)
+    transfer = measure(index, test_db, test_queries, test)
+    scores, top1 = index_scores(index, test_db, test_queries, test)
+    precision, recall = plain_precision_recall(scores, top1, test.positives(1.0), entry["distance"])
+    assert transfer["precision"] == pytest.approx(precision) and transfer["recall"] == pytest.approx(recall)
+    index.save(tmp_path / "map.index")
+    loaded = PlaceIndex.load(tmp_path / "map.index")
+    assert loaded.threshold(1) == entry and loaded.threshold(10) is None
+    # a threshold of another space (the map rebuilt with PCA) does not apply there
+    rebuilt = PlaceIndex.build(test_db, backend="pca-flat", pca_dim=8)
+    rebuilt.thresholds = loaded.thresholds
+    assert rebuilt.threshold(1) is None and rebuilt.stale_thresholds() == loaded.thresholds
+
+
+def test_unreachable_precision_stores_nothing():
+    val, db, queries = route(100, seed=3, noise=3.0)  # queries barely resemble their places
+    index = PlaceIndex.build(db, backend="flat")
+    with pytest.raises(TscmError, match="no threshold reaches precision 100"):
+        calibrate(index, db, queries, val, target_precision=1.0)
+    assert index.thresholds == []
+
+
+@pytest.fixture(scope="module")
+def recognizer_parts(tmp_path_factory):
+    checkpoint = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", "student-tiny", seed=0)
+    return checkpoint
+
+
+def test_recognizer_accepts_and_gives_confidence_from_the_index_file(recognizer_parts, tmp_path):
+    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+    rng = np.random.default_rng(4)
+    db = rng.normal(size=(50, recognizer.dim)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    recognizer.add_descriptors(db, np.arange(50))
+    assert recognizer.threshold is None
+    assert all(p.accepted is None and p.confidence is None for p in recognizer.search(db[:3], 2)[0])
+    threshold = 0.05
+    recognizer.index.set_threshold({"distance": threshold, "target_precision": 0.99, "precision": 1.0, "recall": 0.5})
+    recognizer.save(tmp_path / "map.index")
+    loaded = PlaceRecognizer.load(tmp_path / "map.index")
+    near = db[7] + 0.01 * rng.normal(size=recognizer.dim).astype(np.float32)
+    far = rng.normal(size=recognizer.dim).astype(np.float32)
+    hits = loaded.search(np.stack([near, far]), 3)
+    assert hits[0][0].id == 7 and hits[0][0].accepted is True and hits[0][0].confidence > 0.5
+    assert hits[1][0].accepted is False and hits[1][0].confidence < 0.5
+    for place in hits[0] + hits[1]:
+        assert place.accepted == (place.distance <= threshold)
+        assert place.confidence == pytest.approx(threshold / (threshold + place.distance))
+
+
+def test_query_sequence_resolves_a_route_single_frames_cannot(recognizer_parts, monkeypatch):
+    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+    rng = np.random.default_rng(5)
+    patterns = rng.normal(size=(4, recognizer.dim)).astype(np.float32)
+    labels = rng.integers(0, 4, size=60)
+    db = patterns[labels] + 0.05 * rng.normal(size=(60, recognizer.dim)).astype(np.float32)
+    recognizer.add_descriptors(db, np.arange(60))
+    # The robot drives database frames 20..39 again: each frame looks like a quarter of the map.
+    stream = patterns[labels[20:40]] + 0.3 * rng.normal(size=(20, recognizer.dim)).astype(np.float32)
+    # The stream's "images" are its descriptors: describe() is replaced, the model is not what is tested.
+    monkeypatch.setattr(recognizer, "describe",
+                        lambda images, **kw: type("D", (), {"descriptors": np.asarray(images, dtype=np.float32)}))
+    single = [recognizer.search(frame[None], 1)[0][0].id for frame in stream]
+    sequence = [recognizer.query_sequence(frame, 1, length=8)[0].id for frame in stream]
+    truth = list(range(20, 40))
+    single_hits = sum(a == b for a, b in zip(single, truth))
+    sequence_hits = sum(a == b for a, b in zip(sequence[8:], truth[8:]))  # once 8 frames have been seen
+    assert sequence_hits == len(truth) - 8 and single_hits <= 5
+
+
+def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(recognizer_parts, monkeypatch):
+    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+    rng = np.random.default_rng(6)
+    places = rng.normal(size=(30, recognizer.dim)).astype(np.float32)
+    monkeypatch.setattr(recognizer, "describe",
+                        lambda images, **kw: type("D", (), {"descriptors": np.asarray(images, dtype=np.float32)}))
+    candidates = []
+    for t in range(30):  # a robot driving on: every frame is near the previous one
+        frame = places[t] + (places[t - 1] if t else 0) * 0.9
+        candidates.append(recognizer.observe(frame, time=float(t), exclude_recent=5, k=3))
+    for t, found in enumerate(candidates):
+        assert all(place.time <= t - 5 for place in found), t  # never one of the last 5 frames
+        assert (len(found) == 0) == (t < 5)
+    revisit = recognizer.observe(places[3] + places[2] * 0.9, time=40.0, exclude_recent=5, k=1)
+    assert revisit[0].time == 3.0  # back at frame 3: the loop closes there
+    with pytest.raises(TscmError, match="exclude_recent"):
+        recognizer.observe(places[0], time=41.0, exclude_recent=-1)

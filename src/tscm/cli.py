@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"tscm {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except OSError as error:
         # A full disk, a read-only folder, a vanished file: one line naming it (the old output is kept:
         # every write goes through a temporary file).

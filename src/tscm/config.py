@@ -333,6 +333,24 @@ def config_from_dict(mapping: dict[str, Any], where: str = "config") -> TrainCon
     return config
 
 
+def check_device(name: str, what: str = "--device") -> str:
+    """`name` if it is a torch device this machine has (cpu, cuda, cuda:N), else TscmError naming it."""
+    import re
+
+    if name == "cpu":
+        return name
+    if not re.fullmatch(r"cuda(:\d+)?", str(name)):
+        raise TscmError(f"{what}: expected cpu, cuda or cuda:N, got {name!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TscmError(f"{what} {name}: CUDA is not available on this machine; use cpu")
+    index = int(name.split(":")[1]) if ":" in name else 0
+    if index >= torch.cuda.device_count():
+        raise TscmError(f"{what} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+
 def _need(ok: bool, message: str) -> None:
     if not ok:
         raise TscmError(f"config: {message}")

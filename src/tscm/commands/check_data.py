@@ -11,7 +11,7 @@ HELP = "Validate a data set (any supported format): counts, area, coverage, dupl
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="data set: folder, Pittsburgh .mat, CSV manifest, ground-truth .npz, Nordland or VPR-Bench folder")
-    parser.add_argument("--split", default="test", help="split to check (default: test)")
+    parser.add_argument("--split", default=None, help="split to check (default: test; a .mat file's own split)")
     parser.add_argument("--name", default=None, help="data-set name when a folder holds several (e.g. pitts30k)")
     parser.add_argument("--radius", type=float, default=None,
                         help="a query needs a database image within this distance, in the data set's unit: metres "

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.teacher:
             raise TscmError("--resume uses the run's saved config and teacher; drop --config/--teacher")
-        result = resume_run(args.resume, overrides)
+        result = resume_run(args.resume, overrides, kind="student")
     else:
         config = load_config(args.config or DEFAULT_CONFIG, overrides, kind="student")
         result = distill(config, args.teacher)

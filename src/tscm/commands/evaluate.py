@@ -11,7 +11,7 @@ HELP = ("Recall@N (exact L2 search) and precision-recall of descriptors or a che
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="data set: folder, Pittsburgh .mat, CSV manifest, ground-truth .npz, Nordland or VPR-Bench folder")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: test; a .mat file's own split)")
     parser.add_argument("--name", default=None, help="data-set name when a folder holds several (e.g. pitts30k)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--descriptors", help="an .npz with 'db' (num_db×D) and 'queries' (num_queries×D), rows in the data set's order")

@@ -11,7 +11,8 @@ HELP = "Import a published TSCM checkpoint (*.pth.tar) as a native checkpoint di
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="published checkpoint file (*.pth.tar)")
     parser.add_argument("--role", required=True, choices=["teacher", "student"], help="which network the file holds")
-    parser.add_argument("--out", required=True, help="output checkpoint directory")
+    parser.add_argument("--out", required=True, help="output checkpoint directory (new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,6 +21,11 @@ def run(args: argparse.Namespace) -> int:
     from tscm.models.checkpoint import save_checkpoint
     from tscm.models.official import load_official_with_report
 
+    from tscm.errors import TscmError
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+        raise TscmError(f"--out {out}: exists and is not an empty folder; choose a new folder or pass --overwrite")
     model, report = load_official_with_report(args.checkpoint, args.role)
     extra = {
         "imported_from": Path(args.checkpoint).name,

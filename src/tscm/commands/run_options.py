@@ -40,6 +40,9 @@ def options_from_args(args: argparse.Namespace, kind: str):
                                ("--threads", args.threads, 0), ("--batch-size", args.batch_size, 1)):
         if value is not None and value < least:
             raise TscmError(f"{flag}: expected an integer ≥ {least}, got {value}")
+    from tscm.config import check_device
+
+    check_device(args.device)
     seeds = tuple(dict.fromkeys(args.seeds)) if args.seeds else ((0,) if args.quick else (0, 1, 2))
     return RunOptions(
         out=Path(args.out) if args.out else default_run_dir(kind), data=args.data, name=args.name,

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config:
             raise TscmError("--resume uses the run's saved config; drop --config")
-        result = resume_run(args.resume, overrides)
+        result = resume_run(args.resume, overrides, kind="teacher")
     else:
         config = load_config(args.config or DEFAULT_CONFIG, overrides, kind="teacher")
         result = train_teacher(config)

@@ -55,7 +55,8 @@ def print_result(result) -> None:
         return
     metrics = result.metrics
     if metrics.get("stopped") == "stop_after_steps":
-        print(f"stopped after {metrics['steps']} steps (train.stop_after_steps); continue with --resume {result.run_dir}")
+        print(f"stopped after {metrics['steps']} steps (train.stop_after_steps); continue with --resume {result.run_dir} "
+              "--set train.stop_after_steps=0 (without it the run stops again at once)")
         return
     untrained = (metrics.get("untrained_val_recall") or {}).get("1")
     best = metrics.get("best_val_recall_at_1")

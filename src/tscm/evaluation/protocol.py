@@ -68,6 +68,25 @@ def evaluate_sequences(placeset: PlaceSet, db, queries, length: int, radius: flo
     return result
 
 
+def data_set_warnings(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray) -> list[str]:
+    """What makes a result meaningless although it computes: queries that are database images."""
+    from tscm.data.formats import is_placeholder_path
+
+    warnings = []
+    paths = [p for p in placeset.query_paths if not is_placeholder_path(p)]
+    if paths:
+        database = {Path(p).resolve() for p in placeset.db_paths}
+        shared = sum(Path(p).resolve() in database for p in paths)
+        if shared == len(paths):
+            warnings.append("every query image is also a database image (a folder linked to the other?): "
+                            "recall is near 100 % by construction and says nothing about recognition")
+        elif shared:
+            warnings.append(f"{shared} query image(s) are also database images")
+    if len(db) == len(queries) and np.array_equal(db, queries):
+        warnings.append("the query descriptors equal the database descriptors row for row")
+    return warnings
+
+
 def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, checkpoint: str | None = None,
                       radius: float | None = None, ns: Sequence[int] = DEFAULT_NS, sequence: int = 1,
                       save_descriptors: str | None = None, json_path: str | None = None, batch_size: int = 32,
@@ -79,6 +98,9 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
         raise TscmError("--save-descriptors needs --checkpoint (with --descriptors they are already saved)")
     if not (isinstance(sequence, int) and sequence >= 1):
         raise TscmError(f"--sequence: expected a number of queries ≥ 1, got {sequence!r}")
+    from tscm.config import check_device
+
+    check_device(device)
     radius = placeset.check_radius(radius, "--radius") if radius is not None else None
     for target in (json_path, save_descriptors):
         if target and Path(target).is_dir():
@@ -99,6 +121,7 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
         result = evaluate_sequences(placeset, db, queries, sequence, radius, ns)
     else:
         result = evaluate_descriptors(placeset, db, queries, radius, ns)
+    result.warnings += data_set_warnings(placeset, db, queries)
     if json_path:
         write_json_atomic(json_path, result.to_json())
     return result

@@ -92,6 +92,7 @@ class EvalResult:
     dataset: str = ""
     pr: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         entry = {
@@ -109,6 +110,8 @@ class EvalResult:
             entry["radius_m"] = self.radius  # the field name of earlier releases
         if self.pr is not None:
             entry["pr"] = self.pr
+        if self.warnings:
+            entry["warnings"] = list(self.warnings)
         entry.update(self.extra)
         return entry
 
@@ -129,6 +132,7 @@ class EvalResult:
                 f"{self.pr['average_precision']:.2f}, recall at 100 % precision {self.pr['recall_at_100_precision']:.2f}, "
                 f"F1-max {self.pr['f1_max']:.2f}"
             )
+        lines += [f"warning: {text}" for text in self.warnings]
         return "\n".join(lines)
 
 

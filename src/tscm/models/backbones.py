@@ -218,15 +218,17 @@ def read_weights_file(path: str) -> dict[str, torch.Tensor]:
     file = Path(path)
     if not file.is_file():
         raise TscmError(f"backbone weights file {file} does not exist")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(file))
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise TscmError(f"backbone weights file {file} could not be read as safetensors or weights-only torch data ({error})") from error
+        except Exception as error:  # safetensors raises its own types for damaged headers
+            raise TscmError(f"backbone weights file {file} could not be read as safetensors ({error})") from None
+    else:
+        from tscm.models.torch_files import load_weights_only
+
+        state = load_weights_only(file, "backbone weights file")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

@@ -253,17 +253,10 @@ def imagenet_weights_path(variant: str) -> Path:
 
 def read_imagenet_weights(variant: str) -> dict[str, torch.Tensor]:
     """The variant's published state dict, with the key names of efficientnet_lite_pytorch."""
+    from tscm.models.torch_files import load_weights_only
+
     path = imagenet_weights_path(variant)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        text = str(error)
-        # torch's weights-only refusal suggests weights_only=False, which would run code from the file.
-        if "weights_only" in text or "Weights only" in text:
-            detail = "it holds objects other than tensors, which a safe weights-only load refuses"
-        else:
-            detail = text.splitlines()[0] if text else type(error).__name__
-        raise TscmError(f"EfficientNet-Lite weights {path} could not be read as weights-only torch data: {detail}") from None
+    state = load_weights_only(path, "EfficientNet-Lite weights")
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise TscmError(f"EfficientNet-Lite weights {path} do not hold a dict of tensors")
     return state

@@ -88,12 +88,9 @@ def read_published_file(path: str | Path) -> dict:
     file = Path(path)
     if not file.is_file():
         raise TscmError(f"published checkpoint {file} does not exist")
-    try:
-        data = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated zip, wrong format, or objects weights_only refuses
-        raise TscmError(
-            f"published checkpoint {file} could not be read (truncated, corrupt, or not a weights-only torch file): {error}"
-        ) from error
+    from tscm.models.torch_files import load_weights_only
+
+    data = load_weights_only(file, "published checkpoint")
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise TscmError(f"published checkpoint {file} must be a dict with a 'state_dict' entry, found {found}")

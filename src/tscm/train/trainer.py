@@ -73,6 +73,8 @@ class NonFiniteLoss(TscmError):
 class Interrupted(TscmError):
     """Ctrl-C: the state was saved; the message says how to resume."""
 
+    exit_code = 130
+
 
 def batchnorm_mode(model: nn.Module, mode: str) -> None:
     """`frozen`: batch norms use their running statistics while training (affine still learnt)."""

@@ -36,13 +36,14 @@ __all__ = [
 ]
 
 
-def load_placeset(path: str | Path, split: str = "test", name: str | None = None) -> PlaceSet:
+def load_placeset(path: str | Path, split: str | None = None, name: str | None = None) -> PlaceSet:
     """Read the data set at `path`, whatever its format.
 
     `split` selects the structure file or sub-folder inside a folder, the rows of a CSV manifest
     with a `split` column and the section of a Nordland folder; it labels other CSV, .npz and
-    VPR-Bench sets. A `.mat` file carries its own split. `name` picks `<name>_<split>.mat` when a
-    folder holds several (pitts30k and pitts250k side by side).
+    VPR-Bench sets (default "test"). A `.mat` file carries its own split: a different `split` is
+    an error (None, the default, accepts the file's). `name` picks `<name>_<split>.mat` when a folder holds several (pitts30k
+    and pitts250k side by side).
     """
     path = Path(path)
     if not path.exists():
@@ -52,7 +53,14 @@ def load_placeset(path: str | Path, split: str = "test", name: str | None = None
         readers = {".mat": read_pittsburgh_mat, ".csv": read_csv_manifest, ".npz": read_ground_truth_npz}
         if suffix not in readers:
             raise TscmError(f"{path}: unknown data-set file type {suffix!r}; expected .mat, .csv or .npz")
-        return readers[suffix](path) if suffix == ".mat" else readers[suffix](path, split)
+        if suffix == ".mat":
+            placeset = read_pittsburgh_mat(path)
+            if split is not None and placeset.split != split:
+                raise TscmError(f"{path}: holds split {placeset.split!r}, not {split!r}; pass the {split} structure "
+                                f"file (e.g. {path.name.replace(placeset.split, split)}) or the folder holding it")
+            return placeset
+        return readers[suffix](path, split or "test")
+    split = split or "test"
 
     structure_files = find_structure_files(path, split, name)
     if len(structure_files) == 1:

@@ -73,8 +73,9 @@ def _load_dbstruct(mat_path: Path):
         contents = loadmat(str(mat_path), squeeze_me=False, struct_as_record=True)
     except NotImplementedError as error:  # MATLAB v7.3 files are HDF5, which loadmat cannot read
         raise TscmError(f"{mat_path}: unsupported .mat version (save it as MATLAB v7 or older): {error}") from None
-    except (MatReadError, ValueError, OSError) as error:
-        raise TscmError(f"{mat_path}: not a readable .mat file: {error}") from None
+    except (MatReadError, ValueError, OSError, TypeError, EOFError, KeyError, IndexError) as error:
+        # scipy raises many types on short or foreign files (a pickle renamed .mat, 10 bytes of text)
+        raise TscmError(f"{mat_path}: not a readable MATLAB .mat file ({type(error).__name__}: {error})") from None
     if "dbStruct" not in contents:
         found = sorted(k for k in contents if not k.startswith("__"))
         raise TscmError(f"{mat_path}: expected a variable 'dbStruct', found {found or 'none'}")
@@ -139,8 +140,9 @@ def read_pittsburgh_mat(mat_path: str | Path) -> PlaceSet:
     num_images = _as_number(fields["numImages"], f"{where}.numImages")
     num_queries = _as_number(fields["numQueries"], f"{where}.numQueries")
     for threshold in ("posDistThr", "posDistSqThr", "nonTrivPosDistSqThr"):
-        if _as_number(fields[threshold], f"{where}.{threshold}") <= 0:
-            raise TscmError(f"{where}.{threshold}: expected a positive distance")
+        value = _as_number(fields[threshold], f"{where}.{threshold}")
+        if not (np.isfinite(value) and value > 0):
+            raise TscmError(f"{where}.{threshold}: expected a positive finite distance in metres, got {value:g}")
     for count_field, count, field, actual in (
         ("numImages", num_images, "dbImageFns", len(db_names)),
         ("numImages", num_images, "utmDb", len(db_xy)),

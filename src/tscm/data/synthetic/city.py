@@ -377,11 +377,17 @@ def generate_synthetic_city(out_dir: str | os.PathLike, preset: str = "demo", se
     out_dir = Path(out_dir)
     config = config or resolve_config(preset)
     _check(config)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TscmError(f"{out_dir}: exists and is a file; give a folder to create")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise TscmError(f"{out_dir}: directory exists and is not empty; choose another or pass overwrite")
         if not (out_dir / METADATA_FILE).is_file():
             raise TscmError(f"{out_dir}: refusing to overwrite a directory that holds no {METADATA_FILE}")
+        foreign = _foreign_files(out_dir)
+        if foreign:
+            raise TscmError(f"{out_dir}: refusing to overwrite: it holds files a synthetic city does not write "
+                            f"({', '.join(str(p) for p in foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them first")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -391,6 +397,22 @@ def generate_synthetic_city(out_dir: str | os.PathLike, preset: str = "demo", se
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _foreign_files(root: Path) -> list[Path]:
+    """Files under `root` that no synthetic city writes (a user's own files must survive an overwrite)."""
+    foreign = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if path.is_dir():
+            continue
+        top = relative.parts[0]
+        if len(relative.parts) == 1 and (top == METADATA_FILE or path.suffix == ".mat"):
+            continue
+        if top in ("database", "query") and path.suffix.lower() in (".jpg", ".jpeg", ".png"):
+            continue
+        foreign.append(relative)
+    return sorted(foreign)
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:

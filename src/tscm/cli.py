@@ -22,6 +22,8 @@ COMMANDS = [
     "ablation",
     "synth",
     "export",
+    "export_descriptors",
+    "card",
     "index",
     "query",
     "bench",

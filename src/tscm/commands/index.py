@@ -14,7 +14,9 @@ RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="index_action", metavar="ACTION", required=True)
     build = actions.add_parser("build", help="extract descriptors of images and write an index file",
-                               description="Extract descriptors of images (batched) and write an index file.")
+                               description="Extract descriptors of images (batched) and write an index file. Under "
+                                           "torchrun (e.g. torchrun --nproc_per_node 4 -m tscm index build ...) the "
+                                           "images are shared out over the processes and rank 0 writes the file.")
     build.add_argument("--checkpoint", required=True, help="checkpoint directory or exported .onnx model")
     build.add_argument("--images", required=True, metavar="DIR|CSV",
                        help="a folder of images (searched recursively; coordinates from @east@north@ names when "
@@ -74,12 +76,15 @@ def run(args: argparse.Namespace) -> int:
     built = build_map(args.checkpoint, args.images, args.out, backend=args.backend, params=parse_params(args.param),
                       runtime=args.runtime, batch_size=args.batch_size, threads=args.threads,
                       on_bad_image=args.on_bad_image)
+    if not built.is_main:  # under torchrun rank 0 writes the file and reports
+        return 0
     index = built.index
     print(f"wrote {args.out}: {index.count} places, {index.dim}-d descriptors, backend {index.backend} "
           f"{index.params}, {index.memory_bytes / 2**20:.1f} MB, coordinates: {'yes' if built.has_positions else 'no'}")
     print(f"model {built.preset} ({args.runtime}), fingerprint {built.fingerprint}")
-    print(f"extraction {built.extract_s:.1f} s ({1e3 * built.extract_s / built.kept:.1f} ms per image), "
-          f"index build {built.build_s:.1f} s")
+    print(f"extraction {built.extract_s:.1f} s ({1e3 * built.extract_s / built.kept:.1f} ms per image"
+          + (f" over {built.world_size} processes, {built.kept / max(built.extract_s, 1e-9):.1f} images/s"
+             if built.world_size > 1 else "") + f"), index build {built.build_s:.1f} s")
     if built.skipped:  # each was reported as it happened; the count closes the summary
         print(f"skipped {len(built.skipped)} unreadable image(s)")
     return 0

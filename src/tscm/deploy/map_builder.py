@@ -4,6 +4,13 @@
 names when every image has them; or a data-set file whose database images and positions are
 indexed); `build_map` describes the images with a checkpoint or exported model and writes the
 index file atomically (an existing file is replaced only once the new one is complete).
+
+Under `torchrun` (WORLD_SIZE > 1) the build is sharded: every process lists the same images
+(from a filesystem they share), describes a contiguous share of whole batches (batch boundaries
+as in one process, so every image sees the same batch and the descriptors are the same bits for
+the same batch size and thread count), the shares are gathered on rank 0 over torch.distributed
+(gloo, fixed-size tensors, no pickle) in image order, and rank 0 alone builds the index and writes
+the file: the same file one process writes. Errors on any rank stop every rank with its message.
 """
 
 from __future__ import annotations
@@ -74,6 +81,12 @@ class BuiltMap:
     extract_s: float
     build_s: float
     has_positions: bool
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
 
 def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, backend: str = "auto",
@@ -83,11 +96,10 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
     """Describe the images of known places with `checkpoint` and write the index file `out`.
 
     Ids are positions in the image list (folder order or manifest order), so skipped images leave gaps.
+    Under torchrun the work is sharded over the processes (module doc); only rank 0 writes `out`, and
+    the other ranks return a BuiltMap with `index` None.
     """
-    from tscm.deploy.index import PlaceIndex
-    from tscm.deploy.onnx_export import calibration_subset
-    from tscm.deploy.recognizer import PlaceRecognizer, index_model_meta
-    from tscm.threads import limit_threads
+    import os
 
     params = dict(params or {})
     if not (isinstance(batch_size, int) and batch_size >= 1):
@@ -98,25 +110,195 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
         raise TscmError("--param needs a named --backend (auto chooses its own parameters)")
     if Path(out).is_dir():
         raise TscmError(f"--out {out}: is a folder; give the index file's name, e.g. {Path(out) / 'map.index'}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _build_sharded(checkpoint, images, out, backend=backend, params=params, runtime=runtime,
+                              batch_size=batch_size, threads=threads, on_bad_image=on_bad_image, report=report)
     paths, xy, description = image_list(images)
     (report or print)(f"indexing {description}")
-    calibration = calibration_subset(paths) if runtime == "onnx-int8" else []
-    with limit_threads(torch=threads):
-        recognizer = PlaceRecognizer.from_checkpoint(checkpoint, runtime=runtime, threads=threads,
-                                                     calibration_paths=calibration, batch_size=batch_size)
-        tic = time.perf_counter()
-        described = recognizer.describe(paths, on_bad_image=on_bad_image, progress=True,
-                                        report=report or (lambda line: print(line, file=sys.stderr)))
-        extract_s = time.perf_counter() - tic
+    recognizer, described, extract_s = _describe(checkpoint, paths, runtime=runtime, threads=threads,
+                                                 batch_size=batch_size, on_bad_image=on_bad_image, report=report,
+                                                 progress=True)
     if not described.kept:
         raise TscmError(f"{images}: none of the {len(paths)} images could be read")
-    kept = described.kept
+    return _write_index(checkpoint, recognizer.fingerprint, recognizer.meta, described.descriptors, described.kept,
+                        paths, xy, out, backend, params, described.skipped, extract_s)
+
+
+def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, report, progress,
+              calibration_paths=None):
+    """(recognizer, Described, seconds) for `paths` with the model of `checkpoint`."""
+    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.threads import limit_threads
+
+    if calibration_paths is None:
+        calibration_paths = calibration_subset(paths) if runtime == "onnx-int8" else []
+    with limit_threads(torch=threads):
+        recognizer = PlaceRecognizer.from_checkpoint(checkpoint, runtime=runtime, threads=threads,
+                                                     calibration_paths=calibration_paths, batch_size=batch_size)
+        tic = time.perf_counter()
+        described = recognizer.describe(paths, on_bad_image=on_bad_image, progress=progress,
+                                        report=report or (lambda line: print(line, file=sys.stderr)))
+        extract_s = time.perf_counter() - tic
+    return recognizer, described, extract_s
+
+
+def _write_index(checkpoint, fingerprint: str, meta: dict[str, Any], descriptors: np.ndarray, kept: list[int],
+                 paths: list[Path], xy: np.ndarray | None, out, backend: str, params: dict[str, Any],
+                 skipped: list[tuple[str, str]], extract_s: float, rank: int = 0, world_size: int = 1) -> BuiltMap:
+    from tscm.deploy.index import PlaceIndex
+    from tscm.deploy.recognizer import index_model_meta
+    from tscm.threads import limit_threads
+
     tic = time.perf_counter()
     with limit_threads(blas=1):  # PCA fitting: see tscm.threads
         index = PlaceIndex.build(
-            described.descriptors, kept, paths=[str(paths[i]) for i in kept], xy=None if xy is None else xy[kept],
-            backend=backend, model_fingerprint=recognizer.fingerprint,
-            model_meta=index_model_meta(recognizer.meta, checkpoint), **params)
+            descriptors, kept, paths=[str(paths[i]) for i in kept], xy=None if xy is None else xy[kept],
+            backend=backend, model_fingerprint=fingerprint, model_meta=index_model_meta(meta, checkpoint), **params)
     index.save(out)
-    return BuiltMap(index, recognizer.fingerprint, recognizer.meta.get("preset"), len(kept), described.skipped,
-                    extract_s, time.perf_counter() - tic, xy is not None)
+    return BuiltMap(index, fingerprint, meta.get("preset"), len(kept), skipped, extract_s,
+                    time.perf_counter() - tic, xy is not None, rank, world_size)
+
+
+def batch_shard(count: int, batch_size: int, rank: int, world_size: int) -> range:
+    """Rank `rank`'s contiguous share of `count` items, in whole batches of `batch_size` (the last may be short)."""
+    batches = -(-count // batch_size)
+    bounds = np.linspace(0, batches, world_size + 1).round().astype(int)
+    return range(min(int(bounds[rank]) * batch_size, count), min(int(bounds[rank + 1]) * batch_size, count))
+
+
+class _Group:
+    """The few collectives the sharded build needs, on fixed-size tensors over the default process group."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+
+    def gather_bytes(self, data: bytes) -> list[bytes]:
+        import torch
+        import torch.distributed as dist
+
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size)
+        longest = max(int(s.item()) for s in sizes)
+        padded = torch.zeros(max(longest, 1), dtype=torch.uint8)
+        if data:
+            padded[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        parts = [torch.zeros_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return [bytes(part[: int(n.item())].numpy().tobytes()) for part, n in zip(parts, sizes)]
+
+    def gather_rows(self, local: np.ndarray, sizes: list[int]) -> np.ndarray | None:
+        """On rank 0, every rank's rows (rank r holds sizes[r] rows of one width) in rank order; None elsewhere.
+
+        A gather, not an all-gather: only rank 0 ever holds the whole map.
+        """
+        import torch
+        import torch.distributed as dist
+
+        width = local.shape[1]
+        padded = torch.zeros((max(max(sizes), 1), width), dtype=torch.float32)
+        padded[: len(local)] = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32))
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)] if self.rank == 0 else None
+        dist.gather(padded, parts, dst=0)
+        if parts is None:
+            return None
+        return np.concatenate([part[:n].numpy() for part, n in zip(parts, sizes)], axis=0)
+
+    def max(self, value: float) -> float:
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return float(tensor.item())
+
+    def check(self, error: BaseException | None) -> None:
+        """Raise on every rank when any rank failed: its own error there, the first failure's message elsewhere."""
+        messages = [m.decode("utf-8") for m in self.gather_bytes(b"" if error is None else _message(error).encode("utf-8"))]
+        if error is not None:
+            raise error
+        failed = [(r, m) for r, m in enumerate(messages) if m]
+        if failed:
+            rank, message = failed[0]
+            raise TscmError(f"rank {rank} of {self.world_size} failed: {message}")
+
+
+def _message(error: BaseException) -> str:
+    return str(error) if isinstance(error, TscmError) else f"{type(error).__name__}: {error}"
+
+
+def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_size, threads, on_bad_image,
+                   report) -> BuiltMap:
+    """build_map under torchrun: each rank describes its share of whole batches, rank 0 merges and writes."""
+    import json
+
+    import torch.distributed as dist
+
+    from tscm.train.runtime import start_runtime, stop_runtime
+
+    owned = not dist.is_initialized()
+    runtime_info = start_runtime("cpu", "off")  # descriptors are made on the CPU; gloo carries the shares
+    group = _Group(runtime_info.rank, runtime_info.world_size)
+    rank, world = group.rank, group.world_size
+    say = report or print
+    try:
+        error: BaseException | None = None
+        try:
+            paths, xy, description = image_list(images)
+        except Exception as caught:  # every rank lists the same images, so they fail alike; still, agree
+            error = caught
+        group.check(error)
+        share = batch_shard(len(paths), batch_size, rank, world)
+        if rank == 0:
+            say(f"indexing {description}, sharded over {world} processes ({len(share)} images on rank 0)")
+        from tscm.deploy.onnx_export import calibration_subset
+
+        calibration = calibration_subset(paths) if runtime == "onnx-int8" else []  # every rank: the same int8 model
+        local = mask = recognizer = None
+        skipped: list[tuple[str, str]] = []
+        extract_s = 0.0
+        try:
+            recognizer, described, extract_s = _describe(
+                checkpoint, [paths[i] for i in share], runtime=runtime, threads=threads, batch_size=batch_size,
+                on_bad_image=on_bad_image, report=report, progress=rank == 0, calibration_paths=calibration)
+            local = np.zeros((len(share), recognizer.dim), dtype=np.float32)
+            mask = np.zeros((len(share), 1), dtype=np.float32)
+            if described.kept:
+                local[described.kept] = described.descriptors
+                mask[described.kept] = 1.0
+            skipped = described.skipped
+        except Exception as caught:
+            error = caught
+        group.check(error)
+        sizes = [len(batch_shard(len(paths), batch_size, r, world)) for r in range(world)]
+        descriptors = group.gather_rows(local, sizes)
+        gathered_mask = group.gather_rows(mask, sizes)
+        skipped_all = [tuple(item) for part in group.gather_bytes(json.dumps(skipped).encode("utf-8"))
+                       for item in json.loads(part.decode("utf-8"))]
+        fingerprints = {f.decode("utf-8") for f in group.gather_bytes(recognizer.fingerprint.encode("utf-8"))}
+        extract_s = group.max(extract_s)
+        built = None
+        if rank == 0:
+            try:
+                if len(fingerprints) != 1:
+                    raise TscmError(f"the ranks loaded different models ({', '.join(sorted(fingerprints))}); "
+                                    f"{checkpoint} must be the same file on every node")
+                kept = np.flatnonzero(gathered_mask[:, 0] > 0.5).tolist()
+                if not kept:
+                    raise TscmError(f"{images}: none of the {len(paths)} images could be read")
+                meta = recognizer.meta
+                built = _write_index(checkpoint, meta["fingerprint"], meta, descriptors[kept], kept, paths, xy, out,
+                                     backend, params, skipped_all, extract_s, rank, world)
+            except Exception as caught:
+                error = caught
+        group.check(error)
+        if built is None:
+            meta = recognizer.meta
+            built = BuiltMap(None, meta["fingerprint"], meta.get("preset"), int(mask.sum()), skipped_all,
+                             extract_s, 0.0, xy is not None, rank, world)
+        return built
+    finally:
+        if owned:
+            stop_runtime(runtime_info)

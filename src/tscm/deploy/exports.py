@@ -1,0 +1,317 @@
+"""Global descriptors in the files other tools read: hloc's HDF5 and pairs files, and plain .npy arrays.
+
+`export_descriptors(checkpoint, images, out)` describes an image set (a folder, searched
+recursively in sorted order, or a data-set file's database images) and writes:
+
+- `out` (HDF5, hloc's global-feature layout): one group per image, named by the image's path
+  relative to the image root with '/' separators (nested groups, as h5py makes them for such
+  names), holding dataset `global_descriptor` (D float32, L2-normalised) and `image_size`
+  ((width, height) int64 of the image as read). The root's attributes record the producer
+  (`tscm_format` = "tscm-global-descriptors", `tscm_format_version` = 1, `model_fingerprint`,
+  `preset`, `role`, `descriptor_dim`, `image_root`); hloc ignores them. With queries, their
+  groups go into the same file (hloc's `pairs_from_retrieval` then selects them by list or prefix).
+- `<out without suffix>.database.npy` (N×D float32, rows in image order) and `.database.txt` (the
+  N names, one per line), plus `.queries.npy` / `.queries.txt` when a separate query set is given:
+  the arrays VPR-methods-evaluation keeps as database and queries descriptors.
+- with `pairs`: hloc's `pairs-from-retrieval` text file, one `query_name db_name` line per pair
+  (space-separated, the query's top-k database images by exact L2 search, nearest first; no header).
+
+The image root (names are relative to it) is `root`, else the images' folder (a data-set file's
+folder), else, with a separate query set, the deepest folder holding both sets. Without
+`queries` (or with the same folder), pairs are retrieval within the one ordered sequence: an
+image is never paired with itself, and `exclude_recent=N` keeps only loop-closure candidates, the
+frames older than the N that came just before the query (frame i is paired with frames j < i − N,
+as `PlaceRecognizer.observe` searches).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tscm.errors import TscmError
+from tscm.fileio import atomic_path, write_text_atomic
+
+H5_FORMAT = "tscm-global-descriptors"
+H5_FORMAT_VERSION = 1
+DESCRIPTOR_KEY = "global_descriptor"
+SIZE_KEY = "image_size"
+SEARCH_CELLS = 1 << 25  # query rows × database rows per block of the exact search (128 MiB of float32)
+
+
+def require_h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise TscmError("writing hloc's HDF5 files needs h5py, which is not installed: pip install 'tscm[hloc]' "
+                        "(or pip install h5py)") from None
+    return h5py
+
+
+@dataclass
+class ImageSet:
+    """Images to describe, in order, with the folder their names are relative to by default."""
+
+    source: Path
+    paths: list[Path]
+    root: Path  # the folder, or a data-set file's folder
+    what: str
+
+
+def list_images(source: str | Path, role: str = "database") -> ImageSet:
+    """The images of a folder (recursive, sorted) or a data-set file's `role` images ("database" or "query")."""
+    path = Path(source)
+    if not path.exists():
+        raise TscmError(f"{path}: no such folder or file")
+    if path.is_dir():
+        from tscm.deploy.map_builder import IMAGE_SUFFIXES
+
+        paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise TscmError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder or below it")
+        return ImageSet(path, paths, path, f"{len(paths)} images in {path}")
+    from tscm.data.formats import is_placeholder_path, load_placeset
+
+    placeset = load_placeset(path)
+    paths = list(placeset.db_paths if role == "database" else placeset.query_paths)
+    if not paths:
+        raise TscmError(f"{path}: the data set lists no {role} images")
+    if any(is_placeholder_path(p) for p in paths):
+        raise TscmError(f"{path}: the data set does not name its images, so they cannot be described")
+    return ImageSet(path, [Path(p) for p in paths], path.parent, f"{len(paths)} {role} images of {path}")
+
+
+def image_names(paths: Sequence[Path], root: Path, *, for_pairs: bool = False) -> list[str]:
+    """hloc's names: each path relative to `root`, '/'-separated; an image outside `root` is an error."""
+    base = os.path.abspath(root)
+    names = []
+    for path in paths:
+        relative = os.path.relpath(os.path.abspath(path), base)
+        if relative == os.curdir or relative.split(os.sep)[0] == os.pardir or os.path.isabs(relative):
+            raise TscmError(f"{path}: lies outside the image root {root}; pass --root with a folder holding every image")
+        name = relative.replace(os.sep, "/")
+        if for_pairs and any(c.isspace() for c in name):
+            raise TscmError(f"{path}: its name {name!r} holds white space, which a pairs file cannot carry "
+                            "(hloc splits each line on white space); rename the image")
+        names.append(name)
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise TscmError(f"image names repeat within one set: {', '.join(repeated)}")
+    return names
+
+
+def retrieval_pairs(queries: np.ndarray, database: np.ndarray, k: int, *, same_sequence: bool = False,
+                    query_frames: np.ndarray | None = None, db_frames: np.ndarray | None = None,
+                    exclude_recent: int | None = None) -> list[tuple[int, int]]:
+    """(query row, database row) pairs: each query's `k` nearest database rows by exact squared L2, nearest first.
+
+    `same_sequence`: queries and database are one ordered sequence with frame numbers
+    `query_frames` / `db_frames` (default: row numbers); a frame is never its own pair, and with
+    `exclude_recent=N` only frames j < i − N are candidates for frame i. Ties go to the lower row.
+    """
+    if not (isinstance(k, int) and k >= 1):
+        raise TscmError(f"-k: expected a positive number of pairs per query, got {k!r}")
+    if exclude_recent is not None and not same_sequence:
+        raise TscmError("--exclude-recent applies when the queries and the database are the same ordered "
+                        "sequence (leave out --queries, or give the same folder)")
+    if exclude_recent is not None and not (isinstance(exclude_recent, int) and exclude_recent >= 0):
+        raise TscmError(f"--exclude-recent: expected a number of frames ≥ 0, got {exclude_recent!r}")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    database = np.ascontiguousarray(database, dtype=np.float32)
+    num_db = len(database)
+    if num_db == 0 or len(queries) == 0:
+        return []
+    q_frames = np.arange(len(queries)) if query_frames is None else np.asarray(query_frames)
+    d_frames = np.arange(num_db) if db_frames is None else np.asarray(db_frames)
+    db_norms = np.einsum("ij,ij->i", database, database, dtype=np.float64)
+    take = min(k, num_db)
+    pairs: list[tuple[int, int]] = []
+    block = max(1, SEARCH_CELLS // num_db)
+    for start in range(0, len(queries), block):
+        chunk = queries[start:start + block]
+        q_norms = np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64)
+        distances = q_norms[:, None] + db_norms[None, :] - 2.0 * (chunk @ database.T).astype(np.float64)
+        if same_sequence:
+            frames = q_frames[start:start + block, None]
+            if exclude_recent is None:
+                distances[frames == d_frames[None, :]] = np.inf
+            else:
+                distances[d_frames[None, :] >= frames - exclude_recent] = np.inf
+        if take < num_db:
+            partition = np.argpartition(distances, take - 1, axis=1)[:, :take]
+        for row in range(len(chunk)):
+            values = distances[row]
+            if take < num_db:
+                # every row strictly nearer than the k-th distance, then the lowest rows at that distance
+                boundary = values[partition[row]].max()
+                chosen = np.flatnonzero(values < boundary)
+                if np.isfinite(boundary):
+                    chosen = np.concatenate([chosen, np.flatnonzero(values == boundary)[: take - len(chosen)]])
+            else:
+                chosen = np.flatnonzero(np.isfinite(values))
+            kept = chosen[np.lexsort((chosen, values[chosen]))].tolist()
+            pairs += [(start + row, column) for column in kept]
+    return pairs
+
+
+def read_hloc_h5(path: str | Path, key: str = DESCRIPTOR_KEY) -> dict[str, np.ndarray]:
+    """{name: descriptor} of an hloc-layout HDF5 file, found as hloc does (every dataset's parent group)."""
+    h5py = require_h5py()
+    names: list[str] = []
+    with h5py.File(str(path), "r") as handle:
+        handle.visititems(lambda _, obj: names.append(obj.parent.name.strip("/")) if isinstance(obj, h5py.Dataset) else None)
+        return {name: handle[name][key][()] for name in dict.fromkeys(names)}
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return int(image.size[0]), int(image.size[1])
+
+
+def write_hloc_h5(path: str | Path, names: Sequence[str], descriptors: np.ndarray, sizes: Sequence[tuple[int, int]],
+                  attributes: dict[str, Any]) -> None:
+    """One group per name holding `global_descriptor` and `image_size`, written atomically."""
+    h5py = require_h5py()
+    with atomic_path(path) as tmp:
+        with h5py.File(str(tmp), "w") as handle:
+            for name, value in attributes.items():
+                handle.attrs[name] = value
+            for name, descriptor, size in zip(names, descriptors, sizes):
+                if name in handle:
+                    continue  # the same image in both sets: one group
+                group = handle.create_group(name)
+                group.create_dataset(DESCRIPTOR_KEY, data=np.asarray(descriptor, dtype=np.float32))
+                group.create_dataset(SIZE_KEY, data=np.asarray(size, dtype=np.int64))
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
+
+
+def sidecar(out: Path, role: str, suffix: str) -> Path:
+    """`<out without its suffix>.<role><suffix>`, e.g. feats.h5 → feats.database.npy."""
+    return out.with_suffix("").with_name(out.with_suffix("").name + f".{role}{suffix}")
+
+
+@dataclass
+class Exported:
+    h5: Path
+    root: Path
+    num_db: int
+    num_queries: int
+    dim: int
+    fingerprint: str
+    arrays: list[Path]
+    names: list[Path]
+    pairs: Path | None = None
+    num_pairs: int = 0
+    same_sequence: bool = True
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    extract_s: float = 0.0
+
+
+def _described(recognizer, images: ImageSet, on_bad_image: str, report) -> tuple[np.ndarray, np.ndarray, list]:
+    described = recognizer.describe(images.paths, on_bad_image=on_bad_image, progress=True, report=report)
+    if not described.kept:
+        raise TscmError(f"{images.source}: none of the {len(images.paths)} images could be read")
+    return described.descriptors, np.asarray(described.kept, dtype=np.int64), described.skipped
+
+
+def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Path, *, queries: str | Path | None = None,
+                       pairs: str | Path | None = None, k: int = 20, exclude_recent: int | None = None,
+                       root: str | Path | None = None, runtime: str = "torch", batch_size: int = 16,
+                       threads: int | None = None, on_bad_image: str = "fail",
+                       report: Callable[[str], None] | None = None) -> Exported:
+    """Describe `images` (and `queries`) with `checkpoint` and write the files of the module doc."""
+    import sys
+
+    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.threads import limit_threads
+
+    require_h5py()
+    out = Path(out)
+    if out.is_dir():
+        raise TscmError(f"--out {out}: is a folder; give the HDF5 file's name, e.g. {out / 'global-feats.h5'}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise TscmError(f"--batch-size: expected a positive integer, got {batch_size!r}")
+    if threads is not None and threads < 1:
+        raise TscmError(f"--threads: expected a number of threads ≥ 1, got {threads}")
+    if not (isinstance(k, int) and k >= 1):
+        raise TscmError(f"-k: expected a positive number of pairs per query, got {k!r}")
+    if exclude_recent is not None and pairs is None:
+        raise TscmError("--exclude-recent shapes the pairs file; give --pairs PAIRS.txt too")
+    say = report or (lambda line: print(line, file=sys.stderr))
+    database = list_images(images, "database")
+    same = queries is None or (Path(queries).is_dir() and os.path.abspath(queries) == os.path.abspath(images))
+    query_set = None if same else list_images(queries, "query")
+    if exclude_recent is not None and not same:
+        raise TscmError("--exclude-recent applies when the queries and the database are the same ordered sequence "
+                        "(leave out --queries, or give the same folder)")
+    if root is not None:
+        base = Path(root)
+        if not base.is_dir():
+            raise TscmError(f"--root {root}: no such folder")
+    elif query_set is None:
+        base = database.root
+    else:
+        base = Path(os.path.commonpath([os.path.abspath(database.root), os.path.abspath(query_set.root)]))
+    for_pairs = pairs is not None
+    db_names_all = image_names(database.paths, base, for_pairs=for_pairs)
+    q_names_all = image_names(query_set.paths, base, for_pairs=for_pairs) if query_set else None
+    say(f"describing {database.what}" + (f" and {query_set.what}" if query_set else "") + f"; names relative to {base}")
+    calibration = calibration_subset(database.paths) if runtime == "onnx-int8" else []
+    with limit_threads(torch=threads):
+        recognizer = PlaceRecognizer.from_checkpoint(checkpoint, runtime=runtime, threads=threads,
+                                                     calibration_paths=calibration, batch_size=batch_size)
+        tic = time.perf_counter()
+        db_desc, db_kept, skipped = _described(recognizer, database, on_bad_image, say)
+        if query_set is not None:
+            q_desc, q_kept, q_skipped = _described(recognizer, query_set, on_bad_image, say)
+            skipped = skipped + q_skipped
+        extract_s = time.perf_counter() - tic
+    meta = recognizer.meta
+    db_names = [db_names_all[i] for i in db_kept]
+    names = list(db_names)
+    descriptors = [db_desc]
+    sizes = [_image_size(database.paths[i]) for i in db_kept]
+    if query_set is not None:
+        q_names = [q_names_all[i] for i in q_kept]
+        names += q_names
+        descriptors.append(q_desc)
+        sizes += [_image_size(query_set.paths[i]) for i in q_kept]
+    attributes = {"tscm_format": H5_FORMAT, "tscm_format_version": H5_FORMAT_VERSION,
+                  "model_fingerprint": meta["fingerprint"], "preset": str(meta.get("preset")),
+                  "role": str(meta.get("role")), "descriptor_dim": int(meta["descriptor_dim"]),
+                  "image_root": os.path.abspath(base)}
+    write_hloc_h5(out, names, np.concatenate(descriptors), sizes, attributes)
+    arrays, name_files = [sidecar(out, "database", ".npy")], [sidecar(out, "database", ".txt")]
+    write_npy(arrays[0], db_desc)
+    write_text_atomic(name_files[0], "".join(f"{name}\n" for name in db_names))
+    if query_set is not None:
+        arrays.append(sidecar(out, "queries", ".npy"))
+        name_files.append(sidecar(out, "queries", ".txt"))
+        write_npy(arrays[1], q_desc)
+        write_text_atomic(name_files[1], "".join(f"{name}\n" for name in q_names))
+    exported = Exported(out, base, len(db_names), len(db_names) if query_set is None else len(q_names),
+                        int(db_desc.shape[1]), meta["fingerprint"], arrays, name_files, same_sequence=same,
+                        skipped=skipped, extract_s=extract_s)
+    if pairs is not None:
+        if query_set is None:
+            found = retrieval_pairs(db_desc, db_desc, k, same_sequence=True, query_frames=db_kept, db_frames=db_kept,
+                                    exclude_recent=exclude_recent)
+            lines = [f"{db_names[q]} {db_names[d]}" for q, d in found]
+        else:
+            found = retrieval_pairs(q_desc, db_desc, k)
+            lines = [f"{q_names[q]} {db_names[d]}" for q, d in found]
+        write_text_atomic(pairs, "".join(f"{line}\n" for line in lines))
+        exported.pairs, exported.num_pairs = Path(pairs), len(lines)
+    return exported

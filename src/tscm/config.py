@@ -287,13 +287,36 @@ def shipped_presets() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def yaml_problem(error: Exception) -> str:
+    """A YAML error in one line: where (line, column) and what, without PyYAML's multi-line excerpt."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    text = f"{where}{problem}" + (f" ({context})" if context else "")
+    if "python/" in str(error):  # a !!python/... tag: refused by the safe loader, never constructed
+        text += "; tags that build Python objects are never allowed"
+    return " ".join(text.split())
+
+
+def read_yaml_text(path: Path) -> str:
+    """The text of a YAML file; TscmError naming the file when it is unreadable or not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise TscmError(f"{path} line {line} (byte {error.start}): not UTF-8 text (byte 0x{data[error.start]:02x}); "
+                        "save the file as UTF-8") from None
+
+
 def preset_text(name_or_path: str) -> tuple[str, str]:
     """The YAML text of a shipped preset (by name) or of a file (by path), with where it came from."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise TscmError(f"config {name_or_path}: no such file")
-        return path.read_text(encoding="utf-8"), str(path)
+        return read_yaml_text(path), str(path)
     resource = resources.files("tscm") / "configs" / f"{name_or_path}.yaml"
     if not resource.is_file():
         raise TscmError(
@@ -314,7 +337,7 @@ def load_config(
         try:
             mapping = yaml.safe_load(text) or {}
         except yaml.YAMLError as error:
-            raise TscmError(f"{where}: not valid YAML: {error}") from None
+            raise TscmError(f"{where}: not valid YAML: {yaml_problem(error)}") from None
         apply_mapping(config, mapping, where)
     for item in overrides:
         key, value = parse_override(item)

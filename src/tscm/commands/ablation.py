@@ -26,5 +26,13 @@ def run(args: argparse.Namespace) -> int:
     from tscm.commands.run_options import options_from_args
     from tscm.experiments.ablation import run_ablation
 
-    run_ablation(options_from_args(args, NAME), args.rows, Path(args.teacher) if args.teacher else None)
+    options = options_from_args(args, NAME)
+    if args.teacher:
+        from tscm.errors import TscmError
+        from tscm.models.checkpoint import read_metadata
+
+        meta = read_metadata(args.teacher)
+        if meta.get("role") != "teacher":
+            raise TscmError(f"--teacher {args.teacher}: holds a {meta.get('role')} model, expected a teacher")
+    run_ablation(options, args.rows, Path(args.teacher) if args.teacher else None)
     return 0

@@ -40,9 +40,22 @@ def options_from_args(args: argparse.Namespace, kind: str):
                                ("--threads", args.threads, 0), ("--batch-size", args.batch_size, 1)):
         if value is not None and value < least:
             raise TscmError(f"{flag}: expected an integer ≥ {least}, got {value}")
-    from tscm.config import check_device
+    from tscm.config import TrainConfig, check_device, load_config, parse_override, set_value
 
     check_device(args.device)
+    # Everything the runs will use is checked now, before the run folder exists: a mistake found after
+    # minutes of training (or in a folder a second try may not reuse) helps nobody.
+    for item in args.overrides:
+        key, value = parse_override(item)
+        set_value(TrainConfig(), key, value, f"--set {item!r}")
+    for flag, preset, role in (("--teacher-config", args.teacher_config, "teacher"),
+                               ("--student-config", args.student_config, "student")):
+        if preset is not None:
+            try:
+                load_config(preset, kind=role)
+            except TscmError as error:
+                raise TscmError(f"{flag} {preset}: {error}") from None
+    _check_data(args.data)
     seeds = tuple(dict.fromkeys(args.seeds)) if args.seeds else ((0,) if args.quick else (0, 1, 2))
     return RunOptions(
         out=Path(args.out) if args.out else default_run_dir(kind), data=args.data, name=args.name,
@@ -51,3 +64,20 @@ def options_from_args(args: argparse.Namespace, kind: str):
         progress=not args.no_progress, teacher_config=args.teacher_config, student_config=args.student_config,
         overrides=list(args.overrides),
     )
+
+
+def _check_data(data: str) -> None:
+    """A data set that exists, or a known synthetic preset (generated later, on first use)."""
+    from pathlib import Path
+
+    from tscm.data.synthetic import SYNTHETIC_PREFIX, is_synthetic_spec
+    from tscm.errors import TscmError
+
+    if is_synthetic_spec(data):
+        from tscm.data.synthetic.city import PRESETS
+
+        preset = data[len(SYNTHETIC_PREFIX):] or "demo"
+        if preset not in PRESETS:
+            raise TscmError(f"--data {data}: unknown synthetic preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    elif not data or not Path(data).exists():
+        raise TscmError(f"--data {data!r}: no such file or folder (or use synthetic:<preset>, e.g. synthetic:demo)")

@@ -40,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tscm.data.synthetic.city import generate_synthetic_city, resolve_config
+    from tscm.errors import TscmError
 
+    if args.workers is not None and args.workers < 1:
+        raise TscmError(f"--workers: expected a number of rendering processes ≥ 1, got {args.workers}")
     knob_names = ("image_size", "streets_train", "streets_val", "streets_test", "street_length_m", "db_spacing_m",
                   "db_headings", "query_spacing_m", "query_headings", "difficulty", "supersample", "jpeg_quality")
     config = resolve_config(args.preset, **{name: getattr(args, name) for name in knob_names})

@@ -55,8 +55,15 @@ def print_result(result) -> None:
         return
     metrics = result.metrics
     if metrics.get("stopped") == "stop_after_steps":
-        print(f"stopped after {metrics['steps']} steps (train.stop_after_steps); continue with --resume {result.run_dir} "
-              "--set train.stop_after_steps=0 (without it the run stops again at once)")
+        from tscm.train.checkpoints import RunCheckpoints
+
+        if RunCheckpoints(result.run_dir, save_model=None).has_state():
+            print(f"stopped after {metrics['steps']} steps (train.stop_after_steps); continue with --resume "
+                  f"{result.run_dir} --set train.stop_after_steps=0 (without it the run stops again at once)")
+        else:
+            print(f"stopped after {metrics['steps']} steps (train.stop_after_steps), before the first checkpoint "
+                  "(train.checkpoint_every_steps): there is nothing to resume; start the run again under the same "
+                  f"name ({result.run_dir}) without train.stop_after_steps")
         return
     untrained = (metrics.get("untrained_val_recall") or {}).get("1")
     best = metrics.get("best_val_recall_at_1")

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from tscm.data.formats import load_placeset
     from tscm.errors import TscmError
     from tscm.experiments.plots import draw_run_pictures
-    from tscm.experiments.report import load_descriptors, read_results
+    from tscm.experiments.report import descriptor_path, load_descriptors, read_results
 
     results = read_results(args.run)
     dataset = results["dataset"]
@@ -35,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
     descriptors = {}
     for model in results["models"]:
         if model.get("descriptors"):
-            descriptors[model["name"]] = load_descriptors(args.run, model["name"])
+            db, queries = load_descriptors(args.run, model["name"])
+            if db.ndim != 2 or queries.ndim != 2 or (len(db), len(queries)) != (placeset.num_db, placeset.num_queries):
+                raise TscmError(
+                    f"{descriptor_path(args.run, model['name'])}: descriptors of shapes {db.shape} and {queries.shape}, "
+                    f"but {data_path} ({split}) has {placeset.num_db} database images and {placeset.num_queries} queries"
+                )
+            descriptors[model["name"]] = (db, queries)
     if not descriptors:
         print(f"{args.run}: no saved descriptors; only the Recall@N curves can be drawn")
     report = draw_run_pictures(args.run, results, placeset, descriptors)

@@ -28,6 +28,8 @@ def image_problem(path: Path) -> str | None:
     from tscm.data.images import MIN_USEFUL_SIDE, load_rgb
     from tscm.errors import TscmError
 
+    if path.is_dir():
+        return "unreadable: a folder, not an image"
     if not path.is_file():
         return "missing"
     try:

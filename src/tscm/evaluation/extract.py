@@ -83,12 +83,14 @@ def describe_images(
     on_bad_image: str = "fail",
     progress: bool = False,
     report: Callable[[str], None] | None = None,
+    bad_image_hint: str = " (skip unreadable images with --on-bad-image skip)",
 ) -> Described:
     """Descriptors (float32, in input order) of `images` from `model` (already on `device`).
 
     The model runs in eval mode without gradients; its train/eval mode is restored afterwards.
     `on_bad_image="skip"` leaves unreadable images out (listed in `skipped`, each reported once
-    through `report`); "fail" raises TscmError naming the image.
+    through `report`); "fail" raises TscmError naming the image, followed by `bad_image_hint` (the
+    advice of the commands that have --on-bad-image; "" where there is no such option).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -120,7 +122,7 @@ def describe_images(
                         positions.append(position)
                         continue
                     if on_bad_image == "fail":
-                        raise TscmError(f"{problem} (skip unreadable images with --on-bad-image skip)")
+                        raise TscmError(f"{problem}{bad_image_hint}")
                     from tscm.data.images import image_label
 
                     skipped.append((image_label(images[position]), problem))
@@ -145,6 +147,7 @@ def describe_images(
 
 def extract_descriptors(model, paths: Sequence[Any], spec: InputSpec, **options: Any) -> np.ndarray:
     """float32 N×D descriptors of every image at `paths`, in order (an unreadable image is an error)."""
+    options.setdefault("bad_image_hint", "")  # callers (evaluate, training) have no --on-bad-image to advise
     return describe_images(model, paths, spec, on_bad_image="fail", **options).descriptors
 
 

@@ -98,6 +98,11 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
         raise TscmError("--save-descriptors needs --checkpoint (with --descriptors they are already saved)")
     if not (isinstance(sequence, int) and sequence >= 1):
         raise TscmError(f"--sequence: expected a number of queries ≥ 1, got {sequence!r}")
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise TscmError(f"--batch-size: expected a number of images ≥ 1, got {batch_size!r}")
+    if not (isinstance(num_workers, int) and num_workers >= 0):
+        raise TscmError(f"--num-workers: expected a number of processes ≥ 0 (0: load in this process), got {num_workers!r}")
+    ns = check_ns(ns)
     from tscm.config import check_device
 
     check_device(device)
@@ -109,14 +114,25 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
         from tscm.evaluation.extract import InputSpec, describe_placeset
         from tscm.models.checkpoint import load_checkpoint
 
-        model, meta = load_checkpoint(checkpoint)
-        model.to(device)
+        if Path(checkpoint).suffix.lower() == ".onnx":  # an exported model runs in ONNX Runtime, on the CPU
+            if device != "cpu":
+                raise TscmError(f"--device {device}: an exported .onnx model runs on the CPU (ONNX Runtime); drop --device")
+            from tscm.deploy.runtimes import make_extractor
+
+            model, meta = make_extractor(checkpoint, "onnx")
+        else:
+            model, meta = load_checkpoint(checkpoint)
+            model.to(device)
         db, queries = describe_placeset(model, InputSpec.of(meta), placeset, batch_size=batch_size, device=device,
                                         num_workers=num_workers, progress=True)
         if save_descriptors:
             save_descriptor_file(save_descriptors, db, queries)
     else:
         db, queries = load_descriptor_file(descriptors)
+        try:
+            db, queries = check_descriptors(placeset, db, queries)
+        except TscmError as error:  # name the file the arrays came from
+            raise TscmError(f"{descriptors}: {error}") from None
     if sequence > 1:
         result = evaluate_sequences(placeset, db, queries, sequence, radius, ns)
     else:

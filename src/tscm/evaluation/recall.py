@@ -158,6 +158,10 @@ def evaluate_ranking(placeset: PlaceSet, ranking: Ranking, radius: float | None 
         radius = default_radius(placeset.unit)
     radius = placeset.check_radius(radius)
     positives = placeset.positives(radius)
+    if positives and not any(len(p) for p in positives):
+        within = "no listed match" if placeset.unit == "explicit" else f"no database image within {placeset.radius_text(radius)}"
+        raise TscmError(f"{placeset.name}/{placeset.split}: every query has {within}, so Recall@N is undefined "
+                        "(check the radius, its unit and the coordinates)")
     counts = recall_from_ranking(ranking.indices, positives, ns)
     pr = pr_summary(pr_from_ranking(ranking.top1_distance, ranking.top1, positives))
     return EvalResult(

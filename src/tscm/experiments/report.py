@@ -17,6 +17,7 @@ import json
 import math
 import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -269,7 +270,42 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise TscmError(f"{path}: not readable JSON ({error})") from error
-    return check_header(results, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, str(path), ("dataset", "models"))
+    check_header(results, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, str(path), ("dataset", "models"))
+    check_results_fields(results, str(path))
+    return results
+
+
+# What the readers of results.json (visualize, the reports) use; an edited or partial file is refused naming the field.
+_DATASET_FIELDS = {"path": str, "name": str, "split": str, "num_db": int, "num_queries": int, "num_queries_evaluated": int}
+
+
+def check_results_fields(results: Mapping[str, Any], where: str) -> None:
+    """The fields of results.json that readers rely on exist with the right types; else TscmError naming the field."""
+    dataset = results["dataset"]
+    if not isinstance(dataset, dict):
+        raise TscmError(f"{where}: field 'dataset' must be a JSON object, got {type(dataset).__name__}")
+    for name, kind in _DATASET_FIELDS.items():
+        value = dataset.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TscmError(f"{where}: field 'dataset.{name}' must be {'a string' if kind is str else 'an integer'}, "
+                            f"got {value!r}")
+    unit = dataset.get("unit", "m")
+    if unit not in ("m", "frame", "explicit"):
+        raise TscmError(f"{where}: field 'dataset.unit' must be m, frame or explicit, got {unit!r}")
+    radius = dataset.get("radius")
+    if unit != "explicit" and not (isinstance(radius, (int, float)) and not isinstance(radius, bool)
+                                   and math.isfinite(radius) and radius >= 0):
+        raise TscmError(f"{where}: field 'dataset.radius' must be a finite distance ≥ 0, got {radius!r}")
+    models = results["models"]
+    if not isinstance(models, list):
+        raise TscmError(f"{where}: field 'models' must be a list, got {type(models).__name__}")
+    for position, model in enumerate(models):
+        if not isinstance(model, dict):
+            raise TscmError(f"{where}: models[{position}] must be a JSON object, got {type(model).__name__}")
+        if not isinstance(model.get("name"), str) or not _SAFE_NAME.match(model["name"]):
+            raise TscmError(f"{where}: models[{position}].name must be a plain model name, got {model.get('name')!r}")
+        if model.get("role") not in ROLES:
+            raise TscmError(f"{where}: models[{position}].role must be one of {', '.join(ROLES)}, got {model.get('role')!r}")
 
 
 def descriptor_path(run_dir: str | Path, name: str) -> Path:
@@ -303,7 +339,7 @@ def load_descriptors(run_dir: str | Path, name: str) -> tuple[np.ndarray, np.nda
             if missing:
                 raise TscmError(f"{path}: missing arrays {', '.join(sorted(missing))} (expected 'db' and 'queries')")
             return arrays["db"].astype(np.float32), arrays["queries"].astype(np.float32)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise TscmError(f"{path}: not a readable descriptor .npz ({error})") from error
 
 

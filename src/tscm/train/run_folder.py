@@ -8,11 +8,11 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import yaml
 
-from tscm.config import TrainConfig, apply_mapping, parse_override, set_value, validate
+from tscm.config import TrainConfig, apply_mapping, parse_override, read_yaml_text, set_value, validate, yaml_problem
 from tscm.errors import TscmError
 from tscm.fileio import write_text_atomic
 from tscm.train.runtime import Runtime
@@ -28,15 +28,20 @@ def current_command_line() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def create_run_dir(config: TrainConfig, runtime: Runtime, command_line: str) -> Path:
+def new_run_dir_path(config: TrainConfig, runtime: Runtime) -> Path:
+    """Where a new run of `config` lives: run.output_dir / run.name (default: <kind>-<date>-<time>)."""
+    name = config.run.name or f"{config.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = runtime.broadcast_text(name)
+    return Path(config.run.output_dir) / name
+
+
+def create_run_dir(config: TrainConfig, runtime: Runtime, command_line: str, run_dir: Path | None = None) -> Path:
     """A new run folder holding config.yaml and command.txt (written by rank 0).
 
     An existing folder is refused unless it only holds what a run that never reached its first
-    checkpoint leaves behind (then it is started again).
+    checkpoint leaves behind (then it is started again). `open_run_dir` calls this under the run lock.
     """
-    name = config.run.name or f"{config.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name = runtime.broadcast_text(name)
-    run_dir = Path(config.run.output_dir) / name
+    run_dir = new_run_dir_path(config, runtime) if run_dir is None else Path(run_dir)
     if runtime.is_main:
         if run_dir.exists() and not run_dir.is_dir():
             raise TscmError(f"run folder {run_dir} exists and is a file; pick another run.name")
@@ -54,6 +59,36 @@ def create_run_dir(config: TrainConfig, runtime: Runtime, command_line: str) -> 
     return run_dir
 
 
+@contextlib.contextmanager
+def open_run_dir(config: TrainConfig, runtime: Runtime, command_line: str, resume: str | Path | None = None,
+                 before_write: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """The run folder (new, or `resume`'s), locked for this process while the block runs.
+
+    The lock is taken before anything in the folder is touched, so a second process (a second
+    `--resume`, or a start under the name of a run still before its first checkpoint) is refused
+    and changes nothing; `before_write(run_dir)` runs under the lock before config.yaml and
+    command.txt are written (the checks of a resume).
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise TscmError(f"--resume {run_dir}: not a run folder (no {CONFIG_FILE})")
+    else:
+        run_dir = new_run_dir_path(config, runtime)
+        if runtime.is_main:
+            if run_dir.exists() and not run_dir.is_dir():
+                raise TscmError(f"run folder {run_dir} exists and is a file; pick another run.name")
+            run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, runtime):
+        if before_write is not None:
+            before_write(run_dir)
+        if resume is not None:
+            reopen_run_dir(run_dir, config, runtime, command_line)
+        else:
+            create_run_dir(config, runtime, command_line, run_dir)
+        yield run_dir
+
+
 def record_command(run_dir: Path, command_line: str) -> None:
     """Append the command line to command.txt (every start and resume of the run)."""
     path = run_dir / COMMAND_FILE
@@ -68,9 +103,9 @@ def load_run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> Train
     if not path.is_file():
         raise TscmError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
     try:
-        mapping = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise TscmError(f"{path}: not valid YAML: {error}") from None
+        mapping = yaml.safe_load(read_yaml_text(path)) or {}
+    except yaml.YAMLError as error:
+        raise TscmError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
     config = TrainConfig()
     apply_mapping(config, mapping, str(path))
     for item in overrides:

@@ -18,7 +18,7 @@ from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.evaluation.extract import InputSpec
 from tscm.threads import limit_threads
-from tscm.train.run_folder import create_run_dir, current_command_line, load_run_config, reopen_run_dir, run_lock
+from tscm.train.run_folder import current_command_line, load_run_config, open_run_dir
 from tscm.train.runtime import Runtime, seed_everything, start_runtime, stop_runtime
 from tscm.train.trainer import RunResult, Trainer, TrainingJob
 
@@ -41,8 +41,8 @@ def build_loss_for(config: TrainConfig) -> nn.Module:
 
 def pretrained_backbones(config: TrainConfig) -> bool | set[str]:
     """What `build_model(pretrained=...)` gets: False, or the backbones that start from ImageNet weights."""
-    if not config.model.pretrained:
-        return False
+    if not config.model.pretrained or config.model.backbone_weights:
+        return False  # a local weights file replaces the download
     return {"cnn", "vit"} if config.model.pretrained_vit else {"cnn"}
 
 
@@ -104,17 +104,19 @@ def _run(config: TrainConfig, teacher_checkpoint: str | Path | None, resume: str
                 raise TscmError(
                     f"config: model.preset={config.model.preset} builds a {model.role}, but this is a {config.kind} run"
                 )
-            run_dir = (reopen_run_dir(resume, config, runtime, command_line) if resume is not None
-                       else create_run_dir(config, runtime, command_line))
 
             def save_model(path: Path, trained: nn.Module, extra: dict) -> None:
                 save_checkpoint(path, trained, trained.config, extra=extra, teacher_fingerprint=teacher_fp)
 
-            job = TrainingJob(config=config, runtime=runtime, run_dir=run_dir, model=model,
-                              spec=InputSpec.of(model.config), save_model=save_model, loss=loss, train_set=train_set,
-                              val_set=val_set, teacher=teacher, teacher_spec=teacher_spec,
-                              teacher_fingerprint=teacher_fp, resume_from=Path(resume) if resume is not None else None)
-            with run_lock(run_dir, runtime):
+            def check_resumable(run_dir: Path) -> None:
+                if resume is not None:  # every rank: they read the same files, and all stop on a refusal
+                    check_resume(run_dir, config, teacher_fp)
+
+            with open_run_dir(config, runtime, command_line, resume, check_resumable) as run_dir:
+                job = TrainingJob(config=config, runtime=runtime, run_dir=run_dir, model=model,
+                                  spec=InputSpec.of(model.config), save_model=save_model, loss=loss, train_set=train_set,
+                                  val_set=val_set, teacher=teacher, teacher_spec=teacher_spec,
+                                  teacher_fingerprint=teacher_fp, resume_from=Path(resume) if resume is not None else None)
                 trainer = Trainer(job)
                 if config.kind == "student" and config.distill.time_steps and resume is None:
                     from tscm.train.step_timing import time_distillation_steps
@@ -125,6 +127,26 @@ def _run(config: TrainConfig, teacher_checkpoint: str | Path | None, resume: str
             return result
     finally:
         stop_runtime(runtime)
+
+
+def check_resume(run_dir: Path, config: TrainConfig, teacher_fingerprint: str | None) -> None:
+    """Refuse a resume that cannot continue (no intact checkpoint, another kind, a replaced teacher)
+    before the run folder is touched; the trainer repeats these checks when it restores."""
+    from tscm.train.checkpoints import RunCheckpoints
+    from tscm.train.trainer import TRAINING_STATE_FORMAT
+
+    folder, _, state = RunCheckpoints(run_dir, save_model=None).load_last(lambda text: None)
+    if state.get("format") != TRAINING_STATE_FORMAT:
+        raise TscmError(f"{folder}: training state format {state.get('format')!r}; this tscm resumes format "
+                        f"{TRAINING_STATE_FORMAT} (start the run again)")
+    if state.get("kind") != config.kind:
+        raise TscmError(f"--resume {run_dir}: a {state.get('kind')} run cannot be resumed as a {config.kind} run")
+    if state.get("teacher_fingerprint") != teacher_fingerprint:
+        raise TscmError(
+            f"--resume {run_dir}: the teacher {config.distill.teacher_checkpoint or '(none)'} has fingerprint "
+            f"{teacher_fingerprint}, but this run was trained from {state.get('teacher_fingerprint')}; "
+            "the teacher folder was replaced: restore it, or start a new run"
+        )
 
 
 def train_teacher(config: TrainConfig, *, resume: str | Path | None = None, command_line: str | None = None) -> RunResult:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tscm.data.places import PlaceSet
+from tscm.data.places import MAX_COORDINATE, PlaceSet
 from tscm.errors import TscmError
 
 REQUIRED_COLUMNS = ("path", "role")
@@ -68,6 +68,9 @@ def _number(text: str, csv_path: Path, line: int, column: str, unit: str) -> flo
         raise TscmError(f"{csv_path} line {line}: column '{column}': expected a number in {unit}, got {text!r}") from None
     if not math.isfinite(value):
         raise TscmError(f"{csv_path} line {line}: column '{column}': expected a finite number, got {text!r}")
+    if column in METRIC_COLUMNS and abs(value) > MAX_COORDINATE:
+        raise TscmError(f"{csv_path} line {line}: column '{column}': a coordinate of {value:g} metres is out of range "
+                        f"(expected |value| ≤ {MAX_COORDINATE:g})")
     return value
 
 

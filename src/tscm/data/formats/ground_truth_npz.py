@@ -66,15 +66,14 @@ def read_ground_truth_npz(npz_path: str | Path, split: str = "test") -> PlaceSet
     if missing:
         raise TscmError(f"{npz_path}: missing key(s) {missing}; found {sorted(contents)}")
     threshold = contents["posDistThr"]
-    if threshold.dtype.kind not in "fiu" or threshold.size != 1 or not float(threshold.reshape(-1)[0]) > 0:
-        raise TscmError(f"{npz_path}: 'posDistThr' must be one positive number of metres")
+    if threshold.dtype.kind not in "fiu" or threshold.size != 1 or not 0 < float(threshold.reshape(-1)[0]) < float("inf"):
+        raise TscmError(f"{npz_path}: 'posDistThr' must be one positive finite number of metres")
     db_xy = _coordinates(contents["utmDb"], npz_path, "utmDb")
     query_xy = _coordinates(contents["utmQ"], npz_path, "utmQ")
-    return PlaceSet(
-        name=npz_path.stem,
-        split=split,
-        db_paths=_paths(contents, "dbImageFns", len(db_xy), npz_path, "database"),
-        query_paths=_paths(contents, "qImageFns", len(query_xy), npz_path, "query"),
-        db_xy=db_xy,
-        query_xy=query_xy,
-    )
+    db_paths = _paths(contents, "dbImageFns", len(db_xy), npz_path, "database")
+    query_paths = _paths(contents, "qImageFns", len(query_xy), npz_path, "query")
+    try:
+        return PlaceSet(name=npz_path.stem, split=split, db_paths=db_paths, query_paths=query_paths,
+                        db_xy=db_xy, query_xy=query_xy)
+    except TscmError as error:  # name the file, not only the set (e.g. a NaN coordinate)
+        raise TscmError(f"{npz_path}: {error}") from None

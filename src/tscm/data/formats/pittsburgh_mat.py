@@ -155,13 +155,16 @@ def read_pittsburgh_mat(mat_path: str | Path) -> PlaceSet:
     root = dataset_root(mat_path)
     query_folder = next((root / f for f in QUERY_FOLDERS if (root / f).is_dir()), root / QUERY_FOLDERS[0])
     name = mat_path.stem.rsplit("_", 1)[0] if "_" in mat_path.stem else mat_path.stem
-    return PlaceSet(
-        name=name,
-        split=split,
-        db_paths=[root / "database" / p for p in db_names],
-        query_paths=[query_folder / p for p in query_names],
-        db_xy=db_xy,
-        query_xy=query_xy,
-        db_heading=_headings(db_names),
-        query_heading=_headings(query_names),
-    )
+    try:
+        return PlaceSet(
+            name=name,
+            split=split,
+            db_paths=[root / "database" / p for p in db_names],
+            query_paths=[query_folder / p for p in query_names],
+            db_xy=db_xy,
+            query_xy=query_xy,
+            db_heading=_headings(db_names),
+            query_heading=_headings(query_names),
+        )
+    except TscmError as error:  # name the file, not only the set (e.g. a coordinate of 1e308)
+        raise TscmError(f"{mat_path}: {error}") from None

@@ -1,0 +1,87 @@
+"""Fixtures of the reliability suite: one tiny city, tiny checkpoints, a small data set and index,
+two short training runs; all made once per session and copied by the tests that damage them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tscm import cli
+
+from helpers.model_files import write_checkpoint
+from helpers.placeset_files import write_pittsburgh
+from reliability.support import training_args
+
+
+@pytest.fixture
+def marker(tmp_path) -> Path:
+    """Where a pickle payload would leave its trace; the test fails if it exists afterwards."""
+    path = tmp_path / "PAYLOAD-RAN"
+    yield path
+    assert not path.exists(), "a pickle payload was executed"
+
+
+@pytest.fixture(scope="session")
+def city(tmp_path_factory) -> Path:
+    """The tiny synthetic city (48 database images and 24 queries per split, 64 px)."""
+    from tscm.data.synthetic.city import ensure_synthetic_city
+
+    return ensure_synthetic_city("tiny", seed=0, cache_dir=tmp_path_factory.mktemp("city"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_root(tmp_path_factory) -> Path:
+    """A seven-image Pittsburgh-layout set (4 database images, 3 queries; splits test and val with the same
+    images); never damaged."""
+    root = tmp_path_factory.mktemp("small") / "small"
+    write_pittsburgh(root)
+    write_pittsburgh(root, split="val", with_images=False)
+    return root
+
+
+@pytest.fixture
+def small(small_root, tmp_path) -> Path:
+    """A private copy of the small set; returns its structure file (root/datasets/pitts30k_test.mat)."""
+    root = tmp_path / "small"
+    shutil.copytree(small_root, root)
+    return root / "datasets" / "pitts30k_test.mat"
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Untrained tiny checkpoints: two students with different weights and a teacher."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "student": write_checkpoint(folder / "student", "student-tiny", 0),
+        "student_other": write_checkpoint(folder / "student_other", "student-tiny", 1),
+        "teacher": write_checkpoint(folder / "teacher", "teacher-tiny", 0),
+    }
+
+
+@pytest.fixture
+def student(checkpoints, tmp_path) -> Path:
+    """A private copy of the student checkpoint (safe to damage)."""
+    copy = tmp_path / "student_copy"
+    shutil.copytree(checkpoints["student"], copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def index_file(tmp_path_factory, small_root, checkpoints) -> Path:
+    """An index of the small set's database, built with the student; copy it before damaging it."""
+    out = tmp_path_factory.mktemp("index") / "map.idx"
+    assert cli.main(["index", "build", "--checkpoint", str(checkpoints["student"]),
+                     "--images", str(small_root / "datasets" / "pitts30k_test.mat"), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, city) -> dict[str, Path]:
+    """A finished tiny teacher run (checkpointed every step, so it keeps last.prev/) and a student run
+    distilled from its best checkpoint."""
+    out = tmp_path_factory.mktemp("runs")
+    assert cli.main(training_args("train-teacher", city, out, "teacher", "train.checkpoint_every_steps=1")) == 0
+    assert cli.main([*training_args("distill", city, out, "student"), "--teacher", str(out / "teacher" / "best")]) == 0
+    return {"teacher": out / "teacher", "student": out / "student"}

@@ -146,7 +146,7 @@ def test_backbone_weights_files_load_into_the_backbone_they_fit(tmp_path) -> Non
     donor = build_model("teacher-tiny")
     cnn_file = tmp_path / "cnn.safetensors"
     save_file({k: v.contiguous() for k, v in donor.cnn.body.state_dict().items()}, str(cnn_file))
-    vit_source = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=0)
+    vit_source = VisionTransformer(img_size=32, patch_size=16, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, num_classes=0)
     vit_file = tmp_path / "vit.pth"
     torch.save(vit_source.state_dict(), vit_file)
 
@@ -154,7 +154,7 @@ def test_backbone_weights_files_load_into_the_backbone_they_fit(tmp_path) -> Non
     for name, tensor in donor.cnn.body.state_dict().items():
         assert torch.equal(model.cnn.body.state_dict()[name], tensor)
     torch.testing.assert_close(model.vit.model.blocks[1].mlp.fc2.weight, vit_source.blocks[1].mlp.fc2.weight)
-    assert model.vit.model.pos_embed.shape == (1, 1 + 64, 64)  # resampled from a 4×4 grid to 8×8
+    assert model.vit.model.pos_embed.shape == (1, 1 + 16, 64)  # resampled from a 2×2 grid to 4×4
     torch.testing.assert_close(model.vit.model.pos_embed[:, 0], vit_source.pos_embed[:, 0])
 
     student_file = tmp_path / "wrong.safetensors"

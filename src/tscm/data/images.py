@@ -142,3 +142,82 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return eval_transform(load_rgb(self.paths[index]), self.image_size, self.mean, self.std)
+
+
+# The decoded pixels a training run keeps in memory (train and validation images, each set on its own):
+# the demo's 64-px city is about 60 MB; a set larger than this decodes the rest from disk every time.
+DECODED_CACHE_BYTES = 1 << 30
+
+
+class DecodedImages:
+    """The 8-bit pixels of the images at `paths`, decoded once and kept in memory (up to `max_bytes`),
+    and model inputs made from them in batches.
+
+    `inputs(indices, ...)` equals `torch.stack([eval_transform(load_rgb(paths[i]), ...) for i in indices])`
+    bit for bit (same values, same contiguous layout); images beyond the memory budget are decoded
+    again on each use. Decoding errors are raised as by `load_rgb`.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], max_bytes: int = DECODED_CACHE_BYTES) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.max_bytes = int(max_bytes)
+        self._pixels: list[np.ndarray | None] = [None] * len(self.paths)
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def pixels(self, index: int) -> np.ndarray:
+        """H×W×3 uint8 pixels of image `index` (decoded on first use)."""
+        cached = self._pixels[index]
+        if cached is not None:
+            return cached
+        array = np.array(load_rgb(self.paths[index]), dtype=np.uint8)  # a writable copy
+        if self.nbytes + array.nbytes <= self.max_bytes:
+            self._pixels[index] = array
+            self.nbytes += array.nbytes
+        return array
+
+    def is_cached(self, index: int) -> bool:
+        return self._pixels[index] is not None
+
+    def inputs(
+        self,
+        indices: Sequence[int],
+        image_size: Sequence[int],
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> torch.Tensor:
+        """N×3×H×W model inputs of images `indices` (the eval transform, batched)."""
+        height, width = int(image_size[0]), int(image_size[1])
+        arrays = [self.pixels(int(i)) for i in indices]
+        if not arrays:
+            return torch.zeros((0, 3, height, width))
+        if any(a.shape != arrays[0].shape for a in arrays):  # mixed sizes: one image at a time
+            return torch.stack([_transform_pixels(a[None], (height, width), mean, std)[0] for a in arrays])
+        return _transform_pixels(np.stack(arrays), (height, width), mean, std)
+
+    def input(self, index: int, image_size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+        """3×H×W model input of image `index` (equal to `eval_transform(load_rgb(path), ...)`)."""
+        return self.inputs([index], image_size, mean, std)[0]
+
+
+def _transform_pixels(pixels: np.ndarray, image_size: tuple[int, int], mean: Sequence[float],
+                      std: Sequence[float]) -> torch.Tensor:
+    """`eval_transform` of N same-sized images (N×h×w×3 uint8) at once, as a contiguous N×3×H×W tensor.
+
+    The same operations in the same order as the per-image transform (scale, normalise, then resize
+    each image bilinearly), so the values are identical.
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    units = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
+    tensor = (units - mean_t) / std_t
+    if tuple(tensor.shape[-2:]) != tuple(image_size):
+        # One image at a time, laid out as eval_transform lays it out, so the resampling is the same.
+        return torch.stack([
+            F.interpolate(image[None], size=image_size, mode="bilinear", align_corners=False, antialias=False)[0]
+            for image in tensor
+        ])
+    return tensor.contiguous()

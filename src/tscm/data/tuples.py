@@ -144,6 +144,8 @@ class TupleBatchDataset(Dataset):
     """Batches of tuples in a fixed order; item b is batch b, images loaded by `load_image(key)`.
 
     `batches` lists each batch's rows of `tuples`; a DataLoader with batch_size=None iterates it.
+    A `load_image` with a `batch(keys)` method loads a batch's images in one call (the same tensor
+    as stacking one call per key).
     """
 
     def __init__(
@@ -163,5 +165,7 @@ class TupleBatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> TupleBatch:
         layout = tuple_layout(self.tuples.subset(self.batches[index]), self.num_db)
-        images = torch.stack([self.load_image(int(key)) for key in layout.keys])
+        keys = [int(key) for key in layout.keys]
+        load_many = getattr(self.load_image, "batch", None)
+        images = load_many(keys) if load_many is not None else torch.stack([self.load_image(key) for key in keys])
         return TupleBatch(images, layout)

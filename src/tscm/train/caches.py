@@ -3,8 +3,10 @@
 The teacher cache holds the frozen teacher's descriptors of every train image (computed once: it
 serves as distillation targets and, as published, drives a student's mining). The mining cache
 holds the model's own descriptors, refreshed every `mining.refresh_every_epochs` epochs and before
-every chunk of `mining.refresh_every_queries` queries. Descriptors are computed in shards over the
-processes and gathered.
+every chunk of `mining.refresh_every_queries` queries; when it serves one chunk only, just the database
+and that chunk's queries are described (mining reads no other rows). Descriptors are computed in shards
+over the processes and gathered. Images come from the run's in-memory cache of decoded pixels
+(`DecodedImages`), so a small training set is read from disk once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from tscm.config import TrainConfig
+from tscm.data.images import DecodedImages
 from tscm.data.mining import DescriptorCache, Miner, MiningStats
 from tscm.data.places import PlaceSet
 from tscm.data.tuples import TupleArrays, flat_image_paths
@@ -37,6 +40,9 @@ class DescriptorCaches:
         self.teacher = teacher
         self.teacher_spec = teacher_spec
         self.train_paths = flat_image_paths(train_set)
+        # With loader worker processes the run keeps the file-based pipeline (workers would each hold a copy).
+        self.in_memory = config.data.num_workers == 0
+        self.train_images = self.decoded_images(self.train_paths)
         self.miner = Miner(train_set, config.mining, seed=config.train.seed)
         self.mining_by_teacher = config.kind == "student" and config.mining.descriptors == "teacher"
         self.teacher_from_cache = teacher_from_cache
@@ -45,37 +51,61 @@ class DescriptorCaches:
         self.cache_epoch = -1
         self.stats = MiningStats()  # summed over the epoch's mining calls
 
-    def describe(self, model: nn.Module, spec: InputSpec, paths: list, batch_size: int, progress: bool) -> np.ndarray:
-        """Descriptors of `paths`, computed in shards over the processes and gathered in order."""
-        share = self.runtime.shard(len(paths))
-        local = extract_descriptors(model, paths[share.start : share.stop], spec, batch_size=batch_size,
-                                    device=str(self.device), num_workers=self.config.data.num_workers,
-                                    progress=progress)
+    def decoded_images(self, paths: list) -> DecodedImages:
+        """A decoded-image cache for `paths` (one that keeps nothing when loader workers are used)."""
+        return DecodedImages(paths) if self.in_memory else DecodedImages(paths, max_bytes=0)
+
+    def describe(self, model: nn.Module, spec: InputSpec, images: DecodedImages, batch_size: int, progress: bool,
+                 rows: np.ndarray | None = None) -> np.ndarray:
+        """Descriptors of `images` (or of its `rows`, in that order), computed in shards over the processes
+        and gathered in order."""
+        rows = np.arange(len(images)) if rows is None else np.asarray(rows, dtype=np.int64)
+        share = self.runtime.shard(len(rows))
+        local_rows = rows[share.start : share.stop]
+        if self.in_memory:
+            local = describe_decoded(model, images, local_rows, spec, batch_size, self.device, progress)
+        else:
+            local = extract_descriptors(model, [images.paths[int(r)] for r in local_rows], spec, batch_size=batch_size,
+                                        device=str(self.device), num_workers=self.config.data.num_workers,
+                                        progress=progress)
         if len(local) == 0:
             local = np.zeros((0, int(getattr(model, "descriptor_dim", 1))), dtype=np.float32)
-        return self.runtime.gather_rows(local, len(paths))
+        return self.runtime.gather_rows(local, len(rows))
 
     def ensure_teacher_cache(self, progress: bool) -> None:
         """Compute the teacher's descriptors of every train image, once, when they are used."""
         if self.teacher_cache is None and (self.teacher_from_cache or self.mining_by_teacher):
             assert self.teacher is not None and self.teacher_spec is not None
-            flat = self.describe(self.teacher, self.teacher_spec, self.train_paths, self.config.mining.batch_size, progress)
+            flat = self.describe(self.teacher, self.teacher_spec, self.train_images, self.config.mining.batch_size,
+                                 progress)
             self.teacher_cache = torch.from_numpy(flat).to(self.device)
 
     def cache_reused_later(self) -> bool:
         """Whether the mining cache outlives an epoch (so a resumable checkpoint must hold it)."""
         return not self.mining_by_teacher and self.config.mining.refresh_every_epochs > 1
 
-    def refresh(self, epoch: int, chunk: int, progress: bool) -> None:
-        """Bring the cache that drives mining up to date for this epoch and chunk."""
+    def refresh(self, epoch: int, chunk: int, progress: bool, queries: np.ndarray | None = None) -> None:
+        """Bring the cache that drives mining up to date for this epoch and chunk.
+
+        `queries`: the chunk's train queries. When the refreshed cache serves only them (it is refreshed
+        again before any other mining), the other queries are not described; their rows stay zero.
+        """
         if self.mining_by_teacher:
             self.ensure_teacher_cache(progress)
             return
         due = (self.mining_cache is None or chunk > 0
                or epoch - self.cache_epoch >= self.config.mining.refresh_every_epochs)
         if due:
-            self.mining_cache = self.describe(self.model, self.spec, self.train_paths, self.config.mining.batch_size,
-                                              progress)
+            rows = None
+            if queries is not None and not self.cache_reused_later():
+                num_db = self.train_set.num_db
+                rows = np.concatenate([np.arange(num_db), num_db + np.unique(np.asarray(queries, dtype=np.int64))])
+            flat = self.describe(self.model, self.spec, self.train_images, self.config.mining.batch_size, progress, rows)
+            if rows is not None:
+                full = np.zeros((len(self.train_paths), flat.shape[1]), dtype=flat.dtype)
+                full[rows] = flat
+                flat = full
+            self.mining_cache = flat
             self.cache_epoch = epoch
 
     def mine(self, queries: np.ndarray) -> TupleArrays:
@@ -117,3 +147,26 @@ class DescriptorCaches:
         """Drop the model's cache (it will be recomputed before the next mining)."""
         if not self.mining_by_teacher:
             self.mining_cache, self.cache_epoch = None, -1
+
+
+def describe_decoded(model: nn.Module, images: DecodedImages, rows: np.ndarray, spec: InputSpec, batch_size: int,
+                     device: torch.device, progress: bool) -> np.ndarray:
+    """float32 descriptors of `images` at `rows`, in order: what `extract_descriptors` gives for their paths
+    (same inputs, batches and eval-mode forward), with the pixels taken from memory."""
+    from tqdm import tqdm
+
+    dim = int(getattr(model, "descriptor_dim", 1))
+    chunks = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            starts = range(0, len(rows), batch_size)
+            for start in tqdm(starts, desc="descriptors", unit="batch", disable=None if progress else True):
+                batch = images.inputs(rows[start : start + batch_size], spec.image_size, spec.mean, spec.std)
+                chunks.append(model(batch.to(device)).detach().float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)

@@ -8,6 +8,10 @@ schedule step, validation Recall@1 (val split only), early stopping, best checkp
 each epoch end; it holds the model, optimiser, scheduler, gradient scaler, RNG, position (epoch,
 chunk, batch), the chunk's tuples, the miner's state, the epoch's running loss and, when it will
 be reused, the mining cache, so a resumed run retraces the uninterrupted one exactly.
+
+On the CPU the networks run in channels-last layout and Adam is the fused kernel (both faster for
+the small presets); train and validation images are decoded once and kept in memory
+(`tscm.data.images.DecodedImages`), so a step reads its images from memory.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from tscm.config import TrainConfig
+from tscm.data.images import DecodedImages
 from tscm.data.places import PlaceSet
 from tscm.data.tuples import TupleArrays, TupleBatch, TupleBatchDataset, flat_image_paths, scatter_to_layout
 from tscm.errors import TscmError
@@ -92,14 +97,14 @@ class Trainer:
         self.config = config = job.config
         self.rt = job.runtime
         self.device = self.rt.device
-        self.raw_model = job.model.to(self.device)
+        self.raw_model = to_fast_layout(job.model.to(self.device), self.device)
         self.model: nn.Module = self.raw_model
         if self.rt.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.raw_model, device_ids=device_ids, find_unused_parameters=True)
-        self.teacher = job.teacher.to(self.device).eval() if job.teacher is not None else None
+        self.teacher = to_fast_layout(job.teacher.to(self.device), self.device).eval() if job.teacher is not None else None
         if self.teacher is not None:
             for parameter in self.teacher.parameters():
                 parameter.requires_grad_(False)
@@ -119,6 +124,7 @@ class Trainer:
                               config.mining.refresh_every_queries, config.train.batch_size, self.rt.world_size,
                               self.rt.rank)
         self.checkpoints = RunCheckpoints(job.run_dir, job.save_model)
+        self.val_images = self.caches.decoded_images(flat_image_paths(job.val_set))
 
         self.optimizer = self._build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=config.train.lr_gamma)
@@ -141,24 +147,18 @@ class Trainer:
     # ----- building blocks -----------------------------------------------------------------
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
-        t = self.config.train
-        parameters = [p for p in self.raw_model.parameters() if p.requires_grad]
-        if t.optimizer == "adam":
-            return torch.optim.Adam(parameters, lr=t.lr, weight_decay=t.weight_decay)
-        return torch.optim.SGD(parameters, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return build_optimizer(self.raw_model, self.config.train)
 
     @property
     def progress(self) -> bool:
         return self.config.train.progress and self.rt.is_main
 
-    def image_loader(self, spec: InputSpec) -> Callable[[int], torch.Tensor]:
-        """Loads train image `key` (flat numbering: database then queries) as a model input tensor."""
-        from tscm.data.images import ImageListDataset
+    def image_loader(self, spec: InputSpec) -> TrainImageLoader:
+        """Loads train image `key` (flat numbering: database then queries) as a model input tensor
+        (`.batch(keys)`: several at once), from the run's decoded-image cache."""
+        return TrainImageLoader(self.caches.train_images, spec)
 
-        dataset = ImageListDataset(flat_image_paths(self.job.train_set), spec.image_size, spec.mean, spec.std)
-        return dataset.__getitem__
-
-    def teacher_image_loader(self) -> Callable[[int], torch.Tensor] | None:
+    def teacher_image_loader(self) -> TrainImageLoader | None:
         """A loader of the teacher's own inputs when it runs per batch and wants other pixels than the student."""
         if self.teacher is None or self.job.teacher_spec == self.job.spec:
             return None
@@ -195,7 +195,10 @@ class Trainer:
                 assert self.teacher is not None
                 teacher_images = images
                 if teacher_loader is not None:
-                    teacher_images = torch.stack([teacher_loader(int(k)) for k in layout.keys]).to(self.device)
+                    load_many = getattr(teacher_loader, "batch", None)
+                    keys = [int(k) for k in layout.keys]
+                    teacher_images = (load_many(keys) if load_many is not None
+                                      else torch.stack([teacher_loader(k) for k in keys])).to(self.device)
                 with torch.no_grad(), self.rt.autocast():
                     teacher_desc = self.teacher(teacher_images).float()
             teacher = TupleDescriptors.from_flat(scatter_to_layout(teacher_desc, layout), self.k, mask)
@@ -272,6 +275,7 @@ class Trainer:
         self.position = dict(state["position"])
         self.global_step = int(state["global_step"])
         self.optimizer.load_state_dict(state["optimizer"])
+        match_state_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self._resumed_rng = state["rng"]  # applied just before training continues (see run)
@@ -291,7 +295,7 @@ class Trainer:
         from tscm.evaluation.recall import evaluate_descriptors
 
         val = self.job.val_set
-        flat = self.caches.describe(self.raw_model, self.job.spec, flat_image_paths(val), self.config.eval.batch_size,
+        flat = self.caches.describe(self.raw_model, self.job.spec, self.val_images, self.config.eval.batch_size,
                                     self.progress)
         result = evaluate_descriptors(val, flat[: val.num_db], flat[val.num_db :], radius=self.config.eval.radius(val.unit))
         return result.to_json()
@@ -345,7 +349,7 @@ class Trainer:
             while self.position["chunk"] < len(chunk_list):
                 chunk = self.position["chunk"]
                 if self.tuples is None:
-                    self.caches.refresh(epoch, chunk, self.progress)
+                    self.caches.refresh(epoch, chunk, self.progress, queries=chunk_list[chunk])
                     self.tuples = self.caches.mine(chunk_list[chunk])
                     self.position["batch"] = 0
                 batches = self.plan.global_batches(len(self.tuples))
@@ -466,6 +470,63 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(text)
+
+
+class TrainImageLoader:
+    """Train images (flat keys) as model inputs of one InputSpec, taken from decoded pixels in memory."""
+
+    def __init__(self, images: DecodedImages, spec: InputSpec) -> None:
+        self.images = images
+        self.spec = spec
+
+    def __call__(self, key: int) -> torch.Tensor:
+        return self.images.input(int(key), self.spec.image_size, self.spec.mean, self.spec.std)
+
+    def batch(self, keys: list[int]) -> torch.Tensor:
+        """N×3×H×W inputs of `keys`: what stacking one call per key gives."""
+        return self.images.inputs(keys, self.spec.image_size, self.spec.mean, self.spec.std)
+
+
+def build_optimizer(model: nn.Module, t: Any) -> torch.optim.Optimizer:
+    """The run's optimiser (`train.optimizer`, lr, weight decay, momentum) over the trainable parameters.
+
+    Adam uses the fused kernel where it exists (float32 parameters on CPU or CUDA): one pass over all
+    parameters instead of a dozen small ops per tensor; on a 2-core CPU single-tensor Adam took 6 %
+    of a tiny teacher's step.
+    """
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if t.optimizer == "adam":
+        fusable = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in parameters)
+        return torch.optim.Adam(parameters, lr=t.lr, weight_decay=t.weight_decay, **({"fused": True} if fusable else {}))
+    return torch.optim.SGD(parameters, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def to_fast_layout(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model in channels-last layout on the CPU (oneDNN's faster convolutions and batch norms: about
+    25-30 % more training images/s for the tiny presets), unchanged elsewhere. Patch embeddings
+    (convolutions whose kernel equals their stride, on the raw image) stay in the default layout, where
+    their backward takes less than half the time. Parameters keep their identity."""
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d) and module.kernel_size == module.stride and module.kernel_size != (1, 1):
+                module.to(memory_format=torch.contiguous_format)
+    return model
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every loaded optimizer state tensor its parameter's memory layout.
+
+    A checkpoint stores contiguous tensors; fused Adam walks parameter, gradient and state in memory
+    order, so a channels-last parameter with a contiguous state would be updated wrongly.
+    """
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            for name, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == parameter.shape
+                        and value.stride() != parameter.stride()):
+                    state[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
 
 class _NullLog:

@@ -186,6 +186,20 @@ def test_bench_quick_numbers_are_consistent(tmp_path, capsys, monkeypatch) -> No
     for row in matching:
         assert format_matching_row(MatchingRow(**row)) in out
         assert f"| {row['data']} | {row['label']} |" in markdown
+        # Side by side in rounds; bytes per query against the machine's bandwidth.
+        assert row["rounds"] == 3 and row["bytes_per_query"] > 0 and row["single_gb_s"] > 0
+        assert row["bandwidth_fraction"] == pytest.approx(row["single_gb_s"] / report["machine"]["copy_gb_s_1thread"])
+    # The machine comes first: printed, in the JSON and in the Markdown; efficiencies refer to it.
+    machine = report["machine"]
+    assert out.startswith("machine: ") and "## Machine" in markdown
+    assert machine["fp32_gflops"] > 0 and machine["copy_gb_s"] > 0 and isinstance(machine["isa_flags"], list)
+    for row in extraction:
+        assert row["multiply_adds"] > 0
+        assert row["peak_fraction"] == pytest.approx(row["gflops"] / machine["fp32_gflops"])
+    # Without a GPU the report says why its rows are missing.
+    if not report["gpu"]["available"]:
+        assert report["gpu"]["reason"] and f"GPU rows skipped: {report['gpu']['reason']}" in out
+        assert "GPU rows skipped" in markdown
     # Exact Recall@1 on the synthetic data, recomputed by brute force.
     synthetic = synthetic_matching_data(1000, 30, dim=512, seed=0)
     nearest = ((synthetic.queries[:, None, :] - synthetic.database[None]) ** 2).sum(-1).argmin(1)
@@ -206,7 +220,10 @@ def test_command_mirrors_match_the_library() -> None:
 
     assert index_command.BACKENDS == ("auto", *BACKENDS)
     assert index_command.RUNTIMES == bench_command.RUNTIMES == RUNTIMES
+    from tscm.bench.extraction import BENCH_RUNTIMES
     from tscm.bench.suite import PARTS
+
+    assert bench_command.BENCH_RUNTIMES == BENCH_RUNTIMES
 
     assert bench_command.PARTS == PARTS
     assert set(query_command.RUNTIMES) == set(RUNTIMES) - {"onnx-int8"}

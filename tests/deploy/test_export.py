@@ -265,3 +265,122 @@ def test_missing_onnx_extra_is_a_clear_error(monkeypatch, tmp_path):
     model_file.write_bytes(b"x")
     with pytest.raises(TscmError, match="tscm\\[onnx\\]"):
         OnnxDescriptorModel(model_file)
+
+
+# ----- int8 coverage and precision "auto" -------------------------------------------------------------
+
+
+def stub_timer(float32_ms: float, int8_ms: float, calls: list):
+    """A stand-in for onnx_export.time_onnx_graphs: fixed timings, recording what it was asked to time."""
+
+    def timer(graphs, image_size, threads, **_):
+        calls.append((sorted(graphs), tuple(image_size), threads))
+        return {"float32": float32_ms, "int8": int8_ms}
+
+    return timer
+
+
+def quantised_ops(path_or_proto) -> set[str]:
+    proto = path_or_proto if isinstance(path_or_proto, onnx.ModelProto) else onnx.load(str(path_or_proto))
+    return {node.op_type for node in proto.graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")}
+
+
+@pytest.mark.parametrize("float32_ms, int8_ms, expected", [(10.0, 4.0, "int8"), (4.0, 10.0, "float32")])
+def test_precision_auto_keeps_the_faster_graph_and_records_why(student_checkpoint, images, tmp_path, monkeypatch,
+                                                               float32_ms, int8_ms, expected):
+    calls: list = []
+    monkeypatch.setattr(export_module, "time_onnx_graphs", stub_timer(float32_ms, int8_ms, calls))
+    out = tmp_path / f"auto-{expected}.onnx"
+    meta = export_onnx(student_checkpoint, out, exporter=FAST, precision="auto", calibration_paths=images, threads=1)
+    assert calls == [(["float32", "int8"], (64, 64), 1)]  # both graphs timed once, at the model's image size
+    assert meta["precision"] == expected == read_onnx_metadata(out)["precision"]
+    choice = meta["precision_choice"]
+    assert choice["requested"] == "auto" and choice["chosen"] == expected
+    assert choice["ms_per_image"] == {"float32": float32_ms, "int8": int8_ms}
+    assert choice["batch_size"] == 1 and choice["threads"] == 1 and choice["calls"] > 0 and choice["cpu"]
+    # The file holds the graph that was chosen.
+    assert bool(quantised_ops(out)) == (expected == "int8")
+    # It runs like any export.
+    batch = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    cosine = rowwise_cosine(OnnxDescriptorModel(out, threads=1)(batch).numpy(), reference(student_checkpoint, batch))
+    assert cosine.min() >= (0.9999 if expected == "float32" else 0.99)
+
+
+def test_precision_auto_in_make_extractor(student_checkpoint, images, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(export_module, "time_onnx_graphs", stub_timer(3.0, 9.0, calls))
+    model, meta = make_extractor(student_checkpoint, "onnx-int8", threads=1, calibration_paths=images, exporter=FAST,
+                                 precision="auto")
+    assert len(calls) == 1 and meta["runtime"] == "onnx-int8"
+    assert meta["precision"] == "float32" == model.meta["precision"]  # int8 was slower: float32 kept
+    assert meta["precision_choice"]["ms_per_image"] == {"float32": 3.0, "int8": 9.0}
+    with pytest.raises(TscmError, match="onnx-int8 only"):
+        make_extractor(student_checkpoint, "torch", precision="auto")
+    with pytest.raises(TscmError, match="calibration"):
+        make_extractor(student_checkpoint, "onnx-int8", exporter=FAST, precision="auto")
+
+
+def test_time_onnx_graphs_times_every_graph(student_checkpoint):
+    from tscm.models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(student_checkpoint)
+    data = export_module.export_model(model, meta, exporter=FAST, check_parity=False)
+    timings = export_module.time_onnx_graphs({"a": data, "b": data}, (64, 64), 1, calls=1, rounds=1)
+    assert set(timings) == {"a", "b"} and all(value > 0 for value in timings.values())
+
+
+def test_cli_export_precision_auto(student_checkpoint, tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(5)
+    for folder in ("database", "queries"):
+        (tmp_path / "data" / "train" / folder).mkdir(parents=True)
+        for i in range(3):  # Pittsburgh-style names carry the UTM coordinates
+            name = f"@{585000.0 + 9 * i:.1f}@{4477000.0 + 4 * i:.1f}@17@T@@@@@@@@@@@.jpg"
+            Image.fromarray(rng.integers(0, 256, size=(40, 56, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / "train" / folder / name)
+    calls: list = []
+    monkeypatch.setattr(export_module, "time_onnx_graphs", stub_timer(8.0, 2.0, calls))
+    out = tmp_path / "auto.onnx"
+    argv = ["export", str(student_checkpoint), "--onnx", str(out), "--exporter", FAST, "--precision", "auto",
+            "--calibration", str(tmp_path / "data"), "--threads", "1"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "precision auto: kept int8" in printed and "float32 8.0 ms, int8 2.0 ms" in printed
+    assert read_onnx_metadata(out)["precision_choice"]["chosen"] == "int8" and calls[0][2] == 1
+    assert cli.main(["export", str(student_checkpoint), "--onnx", str(out), "--precision", "auto"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert cli.main(["export", str(student_checkpoint), "--onnx", str(out), "--threads", "2"]) == 2
+    assert "--precision auto" in capsys.readouterr().err
+
+
+def test_int8_quantises_the_teachers_weight_products_not_attention(teacher_checkpoint, images):
+    """MatMul/Gemm with constant weights (ViT, transformer, heads) are int8; products of two activations are not."""
+    from tscm.models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(teacher_checkpoint)
+    proto = onnx.load_from_string(export_module.export_model(model, meta, exporter=FAST, precision="int8",
+                                                             calibration_paths=images))
+    initializers = {init.name for init in proto.graph.initializer}
+    produced_by = {output: node for node in proto.graph.node for output in node.output}
+
+    def from_dequantized_weight(name: str) -> bool:
+        node = produced_by.get(name)
+        return node is not None and node.op_type == "DequantizeLinear" and node.input[0] in initializers
+
+    def from_dequantized(name: str) -> bool:
+        node = produced_by.get(name)
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    products = [node for node in proto.graph.node if node.op_type in ("MatMul", "Gemm")]
+    quantised = [node for node in products if from_dequantized_weight(node.input[1])]
+    assert quantised, "no weight matrix product was quantised"
+    activations = [node for node in products if node not in quantised]
+    assert activations, "teacher-tiny has attention: products of two activations"
+    for node in activations:
+        assert node.input[1] not in initializers, f"{node.name}: a weight product left in float32"
+        assert not any(from_dequantized(name) for name in node.input[:2]), f"{node.name}: an activation product in int8"
+    assert "Softmax" in {node.op_type for node in proto.graph.node}
+    softmax_inputs = [node.input[0] for node in proto.graph.node if node.op_type == "Softmax"]
+    assert not any(from_dequantized(name) for name in softmax_inputs)  # attention weights stay float32
+    batch = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    session = OnnxDescriptorModel(proto.SerializeToString(), threads=1)
+    assert rowwise_cosine(session(batch).numpy(), reference(teacher_checkpoint, batch)).min() >= 0.99

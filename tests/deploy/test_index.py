@@ -281,3 +281,85 @@ def test_synthetic_matching_data_and_bench_rows():
     assert rows[0].recall_at_1 == pytest.approx(reference) and rows[0].recall_delta == 0.0
     assert rows[1].recall_delta == pytest.approx(rows[1].recall_at_1 - reference)
     assert rows[0].single_queries == 5 and rows[0].memory_mb > 0
+
+
+# ----- the single-query path against the batched one -----------------------------------------------------
+
+SINGLE_VS_BATCH_PARAMS = {
+    **BACKEND_PARAMS,
+    "flat fp16": {"storage": "fp16"},
+    "pca-flat whitened": {"pca_dim": 16, "whiten": True},
+    "hnsw pca": {"pca_dim": 16, "hnsw_m": 8, "ef_construction": 40, "ef_search": 64},
+    "ivfpq no rerank": {"pca_dim": 16, "nlist": 4, "pq_m": 4, "pq_bits": 4, "nprobe": 3, "rerank": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def tied_data(data):
+    """The test database with exact duplicates appended (ties), and queries that are copies of entries."""
+    database, _, queries, _ = data
+    duplicated = np.concatenate([database, database[:40], database[:40]])  # rows i, 300+i, 340+i are equal
+    probes = np.concatenate([queries, database[:12]])
+    return duplicated, probes
+
+
+@pytest.mark.parametrize("name", list(SINGLE_VS_BATCH_PARAMS))
+def test_single_query_returns_exactly_what_the_batch_returns(tied_data, name):
+    database, queries = tied_data
+    backend = name.split()[0]
+    index = PlaceIndex.build(database, backend=backend, **SINGLE_VS_BATCH_PARAMS[name])
+    for k in (1, 3, 7):
+        batched = index.search(queries, k)
+        for row, query in enumerate(queries):
+            alone = index.search(query, k)  # one dim-vector: the single-query path
+            np.testing.assert_array_equal(alone.indices[0], batched.indices[row])
+            np.testing.assert_array_equal(alone.distances[0], batched.distances[row])  # bitwise, not close
+        # Other batch sizes, below and above the one-thread limit, give the same rows too.
+        for size in (2, index_module.SINGLE_THREAD_BELOW, 25):
+            part = index.search(queries[:size], k)
+            np.testing.assert_array_equal(part.indices, batched.indices[:size])
+            np.testing.assert_array_equal(part.distances, batched.distances[:size])
+
+
+@pytest.mark.parametrize("backend", ["flat", "pca-flat"])
+def test_exact_backends_break_ties_by_row_and_match_brute_force(tied_data, backend):
+    database, queries = tied_data
+    params = {"pca_dim": DIM} if backend == "pca-flat" else {}  # a full-rank PCA: a rotation, same neighbours
+    index = PlaceIndex.build(database, backend=backend, **params)
+    result = index.search(queries, 5)
+    vectors = index.to_search_space(database).astype(np.float64)
+    projected = index.to_search_space(queries).astype(np.float64)
+    squared = ((projected[:, None, :] - vectors[None]) ** 2).sum(-1)
+    expected = np.argsort(squared.astype(np.float32), axis=1, kind="stable")[:, :5]  # ties: lower row first
+    np.testing.assert_array_equal(result.indices, expected)
+    np.testing.assert_allclose(result.distances, np.take_along_axis(squared, expected, 1), rtol=1e-6, atol=1e-6)
+    # A query equal to entry i (< 40) has three exact copies at distance 0: i, 300 + i, 340 + i in that order.
+    copies = result.indices[len(queries) - 12 :, :3]
+    np.testing.assert_array_equal(copies, np.stack([np.arange(12), 300 + np.arange(12), 340 + np.arange(12)], 1))
+
+
+def test_single_query_search_does_not_copy_a_contiguous_query(data, monkeypatch):
+    """The float32 contiguous query reaches the projection as it is (no per-call conversion copy)."""
+    database, _, queries, _ = data
+    index = PlaceIndex.build(database, backend="pca-flat", pca_dim=8)
+    seen = []
+    original = index._pca.apply
+    monkeypatch.setattr(index._pca, "apply", lambda array: seen.append(array) or original(array))
+    query = np.ascontiguousarray(queries[:1])
+    index.search(query, 1)
+    assert np.shares_memory(seen[0], query)
+
+
+def test_search_caches_follow_adds(data):
+    database, _, queries, _ = data
+    index = PlaceIndex.create("pca-flat", DIM, pca_dim=8)
+    index.train(database)
+    index.add(database[:100], np.arange(100))
+    first = index.search(queries, 1)
+    index.add(database[100:], np.arange(100, len(database)))  # faiss' storage may move: views are rebuilt
+    again = index.search(queries, 1)
+    fresh = PlaceIndex.create("pca-flat", DIM, pca_dim=8)
+    fresh._pca = index._pca
+    fresh.add(database, np.arange(len(database)))
+    np.testing.assert_array_equal(again.indices, fresh.search(queries, 1).indices)
+    assert (first.indices < 100).all() and index.count == len(database)

@@ -3,9 +3,18 @@ and the accuracy check of each runtime (Recall@1 and top-1 agreement with eager 
 
 Timing: the runtimes of one model and batch size take turns (a block of calls each, several
 turns), so load from other processes hits them alike; the table gives the median and the minimum
-over the timed calls. The speed-up compares medians. Models without a checkpoint (the paper presets) get random weights: speed
+over the timed calls, and the median process CPU time (all threads, spinning ones included) beside
+the wall time. The speed-up compares medians. Each row also gives the model's multiply-adds per
+image (float32 model, torch's FLOP counter), the GFLOP/s they amount to at the median time
+(2 FLOP per multiply-add) and that as a fraction of the machine's fp32 matmul peak
+(tscm.bench.machine; int8 rows can pass 100 %: their own peak is higher). Models without a
+checkpoint (the paper presets) get random weights: speed
 does not depend on the weights, accuracy does, so their agreement columns only say how far each
 runtime moves descriptors, not what recall it keeps.
+
+Runtimes: those of tscm.deploy.runtimes, plus `onnx-auto` (onnx-int8 with precision "auto": the
+graph its own quick timing keeps, shown in the precision column). The ONNX runtimes of a model
+share one export (trace, quantisation), whose time each of their rows shows as "prep s".
 
 Run through `tscm bench extraction` (and `tscm bench accuracy --checkpoint CKPT`).
 """
@@ -25,10 +34,13 @@ from torch import nn
 from tscm.errors import TscmError
 from tscm.evaluation.ranking import rank_exact
 from tscm.deploy.onnx_export import rowwise_cosine
-from tscm.deploy.runtimes import RUNTIMES, runtime_model
+from tscm.deploy.runtimes import RUNTIME_PRECISION, RUNTIMES, OnnxDescriptorModel, runtime_model
 
 REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
-DEFAULT_RUNTIMES = RUNTIMES
+BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")
+DEFAULT_RUNTIMES = BENCH_RUNTIMES
+ONNX_PRECISION = {"onnx": "float32", "onnx-int8": "int8", "onnx-auto": "auto"}
+NEEDS_CALIBRATION = ("onnx-int8", "onnx-auto")
 
 
 @dataclass
@@ -42,7 +54,13 @@ class ExtractionRow:
     calls: int  # timed calls
     speedup: float  # reference median / this median, same model and batch size
     min_cosine: float  # lowest descriptor cosine against the reference on the timed batch
-    prepare_s: float  # export / quantisation / conversion time
+    prepare_s: float  # export / quantisation / conversion time (shared by a model's ONNX runtimes)
+    median_cpu_ms: float = float("nan")  # per image, median process CPU time (all threads) of the timed calls
+    precision: str = ""  # what ran (for onnx-auto: the graph it kept)
+    multiply_adds: int = 0  # per image, float32 model (FLOPs / 2)
+    gflops: float = float("nan")  # 2 · multiply_adds / median time per image
+    peak_fraction: float = float("nan")  # gflops / the machine's fp32 matmul GFLOP/s (nan without a probe)
+    auto_ms: dict[str, float] | None = None  # onnx-auto: the batch-1 timings its choice was made on
 
 
 def model_and_meta(source: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -66,42 +84,81 @@ def model_and_meta(source: str) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def time_blocks(functions: dict[str, Callable[[], Any]], cycles: int, calls_per_block: int,
-                budget_s: float) -> dict[str, list[float]]:
+                budget_s: float, cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each function, timed in blocks of consecutive calls, the functions taking turns.
 
     Each block starts with one untimed call: thread pools of the previous runtime may still be
     spinning, and the first call after a switch pays for it. Stops after `cycles` turns of every
-    function, or after the first turn once `budget_s` has passed.
+    function, or after the first turn once `budget_s` has passed. `cpu_times`, if given, receives the
+    process CPU seconds of each timed call (all threads).
     """
     times: dict[str, list[float]] = {name: [] for name in functions}
+    if cpu_times is not None:
+        cpu_times.update({name: [] for name in functions})
     started = time.perf_counter()
     for _ in range(cycles):
         for name, function in functions.items():
             function()
             for _ in range(calls_per_block):
-                tic = time.perf_counter()
+                tic, cpu_tic = time.perf_counter(), time.process_time()
                 function()
                 times[name].append(time.perf_counter() - tic)
+                if cpu_times is not None:
+                    cpu_times[name].append(time.process_time() - cpu_tic)
         if time.perf_counter() - started > budget_s:
             break
     return times
 
 
-def bench_model(source: str, runtimes: Sequence[str], batch_sizes: Sequence[int], *, threads: int,
-                calibration_paths: Sequence[str | Path], cycles: int, calls_per_block: int, budget_s: float,
-                exporter: str = "dynamo", print_fn: Callable[[str], None] = print) -> list[ExtractionRow]:
-    """Rows for one model: every runtime at every batch size, reference first."""
-    model, meta = model_and_meta(source)
-    name = meta["preset"] if not Path(source).is_dir() else f"{meta['preset']} ({Path(source).name})"
-    height, width = (int(s) for s in meta["image_size"])
-    order = [REFERENCE_RUNTIME] + [r for r in runtimes if r != REFERENCE_RUNTIME]
+def prepare_runtimes(model: nn.Module, meta: dict[str, Any], runtimes: Sequence[str], *, threads: int,
+                     calibration_paths: Sequence[str | Path], exporter: str = "dynamo",
+                     ) -> tuple[dict[str, nn.Module], dict[str, float]]:
+    """({runtime: extractor}, {runtime: preparation seconds}); the ONNX runtimes share one export."""
+    from tscm.deploy.onnx_export import export_graphs
+
     extractors: dict[str, nn.Module] = {}
     prepare_s: dict[str, float] = {}
-    for runtime in order:
+    onnx_runtimes = [r for r in runtimes if r in ONNX_PRECISION]
+    for runtime in runtimes:
+        if runtime in ONNX_PRECISION:
+            continue
         tic = time.perf_counter()
         extractors[runtime] = runtime_model(model, meta, runtime, threads=threads, calibration_paths=calibration_paths,
                                             exporter=exporter)
         prepare_s[runtime] = time.perf_counter() - tic
+    if onnx_runtimes:
+        tic = time.perf_counter()
+        graphs = export_graphs(model, meta, [ONNX_PRECISION[r] for r in onnx_runtimes], exporter=exporter,
+                               calibration_paths=calibration_paths, threads=threads)
+        shared = time.perf_counter() - tic
+        for runtime in onnx_runtimes:
+            extractors[runtime] = OnnxDescriptorModel(graphs[ONNX_PRECISION[runtime]], threads)
+            prepare_s[runtime] = shared
+    return {runtime: extractors[runtime] for runtime in runtimes}, {runtime: prepare_s[runtime] for runtime in runtimes}
+
+
+def _precision_of(runtime: str, extractor: nn.Module) -> tuple[str, dict[str, float] | None]:
+    if isinstance(extractor, OnnxDescriptorModel):
+        choice = extractor.meta.get("precision_choice")
+        return extractor.meta["precision"], None if not choice else dict(choice["ms_per_image"])
+    return RUNTIME_PRECISION[runtime], None
+
+
+def bench_model(source: str, runtimes: Sequence[str], batch_sizes: Sequence[int], *, threads: int,
+                calibration_paths: Sequence[str | Path], cycles: int, calls_per_block: int, budget_s: float,
+                exporter: str = "dynamo", peak_gflops: float | None = None,
+                print_fn: Callable[[str], None] = print) -> list[ExtractionRow]:
+    """Rows for one model: every runtime at every batch size, reference first."""
+    from tscm.bench.machine import gflops_fraction
+    from tscm.models.presets import multiply_adds_per_image
+
+    model, meta = model_and_meta(source)
+    name = meta["preset"] if not Path(source).is_dir() else f"{meta['preset']} ({Path(source).name})"
+    height, width = (int(s) for s in meta["image_size"])
+    order = [REFERENCE_RUNTIME] + [r for r in runtimes if r != REFERENCE_RUNTIME]
+    macs = int(multiply_adds_per_image(model))
+    extractors, prepare_s = prepare_runtimes(model, meta, order, threads=threads, calibration_paths=calibration_paths,
+                                             exporter=exporter)
     rows = []
     generator = torch.Generator().manual_seed(1)
     for batch_size in batch_sizes:
@@ -112,15 +169,22 @@ def bench_model(source: str, runtimes: Sequence[str], batch_sizes: Sequence[int]
             def call(extractor: nn.Module) -> Callable[[], Any]:
                 return lambda: extractor(images)
 
+            cpu_times: dict[str, list[float]] = {}
             times = time_blocks({runtime: call(extractor) for runtime, extractor in extractors.items()},
-                                cycles, calls_per_block, budget_s)
+                                cycles, calls_per_block, budget_s, cpu_times=cpu_times)
         reference_ms = statistics.median(times[REFERENCE_RUNTIME]) * 1e3 / batch_size
         for runtime in order:
             median_ms = statistics.median(times[runtime]) * 1e3 / batch_size
+            precision, auto_ms = _precision_of(runtime, extractors[runtime])
+            gflops = 2.0 * macs / (median_ms / 1e3) / 1e9
             row = ExtractionRow(
                 name, runtime, batch_size, (height, width), median_ms, min(times[runtime]) * 1e3 / batch_size,
                 len(times[runtime]), reference_ms / median_ms,
                 float(np.min(rowwise_cosine(outputs[REFERENCE_RUNTIME], outputs[runtime]))), prepare_s[runtime],
+                median_cpu_ms=statistics.median(cpu_times[runtime]) * 1e3 / batch_size, precision=precision,
+                multiply_adds=macs, gflops=gflops,
+                peak_fraction=gflops_fraction(macs, median_ms / 1e3, peak_gflops) if peak_gflops else float("nan"),
+                auto_ms=auto_ms,
             )
             rows.append(row)
             print_fn(format_extraction_row(row))
@@ -128,26 +192,32 @@ def bench_model(source: str, runtimes: Sequence[str], batch_sizes: Sequence[int]
 
 
 EXTRACTION_HEADER = (f"{'model':<28} {'runtime':<11} {'batch':>5} {'size':>7} {'median ms/img':>13} {'min ms/img':>10} "
-                     f"{'calls':>5} {'speed-up':>8} {'min cos':>8} {'prep s':>7}")
+                     f"{'CPU ms/img':>10} {'calls':>5} {'speed-up':>8} {'min cos':>8} {'prep s':>7} {'precision':<19} "
+                     f"{'GMAC/img':>8} {'GFLOP/s':>7} {'% peak':>6}")
 
 
 def format_extraction_row(row: ExtractionRow) -> str:
     size = f"{row.image_size[0]}×{row.image_size[1]}"
     return (f"{row.model:<28} {row.runtime:<11} {row.batch_size:>5} {size:>7} {row.median_ms:>13.2f} {row.min_ms:>10.2f} "
-            f"{row.calls:>5} {row.speedup:>7.2f}× {row.min_cosine:>8.5f} {row.prepare_s:>7.1f}")
+            f"{row.median_cpu_ms:>10.2f} {row.calls:>5} {row.speedup:>7.2f}× {row.min_cosine:>8.5f} {row.prepare_s:>7.1f} "
+            f"{row.precision:<19} {row.multiply_adds / 1e9:>8.3f} {row.gflops:>7.1f} {100 * row.peak_fraction:>5.1f}%")
 
 
 def bench_extraction(sources: Sequence[str], runtimes: Sequence[str] = DEFAULT_RUNTIMES,
                      batch_sizes: Sequence[int] = (1, 16), *, threads: int = 2,
                      calibration_paths: Sequence[str | Path] = (), cycles: int = 3, calls_per_block: int = 5,
-                     budget_s: float = 60.0, exporter: str = "dynamo",
+                     budget_s: float = 60.0, exporter: str = "dynamo", peak_gflops: float | None = None,
                      print_fn: Callable[[str], None] = print) -> list[ExtractionRow]:
-    """Time every runtime of every model at every batch size with `threads` threads; print and return the rows."""
-    unknown = [r for r in runtimes if r not in RUNTIMES]
+    """Time every runtime of every model at every batch size with `threads` threads; print and return the rows.
+
+    `peak_gflops`: the machine's fp32 peak (tscm.bench.machine) the rows' efficiency is a fraction of.
+    """
+    unknown = [r for r in runtimes if r not in BENCH_RUNTIMES]
     if unknown:
-        raise TscmError(f"runtimes {unknown}: expected some of {', '.join(RUNTIMES)}")
-    if "onnx-int8" in runtimes and not calibration_paths:
-        raise TscmError("runtime onnx-int8 needs calibration images (--calibration DATA)")
+        raise TscmError(f"runtimes {unknown}: expected some of {', '.join(BENCH_RUNTIMES)}")
+    needing = [r for r in runtimes if r in NEEDS_CALIBRATION]
+    if needing and not calibration_paths:
+        raise TscmError(f"runtime {needing[0]} needs calibration images (--calibration DATA)")
     if any(b < 1 for b in batch_sizes):
         raise TscmError(f"batch sizes must be positive, got {list(batch_sizes)}")
     torch.set_num_threads(threads)
@@ -156,7 +226,7 @@ def bench_extraction(sources: Sequence[str], runtimes: Sequence[str] = DEFAULT_R
     for source in sources:
         rows += bench_model(source, runtimes, batch_sizes, threads=threads, calibration_paths=calibration_paths,
                             cycles=cycles, calls_per_block=calls_per_block, budget_s=budget_s, exporter=exporter,
-                            print_fn=print_fn)
+                            peak_gflops=peak_gflops, print_fn=print_fn)
     return rows
 
 
@@ -183,6 +253,13 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
 
     model, meta = model_and_meta(str(checkpoint))
     order = [REFERENCE_RUNTIME] + [r for r in runtimes if r != REFERENCE_RUNTIME]
+    unknown = [r for r in order if r not in BENCH_RUNTIMES]
+    if unknown:
+        raise TscmError(f"runtimes {unknown}: expected some of {', '.join(BENCH_RUNTIMES)}")
+    needing = [r for r in order if r in NEEDS_CALIBRATION]
+    if needing and not calibration_paths:
+        raise TscmError(f"runtime {needing[0]} needs calibration images (--calibration DATA)")
+    extractors, _ = prepare_runtimes(model, meta, order, threads=threads, calibration_paths=calibration_paths)
     spec = InputSpec.of(meta)
     print_fn(f"accuracy of {meta['preset']} ({checkpoint}) on {placeset.name}/{placeset.split}, "
              f"radius {placeset.radius_text(radius)}")
@@ -190,7 +267,7 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
     rows: list[AccuracyRow] = []
     reference: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for runtime in order:
-        extractor = runtime_model(model, meta, runtime, threads=threads, calibration_paths=calibration_paths)
+        extractor = extractors[runtime]
         with limit_threads(torch=threads):
             db, queries = describe_placeset(extractor, spec, placeset, batch_size=batch_size)
         result = evaluate_descriptors(placeset, db, queries, radius=radius, ns=(1,))

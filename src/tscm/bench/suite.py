@@ -6,6 +6,12 @@ query per search back-end on synthetic 10k/250k descriptors, Recall@1 vs exact),
 on descriptors of the synthetic city), `mining` (the batched mining refresh against the published
 per-query loop), `training` (images per second through forward + backward of the presets the demo
 trains). Numbers go to bench.json and bench.md.
+
+The suite first measures the machine (tscm.bench.machine: CPU, ISA flags, fp32 matmul GFLOP/s and
+copy bandwidth with the chosen threads, load average), prints it and puts it in the report: every
+extraction row is also given as a fraction of that fp32 peak, every matching row as bytes read per
+query against the bandwidth. With a CUDA device, extraction and matching also get GPU rows
+(tscm.bench.gpu); without one the report says why they are missing.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ class BenchSettings:
     seed: int = 0
     # extraction
     models: list[str] = field(default_factory=lambda: ["student-paper", "teacher-paper"])
-    runtimes: list[str] = field(default_factory=lambda: ["torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8"])
+    runtimes: list[str] = field(default_factory=lambda: ["torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8",
+                                                         "onnx-auto"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
     cycles: int = 3
     calls: int = 5
@@ -44,7 +51,10 @@ class BenchSettings:
     sizes: list[int] = field(default_factory=lambda: [10_000, 250_000])
     queries: int = 1000
     single: int = 200
+    rounds: int = 3  # turns of (single-query block, batch), side by side
     dim: int = 2048
+    # GPU rows (only where a CUDA device is visible)
+    gpu: bool = True
     # city
     city: str = "demo"
     city_split: str = "test"
@@ -71,6 +81,8 @@ class BenchSettings:
             raise TscmError(f"bench parts {list(self.parts)}: expected some of {', '.join(PARTS)}")
         if self.threads < 1:
             raise TscmError(f"--threads: expected a number ≥ 1, got {self.threads}")
+        if self.rounds < 1:
+            raise TscmError(f"--rounds: expected a number ≥ 1, got {self.rounds}")
         if any(size < 2 for size in self.sizes) or self.queries < 1 or self.dim < 2:
             raise TscmError(f"--sizes, --queries, --dim: expected positive sizes, got {self.sizes}, {self.queries}, {self.dim}")
         if "accuracy" in self.parts and not self.checkpoint:
@@ -162,15 +174,25 @@ def markdown_report(report: dict) -> str:
     """The benchmark as Markdown tables (same numbers as the JSON)."""
     environment = ", ".join(f"{key} {value}" for key, value in report["environment"].items())
     lines = ["# tscm bench", "", f"Environment: {environment}.", ""]
+    machine = report.get("machine")
+    if machine:
+        lines += ["## Machine", "", _machine_line(machine) + ".", ""]
+        lines += [f"Note: {note}." for note in machine.get("notes", [])] + ([""] if machine.get("notes") else [])
     if report.get("extraction"):
         lines += ["## Descriptor extraction (ms per image)", "",
-                  "| model | runtime | batch | size | median ms/img | min ms/img | calls | speed-up | min cos | prep s |",
-                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+                  "Efficiency: 2 × multiply-adds per image / median time, against the fp32 matmul peak above "
+                  "(int8 rows may pass 100 %). CPU ms: process CPU time, all threads.", "",
+                  "| model | runtime | batch | size | median ms/img | min ms/img | CPU ms/img | calls | speed-up | "
+                  "min cos | prep s | precision | GMAC/img | GFLOP/s | % fp32 peak |",
+                  "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
         for row in report["extraction"]:
             lines.append(f"| {row['model']} | {row['runtime']} | {row['batch_size']} | "
                          f"{row['image_size'][0]}×{row['image_size'][1]} | {row['median_ms']:.2f} | {row['min_ms']:.2f} | "
-                         f"{row['calls']} | {row['speedup']:.2f}× | {row['min_cosine']:.5f} | {row['prepare_s']:.1f} |")
+                         f"{row['median_cpu_ms']:.2f} | {row['calls']} | {row['speedup']:.2f}× | {row['min_cosine']:.5f} | "
+                         f"{row['prepare_s']:.1f} | {row['precision']} | {row['multiply_adds'] / 1e9:.3f} | "
+                         f"{row['gflops']:.1f} | {100 * row['peak_fraction']:.1f} % |")
         lines.append("")
+        lines += _int8_summary(report["extraction"])
     if report.get("accuracy"):
         lines += ["## Accuracy per runtime", "", "| runtime | R@1 % | ΔR@1 | top-1 agreement % | min cos | queries |",
                   "|---|---:|---:|---:|---:|---:|"]
@@ -185,15 +207,21 @@ def markdown_report(report: dict) -> str:
             lines += [f"City data: {city['num_db']} database images, {city['num_queries_evaluated']} of "
                       f"{city['num_queries']} queries with a match within {city['radius']:g} m, "
                       f"described by {city['described_by']}.", ""]
-        lines += ["| data | configuration | build s | mem MB | 1q wall ms | 1q CPU ms | (n) | batch ms/q | CPU ms/q "
-                  "| R@1 % | ΔR@1 vs exact |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += ["Single queries and the batch take turns (rounds per row in the JSON). MB/query: estimated bytes "
+                  "one query reads (tscm.bench.matching); GB/s: that over the single-query time; % bw: of the "
+                  "one-thread copy bandwidth above (a memory-bound scan cannot pass ~100 %).", "",
+                  "| data | configuration | build s | mem MB | 1q wall ms | 1q CPU ms | (n) | batch ms/q | CPU ms/q "
+                  "| 1q / batch | R@1 % | ΔR@1 vs exact | MB/query | 1q GB/s | % bw |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in report["matching"]:
+            ratio = row["single_ms"] / row["batched_ms"] if row["batched_ms"] > 0 else float("nan")
             lines.append(f"| {row['data']} | {row['label']} | {row['build_s']:.1f} | {row['memory_mb']:.1f} | "
                          f"{row['single_ms']:.3f} | {row['single_cpu_ms']:.3f} | {row['single_queries']} | "
-                         f"{row['batched_ms']:.3f} | {row['batched_cpu_ms']:.3f} | {row['recall_at_1']:.1f} | "
-                         f"{row['recall_delta']:+.1f} |")
+                         f"{row['batched_ms']:.3f} | {row['batched_cpu_ms']:.3f} | {ratio:.1f}× | {row['recall_at_1']:.1f} | "
+                         f"{row['recall_delta']:+.1f} | {row['bytes_per_query'] / 2**20:.2f} | {row['single_gb_s']:.1f} | "
+                         f"{100 * row['bandwidth_fraction']:.0f} % |")
         lines.append("")
+    lines += _gpu_markdown(report.get("gpu"))
     if report.get("training"):
         lines += ["## Training throughput (forward + backward + Adam step)", "",
                   "| preset | images/step | threads | median images/s | best images/s | median ms/step | MACs/image |",
@@ -214,6 +242,81 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _machine_line(machine: dict) -> str:
+    from tscm.bench.machine import MachineProfile
+
+    return MachineProfile(**machine).line()
+
+
+def _gpu_extraction(settings: BenchSettings, gpu: dict, print_fn) -> list[dict]:
+    from dataclasses import asdict
+
+    from tscm.bench import gpu as gpu_bench
+
+    onnx_reason = gpu_bench.onnx_cuda_reason()
+    if onnx_reason:
+        gpu["notes"].append(f"ONNX Runtime CUDA rows skipped: {onnx_reason}")
+    print_fn("GPU extraction (CUDA; eager fp32, fp16 autocast, ONNX Runtime CUDA provider): ms per image")
+    print_fn(gpu_bench.GPU_EXTRACTION_HEADER)
+    rows = gpu_bench.bench_gpu_extraction(settings.models, settings.batch_sizes, cycles=settings.cycles,
+                                          calls=settings.calls, onnx=onnx_reason is None,
+                                          exporter="torchscript" if settings.quick else "dynamo", print_fn=print_fn)
+    return [{**asdict(row), "image_size": list(row.image_size)} for row in rows]
+
+
+def _int8_summary(rows: list[dict]) -> list[str]:
+    """Per model and batch size: eager fp32, ONNX fp32, ONNX int8 and what precision auto kept, side by side."""
+    wanted = ("torch", "onnx", "onnx-int8", "onnx-auto")
+    groups: dict[tuple[str, int], dict[str, dict]] = {}
+    for row in rows:
+        if row["runtime"] in wanted:
+            groups.setdefault((row["model"], row["batch_size"]), {})[row["runtime"]] = row
+    if not any("onnx-int8" in group for group in groups.values()):
+        return []
+    lines = ["### int8 against float32 (ms per image, median; speed-up vs eager fp32)", "",
+             "| model | batch | eager fp32 | ONNX fp32 | ONNX int8 | int8 vs eager | int8 vs ONNX fp32 | auto kept "
+             "| auto's own timing fp32 / int8 (batch 1) |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+
+    def ms(group: dict, runtime: str) -> str:
+        return f"{group[runtime]['median_ms']:.2f}" if runtime in group else "–"
+
+    for (model, batch), group in groups.items():
+        eager, fp32, int8 = (group[r]["median_ms"] if r in group else None for r in ("torch", "onnx", "onnx-int8"))
+        auto = group.get("onnx-auto")
+        auto_ms = (auto or {}).get("auto_ms") or {}
+        cells = [model, str(batch), ms(group, "torch"), ms(group, "onnx"), ms(group, "onnx-int8"),
+                 f"{eager / int8:.2f}×" if eager and int8 else "–", f"{fp32 / int8:.2f}×" if fp32 and int8 else "–",
+                 auto["precision"] if auto else "–",
+                 f"{auto_ms['float32']:.1f} / {auto_ms['int8']:.1f} ms" if auto_ms else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _gpu_markdown(gpu: dict | None) -> list[str]:
+    if not gpu:
+        return []
+    if not gpu.get("available"):
+        return ["## GPU", "", f"GPU rows skipped: {gpu.get('reason')}.", ""]
+    lines = ["## GPU", "", f"Device {gpu.get('device')}."]
+    lines += [f"Note: {note}." for note in gpu.get("notes", [])]
+    lines.append("")
+    if gpu.get("extraction"):
+        lines += ["| model | runtime | batch | median ms/img | min ms/img | calls | speed-up vs cuda-fp32 | GFLOP/s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for row in gpu["extraction"]:
+            lines.append(f"| {row['model']} | {row['runtime']} | {row['batch_size']} | {row['median_ms']:.3f} | "
+                         f"{row['min_ms']:.3f} | {row['calls']} | {row['speedup']:.2f}× | {row['gflops']:.1f} |")
+        lines.append("")
+    if gpu.get("matching"):
+        lines += ["| data | space of | engine | 1q ms | batch ms/q | R@1 % |", "|---|---|---|---:|---:|---:|"]
+        for row in gpu["matching"]:
+            lines.append(f"| {row['data']} | {row['label']} | {row['engine']} | {row['single_ms']:.3f} | "
+                         f"{row['batched_ms']:.4f} | {row['recall_at_1']:.1f} |")
+        lines.append("")
+    return lines
+
+
 def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
               print_fn: Callable[[str], None] = print) -> dict:
     """Run the chosen parts, print their tables, and write bench.json / bench.md to `out_dir`; returns the report."""
@@ -222,16 +325,31 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
     from tscm.fileio import write_json_atomic, write_text_atomic
     from tscm.threads import limit_threads
 
+    from tscm.bench import gpu as gpu_bench
+    from tscm.bench.machine import probe_machine
+
     settings.check()
     report: dict = {"settings": asdict(settings), "environment": _environment(settings.threads)}
+    small = dict(matmul_size=512, copy_mb=32, repeats=2) if settings.quick else {}
+    machine = probe_machine(settings.threads, **small)
+    report["machine"] = machine.to_json()
+    print_fn(machine.line())
+    for note in machine.notes:
+        print_fn(f"note: {note}")
+    reason = gpu_bench.unavailable_reason() if settings.gpu else "not requested (--no-gpu)"
+    report["gpu"] = {"available": reason is None, "reason": reason, "device": machine.gpu, "notes": []}
+    if reason is not None and ({"extraction", "matching", "city"} & set(settings.parts)):
+        print_fn(f"GPU rows skipped: {reason}")
     # numpy's BLAS on one thread: PCA fitting (index build) and mining products, see tscm.threads.
     with limit_threads(blas=1):
         if "extraction" in settings.parts:
-            report["extraction"] = _extraction(settings, print_fn)
+            report["extraction"] = _extraction(settings, print_fn, machine.fp32_gflops)
+            if reason is None:
+                report["gpu"]["extraction"] = _gpu_extraction(settings, report["gpu"], print_fn)
         if "accuracy" in settings.parts:
             report["accuracy"] = _accuracy(settings, print_fn)
         if "matching" in settings.parts or "city" in settings.parts:
-            report["matching"] = _matching(settings, report, print_fn)
+            report["matching"] = _matching(settings, report, print_fn, machine.copy_gb_s_1thread)
     if "mining" in settings.parts:
         report["mining"] = _mining(settings, print_fn)
     if "training" in settings.parts:
@@ -251,12 +369,13 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
 
 
 def _calibration(settings: BenchSettings) -> list:
-    from tscm.bench.extraction import calibration_images
+    from tscm.bench.extraction import NEEDS_CALIBRATION, calibration_images
 
-    return calibration_images(settings.accuracy_data, 64) if "onnx-int8" in settings.runtimes else []
+    needed = any(runtime in NEEDS_CALIBRATION for runtime in settings.runtimes)
+    return calibration_images(settings.accuracy_data, 64) if needed else []
 
 
-def _extraction(settings: BenchSettings, print_fn) -> list[dict]:
+def _extraction(settings: BenchSettings, print_fn, peak_gflops: float | None = None) -> list[dict]:
     from dataclasses import asdict
 
     from tscm.bench.extraction import bench_extraction
@@ -267,7 +386,7 @@ def _extraction(settings: BenchSettings, print_fn) -> list[dict]:
     rows = bench_extraction(settings.models, settings.runtimes, settings.batch_sizes, threads=settings.threads,
                             calibration_paths=calibration, cycles=settings.cycles, calls_per_block=settings.calls,
                             budget_s=settings.budget, exporter="torchscript" if settings.quick else "dynamo",
-                            print_fn=print_fn)
+                            peak_gflops=peak_gflops, print_fn=print_fn)
     return [{**asdict(row), "image_size": list(row.image_size)} for row in rows]
 
 
@@ -282,7 +401,7 @@ def _accuracy(settings: BenchSettings, print_fn) -> list[dict]:
     return [asdict(row) for row in rows]
 
 
-def _matching(settings: BenchSettings, report: dict, print_fn) -> list[dict]:
+def _matching(settings: BenchSettings, report: dict, print_fn, bandwidth_gb_s: float | None = None) -> list[dict]:
     from dataclasses import asdict
 
     from tscm.bench.matching import bench_matching, synthetic_matching_data
@@ -298,8 +417,9 @@ def _matching(settings: BenchSettings, report: dict, print_fn) -> list[dict]:
             data, report["city"] = _city_data(settings, print_fn)
             return data
         datasets.append(city)
-    print_fn(f"matching: {settings.threads} threads; single queries timed one at a time (median of up to "
-             f"{settings.single}), then all queries in one batch; Recall@1 vs exact search on the same data")
+    print_fn(f"matching: {settings.threads} threads; {settings.rounds} rounds of single queries timed one at a time "
+             f"(median of up to {settings.single} in all), each followed by all queries in one batch; Recall@1 vs exact "
+             "search on the same data; MB/query estimated, % bw of the one-thread copy bandwidth")
     current_dim = {}
 
     def generated():
@@ -309,8 +429,12 @@ def _matching(settings: BenchSettings, report: dict, print_fn) -> list[dict]:
             current_dim["dim"] = data.database.shape[1]
             yield data
 
+    gpu_rows: list | None = [] if report.get("gpu", {}).get("available") else None
     rows = bench_matching(generated(), lambda num_db: feasible_configs(num_db, current_dim["dim"]),
-                          num_single=settings.single, threads=settings.threads, print_fn=print_fn)
+                          num_single=settings.single, threads=settings.threads, rounds=settings.rounds,
+                          bandwidth_gb_s=bandwidth_gb_s, gpu_rows=gpu_rows, print_fn=print_fn)
+    if gpu_rows is not None:
+        report["gpu"]["matching"] = [asdict(row) for row in gpu_rows]
     return [asdict(row) for row in rows]
 
 

@@ -1,10 +1,12 @@
 """Training throughput: images per second through forward + backward + optimiser step, per model preset.
 
 A step is what the trainer does for one batch of tuples: B tuples of a query, a positive and K
-negatives (B·(K+2) images, the demo's 8 × (2 + 5) = 56 by default) through the model, the triplet
-loss on their descriptors, backward and an Adam step. Images are random tensors of the preset's
-size (decoding is not timed: the trainer loads images beside the computation). Presets take turns
-so load from other processes hits them alike; the table gives the median and the best step.
+negatives (B·(K+2) images; by default B and K as the demo trains the preset's role, from
+demo_teacher.yaml / demo_student.yaml) through the model, the triplet loss on their descriptors,
+backward and an optimiser step, set up as the trainer sets them up (`build_optimizer`: fused Adam;
+`to_fast_layout`: channels-last on the CPU). Images are random tensors of the preset's size
+(decoding is not timed: the trainer reads decoded pixels from memory). Presets take turns so load
+from other processes hits them alike; the table gives the median and the best step.
 """
 
 from __future__ import annotations
@@ -31,17 +33,32 @@ class TrainingRow:
     median_step_ms: float
     steps: int
     multiply_adds: int  # per image, forward
+    tuples: int = 0  # tuples per step (images_per_step / tuples images each)
+
+
+def demo_batch(preset: str) -> tuple[int, int]:
+    """(tuples per batch, negatives per tuple) with which the demo trains `preset`'s role."""
+    from tscm.config import load_config
+    from tscm.models.presets import get_preset, model_role
+
+    role = model_role(get_preset(preset))
+    config = load_config("demo_teacher" if role == "teacher" else "demo_student", kind=role)
+    return config.train.batch_size, config.mining.num_negatives
 
 
 def _step_function(preset: str, tuples: int, negatives: int, seed: int) -> tuple[Callable[[], None], int, int]:
+    from types import SimpleNamespace
+
     from tscm.losses import TupleDescriptors, build_preset
     from tscm.models.presets import build_model, multiply_adds_per_image
+    from tscm.train.trainer import build_optimizer, to_fast_layout
 
     torch.manual_seed(seed)
     model = build_model(preset)
     macs = multiply_adds_per_image(model)
+    model = to_fast_layout(model, torch.device("cpu"))
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, SimpleNamespace(optimizer="adam", lr=1e-4, weight_decay=0.0, momentum=0.0))
     loss_fn = build_preset("none")
     height, width = model.config.image_size
     per_step = tuples * (negatives + 2)
@@ -57,13 +74,19 @@ def _step_function(preset: str, tuples: int, negatives: int, seed: int) -> tuple
     return step, per_step, macs
 
 
-def bench_training(presets: Sequence[str] = DEFAULT_PRESETS, *, tuples: int = 8, negatives: int = 5,
-                   threads: int = 2, steps: int = 10, rounds: int = 3, seed: int = 0,
+def bench_training(presets: Sequence[str] = DEFAULT_PRESETS, *, tuples: int | None = None,
+                   negatives: int | None = None, threads: int = 2, steps: int = 10, rounds: int = 3, seed: int = 0,
                    print_fn: Callable[[str], None] = print) -> list[TrainingRow]:
-    """Median and best training throughput (images/s) of each preset, the presets taking turns."""
+    """Median and best training throughput (images/s) of each preset, the presets taking turns.
+
+    `tuples` / `negatives` (None: as the demo trains each preset's role) set the batch."""
     rows = []
     with limit_threads(torch=threads):
-        steps_of = {preset: _step_function(preset, tuples, negatives, seed) for preset in presets}
+        shape_of = {}
+        for preset in presets:
+            demo_tuples, demo_negatives = demo_batch(preset)
+            shape_of[preset] = (tuples or demo_tuples, demo_negatives if negatives is None else negatives)
+        steps_of = {preset: _step_function(preset, *shape_of[preset], seed) for preset in presets}
         seconds: dict[str, list[float]] = {preset: [] for preset in presets}
         for step, _, _ in steps_of.values():
             step()  # warm-up: first-call allocations are not the steady state
@@ -73,15 +96,17 @@ def bench_training(presets: Sequence[str] = DEFAULT_PRESETS, *, tuples: int = 8,
                     started = time.perf_counter()
                     step()
                     seconds[preset].append(time.perf_counter() - started)
-    print_fn(f"training throughput: forward + backward + Adam step, {tuples} tuples × {negatives + 2} images, "
-             f"{threads} threads; median and best step over {rounds} turns of {steps} steps")
-    print_fn(f"{'preset':<16} {'images/step':>11} {'median img/s':>13} {'best img/s':>11} {'median ms/step':>15} {'MACs/img':>10}")
+    print_fn(f"training throughput: forward + backward + Adam step (tuples × images per tuple as given, default: as "
+             f"the demo trains), {threads} threads; median and best step over {rounds} turns of {steps} steps")
+    print_fn(f"{'preset':<16} {'batch':>7} {'images/step':>11} {'median img/s':>13} {'best img/s':>11} "
+             f"{'median ms/step':>15} {'MACs/img':>10}")
     for preset, (_, per_step, macs) in steps_of.items():
         median = statistics.median(seconds[preset])
         best = min(seconds[preset])
         row = TrainingRow(preset, per_step, threads, per_step / median, per_step / best, 1000 * median,
-                          len(seconds[preset]), macs)
+                          len(seconds[preset]), macs, tuples=shape_of[preset][0])
         rows.append(row)
-        print_fn(f"{preset:<16} {per_step:>11} {row.median_images_per_s:>13.0f} {row.best_images_per_s:>11.0f} "
+        batch = f"{shape_of[preset][0]}×{shape_of[preset][1] + 2}"
+        print_fn(f"{preset:<16} {batch:>7} {per_step:>11} {row.median_images_per_s:>13.0f} {row.best_images_per_s:>11.0f} "
                  f"{row.median_step_ms:>15.1f} {macs / 1e6:>9.1f}M")
     return rows

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 NAME = "bench"
-HELP = ("time descriptor extraction (teacher vs student, eager vs ONNX Runtime vs quantised), accuracy per runtime, "
-        "matching per search back-end (10k/250k synthetic descriptors and the synthetic city), the mining refresh and "
-        "training throughput")
+HELP = ("measure the machine (CPU, ISA, fp32 peak, bandwidth), then time descriptor extraction (teacher vs student, "
+        "eager vs ONNX Runtime vs quantised), accuracy per runtime, matching per search back-end (10k/250k synthetic "
+        "descriptors and the synthetic city), the mining refresh and training throughput; GPU rows where CUDA is visible")
 PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training")  # mirror of tscm.bench.suite.PARTS (no torch at --help)
 RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.deploy.runtimes.RUNTIMES
+BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")  # mirror of tscm.bench.extraction.BENCH_RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,10 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smoke test in seconds: tiny sizes, student-tiny, tiny city (numbers are not meaningful)")
     parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime / faiss threads (default: 2)")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-gpu", dest="gpu", action="store_false", default=None,
+                        help="skip the GPU rows even where a CUDA device is visible")
     extraction = parser.add_argument_group("extraction and accuracy")
     extraction.add_argument("--models", nargs="+", default=None,
                             help="checkpoint directories or presets (default: student-paper teacher-paper, 224×224)")
-    extraction.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=None, help="default: all")
+    extraction.add_argument("--runtimes", nargs="+", choices=BENCH_RUNTIMES, default=None,
+                            help="default: all (onnx-auto: onnx-int8 with precision auto, the graph it keeps)")
     extraction.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 16")
     extraction.add_argument("--cycles", type=int, default=None, help="turns of every runtime (default: 3)")
     extraction.add_argument("--calls", type=int, default=None, help="timed calls per turn (default: 5)")
@@ -38,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     matching.add_argument("--dim", type=int, default=None, help="synthetic descriptor dimension (default: 2048)")
     matching.add_argument("--queries", type=int, default=None, help="queries per synthetic database (default: 1000)")
     matching.add_argument("--single", type=int, default=None, help="queries timed one at a time (default: 200)")
+    matching.add_argument("--rounds", type=int, default=None,
+                          help="turns of (single queries, batch), measured side by side (default: 3)")
     matching.add_argument("--city", default=None, help="synthetic city preset (default: demo)")
     matching.add_argument("--city-split", default=None, help="split whose database and queries are matched")
     matching.add_argument("--radius", type=float, default=None, help="metres for a correct match (default: 25)")

@@ -6,19 +6,24 @@ import argparse
 
 NAME = "export"
 # Mirrors of tscm.deploy.onnx_export's constants, so that building the CLI does not import torch (a test keeps them equal).
-PRECISIONS = ("float32", "int8")
+PRECISIONS = ("float32", "int8", "auto")
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
 DEFAULT_CALIBRATION_IMAGES = 64
 HELP = ("export a teacher or student checkpoint to ONNX (dynamic batch, fingerprint/image size/mean/std in "
-        "metadata_props), float32 checked against PyTorch, or int8 calibrated on a data set's images")
+        "metadata_props), float32 checked against PyTorch, int8 calibrated on a data set's images, or auto: "
+        "int8 only if it is faster on this machine")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory (model.safetensors + meta.json)")
     parser.add_argument("--onnx", required=True, metavar="OUT.onnx", help="output file (its folder is created if missing)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="float32, or int8 (convolutions quantised statically; needs --calibration)")
+                        help="float32; int8 (convolutions and weight matrix products quantised statically; needs "
+                             "--calibration); or auto: build both, time them here at batch 1 and keep int8 only when "
+                             "it is faster (needs --calibration; the choice and timings go into the metadata)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="auto: ONNX Runtime threads to time with, as the deployment will run (default: all cores)")
     parser.add_argument("--calibration", metavar="DATA", default=None,
                         help="data set (folder, .mat, .csv, .npz) whose database images calibrate int8")
     parser.add_argument("--calibration-split", default="train", help="split of --calibration to use (default: train)")
@@ -38,9 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from tscm.deploy.onnx_export import calibration_subset, export_onnx
 
     calibration = []
-    if args.precision == "int8":
+    if args.threads is not None and args.threads < 1:
+        raise TscmError(f"--threads: expected a positive number, got {args.threads}")
+    if args.threads is not None and args.precision != "auto":
+        raise TscmError("--threads is only used with --precision auto (the timing that chooses the precision)")
+    if args.precision in ("int8", "auto"):
         if args.calibration is None:
-            raise TscmError("--precision int8 needs --calibration DATA (images to choose the activation ranges)")
+            raise TscmError(f"--precision {args.precision} needs --calibration DATA (images to choose the activation "
+                            "ranges)")
         if args.calibration_images < 1:
             raise TscmError(f"--calibration-images: expected a positive number, got {args.calibration_images}")
         from tscm.data.formats import load_placeset
@@ -48,13 +58,19 @@ def run(args: argparse.Namespace) -> int:
         placeset = load_placeset(args.calibration, split=args.calibration_split)
         calibration = calibration_subset(placeset.db_paths, args.calibration_images)
     elif args.calibration is not None:
-        raise TscmError("--calibration is only used with --precision int8")
+        raise TscmError("--calibration is only used with --precision int8 or auto")
     meta = export_onnx(args.checkpoint, args.onnx, opset=args.opset, exporter=args.exporter, precision=args.precision,
-                       calibration_paths=calibration, check_parity=not args.no_parity_check)
+                       calibration_paths=calibration, check_parity=not args.no_parity_check, threads=args.threads)
     size_mb = Path(args.onnx).stat().st_size / 2**20
     height, width = meta["image_size"]
     print(f"wrote {args.onnx} ({size_mb:.1f} MB): {meta['preset']} {meta['precision']}, input images B×3×{height}×{width}, "
           f"output descriptors B×{meta['descriptor_dim']}, fingerprint {meta['fingerprint']}")
     if calibration:
         print(f"int8 calibrated on {len(calibration)} images of {args.calibration} ({args.calibration_split} split)")
+    choice = meta.get("precision_choice")
+    if choice:
+        timings = choice["ms_per_image"]
+        print(f"precision auto: kept {choice['chosen']} (batch 1, {choice['threads'] or 'default'} threads, median of "
+              f"{choice['calls']} calls: float32 {timings['float32']:.1f} ms, int8 {timings['int8']:.1f} ms on "
+              f"{choice['cpu']})")
     return 0

@@ -10,6 +10,12 @@ Back-ends (``PlaceIndex.create(backend, dim, **params)``):
 
 Distances returned by ``search`` are squared L2 in the space the back-end searches (after PCA and
 whitening where those are used), so they are comparable within one index, not across back-ends.
+A query gets bitwise the same hits, distances and tie order (lower row first) alone as in any
+batch: PCA projects each query with its own matrix-vector product, and the exhaustive searches
+(flat and PCA-flat with fp32 storage, IVF's coarse lists, IVF-PQ's re-ranking) select candidates
+with matrix products and then compute each candidate's distance on its own (see "exhaustive
+search" below). A lone query runs on one thread, with a handful of numpy calls around one
+memory-bound matrix-vector product over the stored vectors (N·d·4 bytes).
 
 File format (one file, written atomically): safetensors arrays ``faiss_index`` (faiss'
 ``serialize_index`` bytes, plain binary), ``ids``, optional ``xy``, optional ``times`` (frame
@@ -26,11 +32,13 @@ validation split for a target precision; it is only meaningful in the space it w
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -51,7 +59,9 @@ PCA_TRAIN_LIMIT = 20_000
 QUANTIZER_TRAIN_LIMIT = 50_000
 # faiss spreads even one query over its threads; on a shared CPU the thread barrier then costs
 # milliseconds (measured on a loaded 2-core machine, 10k×256 flat search: median 0.13 ms on one
-# thread, 0.4 to 40 ms on two), so batches smaller than this run on one thread.
+# thread, 0.4 to 40 ms on two), so batches smaller than this run on one thread: faiss (OpenMP)
+# and numpy's BLAS both (a 2 MB matrix-vector product on two BLAS threads of a busy 2-core
+# machine took 10 ms instead of 0.08).
 SINGLE_THREAD_BELOW = 8
 
 _DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
@@ -99,26 +109,31 @@ class SearchResult:
 class PcaProjection:
     """Centre, project onto the leading principal axes, optionally whiten (then re-normalise).
 
-    The product runs in faiss (a LinearTransform) rather than numpy: faiss' BLAS follows faiss'
-    thread setting, so a single query is projected on one thread like it is searched; numpy's BLAS
-    threads spin-waited for milliseconds per query on the shared CPU.
+    `apply` projects each query with its own matrix-vector product (numpy's BLAS on one thread,
+    the matrix pre-transposed, the centring folded into an offset), so a query's projection is
+    bitwise the same alone or in any batch: a batched matrix product rounds differently per row
+    shape, which would let a lone query's distances differ from the same query's in a batch.
+    One thread because BLAS threads spin-waited for milliseconds per query on the shared CPU.
     """
 
     mean: np.ndarray  # D float32
     projection: np.ndarray  # D×d float32, columns scaled by 1/sqrt(eigenvalue) when whitening
     whiten: bool
-    _transform: Any = field(default=None, init=False, repr=False, compare=False)
+    _transposed: Any = field(default=None, init=False, repr=False, compare=False)
+    _offset: Any = field(default=None, init=False, repr=False, compare=False)
+    _sha256: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        import faiss
+        projection = np.asarray(self.projection, dtype=np.float32)
+        self._transposed = np.ascontiguousarray(projection.T)  # d×D: one row per output axis
+        self._offset = (-(self.mean.astype(np.float64) @ projection.astype(np.float64))).astype(np.float32)
 
-        dim, out_dim = self.projection.shape
-        transform = faiss.LinearTransform(dim, out_dim, True)
-        matrix = np.ascontiguousarray(self.projection.T, dtype=np.float32)
-        faiss.copy_array_to_vector(matrix.ravel(), transform.A)
-        faiss.copy_array_to_vector((-(matrix @ self.mean.astype(np.float32))).astype(np.float32), transform.b)
-        transform.is_trained = True
-        self._transform = transform
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the projection matrix (the search space's identity; computed once)."""
+        if self._sha256 is None:
+            self._sha256 = _sha256(self.projection)
+        return self._sha256
 
     @classmethod
     def fit(cls, descriptors: np.ndarray, out_dim: int, whiten: bool) -> PcaProjection:
@@ -138,11 +153,43 @@ class PcaProjection:
         return cls(mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32), whiten)
 
     def apply(self, descriptors: np.ndarray) -> np.ndarray:
-        reduced = self._transform.apply(np.ascontiguousarray(descriptors, dtype=np.float32))
+        """N×D float32 -> N×d float32 (contiguous)."""
+        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+        with _blas_threads(1):
+            # (d×D) @ (N×D×1): numpy runs one gemv per query, the same call whatever N is.
+            reduced = np.matmul(self._transposed, descriptors[:, :, None])[:, :, 0]
+        reduced += self._offset
         if self.whiten:
-            norms = np.linalg.norm(reduced, axis=1, keepdims=True)
-            reduced /= np.maximum(norms, 1e-12)
-        return np.ascontiguousarray(reduced, dtype=np.float32)
+            norms = np.sqrt(np.einsum("ij,ij->i", reduced, reduced))
+            reduced /= np.maximum(norms, 1e-12)[:, None]
+        return reduced
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_blas():
+    """numpy's bundled OpenBLAS (ctypes handle, looked up once), or None."""
+    from tscm.threads import _numpy_openblas
+
+    return _numpy_openblas()
+
+
+@contextlib.contextmanager
+def _blas_threads(count: int) -> Iterator[None]:
+    """numpy's BLAS on `count` threads for the block (a no-op when it already is, or numpy has another BLAS).
+
+    Cheaper than tscm.threads.limit_threads(blas=...) per call (no library lookup), which matters
+    for the single-query path.
+    """
+    library = _numpy_blas()
+    previous = library.scipy_openblas_get_num_threads64_() if library is not None else count
+    if previous == count:
+        yield
+        return
+    library.scipy_openblas_set_num_threads64_(int(count))
+    try:
+        yield
+    finally:
+        library.scipy_openblas_set_num_threads64_(previous)
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -233,6 +280,157 @@ def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+# ----- exhaustive search --------------------------------------------------------------------------
+# One routine serves the flat back-ends (fp32 storage), IVF's coarse assignment and the re-ranking:
+# a fast approximate pass (BLAS: ‖x‖² − 2 q·x; a matrix-vector product for one query, tiled
+# matrix products for a batch) keeps every row that can still be among the k nearest, given a
+# proven bound on that pass' rounding error; those few rows then get their squared distance
+# computed pair by pair in float64 (rounded to float32) and are ordered by (distance, row). A
+# query therefore gets bitwise the same hits, distances and tie order alone or in any batch, and
+# the batch keeps the speed of matrix products. The bound: for s-dim rows, the float32 dot product
+# errs by at most s·u·‖q‖‖x‖ (any summation order), the norms and sums add a few u·(‖x‖+‖q‖)², the
+# float64 distance rounded to float32 u·(‖x‖+‖q‖)² (u = 2^-24); SCAN_ERROR_FACTOR doubles that.
+SCAN_ERROR_FACTOR = 2.0
+SCAN_DB_TILE = 32_768  # database rows per matrix product of a batch
+SCAN_QUERY_TILE = 256  # queries per matrix product of a batch
+RERANK_PAIR_ELEMENTS = 1 << 21  # float64 elements of (candidate, query) differences held at once
+MISSING_DISTANCE = np.float32(np.finfo(np.float32).max)  # faiss' value for a hit that does not exist
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product of each row of `a` with the same row of `b` (numpy ≥ 2: the vecdot ufunc, fastest)."""
+    vecdot = getattr(np, "vecdot", None)
+    return vecdot(a, b) if vecdot is not None else np.einsum("ij,ij->i", a, b)
+
+
+@dataclass
+class _ScanTarget:
+    """Rows searched exhaustively: a view of faiss' storage, their squared norms and the largest norm."""
+
+    vectors: np.ndarray  # N×s float32 (may be a view of faiss-owned memory: valid until the next add)
+    norms: np.ndarray  # N float32, ‖x‖²
+    max_norm: float  # max ‖x‖
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> _ScanTarget:
+        squared = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+        return cls(vectors, squared.astype(np.float32), float(np.sqrt(squared.max())) if len(squared) else 0.0)
+
+
+def _flat_vectors(flat_index) -> np.ndarray:
+    """The N×d float32 rows of a faiss IndexFlat, without a copy."""
+    import faiss
+
+    flat = faiss.downcast_index(flat_index)
+    count, dim = int(flat.ntotal), int(flat.d)
+    if count == 0:
+        return np.zeros((0, dim), dtype=np.float32)
+    return faiss.rev_swig_ptr(flat.get_xb(), count * dim).reshape(count, dim)
+
+
+def _pair_distances(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float32(Σ (q − x)² in float64) for each (query row, vector col) pair; each pair on its own."""
+    out = np.empty(len(rows), dtype=np.float32)
+    step = max(1, RERANK_PAIR_ELEMENTS // max(1, vectors.shape[1]))
+    for start in range(0, len(rows), step):
+        stop = start + step
+        diff = np.subtract(vectors[cols[start:stop]], queries[rows[start:stop]], dtype=np.float64)
+        out[start:stop] = _row_dots(diff, diff)
+    return out
+
+
+def _top_k_of_pairs(num_queries: int, k: int, rows: np.ndarray, cols: np.ndarray,
+                    distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q×k (distances, cols) of the k best pairs per query by (distance, col); missing: (max float, -1)."""
+    out_d = np.full((num_queries, k), MISSING_DISTANCE, dtype=np.float32)
+    out_i = np.full((num_queries, k), -1, dtype=np.int64)
+    if num_queries == 1:  # the single query: no grouping by row
+        order = np.lexsort((cols, distances))[:k]
+        out_d[0, : len(order)] = distances[order]
+        out_i[0, : len(order)] = cols[order]
+    elif len(rows):
+        order = np.lexsort((cols, distances, rows))
+        rows, cols, distances = rows[order], cols[order], distances[order]
+        first = np.searchsorted(rows, rows, side="left")
+        rank = np.arange(len(rows)) - first
+        keep = rank < k
+        out_d[rows[keep], rank[keep]] = distances[keep]
+        out_i[rows[keep], rank[keep]] = cols[keep]
+    return out_d, out_i
+
+
+def _scan_slack(dim: int, max_norm, query_norms):
+    """Twice the bound on the approximate scores' error (module note above), per query."""
+    unit = float(np.finfo(np.float32).eps) / 2
+    return 2 * SCAN_ERROR_FACTOR * (dim + 8) * unit * (max_norm + query_norms) ** 2
+
+
+def _exact_search(queries: np.ndarray, target: _ScanTarget, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of `target` per query (Q×k distances float32, Q×k rows int64), see above."""
+    num_queries, dim = queries.shape
+    count = len(target.vectors)
+    if num_queries == 1 and count:
+        return _exact_search_one(queries, target, k)
+    out_d = np.empty((num_queries, k), dtype=np.float32)
+    out_i = np.empty((num_queries, k), dtype=np.int64)
+    query_norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
+    slack = _scan_slack(dim, target.max_norm, query_norms).astype(np.float32)
+    with _blas_threads(threads):
+        for q0 in range(0, num_queries, SCAN_QUERY_TILE):
+            block = queries[q0 : q0 + SCAN_QUERY_TILE]
+            m = len(block)
+            scaled = block * np.float32(-2.0)
+            best = np.full((m, k), np.inf, dtype=np.float32)  # k smallest approximate scores so far
+            found_rows, found_cols, found_scores = [], [], []
+            for d0 in range(0, count, SCAN_DB_TILE):
+                tile = target.vectors[d0 : d0 + SCAN_DB_TILE]
+                scores = scaled @ tile.T
+                scores += target.norms[d0 : d0 + SCAN_DB_TILE]  # ‖x‖² − 2 q·x (‖q‖² is the same per query)
+                if k == 1:
+                    np.minimum(best[:, 0], scores.min(axis=1), out=best[:, 0])
+                else:
+                    best = np.partition(np.concatenate([best, scores], axis=1), k - 1, axis=1)[:, :k]
+                limit = best.max(axis=1) + slack[q0 : q0 + m]
+                rows, cols = np.nonzero(scores <= limit[:, None])
+                found_rows.append(rows)
+                found_cols.append(cols + d0)
+                found_scores.append(scores[rows, cols])
+            if not found_rows:  # an empty target: every hit is missing
+                out_d[q0 : q0 + m], out_i[q0 : q0 + m] = MISSING_DISTANCE, -1
+                continue
+            rows, cols, scores = (np.concatenate(parts) for parts in (found_rows, found_cols, found_scores))
+            keep = scores <= (best.max(axis=1) + slack[q0 : q0 + m])[rows]  # the final k-th score's bound
+            rows, cols = rows[keep], cols[keep].astype(np.int64)
+            distances = _pair_distances(block, target.vectors, rows, cols)
+            out_d[q0 : q0 + m], out_i[q0 : q0 + m] = _top_k_of_pairs(m, k, rows, cols, distances)
+    return out_d, out_i
+
+
+def _exact_search_one(queries: np.ndarray, target: _ScanTarget, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_exact_search` for one query in a dozen numpy calls: one matrix-vector product over all rows
+    (memory-bound: N·s·4 bytes read), then the same candidate rule, pair distances and order."""
+    query = queries[0]
+    with _blas_threads(1):
+        scores = target.vectors @ (query * np.float32(-2.0))
+    scores += target.norms
+    if k >= len(scores):
+        candidates = np.arange(len(scores))
+    else:
+        kth = scores.min() if k == 1 else np.partition(scores, k - 1)[k - 1]
+        slack = _scan_slack(len(query), target.max_norm, float(np.sqrt(np.dot(query, query))))
+        candidates = np.flatnonzero(scores <= kth + np.float32(slack))
+    # As _pair_distances: float64 differences, one dot product per pair, rounded to float32.
+    diff = np.subtract(target.vectors[candidates], query, dtype=np.float64)
+    distances = _row_dots(diff, diff).astype(np.float32)
+    order = np.lexsort((candidates, distances))[:k] if len(candidates) > 1 else slice(None)
+    out_d = np.full((1, k), MISSING_DISTANCE, dtype=np.float32)
+    out_i = np.full((1, k), -1, dtype=np.int64)
+    found = min(k, len(candidates))
+    out_d[0, :found] = distances[order]
+    out_i[0, :found] = candidates[order]
+    return out_d, out_i
+
+
 class PlaceIndex:
     """Descriptors of database places with their image ids, optional coordinates and paths."""
 
@@ -250,6 +448,10 @@ class PlaceIndex:
         self._times: np.ndarray | None = None
         self._paths: list[str] | None = None
         self._vectors: np.ndarray | None = None  # the searched vectors, reconstructed on demand
+        # Search caches: flat rows with norms, IVF centroids, re-ranking rows (reset by train/add).
+        self._scan: _ScanTarget | None = None
+        self._coarse: tuple[Any, _ScanTarget] | None = None  # (faiss IVF, its centroids)
+        self._refine: np.ndarray | None = None
         self.thresholds: list[dict[str, Any]] = []
         _apply_search_params(backend, faiss_index, params)
 
@@ -327,7 +529,7 @@ class PlaceIndex:
         return {
             "backend": self.backend,
             "params": {k: v for k, v in sorted(self.params.items()) if k not in search_only},
-            "pca_sha256": None if self._pca is None else _sha256(self._pca.projection),
+            "pca_sha256": None if self._pca is None else self._pca.sha256,
         }
 
     def empty_copy(self) -> PlaceIndex:
@@ -417,6 +619,7 @@ class PlaceIndex:
                 raise TscmError(f"index train: backend {self.backend!r} with {self.params} needs at least "
                                 f"{minimum} training descriptors, got {len(descriptors)}")
             self._faiss.train(descriptors)
+            self._coarse = None
 
     def add(self, descriptors, ids, paths: Sequence[str] | None = None, xy=None, times=None) -> None:
         """Append descriptors with their image ids (unique int64), and paths/coordinates/times if known.
@@ -455,6 +658,7 @@ class PlaceIndex:
         if not first and (times is None) != (self._times is None):
             raise TscmError("index add: times must be given for every batch or for none")
         searched = self._pca.apply(descriptors) if self._pca is not None else descriptors
+        self._scan = self._refine = None  # views of faiss' storage, which the add may move
         self._faiss.add(searched)
         self._ids = all_ids
         if xy is not None:
@@ -466,26 +670,76 @@ class PlaceIndex:
 
     # ---- search -------------------------------------------------------------------------
     def search(self, queries, k: int) -> SearchResult:
-        """The `k` nearest database entries for each query (N×dim, or one dim-vector)."""
+        """The `k` nearest database entries for each query (N×dim, or one dim-vector).
+
+        A query gets the same hits, distances and tie order alone as in any batch. Batches smaller
+        than SINGLE_THREAD_BELOW run on one thread.
+        """
         if self.count == 0:
             raise TscmError("index search: the index is empty; add database descriptors before querying")
         if not (isinstance(k, (int, np.integer)) and k >= 1):
             raise TscmError(f"index search: k must be a positive integer, got {k!r}")
         queries = _as_descriptors(queries, self.dim, "index search")
-        with limit_threads(faiss=1 if len(queries) < SINGLE_THREAD_BELOW else None):
-            if self._pca is not None:
-                queries = self._pca.apply(queries)
-            distances, indices = self._faiss.search(queries, int(k))
+        distances, indices = self._search_rows(queries, int(k))
         missing = indices < 0
-        ids = np.where(missing, -1, self._ids[np.maximum(indices, 0)])
+        rows = np.maximum(indices, 0)
+        ids = self._ids[rows]
+        if missing.any():
+            ids[missing] = -1
         xy = None
         if self._xy is not None:
-            xy = self._xy[np.maximum(indices, 0)]
+            xy = self._xy[rows]
             xy[missing] = np.nan
         paths = None
         if self._paths is not None:
-            paths = [[self._paths[i] if i >= 0 else None for i in row] for row in indices.tolist()]
-        return SearchResult(distances, indices.astype(np.int64), ids, xy, paths)
+            table = self._paths
+            paths = [[table[i] if i >= 0 else None for i in row] for row in indices.tolist()]
+        return SearchResult(distances, indices, ids, xy, paths)
+
+    def _search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q×k float32 squared distances, Q×k int64 rows, -1 where missing) in the searched space."""
+        import faiss
+
+        threads = 1 if len(queries) < SINGLE_THREAD_BELOW else max(1, faiss.omp_get_max_threads())
+        with limit_threads(faiss=1 if threads == 1 else None):
+            if self._pca is not None:
+                queries = self._pca.apply(queries)
+            if self.backend in ("flat", "pca-flat") and self.params["storage"] == "fp32":
+                return _exact_search(queries, self._scan_target(), k, threads)
+            if self.backend == "ivfpq":
+                return self._search_ivfpq(queries, k, threads)
+            distances, indices = self._faiss.search(queries, k)
+            return distances, indices.astype(np.int64, copy=False)
+
+    def _scan_target(self) -> _ScanTarget:
+        """The flat index' rows (a view of faiss' storage) with their norms; rebuilt after adds."""
+        if self._scan is None or len(self._scan.vectors) != self.count:
+            self._scan = _ScanTarget.of(_flat_vectors(self._faiss))
+        return self._scan
+
+    def _search_ivfpq(self, queries: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """Coarse lists by exact search over the centroids, faiss' PQ scan of them, exact re-ranking."""
+        import faiss
+
+        if self._coarse is None:
+            ivf = faiss.extract_index_ivf(self._faiss)
+            centroids = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), dtype=np.float32)
+            self._coarse = (ivf, _ScanTarget.of(centroids))
+        ivf, coarse = self._coarse
+        # More lists than exist come back as -1, which faiss skips (as its own search does).
+        coarse_d, coarse_i = _exact_search(queries, coarse, int(ivf.nprobe), threads)
+        rerank = int(self.params["rerank"])
+        wanted = k * rerank if rerank > 0 else k
+        distances, labels = ivf.search_preassigned(queries, wanted, coarse_i, coarse_d)
+        labels = labels.astype(np.int64, copy=False)
+        if rerank == 0:
+            return distances, labels
+        rows, slots = np.nonzero(labels >= 0)
+        cols = labels[rows, slots]
+        if self._refine is None or len(self._refine) != self.count:
+            self._refine = _flat_vectors(self._faiss.refine_index)
+        exact = _pair_distances(queries, self._refine, rows, cols)
+        return _top_k_of_pairs(len(queries), k, rows, cols, exact)
 
     # ---- files --------------------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:

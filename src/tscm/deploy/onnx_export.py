@@ -1,5 +1,9 @@
 """ONNX export of teacher/student checkpoints, with tscm metadata, a parity check and static int8 quantisation.
 
+Precision `auto` builds both graphs, times them on this machine (batch 1, a few calls each, the
+two taking turns) and keeps int8 only when it is faster, so a user never gets a slower model; the
+choice and both timings are recorded in the metadata (`tscm.precision_choice`).
+
 An exported model maps `images` (B×3×H×W, any B, normalised as in training) to `descriptors`
 (B×D, L2-normalised). Its `metadata_props` carry the checkpoint's fingerprint, preset, image
 size, mean/std and precision under `tscm.*` keys, so an index or a deployment can check which
@@ -31,9 +35,16 @@ FORMAT_VERSION = 1
 METADATA_PREFIX = "tscm."
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
-PRECISIONS = ("float32", "int8")
+PRECISIONS = ("float32", "int8", "auto")
 PARITY_MIN_COSINE = 0.9999  # float32 export against PyTorch, per descriptor
-INT8_OP_TYPES = ("Conv",)  # the CNN trunk; the NetVLAD heads and the convolutions reading the image stay float32
+# What int8 quantises: what dominates both models' time. Convolutions (the CNN trunks: ~93 % of
+# student-paper's ONNX Runtime time), and matrix products with constant weights, i.e. MatMul/Gemm
+# with an initializer as second input (the ViT and transformer linear layers: ~70 % of
+# teacher-paper's time; NetVLAD and head projections). Products of two activations (attention
+# scores, NetVLAD aggregation) and the convolutions reading the image stay float32 (accuracy).
+INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
+AUTO_TIMING_CALLS = 5  # timed batch-1 calls per graph per round for precision "auto"
+AUTO_TIMING_ROUNDS = 3  # rounds in which the two graphs take turns
 DEFAULT_CALIBRATION_IMAGES = 64
 
 
@@ -87,8 +98,11 @@ def _trace_to_onnx(model: nn.Module, example: torch.Tensor, opset: int, exporter
     raise TscmError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
 
 
-def metadata_props(meta: dict[str, Any], precision: str) -> dict[str, str]:
-    """The `tscm.*` string entries stored in an exported model's metadata_props."""
+def metadata_props(meta: dict[str, Any], precision: str, choice: dict[str, Any] | None = None) -> dict[str, str]:
+    """The `tscm.*` string entries stored in an exported model's metadata_props.
+
+    `choice`: how precision "auto" chose (`choose_precision`'s record), stored as `precision_choice`.
+    """
     entries: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -104,6 +118,10 @@ def metadata_props(meta: dict[str, Any], precision: str) -> dict[str, str]:
         "precision": precision,
         "config": meta.get("config", {}),
     }
+    if precision == "int8":
+        entries["onnxruntime_disabled_optimizers"] = list(DISABLED_OPTIMIZERS)
+    if choice is not None:
+        entries["precision_choice"] = choice
     return {METADATA_PREFIX + key: json.dumps(value) for key, value in entries.items()}
 
 
@@ -153,31 +171,125 @@ def export_model(
     precision: str = "float32",
     calibration_paths: Sequence[str | Path] = (),
     check_parity: bool = True,
+    threads: int | None = None,
 ) -> bytes:
     """Serialized ONNX model of `model` (with checkpoint metadata `meta`) with tscm metadata_props.
 
     float32 exports are checked against PyTorch on a random batch of two (cosine ≥ PARITY_MIN_COSINE
-    per descriptor, else TscmError). precision="int8" quantises the convolutions statically,
-    calibrated on `calibration_paths`.
+    per descriptor, else TscmError). precision="int8" quantises convolutions and constant-weight
+    matrix products statically (INT8_OP_TYPES), calibrated on `calibration_paths`; "auto" builds
+    both graphs and keeps the faster on this machine with `threads` ONNX Runtime threads
+    (`choose_precision`), recording the choice.
     """
+    if precision not in PRECISIONS:
+        raise TscmError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return export_graphs(model, meta, (precision,), opset=opset, exporter=exporter, calibration_paths=calibration_paths,
+                         check_parity=check_parity, threads=threads)[precision]
+
+
+def export_graphs(
+    model: nn.Module,
+    meta: dict[str, Any],
+    precisions: Sequence[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    exporter: str = "dynamo",
+    calibration_paths: Sequence[str | Path] = (),
+    check_parity: bool = True,
+    threads: int | None = None,
+) -> dict[str, bytes]:
+    """`export_model` for several precisions at once, tracing and quantising once: {precision: bytes}."""
     require_onnx()
     import onnx
 
-    if precision not in PRECISIONS:
-        raise TscmError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if precision == "int8" and not calibration_paths:
-        raise TscmError("int8 export needs calibration images (calibration_paths / --calibration DATA)")
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise TscmError(f"precision {unknown or precisions!r}: expected some of {', '.join(PRECISIONS)}")
+    needs_int8 = [p for p in precisions if p in ("int8", "auto")]
+    if needs_int8 and not calibration_paths:
+        raise TscmError(f"{needs_int8[0]} export needs calibration images (calibration_paths / --calibration DATA)")
     height, width = (int(s) for s in meta["image_size"])
     model = model.eval()
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
     proto = _trace_to_onnx(model, example, opset, exporter)
     if check_parity:
         check_onnx_parity(model, proto.SerializeToString(), example)
-    if precision == "int8":
-        proto = quantize_int8(proto, calibration_paths, meta)
-    _set_metadata(proto, metadata_props(meta, precision))
-    onnx.checker.check_model(proto)
-    return proto.SerializeToString()
+    graphs: dict[str, Any] = {"float32": proto}
+    if needs_int8:
+        graphs["int8"] = quantize_int8(proto, calibration_paths, meta)
+    choice = None
+    if "auto" in precisions:
+        chosen, choice = choose_precision(proto.SerializeToString(), graphs["int8"].SerializeToString(),
+                                          (height, width), threads)
+    out: dict[str, bytes] = {}
+    for precision in precisions:
+        kept = chosen if precision == "auto" else precision
+        graph = onnx.ModelProto()
+        graph.CopyFrom(graphs[kept])
+        _set_metadata(graph, metadata_props(meta, kept, choice if precision == "auto" else None))
+        onnx.checker.check_model(graph)
+        out[precision] = graph.SerializeToString()
+    return out
+
+
+def time_onnx_graphs(graphs: dict[str, bytes], image_size: Sequence[int], threads: int | None, *,
+                     calls: int = AUTO_TIMING_CALLS, rounds: int = AUTO_TIMING_ROUNDS) -> dict[str, float]:
+    """Median ms per call of each serialized graph on one random image (batch 1), with `threads` threads.
+
+    Each graph is warmed up (two calls), then the graphs take turns: `rounds` rounds of `calls` timed
+    calls each, so load from other processes falls on all of them alike.
+    """
+    import statistics
+    import time
+
+    import onnxruntime as ort
+
+    height, width = (int(s) for s in image_size)
+    image = np.random.default_rng(0).standard_normal((1, 3, height, width), dtype=np.float32)
+    sessions = {name: make_session(data, threads) for name, data in graphs.items()}
+    for session in sessions.values():
+        for _ in range(2):
+            session.run([OUTPUT_NAME], {INPUT_NAME: image})
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            for _ in range(calls):
+                tic = time.perf_counter()
+                session.run([OUTPUT_NAME], {INPUT_NAME: image})
+                times[name].append(time.perf_counter() - tic)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
+def choose_precision(float32_graph: bytes, int8_graph: bytes, image_size: Sequence[int],
+                     threads: int | None) -> tuple[str, dict[str, Any]]:
+    """("int8" or "float32", record): int8 only when its median batch-1 time here is lower.
+
+    The record (stored as metadata `precision_choice`) holds both timings and what they were measured on.
+    """
+    import os
+
+    from tscm.bench.machine import cpu_model
+
+    timings = time_onnx_graphs({"float32": float32_graph, "int8": int8_graph}, image_size, threads)
+    chosen = "int8" if timings["int8"] < timings["float32"] else "float32"
+    record = {
+        "requested": "auto",
+        "chosen": chosen,
+        "ms_per_image": {name: round(float(value), 3) for name, value in timings.items()},
+        "batch_size": 1,
+        "threads": threads,
+        "calls": AUTO_TIMING_CALLS * AUTO_TIMING_ROUNDS,
+        "cpu": cpu_model(),
+        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "onnxruntime": _onnxruntime_version(),
+    }
+    return chosen, record
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
 
 
 def export_onnx(
@@ -189,17 +301,18 @@ def export_onnx(
     precision: str = "float32",
     calibration_paths: Sequence[str | Path] = (),
     check_parity: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Export a checkpoint directory to one self-contained ONNX file, written atomically; returns its tscm metadata.
 
-    A missing output folder is created.
+    A missing output folder is created. `threads`: ONNX Runtime threads precision "auto" times with.
     """
     out = Path(out_path)
     if out.is_dir():
         raise TscmError(f"output {out} is a directory; expected a file name such as {out / 'model.onnx'}")
     model, meta = load_checkpoint_folder(checkpoint)
     data = export_model(model, meta, opset=opset, exporter=exporter, precision=precision,
-                        calibration_paths=calibration_paths, check_parity=check_parity)
+                        calibration_paths=calibration_paths, check_parity=check_parity, threads=threads)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     return read_onnx_metadata(out)
@@ -208,8 +321,23 @@ def export_onnx(
 # ----- ONNX Runtime ---------------------------------------------------------------------------------
 
 
+# ONNX Runtime graph transformers tscm's sessions leave out. QDQ propagation moves the QuantizeLinear
+# that follows student-paper's float32 stem (convolution, ReLU, max-pool) above the max-pool, which
+# then runs on uint8 in a kernel ~50× slower than the float32 one (12 of 49 ms per image, one
+# thread); without it the int8 student took 39 ms, and teacher-paper's int8 time did not change.
+# Float32 graphs have no QDQ nodes and are unaffected. Recorded in exported files' metadata
+# (`onnxruntime_disabled_optimizers`) for deployments that build their own sessions.
+DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
+
+
 def session_options(threads: int | None = None) -> Any:
-    """ONNX Runtime options: all graph optimisations, `threads` intra-op threads (None: runtime default)."""
+    """ONNX Runtime options: all graph optimisations, `threads` intra-op threads (None: runtime default).
+
+    Intra-op threads do not spin while waiting for work: on a shared CPU a spinning pool competes
+    with the other processes for the cores it waits on (student-paper, 2 threads, a busy 2-core
+    machine: 141 → 87 ms per int8 image, 243 → 153 ms float32); on an idle machine waking the
+    threads costs microseconds per operator.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -220,8 +348,17 @@ def session_options(threads: int | None = None) -> Any:
         if threads < 1:
             raise TscmError(f"threads: expected a positive number, got {threads}")
         options.intra_op_num_threads = int(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ORT's optimiser notes are not for users
     return options
+
+
+def make_session(model: str | bytes, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)) -> Any:
+    """An ONNX Runtime session with tscm's options (`session_options`) and DISABLED_OPTIMIZERS left out."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model, session_options(threads), providers=list(providers),
+                                disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
 
 def check_onnx_parity(model: nn.Module, onnx_bytes: bytes, images: torch.Tensor,
@@ -229,7 +366,7 @@ def check_onnx_parity(model: nn.Module, onnx_bytes: bytes, images: torch.Tensor,
     """Lowest cosine between PyTorch and ONNX Runtime descriptors of `images`; TscmError below `min_cosine`."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
+    session = make_session(onnx_bytes)
     with torch.inference_mode():
         expected = model(images).float().numpy()
     actual = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
@@ -304,11 +441,31 @@ def image_reading_convolutions(proto: Any) -> list[str]:
     return convolutions
 
 
-def quantize_int8(proto: Any, calibration_paths: Sequence[str | Path], meta: dict[str, Any]) -> Any:
-    """Static QDQ int8 quantisation of the convolutions (per-channel int8 weights, uint8 activations, MinMax).
+# Ops a weight passes through unchanged in value (layout, shape, dtype) on its way to a matrix product.
+WEIGHT_PASS_THROUGH_OPS = frozenset({"Transpose", "Reshape", "Identity", "Cast", "Unsqueeze", "Squeeze", "Flatten"})
 
-    The convolutions that read the image stay float32: in one trial (trained student-tiny, demo city) that
-    raised top-1 agreement with float32 from 85 % to 87 %, for about 7 % of student-paper's multiply-adds.
+
+def activation_products(proto: Any) -> list[str]:
+    """Names of the MatMul/Gemm nodes whose second input is not a constant weight (attention scores and
+    their weighting of values, NetVLAD aggregation): products of two activations."""
+    constants = {init.name for init in proto.graph.initializer}
+    for node in proto.graph.node:  # topological order: a weight's Transpose/Reshape follow the weight
+        if node.op_type == "Constant" or (node.op_type in WEIGHT_PASS_THROUGH_OPS and node.input
+                                          and node.input[0] in constants):
+            constants.update(node.output)
+    return [node.name for node in proto.graph.node
+            if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] not in constants]
+
+
+def quantize_int8(proto: Any, calibration_paths: Sequence[str | Path], meta: dict[str, Any]) -> Any:
+    """Static QDQ int8 quantisation of INT8_OP_TYPES (per-channel int8 weights, uint8 activations, MinMax).
+
+    Matrix products are quantised only with a constant second input (weights), not between two
+    activations (`activation_products`; ONNX Runtime's MatMulConstBOnly does not apply to QDQ models):
+    that keeps attention and its softmax in float32, which is also faster (ONNX Runtime's uint8
+    softmax was 5× slower than float32's in teacher-paper). The convolutions that read the image stay
+    float32: in one trial (trained student-tiny, demo city) that raised top-1 agreement with float32
+    from 85 % to 87 %, for about 7 % of student-paper's multiply-adds.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
@@ -317,10 +474,14 @@ def quantize_int8(proto: Any, calibration_paths: Sequence[str | Path], meta: dic
         source, prepared, quantized = (Path(folder) / name for name in ("model.onnx", "prepared.onnx", "int8.onnx"))
         onnx.save_model(proto, str(source))
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        # Node names from the prepared graph, which is what gets quantised (pre-processing may fuse nodes).
+        prepared_proto = onnx.load(str(prepared))
+        excluded = image_reading_convolutions(prepared_proto) + activation_products(prepared_proto)
+        del prepared_proto
         quantize_static(
             str(prepared), str(quantized), _CalibrationImages(calibration_paths, meta),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(INT8_OP_TYPES), per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=image_reading_convolutions(proto),
+            nodes_to_exclude=excluded,
         )
         return onnx.load(str(quantized))

@@ -321,15 +321,28 @@ class PlaceRecognizer:
         result = self.index.search(descriptors, min(k + exclude_positions, self.count))
         threshold = self.threshold
         places = []
-        for row in range(len(result.indices)):
-            hits = []
-            for position, distance in zip(result.indices[row].tolist(), result.distances[row].tolist()):
-                if position < 0 or len(hits) == k:
-                    break
-                if position >= searchable:
-                    continue
-                hits.append(self._place(len(hits) + 1, position, distance, threshold))
-            places.append(hits)
+        for positions, distances in zip(result.indices.tolist(), result.distances.tolist()):
+            # Hits come nearest first; -1 (missing) only at the end; the newest entries are left out.
+            kept = [(position, distance) for position, distance in zip(positions, distances)
+                    if 0 <= position < searchable][:k]
+            places.append(self._places(kept, threshold))
+        return places
+
+    def _places(self, hits: list[tuple[int, float]], threshold: dict | None) -> list[Place]:
+        """Places for (position, score) hits, ranked in the given order; confidences in one vector operation."""
+        accepted: list[bool | None] = [None] * len(hits)
+        confidences: list[float | None] = [None] * len(hits)
+        if threshold is not None and hits:
+            from tscm.evaluation.precision_recall import confidence as confidence_of
+
+            scores = np.asarray([score for _, score in hits], dtype=np.float64)
+            accepted = [bool(score <= threshold["distance"]) for _, score in hits]
+            confidences = confidence_of(np.maximum(scores, 0.0), threshold["distance"]).tolist()
+        places = []
+        for rank, ((position, score), accept, confidence) in enumerate(zip(hits, accepted, confidences), start=1):
+            entry = self.index.entry(position)
+            places.append(Place(rank, entry["id"], float(score), entry["path"], entry["xy"], accept, confidence,
+                                entry["time"]))
         return places
 
     def _place(self, rank: int, position: int, score: float, threshold: dict | None) -> Place:

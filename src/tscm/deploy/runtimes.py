@@ -3,7 +3,10 @@
 `make_extractor(source, runtime)` gives the model and its metadata: `torch` (eager float32),
 `torch-bf16` (eager under bfloat16 autocast), `torch-int8` (eager with dynamically quantised
 Linear layers), `onnx` (ONNX Runtime float32), `onnx-int8` (ONNX Runtime with statically
-quantised convolutions, calibrated on images the caller supplies). Quantised or bf16 runtimes
+quantised convolutions and constant-weight matrix products, calibrated on images the caller
+supplies). `onnx-int8` with `precision="auto"` builds the float32 and the int8 graph, times both
+here and runs the faster (tscm.deploy.onnx_export.choose_precision); the metadata's `precision`
+says which, `precision_choice` why. Quantised or bf16 runtimes
 keep the fingerprint of the float32 weights they come from: their descriptors live in the same
 space and search an index built with the float32 model.
 """
@@ -25,7 +28,7 @@ from tscm.deploy.onnx_export import (
     load_checkpoint_folder,
     parse_metadata,
     require_onnx,
-    session_options,
+    make_session,
 )
 from tscm.errors import TscmError
 
@@ -40,17 +43,12 @@ class OnnxDescriptorModel(nn.Module):
 
     def __init__(self, source: str | Path | bytes, threads: int | None = None) -> None:
         require_onnx()
-        import onnxruntime as ort
-
         super().__init__()
         where = "exported model" if isinstance(source, bytes) else str(source)
         if not isinstance(source, bytes) and not Path(source).is_file():
             raise TscmError(f"{source}: ONNX model not found")
         try:
-            self.session = ort.InferenceSession(
-                source if isinstance(source, bytes) else str(source), session_options(threads),
-                providers=["CPUExecutionProvider"],
-            )
+            self.session = make_session(source if isinstance(source, bytes) else str(source), threads)
         except Exception as error:  # ORT raises its own exception types for unreadable models
             raise TscmError(f"{where}: ONNX Runtime cannot load it ({error})") from error
         self.meta = parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map), where)
@@ -98,6 +96,17 @@ def quantize_linear_int8(model: nn.Module) -> nn.Module:
 
 RUNTIME_PRECISION = {"torch": "float32", "torch-bf16": "bfloat16", "torch-int8": "int8-linear-dynamic",
                      "onnx": "float32", "onnx-int8": "int8"}
+ONNX_INT8_PRECISIONS = ("int8", "auto")  # what `precision` may say for runtime onnx-int8 (None: int8)
+
+
+def _onnx_precision(runtime: str, precision: str | None) -> str | None:
+    """The export precision of an ONNX runtime (None for the others); TscmError for one the runtime does not take."""
+    if precision is None:
+        return RUNTIME_PRECISION[runtime] if runtime in ("onnx", "onnx-int8") else None
+    if runtime != "onnx-int8" or precision not in ONNX_INT8_PRECISIONS:
+        raise TscmError(f"precision {precision!r} applies to runtime onnx-int8 only (one of "
+                        f"{', '.join(ONNX_INT8_PRECISIONS)}), not to runtime {runtime!r}")
+    return precision
 
 
 def runtime_model(
@@ -108,18 +117,24 @@ def runtime_model(
     threads: int | None = None,
     calibration_paths: Sequence[str | Path] = (),
     exporter: str = "dynamo",
+    precision: str | None = None,
 ) -> nn.Module:
-    """`model` (float32, eval mode, with checkpoint metadata `meta`) prepared to run with `runtime`."""
+    """`model` (float32, eval mode, with checkpoint metadata `meta`) prepared to run with `runtime`.
+
+    `precision="auto"` (onnx-int8 only): keep int8 only where it is faster here (module doc).
+    """
     if runtime not in RUNTIMES:
         raise TscmError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if precision is not None:
+        _onnx_precision(runtime, precision)
     if runtime == "torch":
         return model.eval()
     if runtime == "torch-bf16":
         return AutocastDescriptorModel(model).eval()
     if runtime == "torch-int8":
         return quantize_linear_int8(model)
-    precision = "int8" if runtime == "onnx-int8" else "float32"
-    data = export_model(model, meta, exporter=exporter, precision=precision, calibration_paths=calibration_paths)
+    data = export_model(model, meta, exporter=exporter, precision=_onnx_precision(runtime, precision),
+                        calibration_paths=calibration_paths, threads=threads)
     return OnnxDescriptorModel(data, threads)
 
 
@@ -130,6 +145,7 @@ def make_extractor(
     threads: int | None = None,
     calibration_paths: Sequence[str | Path] = (),
     exporter: str = "dynamo",
+    precision: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(model mapping B×3×H×W to B×D descriptors, metadata) for a checkpoint directory or an exported .onnx file.
 
@@ -137,16 +153,24 @@ def make_extractor(
     and `precision`. An .onnx file runs with runtime "onnx" whatever its precision; a checkpoint with
     "onnx"/"onnx-int8" is exported in memory first (onnx-int8 needs `calibration_paths`). `threads`
     sets ONNX Runtime's intra-op threads; PyTorch runtimes use the process' torch.set_num_threads.
+    `precision="auto"` with onnx-int8: int8 only if it is faster on this machine (the metadata's
+    `precision` is what was kept, `precision_choice` holds both timings).
     """
     if runtime not in RUNTIMES:
         raise TscmError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     path = Path(source)
     if path.is_file() and path.suffix == ".onnx":
-        if runtime != "onnx":
-            raise TscmError(f"{path} is an exported ONNX model: it runs with runtime 'onnx' only, not {runtime!r}")
+        if runtime != "onnx" or precision is not None:
+            raise TscmError(f"{path} is an exported ONNX model: it runs with runtime 'onnx' only, not {runtime!r}"
+                            + ("" if precision is None else f" with precision {precision!r} (its own is fixed)"))
         extractor = OnnxDescriptorModel(path, threads)
         return extractor, {**extractor.meta, "runtime": runtime}
     model, meta = load_checkpoint_folder(path)
     extractor = runtime_model(model, meta, runtime, threads=threads, calibration_paths=calibration_paths,
-                              exporter=exporter)
+                              exporter=exporter, precision=precision)
+    if isinstance(extractor, OnnxDescriptorModel):  # the precision the export kept (auto may keep float32)
+        extra = {"precision": extractor.meta["precision"]}
+        if "precision_choice" in extractor.meta:
+            extra["precision_choice"] = extractor.meta["precision_choice"]
+        return extractor, {**meta, "runtime": runtime, **extra}
     return extractor, {**meta, "runtime": runtime, "precision": RUNTIME_PRECISION[runtime]}

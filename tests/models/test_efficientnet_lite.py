@@ -17,6 +17,7 @@ from importlib.metadata import PackageNotFoundError
 import numpy as np
 import pytest
 import torch
+from helpers.weights import require_weights, skip_or_fail
 
 from tscm.errors import TscmError
 from tscm.models import efficientnet_lite
@@ -32,23 +33,12 @@ from tscm.models.efficientnet_lite import (
 REFERENCE_PACKAGE = "efficientnet_lite_pytorch"
 
 
-def _skip_or_fail(message: str) -> None:
-    if os.environ.get("TSCM_REQUIRE_WEIGHTS") == "1":
-        pytest.fail(message + "; TSCM_REQUIRE_WEIGHTS=1 requires it")
-    pytest.skip(message)
-
-
-def require_weights(variant: str) -> None:
-    try:
-        imagenet_weights_path(variant)
-    except TscmError as error:
-        _skip_or_fail(str(error))
 
 
 def reference_model(variant: str, image_size: tuple[int, int]) -> torch.nn.Module:
     """efficientnet_lite_pytorch's model with the package weights; its padding is fixed for image_size."""
     if importlib.util.find_spec(REFERENCE_PACKAGE) is None:
-        _skip_or_fail("the reference efficientnet-lite-pytorch is not installed: pip install 'tscm[dev]'")
+        skip_or_fail("the reference efficientnet-lite-pytorch is not installed: pip install 'tscm[dev]'")
     from efficientnet_lite_pytorch import EfficientNet
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"

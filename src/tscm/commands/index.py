@@ -50,8 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from tscm.deploy.calibration import calibrate_index_file
+    import math
 
+    from tscm.deploy.calibration import calibrate_index_file
+    from tscm.errors import TscmError
+
+    # Checked here, in the user's units (percent, frames), before anything is described.
+    if not (math.isfinite(args.target_precision) and 0 < args.target_precision <= 100):
+        raise TscmError(f"--target-precision: expected a percentage in (0, 100], got {args.target_precision:g}")
+    if args.sequence < 1:
+        raise TscmError(f"--sequence: expected a sequence length ≥ 1 frame, got {args.sequence}")
     report = calibrate_index_file(args.index, args.data, split=args.split, target_precision=args.target_precision / 100,
                                   sequence_length=args.sequence, radius=args.radius, measure_split=args.measure,
                                   checkpoint=args.checkpoint)

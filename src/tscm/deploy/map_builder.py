@@ -110,6 +110,7 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
         raise TscmError("--param needs a named --backend (auto chooses its own parameters)")
     if Path(out).is_dir():
         raise TscmError(f"--out {out}: is a folder; give the index file's name, e.g. {Path(out) / 'map.index'}")
+    _check_backend_params(checkpoint, backend, params)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _build_sharded(checkpoint, images, out, backend=backend, params=params, runtime=runtime,
                               batch_size=batch_size, threads=threads, on_bad_image=on_bad_image, report=report)
@@ -122,6 +123,16 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
         raise TscmError(f"{images}: none of the {len(paths)} images could be read")
     return _write_index(checkpoint, recognizer.fingerprint, recognizer.meta, described.descriptors, described.kept,
                         paths, xy, out, backend, params, described.skipped, extract_s)
+
+
+def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str, Any]) -> None:
+    """Refuse bad --param values before any image is described (the checks PlaceIndex.create makes)."""
+    from tscm.deploy.index import _check_params
+    from tscm.models.checkpoint import read_metadata
+
+    if backend == "auto" or not Path(checkpoint).is_dir():
+        return  # auto picks its own parameters; an ONNX file's dimension is known once it is loaded
+    _check_params(backend, int(read_metadata(checkpoint)["descriptor_dim"]), params)
 
 
 def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, report, progress,

@@ -34,6 +34,10 @@ FORMAT_NAME = "tscm-onnx"
 FORMAT_VERSION = 1
 METADATA_PREFIX = "tscm."
 DEFAULT_OPSET = 18
+# Opsets tscm exports: from 13 (per-axis int8 QuantizeLinear, which static int8 needs) to the newest
+# torch's exporters write (the TorchScript exporter stops at 20).
+MIN_OPSET = 13
+MAX_OPSET = {"dynamo": 23, "torchscript": 20}
 EXPORTERS = ("dynamo", "torchscript")
 PRECISIONS = ("float32", "int8", "auto")
 PARITY_MIN_COSINE = 0.9999  # float32 export against PyTorch, per descriptor
@@ -67,6 +71,15 @@ def load_checkpoint_folder(checkpoint: str | Path) -> tuple[nn.Module, dict[str,
     if not path.is_dir():
         raise TscmError(f"{path} is not a checkpoint directory (expected a folder with model.safetensors and meta.json)")
     return load_checkpoint(path)
+
+
+def check_opset(opset: int, exporter: str) -> None:
+    """Refuse an opset the exporter cannot write (before anything is traced or written)."""
+    if exporter not in MAX_OPSET:
+        raise TscmError(f"exporter {exporter!r}: expected one of {', '.join(EXPORTERS)}")
+    newest = MAX_OPSET[exporter]
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise TscmError(f"--opset {opset}: expected an ONNX opset from {MIN_OPSET} to {newest} for the {exporter} exporter")
 
 
 def _trace_to_onnx(model: nn.Module, example: torch.Tensor, opset: int, exporter: str) -> Any:
@@ -208,6 +221,7 @@ def export_graphs(
     needs_int8 = [p for p in precisions if p in ("int8", "auto")]
     if needs_int8 and not calibration_paths:
         raise TscmError(f"{needs_int8[0]} export needs calibration images (calibration_paths / --calibration DATA)")
+    check_opset(opset, exporter)
     height, width = (int(s) for s in meta["image_size"])
     model = model.eval()
     example = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -310,6 +324,7 @@ def export_onnx(
     out = Path(out_path)
     if out.is_dir():
         raise TscmError(f"output {out} is a directory; expected a file name such as {out / 'model.onnx'}")
+    check_opset(opset, exporter)
     model, meta = load_checkpoint_folder(checkpoint)
     data = export_model(model, meta, opset=opset, exporter=exporter, precision=precision,
                         calibration_paths=calibration_paths, check_parity=check_parity, threads=threads)

@@ -344,15 +344,13 @@ def measure_off_the_shelf(student_config: str, placeset: PlaceSet, radii: Sequen
     None when that preset's trunk has no offline ImageNet weights (the tiny presets train from scratch).
     """
     from tscm.evaluation.extract import InputSpec
-    from tscm.models.pooled_trunk import PooledTrunk
+    from tscm.models.pooled_trunk import off_the_shelf_trunk
     from tscm.models.presets import get_preset
 
     config = load_config(student_config, kind="student")
-    preset = get_preset(config.model.preset)
-    if preset.cnn.library != "efficientnet-lite" or not config.model.pretrained:
+    if get_preset(config.model.preset).cnn.library != "efficientnet-lite" or not config.model.pretrained:
         return None
-    model = PooledTrunk(preset.cnn, preset.image_size, pretrained=True, gem_p=preset.gem_p,
-                        name=f"{preset.name}-trunk-imagenet").eval()
+    model = off_the_shelf_trunk(config.model.preset)
     return measure_model(model, InputSpec.of(model.config), placeset, radii, options)
 
 

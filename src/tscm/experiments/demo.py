@@ -149,8 +149,7 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
     ]
     descriptors = {"teacher": (teacher_measured.db, teacher_measured.queries), "raw-pixels": (raw.db, raw.queries)}
     if off_the_shelf is not None:
-        models.append(model_result("imagenet-trunk", "reference", None, [None], [off_the_shelf],
-                                   label="student trunk, ImageNet weights + GeM, no training"))
+        models.append(model_result("imagenet-trunk", "reference", None, [None], [off_the_shelf]))
         descriptors["imagenet-trunk"] = (off_the_shelf.db, off_the_shelf.queries)
     for name, runs in students.items():
         descriptors[name] = (runs[0][0].db, runs[0][0].queries)

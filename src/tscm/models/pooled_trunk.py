@@ -58,22 +58,12 @@ class PooledTrunk(nn.Module):
         return l2_normalize(self.gem(self.cnn(images)))
 
 
-def off_the_shelf_student_trunk(pretrained: bool = True, standardize_input: bool = False) -> PooledTrunk:
-    """The student-lite preset's trunk (same architecture, cut and input size) with its ImageNet
-    weights and GeM, untrained, in eval mode: the floor that training the student has to beat."""
+def off_the_shelf_trunk(preset: str, pretrained: bool = True, standardize_input: bool = False) -> PooledTrunk:
+    """A teacher or student preset's CNN trunk (same architecture, cut and input size) with its ImageNet
+    weights and GeM, untrained, in eval mode: the floor that training has to beat."""
     from tscm.models.presets import get_preset
 
-    student = get_preset("student-lite")
-    model = PooledTrunk(student.cnn, student.image_size, pretrained, gem_p=student.gem_p,
-                        standardize_input=standardize_input, name="student-lite-trunk-imagenet")
-    return model.eval()
-
-
-def off_the_shelf_teacher_trunk(pretrained: bool = True, standardize_input: bool = False) -> PooledTrunk:
-    """The same for the teacher-lite preset's trunk and input size."""
-    from tscm.models.presets import get_preset
-
-    teacher = get_preset("teacher-lite")
-    model = PooledTrunk(teacher.cnn, teacher.image_size, pretrained, gem_p=teacher.gem_p,
-                        standardize_input=standardize_input, name="teacher-lite-trunk-imagenet")
+    config = get_preset(preset)
+    model = PooledTrunk(config.cnn, config.image_size, pretrained, gem_p=config.gem_p,
+                        standardize_input=standardize_input, name=f"{config.name}-trunk-imagenet")
     return model.eval()

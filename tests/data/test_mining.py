@@ -82,11 +82,18 @@ def as_plain(tuples):
     return [(t.query, t.positive, t.negatives.tolist()) for t in tuples]
 
 
+@pytest.mark.parametrize("path", ["dense", "gathered"])
 @pytest.mark.parametrize(
     "rule,dtype,margin",
     [("descriptor", "float32", 0.1), ("heading", "float32", 0.01), ("nearest", "float16", 0.1), ("heading", "float16", 0.0)],
 )
-def test_matches_per_query_reference(rule: str, dtype: str, margin: float) -> None:
+def test_matches_per_query_reference(rule: str, dtype: str, margin: float, path: str, monkeypatch) -> None:
+    """Both ways of computing the distances (one product with the whole database; only the rows mining
+    reads, as for a large database) give the reference's tuples."""
+    import tscm.data.mining as mining
+
+    monkeypatch.setattr(mining, "DENSE_MINING_RATIO", 10**9 if path == "dense" else 0)
+    monkeypatch.setattr(mining, "GATHER_QUERIES", 3)  # several blocks per chunk of 7
     placeset, db, queries = small_city(1)
     settings = MiningSettings(num_negatives=4, num_random=30, margin=margin, positive_rule=rule, query_chunk=7)
     cache = DescriptorCache(db, queries, dtype)

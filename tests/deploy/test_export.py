@@ -384,3 +384,29 @@ def test_int8_quantises_the_teachers_weight_products_not_attention(teacher_check
     batch = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(8))
     session = OnnxDescriptorModel(proto.SerializeToString(), threads=1)
     assert rowwise_cosine(session(batch).numpy(), reference(teacher_checkpoint, batch)).min() >= 0.99
+
+
+def test_int8_keeps_depthwise_convolutions_in_float32(tmp_path, images):
+    """student-lite's EfficientNet trunk: its grouped (depthwise) convolutions keep float32 weights, the others are int8."""
+    from tscm.models.checkpoint import load_checkpoint
+
+    checkpoint = write_checkpoint(tmp_path / "lite", "student-lite", seed=0, prepare=trained_looking)
+    model, meta = load_checkpoint(checkpoint)
+    proto = onnx.load_from_string(export_module.export_model(model, meta, exporter=FAST, precision="int8",
+                                                             calibration_paths=images))
+    initializers = {init.name for init in proto.graph.initializer}
+    produced_by = {output: node for node in proto.graph.node for output in node.output}
+
+    def int8_weight(conv) -> bool:
+        node = produced_by.get(conv.input[1])
+        return node is not None and node.op_type == "DequantizeLinear"
+
+    def grouped(conv) -> bool:
+        return any(a.name == "group" and a.i > 1 for a in conv.attribute)
+
+    convolutions = [node for node in proto.graph.node if node.op_type == "Conv"]
+    depthwise = [node for node in convolutions if grouped(node)]
+    assert depthwise, "EfficientNet-Lite has depthwise convolutions"
+    for node in depthwise:
+        assert not int8_weight(node) and node.input[1] in initializers, f"{node.name}: a depthwise convolution in int8"
+    assert any(int8_weight(node) for node in convolutions if not grouped(node)), "no pointwise convolution was quantised"

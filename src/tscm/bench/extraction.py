@@ -251,6 +251,10 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
     from tscm.evaluation.recall import evaluate_descriptors
     from tscm.threads import limit_threads
 
+    from tscm.data.places import default_radius
+
+    if radius is None:  # the data set's own default (25 m, ±1 frame; None for listed matches), as evaluate uses
+        radius = default_radius(placeset.unit)
     model, meta = model_and_meta(str(checkpoint))
     order = [REFERENCE_RUNTIME] + [r for r in runtimes if r != REFERENCE_RUNTIME]
     unknown = [r for r in order if r not in BENCH_RUNTIMES]

@@ -212,12 +212,7 @@ def bench_extraction(sources: Sequence[str], runtimes: Sequence[str] = DEFAULT_R
 
     `peak_gflops`: the machine's fp32 peak (tscm.bench.machine) the rows' efficiency is a fraction of.
     """
-    unknown = [r for r in runtimes if r not in BENCH_RUNTIMES]
-    if unknown:
-        raise TscmError(f"runtimes {unknown}: expected some of {', '.join(BENCH_RUNTIMES)}")
-    needing = [r for r in runtimes if r in NEEDS_CALIBRATION]
-    if needing and not calibration_paths:
-        raise TscmError(f"runtime {needing[0]} needs calibration images (--calibration DATA)")
+    check_runtimes(runtimes, calibration_paths)
     if any(b < 1 for b in batch_sizes):
         raise TscmError(f"batch sizes must be positive, got {list(batch_sizes)}")
     torch.set_num_threads(threads)
@@ -243,6 +238,16 @@ class AccuracyRow:
     num_queries: int
 
 
+def check_runtimes(runtimes: Sequence[str], calibration_paths: Sequence[str | Path]) -> None:
+    """Refuse unknown runtimes, and int8 runtimes without calibration images."""
+    unknown = [r for r in runtimes if r not in BENCH_RUNTIMES]
+    if unknown:
+        raise TscmError(f"runtimes {unknown}: expected some of {', '.join(BENCH_RUNTIMES)}")
+    needing = [r for r in runtimes if r in NEEDS_CALIBRATION]
+    if needing and not calibration_paths:
+        raise TscmError(f"runtime {needing[0]} needs calibration images (--calibration DATA)")
+
+
 def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str] = DEFAULT_RUNTIMES, *,
                    radius: float | None = None, threads: int = 2, calibration_paths: Sequence[str | Path] = (),
                    batch_size: int = 32, print_fn: Callable[[str], None] = print) -> list[AccuracyRow]:
@@ -257,12 +262,7 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
         radius = default_radius(placeset.unit)
     model, meta = model_and_meta(str(checkpoint))
     order = [REFERENCE_RUNTIME] + [r for r in runtimes if r != REFERENCE_RUNTIME]
-    unknown = [r for r in order if r not in BENCH_RUNTIMES]
-    if unknown:
-        raise TscmError(f"runtimes {unknown}: expected some of {', '.join(BENCH_RUNTIMES)}")
-    needing = [r for r in order if r in NEEDS_CALIBRATION]
-    if needing and not calibration_paths:
-        raise TscmError(f"runtime {needing[0]} needs calibration images (--calibration DATA)")
+    check_runtimes(order, calibration_paths)
     extractors, _ = prepare_runtimes(model, meta, order, threads=threads, calibration_paths=calibration_paths)
     spec = InputSpec.of(meta)
     print_fn(f"accuracy of {meta['preset']} ({checkpoint}) on {placeset.name}/{placeset.split}, "

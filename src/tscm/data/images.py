@@ -88,12 +88,6 @@ def image_label(image: Any) -> str:
     return f"<{type(image).__name__}>"
 
 
-def to_unit_tensor(image: Image.Image) -> torch.Tensor:
-    """3×H×W float32 in [0, 1] from an RGB PIL image."""
-    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return data.view(image.height, image.width, 3).permute(2, 0, 1).float().div_(255.0)
-
-
 def eval_transform(
     image: Image.Image,
     image_size: Sequence[int],
@@ -105,13 +99,8 @@ def eval_transform(
     The published pipeline normalises first and resizes the normalised tensor, without
     antialiasing (the torchvision tensor Resize of its time).
     """
-    height, width = int(image_size[0]), int(image_size[1])
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    tensor = (to_unit_tensor(image) - mean_t) / std_t
-    if tuple(tensor.shape[-2:]) == (height, width):
-        return tensor
-    return F.interpolate(tensor[None], size=(height, width), mode="bilinear", align_corners=False, antialias=False)[0]
+    size = (int(image_size[0]), int(image_size[1]))
+    return _transform_pixels(np.array(image, dtype=np.uint8)[None], size, mean, std)[0]  # a writable copy for torch
 
 
 def check_input_spec(image_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
@@ -205,17 +194,14 @@ class DecodedImages:
 
 def _transform_pixels(pixels: np.ndarray, image_size: tuple[int, int], mean: Sequence[float],
                       std: Sequence[float]) -> torch.Tensor:
-    """`eval_transform` of N same-sized images (N×h×w×3 uint8) at once, as a contiguous N×3×H×W tensor.
-
-    The same operations in the same order as the per-image transform (scale, normalise, then resize
-    each image bilinearly), so the values are identical.
-    """
+    """The eval transform of N same-sized images (N×h×w×3 uint8) at once, as a contiguous N×3×H×W tensor:
+    scale to [0, 1], normalise, then resize each image bilinearly (`eval_transform` is the N = 1 case)."""
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     units = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
     tensor = (units - mean_t) / std_t
     if tuple(tensor.shape[-2:]) != tuple(image_size):
-        # One image at a time, laid out as eval_transform lays it out, so the resampling is the same.
+        # One image at a time, so an image resamples to the same values whatever batch it comes in.
         return torch.stack([
             F.interpolate(image[None], size=image_size, mode="bilinear", align_corners=False, antialias=False)[0]
             for image in tensor

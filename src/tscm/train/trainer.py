@@ -142,7 +142,7 @@ class Trainer:
         self.epoch_loss = [0.0, 0]  # running sum and count of the epoch's step losses (kept across resumes)
         self.step_seconds: list[float] = []
         self._resumed_rng: dict | None = None
-        self.teacher_loader: Callable[[int], torch.Tensor] | None = None
+        self.teacher_loader: TrainImageLoader | None = None
 
     # ----- building blocks -----------------------------------------------------------------
 
@@ -167,7 +167,7 @@ class Trainer:
 
     # ----- one step ---------------------------------------------------------------------------
 
-    def compute_loss(self, batch: TupleBatch, teacher_loader: Callable[[int], torch.Tensor] | None = None, *,
+    def compute_loss(self, batch: TupleBatch, teacher_loader: TrainImageLoader | None = None, *,
                      loss_fn: nn.Module | None = None, teacher_from_cache: bool | None = None,
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of one batch (the run's loss and teacher source unless given)."""
@@ -195,10 +195,7 @@ class Trainer:
                 assert self.teacher is not None
                 teacher_images = images
                 if teacher_loader is not None:
-                    load_many = getattr(teacher_loader, "batch", None)
-                    keys = [int(k) for k in layout.keys]
-                    teacher_images = (load_many(keys) if load_many is not None
-                                      else torch.stack([teacher_loader(k) for k in keys])).to(self.device)
+                    teacher_images = teacher_loader.batch([int(k) for k in layout.keys]).to(self.device)
                 with torch.no_grad(), self.rt.autocast():
                     teacher_desc = self.teacher(teacher_images).float()
             teacher = TupleDescriptors.from_flat(scatter_to_layout(teacher_desc, layout), self.k, mask)

@@ -43,4 +43,4 @@ def test_demo_on_a_nordland_slice_reports_in_frames(nordland_slice, tmp_path):
     assert {"teacher", "student-tscm", "student-baseline", "raw-pixels", "imagenet-trunk"} <= names
     text = (out / "results.md").read_text()
     assert "frame" in text and " m " not in text.replace("ms", "")
-    assert (out / "retrieval_examples.png").is_file() or any(out.glob("*.png"))
+    assert (out / "retrieval_student-tscm.png").is_file()  # the retrieval grid on real frames

@@ -127,12 +127,12 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
 
 def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str, Any]) -> None:
     """Refuse bad --param values before any image is described (the checks PlaceIndex.create makes)."""
-    from tscm.deploy.index import _check_params
+    from tscm.deploy.index import PlaceIndex
     from tscm.models.checkpoint import read_metadata
 
     if backend == "auto" or not Path(checkpoint).is_dir():
         return  # auto picks its own parameters; an ONNX file's dimension is known once it is loaded
-    _check_params(backend, int(read_metadata(checkpoint)["descriptor_dim"]), params)
+    PlaceIndex.create(backend, int(read_metadata(checkpoint)["descriptor_dim"]), **params)  # an empty index: cheap
 
 
 def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, report, progress,

@@ -69,6 +69,8 @@ def test_extra_images_join_the_per_image_terms_only() -> None:
     targets = teacher_extra.all_descriptors()
     expected = sum(float((a - b).pow(2).sum()) for a, b in zip(images, targets)) / len(images)
     assert build_loss("regression")(with_extra, teacher_extra)[0].item() == pytest.approx(expected, rel=1e-12)
+    assert [build_preset(name).reads_extra_images for name in ("none", "tscm", "regression", "rkd", "listwise")] == [
+        False, False, True, True, True]
     with pytest.raises(TscmError, match="extra"):
         build_loss("regression")(with_extra, teacher_plain)
     with pytest.raises(TscmError, match="extra"):

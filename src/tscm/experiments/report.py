@@ -192,12 +192,19 @@ def compare(entry: Mapping[str, Any], baseline: Mapping[str, Any], n: int = 1) -
         comparison["stderr"] = error
         comparison["verdict"] = ("a clear gain" if delta > 2 * error else "a clear loss" if delta < -2 * error
                                  else "within noise (|difference| < 2 SE)")
+    # Rows trained with the same seeds: the difference seed by seed (how much a change of seed, or of CPU, moves it).
+    seeds = entry.get("seeds") or []
+    if len(seeds) > 1 and list(seeds) == list(baseline.get("seeds") or []):
+        paired = [a[key] - b[key] for a, b in zip(entry["recall_per_seed"], baseline["recall_per_seed"])]
+        comparison["per_seed_difference"] = paired
     return comparison
 
 
 def format_comparison(c: Mapping[str, Any]) -> str:
     error = f" ± {c['stderr']:.1f}" if c["stderr"] is not None else ""
-    return f"{c['model']} vs {c['baseline']}: {c['metric']} {c['difference']:+.1f}{error} points: {c['verdict']}"
+    paired = c.get("per_seed_difference")
+    spread = f" (per seed {min(paired):+.1f} to {max(paired):+.1f})" if paired else ""
+    return f"{c['model']} vs {c['baseline']}: {c['metric']} {c['difference']:+.1f}{error} points{spread}: {c['verdict']}"
 
 
 def check_model_name(name: str) -> str:

@@ -149,12 +149,14 @@ class DistillationLoss(nn.Module):
 
     `parts` maps each term's name to a detached scalar for logging. Losses that compare with the
     teacher set `needs_teacher` and raise TscmError when it is missing; losses that read the
-    student's uncertainty (`student.uncertainty`) set `needs_uncertainty`.
+    student's uncertainty (`student.uncertainty`) set `needs_uncertainty`; losses over every image of the
+    step (`all_descriptors`) set `reads_extra_images`, so teaching images are only drawn when one does.
     """
 
     name: str = ""
     needs_teacher: bool = False
     needs_uncertainty: bool = False
+    reads_extra_images: bool = False  # whether TupleDescriptors.extra (teaching images) enters the loss
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError

@@ -22,6 +22,7 @@ class ListwiseLoss(DistillationLoss):
     """
 
     needs_teacher = True
+    reads_extra_images = True
 
     def __init__(self, temperature: float = 0.05) -> None:
         super().__init__()

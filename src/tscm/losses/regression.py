@@ -16,6 +16,7 @@ class RegressionLoss(DistillationLoss):
     """
 
     needs_teacher = True
+    reads_extra_images = True
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         teacher = self._checked_teacher(student, teacher)

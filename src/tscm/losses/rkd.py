@@ -32,6 +32,7 @@ class RelationalLoss(DistillationLoss):
     """
 
     needs_teacher = True
+    reads_extra_images = True
 
     def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0) -> None:
         super().__init__()

@@ -80,6 +80,7 @@ class WeightedSum(DistillationLoss):
         self.terms = nn.ModuleDict({name: build_loss(name, **options.get(name, {})) for name in self.weights})
         self.needs_teacher = any(term.needs_teacher for term in self.terms.values())
         self.needs_uncertainty = any(term.needs_uncertainty for term in self.terms.values())
+        self.reads_extra_images = any(term.reads_extra_images for term in self.terms.values())
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         total: Tensor | None = None

@@ -127,7 +127,7 @@ class Trainer:
         self.augmenter = Augmenter(a.strength, a.photometric, a.geometric)
         outputs = config.distill.teacher_outputs
         self.teacher_from_cache = needs_teacher and (outputs == "cache" or (outputs == "auto" and not self.augmenter.active))
-        self.teach_images = config.distill.teach_images if needs_teacher else 0
+        self.teach_images = config.distill.teach_images if getattr(self.loss_fn, "reads_extra_images", False) else 0
         self.caches = DescriptorCaches(config, self.rt, job.train_set, self.raw_model, job.spec, self.teacher,
                                        job.teacher_spec, self.teacher_from_cache)
         self.plan = BatchPlan(job.train_set.num_queries, config.train.seed, config.train.max_queries_per_epoch,
@@ -166,29 +166,12 @@ class Trainer:
         return self.config.train.progress and self.rt.is_main
 
     def teach_keys(self, step: int) -> np.ndarray:
-        """The step's teaching images (flat keys): consecutive slices of a seeded permutation of every train
-        image, a new permutation each pass, so every image is taught once per pass; a function of the step
-        alone, so a resumed run draws the same images."""
-        count, per_step = self.caches.train_images.__len__(), self.teach_images
-        if per_step == 0 or count == 0:
-            return np.zeros(0, dtype=np.int64)
-        first, last = step * per_step, (step + 1) * per_step
-        keys = []
-        for turn in range(first // count, (last - 1) // count + 1):
-            order = np.random.default_rng([self.config.train.seed, 0x7EAC, turn]).permutation(count)
-            start, stop = max(first - turn * count, 0), min(last - turn * count, count)
-            keys.append(order[start:stop])
-        return np.concatenate(keys).astype(np.int64)
+        """The step's teaching images (flat train keys): see `teaching_keys`."""
+        return teaching_keys(self.config.train.seed, len(self.caches.train_images), self.teach_images, step)
 
     def teacher_factor(self, step: int) -> float:
-        """The distillation terms' weight factor at `step` (0-based): linear warm-up, then a linear move to
-        `distill.final_weight` at the last planned step."""
         d = self.config.distill
-        if d.warmup_steps and step < d.warmup_steps:
-            return (step + 1) / d.warmup_steps
-        remaining = max(1, self.planned_steps - d.warmup_steps)
-        progress = min(1.0, (step - d.warmup_steps) / remaining)
-        return 1.0 + (d.final_weight - 1.0) * progress
+        return distillation_factor(step, d.warmup_steps, d.final_weight, self.planned_steps)
 
     def step_generator(self, step: int) -> torch.Generator:
         """The augmentation draws of `step`: seeded by run seed and step, so a resumed run draws the same views."""
@@ -213,7 +196,7 @@ class Trainer:
         mask = layout.negative_mask.to(self.device)
         keys = layout.keys
         views: ImageViews = batch.images
-        teach = self.teach_keys(step) if needs_teacher else np.zeros(0, dtype=np.int64)
+        teach = self.teach_keys(step) if getattr(loss_fn, "reads_extra_images", False) else np.zeros(0, dtype=np.int64)
         if len(teach):
             views = views.then(self.views.batch(teach))
             keys = torch.cat([keys, torch.from_numpy(teach)])
@@ -515,6 +498,29 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(text)
+
+
+def teaching_keys(seed: int, count: int, per_step: int, step: int) -> np.ndarray:
+    """Keys `per_step` teaching images of `step` out of `count` train images: consecutive slices of a seeded
+    permutation, a new one each pass, so every image is taught once per pass. A function of the step alone,
+    so a resumed run draws the same images."""
+    if per_step == 0 or count == 0:
+        return np.zeros(0, dtype=np.int64)
+    first, last = step * per_step, (step + 1) * per_step
+    keys = []
+    for turn in range(first // count, (last - 1) // count + 1):
+        order = np.random.default_rng([seed, 0x7EAC, turn]).permutation(count)
+        keys.append(order[max(first - turn * count, 0) : min(last - turn * count, count)])
+    return np.concatenate(keys).astype(np.int64)
+
+
+def distillation_factor(step: int, warmup_steps: int, final_weight: float, planned_steps: int) -> float:
+    """The factor on the distillation terms at `step` (0-based): a linear rise over `warmup_steps`, then a
+    linear move from 1 to `final_weight` at the last planned step (constant 1 with the defaults)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, planned_steps - warmup_steps))
+    return 1.0 + (final_weight - 1.0) * progress
 
 
 def build_optimizer(model: nn.Module, t: Any) -> torch.optim.Optimizer:

@@ -14,12 +14,13 @@ nothing).
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from tscm.machine import median_ms, time_turns
 
 
 def unavailable_reason() -> str | None:
@@ -64,21 +65,6 @@ def _synchronize(device: Any) -> None:
 
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _time_turns(functions: dict[str, Callable[[], Any]], device: Any, cycles: int, calls: int) -> dict[str, list[float]]:
-    """Seconds per call, the functions taking turns in blocks (one untimed call first), synchronised."""
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(cycles):
-        for name, function in functions.items():
-            function()
-            _synchronize(device)
-            for _ in range(calls):
-                tic = time.perf_counter()
-                function()
-                _synchronize(device)
-                times[name].append(time.perf_counter() - tic)
-    return times
 
 
 @dataclass
@@ -141,10 +127,10 @@ def bench_gpu_extraction(sources: Sequence[str], batch_sizes: Sequence[int], *, 
 
                 host = images.cpu().numpy()
                 functions["onnx-cuda"] = lambda host=host: session.run([OUTPUT_NAME], {INPUT_NAME: host})
-            times = _time_turns(functions, device, cycles, calls)
-            reference = statistics.median(times["cuda-fp32"]) / batch_size
+            times = time_turns(functions, cycles, calls, synchronize=lambda: _synchronize(device))
+            reference = median_ms(times["cuda-fp32"], batch_size) / 1e3
             for runtime, values in times.items():
-                median = statistics.median(values) / batch_size
+                median = median_ms(values, batch_size) / 1e3
                 row = GpuExtractionRow(meta["preset"], runtime, str(device), batch_size, (height, width),
                                        median * 1e3, min(values) * 1e3 / batch_size, len(values), reference / median,
                                        macs, 2.0 * macs / median / 1e9)
@@ -232,7 +218,7 @@ def bench_gpu_matching(data: Any, index: Any, label: str, *, device: Any = "cuda
     _synchronize(device)
     batched = (time.perf_counter() - tic) / len(queries)
     row = GpuMatchingRow(data.name, len(data.database), label, name, str(torch.device(device)),
-                         statistics.median(single) * 1e3, batched * 1e3, recall_at_1(top1, data.query_positives))
+                         median_ms(single), batched * 1e3, recall_at_1(top1, data.query_positives))
     print_fn(format_gpu_matching_row(row))
     return row
 

@@ -32,20 +32,18 @@ validation split for a target precision; it is only meaningful in the space it w
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from tscm import __version__
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, check_header
-from tscm.threads import limit_threads
+from tscm.threads import blas_threads, limit_threads
 
 FORMAT_NAME = "tscm-place-index"
 FORMAT_VERSION = 1
@@ -155,7 +153,7 @@ class PcaProjection:
     def apply(self, descriptors: np.ndarray) -> np.ndarray:
         """N×D float32 -> N×d float32 (contiguous)."""
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-        with _blas_threads(1):
+        with blas_threads(1):
             # (d×D) @ (N×D×1): numpy runs one gemv per query, the same call whatever N is.
             reduced = np.matmul(self._transposed, descriptors[:, :, None])[:, :, 0]
         reduced += self._offset
@@ -163,33 +161,6 @@ class PcaProjection:
             norms = np.sqrt(np.einsum("ij,ij->i", reduced, reduced))
             reduced /= np.maximum(norms, 1e-12)[:, None]
         return reduced
-
-
-@functools.lru_cache(maxsize=1)
-def _numpy_blas():
-    """numpy's bundled OpenBLAS (ctypes handle, looked up once), or None."""
-    from tscm.threads import _numpy_openblas
-
-    return _numpy_openblas()
-
-
-@contextlib.contextmanager
-def _blas_threads(count: int) -> Iterator[None]:
-    """numpy's BLAS on `count` threads for the block (a no-op when it already is, or numpy has another BLAS).
-
-    Cheaper than tscm.threads.limit_threads(blas=...) per call (no library lookup), which matters
-    for the single-query path.
-    """
-    library = _numpy_blas()
-    previous = library.scipy_openblas_get_num_threads64_() if library is not None else count
-    if previous == count:
-        yield
-        return
-    library.scipy_openblas_set_num_threads64_(int(count))
-    try:
-        yield
-    finally:
-        library.scipy_openblas_set_num_threads64_(previous)
 
 
 def _sha256(array: np.ndarray) -> str:
@@ -375,7 +346,7 @@ def _exact_search(queries: np.ndarray, target: _ScanTarget, k: int, threads: int
     out_i = np.empty((num_queries, k), dtype=np.int64)
     query_norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
     slack = _scan_slack(dim, target.max_norm, query_norms).astype(np.float32)
-    with _blas_threads(threads):
+    with blas_threads(threads):
         for q0 in range(0, num_queries, SCAN_QUERY_TILE):
             block = queries[q0 : q0 + SCAN_QUERY_TILE]
             m = len(block)
@@ -410,7 +381,7 @@ def _exact_search_one(queries: np.ndarray, target: _ScanTarget, k: int) -> tuple
     """`_exact_search` for one query in a dozen numpy calls: one matrix-vector product over all rows
     (memory-bound: N·s·4 bytes read), then the same candidate rule, pair distances and order."""
     query = queries[0]
-    with _blas_threads(1):
+    with blas_threads(1):
         scores = target.vectors @ (query * np.float32(-2.0))
     scores += target.norms
     if k >= len(scores):

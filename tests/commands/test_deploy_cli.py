@@ -216,7 +216,7 @@ def test_command_mirrors_match_the_library() -> None:
     import tscm.commands.index as index_command
     import tscm.commands.query as query_command
     from tscm.deploy.runtimes import RUNTIMES
-    from tscm.deploy.index import BACKENDS
+    from tscm.deploy.index_backends import BACKENDS
 
     assert index_command.BACKENDS == ("auto", *BACKENDS)
     assert index_command.RUNTIMES == bench_command.RUNTIMES == RUNTIMES

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tscm.evaluation.recall import recall_at_1
 from tscm.machine import median_ms, time_turns
 
 
@@ -195,8 +196,6 @@ def bench_gpu_matching(data: Any, index: Any, label: str, *, device: Any = "cuda
                        use_faiss: bool = True, print_fn: Callable[[str], None] = print) -> GpuMatchingRow:
     """Exact search on the device in the space of CPU index `index` (a tscm PlaceIndex built on `data`)."""
     import torch
-
-    from tscm.bench.matching import recall_at_1
 
     vectors = index.vectors()
     queries = index.to_search_space(data.queries)

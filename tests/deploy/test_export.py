@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 import tscm.commands.export as export_command
-import tscm.deploy.onnx_export as export_module
+import tscm.inference.onnx_export as export_module
 from tscm import cli
 from tscm.bench.extraction import bench_model
 from tscm.errors import TscmError
-from tscm.deploy.onnx_export import calibration_subset, export_onnx, image_reading_convolutions, read_onnx_metadata
-from tscm.deploy.runtimes import OnnxDescriptorModel, make_extractor
+from tscm.inference.onnx_export import calibration_subset, export_onnx, image_reading_convolutions, read_onnx_metadata
+from tscm.inference.runtimes import OnnxDescriptorModel, make_extractor
 from tscm.evaluation.extract import InputSpec, extract_descriptors
 from tscm.machine import time_turns
 

@@ -12,7 +12,7 @@ checkpoint (the paper presets) get random weights: speed
 does not depend on the weights, accuracy does, so their agreement columns only say how far each
 runtime moves descriptors, not what recall it keeps.
 
-Runtimes: those of tscm.deploy.runtimes, plus `onnx-auto` (onnx-int8 with precision "auto": the
+Runtimes: those of tscm.inference.runtimes, plus `onnx-auto` (onnx-int8 with precision "auto": the
 graph its own quick timing keeps, shown in the precision column). The ONNX runtimes of a model
 share one export (trace, quantisation), whose time each of their rows shows as "prep s".
 
@@ -33,8 +33,8 @@ from torch import nn
 from tscm.errors import TscmError
 from tscm.evaluation.ranking import rank_exact
 from tscm.machine import median_ms, time_turns
-from tscm.deploy.onnx_export import rowwise_cosine
-from tscm.deploy.runtimes import RUNTIME_PRECISION, RUNTIMES, OnnxDescriptorModel, runtime_model
+from tscm.inference.onnx_export import rowwise_cosine
+from tscm.inference.runtimes import RUNTIME_PRECISION, RUNTIMES, OnnxDescriptorModel, runtime_model
 
 REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
 BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")
@@ -87,7 +87,7 @@ def prepare_runtimes(model: nn.Module, meta: dict[str, Any], runtimes: Sequence[
                      calibration_paths: Sequence[str | Path], exporter: str = "dynamo",
                      ) -> tuple[dict[str, nn.Module], dict[str, float]]:
     """({runtime: extractor}, {runtime: preparation seconds}); the ONNX runtimes share one export."""
-    from tscm.deploy.onnx_export import export_graphs
+    from tscm.inference.onnx_export import export_graphs
 
     extractors: dict[str, nn.Module] = {}
     prepare_s: dict[str, float] = {}
@@ -262,7 +262,7 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
 
 def calibration_images(data: str | None, count: int) -> list[Path]:
     """`count` train-split database images of `data` (default: the synthetic demo city, generated on first use)."""
-    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.inference.onnx_export import calibration_subset
 
     placeset = placeset_or_demo_city(data, "train")
     return calibration_subset(placeset.db_paths, count)

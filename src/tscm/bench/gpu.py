@@ -106,7 +106,7 @@ def bench_gpu_extraction(sources: Sequence[str], batch_sizes: Sequence[int], *, 
         on_device = copy.deepcopy(model).to(device).eval()
         session = None
         if onnx and onnx_reason is None:
-            from tscm.deploy.onnx_export import export_model, make_session
+            from tscm.inference.onnx_export import export_model, make_session
 
             data = export_model(model, meta, exporter=exporter)
             session = make_session(data, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
@@ -124,7 +124,7 @@ def bench_gpu_extraction(sources: Sequence[str], batch_sizes: Sequence[int], *, 
 
             functions["cuda-fp32"], functions["cuda-fp16"] = eager, half
             if session is not None:
-                from tscm.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME
+                from tscm.inference.onnx_export import INPUT_NAME, OUTPUT_NAME
 
                 host = images.cpu().numpy()
                 functions["onnx-cuda"] = lambda host=host: session.run([OUTPUT_NAME], {INPUT_NAME: host})

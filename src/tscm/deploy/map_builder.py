@@ -139,7 +139,7 @@ def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str
 def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, report, progress,
               calibration_paths=None):
     """(recognizer, Described, seconds) for `paths` with the model of `checkpoint`."""
-    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.inference.onnx_export import calibration_subset
     from tscm.deploy.recognizer import PlaceRecognizer
     from tscm.threads import limit_threads
 
@@ -203,7 +203,7 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
         share = batch_shard(len(paths), batch_size, rank, world)
         if rank == 0:
             say(f"indexing {description}, sharded over {world} processes ({len(share)} images on rank 0)")
-        from tscm.deploy.onnx_export import calibration_subset
+        from tscm.inference.onnx_export import calibration_subset
 
         calibration = calibration_subset(paths) if runtime == "onnx-int8" else []  # every rank: the same int8 model
         local = mask = recognizer = None

@@ -31,6 +31,7 @@ import torch
 from tscm.deploy.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_sha256, is_remote, resolve_checkpoint
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, check_header, write_text_atomic
+from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
 
 TIMED_BATCHES = (1, 16)
@@ -70,11 +71,9 @@ class Card:
 
 
 def read_results_file(path: str | Path) -> dict[str, Any]:
-    from tscm.experiments.report import RESULTS_FORMAT, RESULTS_FORMAT_VERSION
-
     file = Path(path)
     if file.is_dir():
-        file = file / "results.json"
+        file = file / RESULTS_JSON
     if not file.is_file():
         raise TscmError(f"--results {path}: no such file (expected a run's results.json)")
     try:

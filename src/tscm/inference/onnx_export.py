@@ -8,7 +8,7 @@ An exported model maps `images` (B×3×H×W, any B, normalised as in training) t
 (B×D, L2-normalised). Its `metadata_props` carry the checkpoint's fingerprint, preset, image
 size, mean/std and precision under `tscm.*` keys, so an index or a deployment can check which
 model made a descriptor without the checkpoint. The runtimes that run exported models live in
-`tscm.deploy.runtimes`.
+`tscm.inference.runtimes`.
 """
 
 from __future__ import annotations

@@ -29,13 +29,11 @@ from tscm import __version__
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import protocol_label
+from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
 from tscm.fileio import atomic_path, check_header, write_json_atomic, write_text_atomic
 
-RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 DESCRIPTOR_DIR = "descriptors"
-RESULTS_FORMAT = "tscm-results"
-RESULTS_FORMAT_VERSION = 2
 ROLES = ("teacher", "student", "reference")
 TABLE_NS = (1, 5, 10)
 PR_KEYS = ("average_precision", "recall_at_100_precision", "f1_max")

@@ -1,6 +1,6 @@
 """torch.hub entry points of tscm: `torch.hub.load(REPO, "tscm_student", checkpoint=PATH_OR_URL)`.
 
-The code lives in `src/tscm/deploy/hub.py`; see its docstring for what `checkpoint` may be.
+The code lives in `src/tscm/deploy/packaging/hub.py`; see its docstring for what `checkpoint` may be.
 """
 
 import sys as _sys
@@ -21,7 +21,7 @@ def tscm_student(checkpoint=None, sha256=None, device=None, progress=True):
     its model card lists). Returns the model in eval mode; `model.describe(images)` gives N×D
     descriptors of paths / PIL images / uint8 arrays, `model.transform` is its preprocessing.
     """
-    from tscm.deploy.hub import load_model
+    from tscm.deploy.packaging.hub import load_model
 
     return load_model(checkpoint, "student", sha256=sha256, device=device, progress=progress)
 
@@ -31,6 +31,6 @@ def tscm_teacher(checkpoint=None, sha256=None, device=None, progress=True):
 
     Same arguments and result as `tscm_student`; a student checkpoint is refused.
     """
-    from tscm.deploy.hub import load_model
+    from tscm.deploy.packaging.hub import load_model
 
     return load_model(checkpoint, "teacher", sha256=sha256, device=device, progress=progress)

@@ -8,7 +8,7 @@ import pytest
 from tscm.bench import gpu as gpu_module
 from tscm.bench.matching import (MatchingConfig, bench_matching, estimate_query_bytes, synthetic_matching_data,
                                  time_single_and_batched)
-from tscm.deploy.index import PlaceIndex
+from tscm.deploy.retrieval.index import PlaceIndex
 from tscm.evaluation.recall import recall_at_1
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from tscm import cli
 from tscm.bench.matching import MatchingRow, format_matching_row, synthetic_matching_data
 from tscm.models.checkpoint import read_metadata, save_checkpoint
-from tscm.deploy.index import PlaceIndex, read_index_metadata
+from tscm.deploy.retrieval.index import PlaceIndex, read_index_metadata
 from tscm.models import build_model
 
 
@@ -115,7 +115,7 @@ def test_csv_manifest_build_with_bad_image_fail_and_skip(checkpoints, tmp_path, 
 
 
 def index_descriptor_of(index_path: Path, image: Path, checkpoint: Path) -> np.ndarray:
-    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 
     return PlaceRecognizer.load(index_path, checkpoint).describe([image]).descriptors
 
@@ -216,7 +216,7 @@ def test_command_mirrors_match_the_library() -> None:
     import tscm.commands.index as index_command
     import tscm.commands.query as query_command
     from tscm.inference.runtimes import RUNTIMES
-    from tscm.deploy.index_backends import BACKENDS
+    from tscm.deploy.retrieval.index_backends import BACKENDS
 
     assert index_command.BACKENDS == ("auto", *BACKENDS)
     assert index_command.RUNTIMES == bench_command.RUNTIMES == RUNTIMES

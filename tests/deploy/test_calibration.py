@@ -8,9 +8,9 @@ import pytest
 from helpers.model_files import write_checkpoint
 
 from tscm.data.places import PlaceSet
-from tscm.deploy.calibration import calibrate, index_scores, measure
-from tscm.deploy.index import PlaceIndex
-from tscm.deploy.recognizer import PlaceRecognizer
+from tscm.deploy.retrieval.calibration import calibrate, index_scores, measure
+from tscm.deploy.retrieval.index import PlaceIndex
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError
 
 

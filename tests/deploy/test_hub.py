@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tscm.deploy import hub
+from tscm.deploy.packaging import hub
 from tscm.errors import TscmError
 from tscm.models.checkpoint import load_checkpoint
 
@@ -129,7 +129,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture()
 def served_card(student, tmp_path):
     """A `tscm card` folder served over HTTP on the loopback interface."""
-    from tscm.deploy.model_card import write_model_card
+    from tscm.deploy.packaging.model_card import write_model_card
 
     card = tmp_path / "site" / "published"
     write_model_card(student, card, timing=False)

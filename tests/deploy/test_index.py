@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-import tscm.deploy.index as index_module
-import tscm.deploy.index_file as index_file_module
+import tscm.deploy.retrieval.index as index_module
+import tscm.deploy.retrieval.index_file as index_file_module
 from tscm.errors import TscmError
-from tscm.deploy.index import PlaceIndex, read_index_metadata, recommended_config
+from tscm.deploy.retrieval.index import PlaceIndex, read_index_metadata, recommended_config
 
 DIM = 32
 

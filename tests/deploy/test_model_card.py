@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from tscm import cli
-from tscm.deploy import hub
-from tscm.deploy.model_card import match_result, read_results_file, write_model_card
-from tscm.deploy.recognizer import PlaceRecognizer
+from tscm.deploy.packaging import hub
+from tscm.deploy.packaging.model_card import match_result, read_results_file, write_model_card
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError
 from tscm.experiments.report import DatasetInfo, ModelResult, SeedMeasurement, build_results
 from tscm.models.checkpoint import load_checkpoint

@@ -10,8 +10,8 @@ from PIL import Image
 
 from tscm.models.checkpoint import load_checkpoint
 from tscm.errors import TscmError
-from tscm.deploy.index import PlaceIndex
-from tscm.deploy.recognizer import PlaceRecognizer
+from tscm.deploy.retrieval.index import PlaceIndex
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 
 from helpers.model_files import write_checkpoint
 
@@ -185,7 +185,7 @@ def test_training_backend_waits_for_enough_descriptors_then_matches_a_direct_bui
 
 
 def test_auto_backend_follows_the_recommendation_as_the_map_grows() -> None:
-    from tscm.deploy.index import recommended_config
+    from tscm.deploy.retrieval.index import recommended_config
 
     dim = 512  # flat is recommended up to 8 MB: 4096 descriptors of 512-d
     recognizer = descriptor_recognizer(dim)

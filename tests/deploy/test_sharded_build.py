@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tscm.deploy.index import PlaceIndex, read_index_metadata
-from tscm.deploy.map_builder import batch_shard, build_map
+from tscm.deploy.retrieval.index import PlaceIndex, read_index_metadata
+from tscm.deploy.retrieval.map_builder import batch_shard, build_map
 
 from helpers.model_files import write_checkpoint
 

@@ -106,7 +106,7 @@ def check_target(spec: dict) -> tuple[str, str]:
     if kind in ("index", "onnx") and same_bytes(target, old):
         return "old", ""
     if kind == "index":
-        from tscm.deploy.index import PlaceIndex
+        from tscm.deploy.retrieval.index import PlaceIndex
 
         index = PlaceIndex.load(target)
         return "new", f"{index.count} places"

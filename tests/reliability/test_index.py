@@ -106,11 +106,11 @@ def no_extraction(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("images were described before the options were checked")
 
-    import tscm.deploy.recognizer
+    import tscm.deploy.retrieval.recognizer
     import tscm.evaluation.extract
 
     monkeypatch.setattr(tscm.evaluation.extract, "describe_images", reached)
-    monkeypatch.setattr(tscm.deploy.recognizer, "describe_images", reached)
+    monkeypatch.setattr(tscm.deploy.retrieval.recognizer, "describe_images", reached)
 
 
 def test_index_build_refuses_a_folder_as_out_before_extracting(small, tmp_path, capsys, checkpoints, no_extraction):

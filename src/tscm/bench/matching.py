@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from tscm.deploy.index import PlaceIndex
+from tscm.deploy.retrieval.index import PlaceIndex
 from tscm.evaluation.recall import recall_at_1
 
 EXACT_LABEL = "exact (flat fp32)"
@@ -145,7 +145,7 @@ def _time_single_queries(index: PlaceIndex, queries: np.ndarray, limit: int,
                          budget_s: float) -> tuple[list[float], list[float]]:
     """Wall and CPU ms per query, one query per call, stopping at `limit` queries or `budget_s` seconds.
 
-    Single queries run on one thread (see tscm.deploy.index), so this thread's CPU time is the work done;
+    Single queries run on one thread (see tscm.deploy.retrieval.index), so this thread's CPU time is the work done;
     wall time adds waiting for a core when other processes share the CPU.
     """
     wall, cpu = [], []

@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.deploy.hub import hub_id_url
-    from tscm.deploy.model_card import write_model_card
+    from tscm.deploy.packaging.hub import hub_id_url
+    from tscm.deploy.packaging.model_card import write_model_card
     from tscm.errors import TscmError
 
     if (args.checkpoint is None) == (args.from_hub is None):

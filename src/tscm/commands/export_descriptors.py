@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.deploy.exports import export_descriptors
+    from tscm.deploy.retrieval.descriptor_export import export_descriptors
 
     done = export_descriptors(args.checkpoint, args.images, args.out, queries=args.queries, pairs=args.pairs, k=args.k,
                               exclude_recent=args.exclude_recent, root=args.root, runtime=args.runtime,

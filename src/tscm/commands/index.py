@@ -6,7 +6,7 @@ import argparse
 
 NAME = "index"
 HELP = "build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint"
-# Mirrors of tscm.deploy.index.BACKENDS and tscm.inference.onnx_export.RUNTIMES, so that building the CLI imports neither faiss nor torch.
+# Mirrors of tscm.deploy.retrieval.index.BACKENDS and tscm.inference.onnx_export.RUNTIMES, so that building the CLI imports neither faiss nor torch.
 BACKENDS = ("auto", "flat", "pca-flat", "ivfpq", "hnsw")
 RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _calibrate(args: argparse.Namespace) -> int:
     import math
 
-    from tscm.deploy.calibration import calibrate_index_file
+    from tscm.deploy.retrieval.calibration import calibrate_index_file
     from tscm.errors import TscmError
 
     # Checked here, in the user's units (percent, frames), before anything is described.
@@ -76,7 +76,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.deploy.map_builder import build_map, parse_params
+    from tscm.deploy.retrieval.map_builder import build_map, parse_params
 
     if args.index_action == "calibrate":
         return _calibrate(args)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from tscm.errors import TscmError
-    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 
     if args.k < 1:
         raise TscmError(f"-k: expected a positive number, got {args.k}")

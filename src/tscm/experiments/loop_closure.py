@@ -39,8 +39,8 @@ def sequence_table(placeset: PlaceSet, descriptors: Mapping[str, tuple[np.ndarra
 def threshold_transfer(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple[PlaceSet, np.ndarray, np.ndarray],
                        radius: float | None, target_precision: float = 0.99, sequence_length: int = 1) -> dict[str, Any]:
     """A threshold calibrated on val (exact search) for `target_precision`, and what it reaches on test."""
-    from tscm.deploy.calibration import calibrate, measure
-    from tscm.deploy.index import PlaceIndex
+    from tscm.deploy.retrieval.calibration import calibrate, measure
+    from tscm.deploy.retrieval.index import PlaceIndex
 
     val_set, val_db, val_queries = val
     test_set, test_db, test_queries = test

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tscm import cli
-from tscm.deploy.exports import export_descriptors, read_hloc_h5, require_h5py, retrieval_pairs
+from tscm.deploy.retrieval.descriptor_export import export_descriptors, read_hloc_h5, require_h5py, retrieval_pairs
 from tscm.errors import TscmError
 from tscm.models.checkpoint import load_checkpoint
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from tscm.deploy.index_backends import BACKENDS
-from tscm.deploy.pca import array_sha256
+from tscm.deploy.retrieval.index_backends import BACKENDS
+from tscm.deploy.retrieval.pca import array_sha256
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, check_header
 

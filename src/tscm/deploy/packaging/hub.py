@@ -38,7 +38,7 @@ CARD_FILE = "README.md"
 HF_ENDPOINT = "https://huggingface.co"
 DOWNLOAD_TIMEOUT_S = 60
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-# How a model card (tscm.deploy.model_card) lists a file's digest: "| `model.safetensors` | ... | `<hex>` |".
+# How a model card (tscm.deploy.packaging.model_card) lists a file's digest: "| `model.safetensors` | ... | `<hex>` |".
 _CARD_DIGEST = r"`{name}`[^\n`]*\|[^\n`]*`([0-9a-f]{{64}})`"
 
 

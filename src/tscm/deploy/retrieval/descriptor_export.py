@@ -69,7 +69,7 @@ def list_images(source: str | Path, role: str = "database") -> ImageSet:
     if not path.exists():
         raise TscmError(f"{path}: no such folder or file")
     if path.is_dir():
-        from tscm.deploy.map_builder import IMAGE_SUFFIXES
+        from tscm.deploy.retrieval.map_builder import IMAGE_SUFFIXES
 
         paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
@@ -234,7 +234,7 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
     import sys
 
     from tscm.inference.onnx_export import calibration_subset
-    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.threads import limit_threads
 
     require_h5py()

@@ -16,7 +16,7 @@ memory for what was added in this session (dim × 4 bytes per image); an index l
 file keeps its back-end, since its file holds only the searched (possibly reduced) vectors.
 
 Deciding, not only ranking (loop closure): when the index holds a calibrated threshold
-(tscm.deploy.calibration), every returned place says whether it is `accepted` (its score ≤ the
+(tscm.deploy.retrieval.calibration), every returned place says whether it is `accepted` (its score ≤ the
 threshold) and a `confidence` in (0, 1] (0.5 at the threshold); without one both are None.
 `query_sequence` scores the newest image by the last L images it was given (SeqSLAM-style, the
 map's entries in the order they were added, i.e. along the route); `observe` is loop closure
@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tscm.deploy.index import PlaceIndex, read_index_metadata, recommended_config
+from tscm.deploy.retrieval.index import PlaceIndex, read_index_metadata, recommended_config
 from tscm.errors import TscmError
 from tscm.evaluation.extract import Described, InputSpec, describe_images
 MIN_TRAIN_AFTER = 1000

@@ -26,10 +26,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from tscm import __version__
-from tscm.deploy.index_backends import (QUANTIZER_TRAIN_LIMIT, SEARCH_PARAMS, apply_search_params, build_faiss_index,
+from tscm.deploy.retrieval.index_backends import (QUANTIZER_TRAIN_LIMIT, SEARCH_PARAMS, apply_search_params, build_faiss_index,
                                         check_params, flat_vectors, recommended_config)
-from tscm.deploy.index_file import finite_number, read_index_arrays, read_index_metadata, write_index_file
-from tscm.deploy.pca import PCA_TRAIN_LIMIT, PcaProjection, sample_rows
+from tscm.deploy.retrieval.index_file import finite_number, read_index_arrays, read_index_metadata, write_index_file
+from tscm.deploy.retrieval.pca import PCA_TRAIN_LIMIT, PcaProjection, sample_rows
 from tscm.errors import TscmError
 from tscm.evaluation.search import ScanTarget, exact_search, pair_distances, top_k_of_pairs
 from tscm.threads import limit_threads

@@ -13,7 +13,7 @@
   both files (torch.hub loading checks model.safetensors against it), and how to load it.
 
 `checkpoint` may also be a published folder (hf://user/name or an https URL; fetched through
-`tscm.deploy.hub`, which needs the network and says so offline).
+`tscm.deploy.packaging.hub`, which needs the network and says so offline).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
-from tscm.deploy.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_sha256, is_remote, resolve_checkpoint
+from tscm.deploy.packaging.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_sha256, is_remote, resolve_checkpoint
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, check_header, write_text_atomic
 from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
@@ -344,7 +344,7 @@ def render_card(name: str, meta: dict[str, Any], *, params: int, sha256: str, me
         "With tscm (`pip install tscm`, or from its repository), this folder is a checkpoint:",
         "",
         "```python",
-        "from tscm.deploy.recognizer import PlaceRecognizer",
+        "from tscm.deploy.retrieval.recognizer import PlaceRecognizer",
         'rec = PlaceRecognizer.from_checkpoint("path/to/this/folder")',
         'rec.add(["map/0001.jpg", "map/0002.jpg"], xy=[[0, 0], [5, 0]])',
         'print(rec.query("camera.jpg", k=5))',

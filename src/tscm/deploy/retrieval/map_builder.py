@@ -128,7 +128,7 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
 
 def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str, Any]) -> None:
     """Refuse bad --param values before any image is described (the checks PlaceIndex.create makes)."""
-    from tscm.deploy.index import PlaceIndex
+    from tscm.deploy.retrieval.index import PlaceIndex
     from tscm.models.checkpoint import read_metadata
 
     if backend == "auto" or not Path(checkpoint).is_dir():
@@ -140,7 +140,7 @@ def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, 
               calibration_paths=None):
     """(recognizer, Described, seconds) for `paths` with the model of `checkpoint`."""
     from tscm.inference.onnx_export import calibration_subset
-    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.threads import limit_threads
 
     if calibration_paths is None:
@@ -158,8 +158,8 @@ def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, 
 def _write_index(checkpoint, fingerprint: str, meta: dict[str, Any], descriptors: np.ndarray, kept: list[int],
                  paths: list[Path], xy: np.ndarray | None, out, backend: str, params: dict[str, Any],
                  skipped: list[tuple[str, str]], extract_s: float, rank: int = 0, world_size: int = 1) -> BuiltMap:
-    from tscm.deploy.index import PlaceIndex
-    from tscm.deploy.recognizer import index_model_meta
+    from tscm.deploy.retrieval.index import PlaceIndex
+    from tscm.deploy.retrieval.recognizer import index_model_meta
     from tscm.threads import limit_threads
 
     tic = time.perf_counter()

@@ -98,7 +98,7 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
     """Calibrate the index file's threshold on `data`/`split` with the model recorded in the index, save
     the index (atomically), and, with `measure_split`, measure the threshold there too."""
     from tscm.data.formats import load_placeset
-    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.evaluation.extract import InputSpec, describe_placeset
 
     if split == "test":

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from helpers.routes import aliased_route
 
-from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.evaluation.decision import SCORE_NAMES, decision_scores, pr_by_score, split_decisions
 from tscm.evaluation.precision_recall import pr_curve, pr_summary
@@ -63,24 +63,6 @@ def test_bad_inputs_are_named():
         decision_scores(np.ones((2, 3)), np.arange(4.0), 1.0)
     with pytest.raises(TscmError, match="exclusion"):
         decision_scores(np.ones((2, 3)), np.arange(3.0), -1.0)
-
-
-def aliased_route(num=120, seed=0, dim=8):
-    """Frame-ordered route whose places come in look-alike pairs (frame i and i + num/2 look alike), so
-    a raw distance cannot tell a right match from a look-alike, but the ratio can."""
-    rng = np.random.default_rng(seed)
-    half = rng.normal(size=(num // 2, dim))
-    db = np.concatenate([half, half + 0.05 * rng.normal(size=half.shape)]).astype(np.float32)
-    noise = rng.uniform(0.05, 0.6, size=(num, 1))  # some queries are easy, some hard
-    queries = (db + noise * rng.normal(size=db.shape)).astype(np.float32)
-    distinct = rng.random(num) < 0.5  # half the places get a distinct look
-    extra = rng.normal(size=(num, dim)).astype(np.float32)
-    db[distinct] += extra[distinct]
-    queries[distinct] += extra[distinct]
-    frames = np.arange(num, dtype=np.float64)
-    placeset = PlaceSet("route", "val", [f"/db/{i}.png" for i in range(num)], [f"/q/{i}.png" for i in range(num)],
-                        frames, frames, unit="frame")
-    return placeset, db, queries
 
 
 @pytest.mark.parametrize("length", [1, 5])

@@ -1,5 +1,6 @@
 """The loop-closure parts of a run's report: sequence matching, a calibrated threshold's transfer from the
-validation to the test split, and which score (distance, uncertainty, both) decides best."""
+validation to the test split per decision score (tscm.evaluation.decision), precision-recall pictures
+per score, and which score (distance, uncertainty, both) decides best."""
 
 from __future__ import annotations
 
@@ -103,3 +104,124 @@ def uncertainty_comparison(checkpoint: str | Path, placeset: PlaceSet, radius: f
     distance = ranking.top1_distance.astype(np.float64)
     scores = {"distance": distance, "uncertainty": sigma, "distance × uncertainty": distance * sigma}
     return {name: pr_summary(pr_curve(score, correct, has_match))["average_precision"] for name, score in scores.items()}
+
+
+DECISION_HEADER = ["Model", "L", "score", "bound", "target P %", "val threshold", "val P %", "val bound %", "val R %",
+                   "test P %", "test R %", "test bound %", "test"]
+
+
+def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple[PlaceSet, np.ndarray, np.ndarray],
+                       radius: float | None, *, lengths: Sequence[int] = (1, 10), target_precision: float = 0.99,
+                       scores: Sequence[str] | None = None, bounds: Sequence[str] = ("clopper-pearson", "none"),
+                       confidence: float = 0.95) -> list[dict[str, Any]]:
+    """One entry per sequence length × decision score × precision bound: the threshold calibrated on val
+    (exact search) for `target_precision`, and the precision and recall it gives on test.
+
+    Each entry: `sequence_length`, `score`, `bound`, `target_precision`, `reached`, and either
+    `reason` (why val gives no threshold) or `threshold`, `val_precision`, `val_precision_bound`,
+    `val_recall`, `val_accepted`, `test_precision`, `test_recall`, `test_precision_bound` (the same
+    bound over test's accepted queries), `test_accepted`, `test_false_positives` (fractions and counts).
+    """
+    from tscm.evaluation.calibration import calibrate_bounded, precision_lower_bound
+    from tscm.evaluation.decision import SCORE_NAMES, split_decisions
+    from tscm.evaluation.precision_recall import apply_threshold, pr_curve
+
+    val_set, val_db, val_queries = val
+    test_set, test_db, test_queries = test
+    entries = []
+    for length in lengths:
+        on_val = split_decisions(val_set, val_db, val_queries, sequence_length=length, radius=radius)
+        on_test = split_decisions(test_set, test_db, test_queries, sequence_length=length, radius=radius)
+        for score in scores or SCORE_NAMES:
+            curve = pr_curve(on_val.scores.scores[score], on_val.correct, on_val.has_match)
+            for bound in bounds:
+                entry: dict[str, Any] = {"sequence_length": int(length), "score": score, "bound": bound,
+                                         "target_precision": target_precision}
+                try:
+                    chosen = calibrate_bounded(curve, target_precision, bound=bound, confidence=confidence,
+                                               where=f"{val_set.name}/{val_set.split}")
+                except TscmError as error:
+                    entries.append({**entry, "reached": False, "reason": str(error)})
+                    continue
+                measured = apply_threshold(on_test.scores.scores[score], on_test.correct, on_test.has_match,
+                                           chosen.threshold)
+                test_bound = float(precision_lower_bound([measured["tp"]], [measured["accepted"]], confidence)[0])
+                entries.append({**entry, "reached": True, "threshold": chosen.threshold,
+                                "val_precision": chosen.precision, "val_precision_bound": chosen.precision_bound,
+                                "val_recall": chosen.recall, "val_accepted": chosen.accepted,
+                                "test_precision": measured["precision"], "test_recall": measured["recall"],
+                                "test_precision_bound": test_bound, "test_accepted": measured["accepted"],
+                                "test_false_positives": measured["fp"]})
+    return entries
+
+
+def decision_rows(name: str, entries: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Rows of DECISION_HEADER for one model's decision_transfers entries."""
+    rows = []
+    for e in entries:
+        start = [name, str(e["sequence_length"]), e["score"], e["bound"], f"{100 * e['target_precision']:g}"]
+        if not e["reached"]:
+            needed = ""
+            if "needs at least" in e["reason"]:
+                needed = ": needs ≥ " + e["reason"].split("needs at least ")[1].split(" ")[0] + " correct accepted"
+            rows.append(start + ["-"] * 7 + ["not reachable on val" + needed])
+            continue
+        rows.append(start + [f"{e['threshold']:.4g}", f"{100 * e['val_precision']:.1f}",
+                             f"{100 * e['val_precision_bound']:.1f}", f"{100 * e['val_recall']:.1f}",
+                             f"{100 * e['test_precision']:.1f}", f"{100 * e['test_recall']:.1f}",
+                             f"{100 * e['test_precision_bound']:.1f}",
+                             f"{e['test_false_positives']} false of {e['test_accepted']} accepted"])
+    return rows
+
+
+def plot_decision_scores(path: str | Path, placeset: PlaceSet, db: np.ndarray, queries: np.ndarray,
+                         radius: float | None, model_name: str, lengths: Sequence[int] = (1, 10)) -> Path:
+    """One precision-recall panel per sequence length, one curve per decision score (a PNG, written atomically)."""
+    from matplotlib.figure import Figure
+
+    from tscm.evaluation.decision import split_decisions
+    from tscm.evaluation.precision_recall import pr_curve, pr_summary
+    from tscm.fileio import atomic_path
+
+    fig = Figure(figsize=(5.2 * len(lengths), 4.6), dpi=120)
+    for panel, length in enumerate(lengths, start=1):
+        ax = fig.add_subplot(1, len(lengths), panel)
+        decisions = split_decisions(placeset, db, queries, sequence_length=length, radius=radius)
+        for colour, (score, values) in enumerate(decisions.scores.scores.items()):
+            curve = pr_curve(values, decisions.correct, decisions.has_match)
+            summary = pr_summary(curve)
+            ax.step(100 * curve.recall, 100 * curve.precision, where="post", color=f"C{colour}", linewidth=1.8,
+                    label=f"{score}: AP {summary['average_precision']:.1f}, "
+                          f"R@100%P {summary['recall_at_100_precision']:.1f}")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 102)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+        ax.set_xlabel("recall (%) of queries that have a true match")
+        ax.set_ylabel("precision (%) of accepted top-1 matches")
+        ax.set_title(f"{model_name}, L = {length}", fontsize=10)
+    fig.suptitle(f"Decision scores on {placeset.name}/{placeset.split}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def decision_report(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple[PlaceSet, np.ndarray, np.ndarray],
+                    radius: float | None, model_name: str, out_dir: str | Path | None = None, *,
+                    target_precision: float = 0.99) -> dict[str, Any]:
+    """Everything the demo shows about decision scores for one model: the table (header, rows), the
+    numbers behind it, and (with `out_dir`) the precision-recall picture per score on test.
+
+    Frame-ordered data gets L = 1 and 10; other data single frames only.
+    """
+    test_set, test_db, test_queries = test
+    lengths = (1, 10) if test_set.unit == "frame" else (1,)
+    entries = decision_transfers(val, test, radius, lengths=lengths, target_precision=target_precision)
+    pictures = []
+    if out_dir is not None:
+        pictures.append(plot_decision_scores(Path(out_dir) / f"decision_scores_{model_name}.png", test_set, test_db,
+                                             test_queries, radius, model_name, lengths))
+    return {"header": DECISION_HEADER, "rows": decision_rows(model_name, entries), "values": entries,
+            "pictures": pictures}

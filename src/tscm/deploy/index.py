@@ -515,6 +515,15 @@ class PlaceIndex:
         }
 
     @property
+    def coordinates(self) -> np.ndarray | None:
+        """Each entry's coordinates (N×2 metres, read-only view), if the map was given them."""
+        if self._xy is None:
+            return None
+        view = self._xy.view()
+        view.flags.writeable = False
+        return view
+
+    @property
     def times(self) -> np.ndarray | None:
         """Each entry's time (frame number or seconds), if the map was given them."""
         return None if self._times is None else self._times.copy()

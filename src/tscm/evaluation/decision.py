@@ -201,3 +201,77 @@ def pr_by_score(decisions: SplitDecisions) -> dict[str, dict]:
     return {name: {**pr_summary(pr_curve(values, decisions.correct, decisions.has_match)), "score": name,
                    **({"exclusion": decisions.scores.exclusion} if name == "ratio" else {})}
             for name, values in decisions.scores.scores.items()}
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How a stored threshold decides: its score, the threshold, and `ratio`'s exclusion zone.
+
+    `unit` says what the zone is measured in at decision time: "m" compares map coordinates (metres);
+    "frame" and "explicit" compare map entries' places in the order they were added (one entry per
+    frame along the route, as a map built from a traversal holds them).
+    """
+
+    score: str
+    threshold: float
+    exclusion: float
+    unit: str
+
+    @classmethod
+    def of(cls, entry: dict) -> DecisionRule:
+        """The rule of an index threshold entry (an entry without `score` is a top-1 distance threshold)."""
+        unit = entry.get("unit") or "frame"
+        exclusion = entry.get("exclusion")
+        return cls(check_score_name(entry.get("score", "distance")), float(entry["distance"]),
+                   DEFAULT_EXCLUSION.get(unit, DEFAULT_EXCLUSION["frame"]) if exclusion is None else float(exclusion),
+                   unit)
+
+    def accepts(self, score: float) -> bool:
+        return bool(score <= self.threshold)
+
+    def confidence(self, score: float) -> float:
+        """0.5 at the threshold, towards 1 for more confident scores and towards 0 for less.
+
+        Distances and ratios (≥ 0): threshold / (threshold + score), as tscm.evaluation.precision_recall.confidence.
+        z-scores (signed): the logistic of (threshold − score).
+        """
+        if self.score == "normalised":
+            return float(1.0 / (1.0 + np.exp(score - self.threshold)))
+        if self.threshold <= 0:
+            return 1.0 if score <= 0 else 0.0
+        return float(self.threshold / (self.threshold + max(score, 0.0)))
+
+    def hits_needed(self) -> int:
+        """Nearest hits among which `ratio`'s competitor is sure to be (for entry-order zones; 1 for other scores)."""
+        if self.score != "ratio":
+            return 1
+        if self.unit == "m":
+            return 64  # a first guess; decide_from_hits says when the zone held them all
+        return 2 * int(np.floor(self.exclusion)) + 2
+
+
+def decide_from_hits(rule: DecisionRule, hit_rows: np.ndarray, hit_scores: np.ndarray, positions: np.ndarray,
+                     row=None) -> float | None:
+    """The decision score of a query from its nearest hits (rows of the map, nearest first, with their
+    scores), or None when the hits cannot settle it (`ratio` whose hits all lie in the zone,
+    `normalised`): then `row`, a callable giving the full row of scores, is used when given.
+
+    `positions`: every map entry's position (N×P) in the zone's unit.
+    """
+    best_row, best = int(hit_rows[0]), float(hit_scores[0])
+    if rule.score == "distance":
+        return best
+    if rule.score == "ratio":
+        offsets = positions[np.asarray(hit_rows[1:], dtype=np.int64)] - positions[best_row]
+        outside = np.flatnonzero(np.einsum("np,np->n", offsets, offsets) > rule.exclusion ** 2)
+        if outside.size:
+            return float(ratio_of(np.array([best]), np.array([hit_scores[1 + outside[0]]]))[0])
+        if len(hit_rows) == len(positions):  # every entry was a hit: nothing lies outside the zone
+            return 1.0
+    if row is None:
+        return None
+    full = np.asarray(row(), dtype=np.float64)
+    if rule.score == "ratio":
+        competitor = _best_outside(full[None, :], np.array([best_row]), positions, rule.exclusion)
+        return float(ratio_of(np.array([best]), competitor)[0])
+    return float(_z_scores(np.array([best]), np.array([full.mean()]), np.array([full.std()]))[0])

@@ -47,8 +47,9 @@ def threshold_transfer(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
     test_set, test_db, test_queries = test
     val_index = PlaceIndex.build(val_db, backend="flat")
     try:
+        # Today's rule: the top-1 distance, chosen by the split's plain precision (decision_transfers has the others).
         entry = calibrate(val_index, val_db, val_queries, val_set, target_precision=target_precision,
-                          sequence_length=sequence_length, radius=radius)
+                          sequence_length=sequence_length, radius=radius, score="distance", bound="none")
     except TscmError as error:
         return {"target_precision": target_precision, "sequence_length": sequence_length, "reached": False,
                 "reason": str(error)}

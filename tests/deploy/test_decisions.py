@@ -163,3 +163,25 @@ def test_index_calibrate_measures_then_writes_the_index_and_json_once(checkpoint
     assert measured["accepted"] == pytest.approx(sum(accepted) / len(places))
     assert measured["false_positives"] == pytest.approx((sum(accepted) - sum(right)) / len(places))
     assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("score", ["ratio", "normalised", "distance"])
+def test_query_sequence_decides_as_batch_sequence_scores_do(checkpoint, monkeypatch, score):
+    from tscm.evaluation.sequence import sequence_scores
+
+    recognizer = PlaceRecognizer.from_checkpoint(checkpoint, backend="flat")
+    db = route_descriptors(120, recognizer.dim, seed=8)
+    recognizer.add_descriptors(db, np.arange(120))
+    rng = np.random.default_rng(9)
+    stream = db[30:90] + 0.15 * rng.normal(size=(60, recognizer.dim)).astype(np.float32)
+    monkeypatch.setattr(recognizer, "describe_one", lambda image, **kw: np.asarray(image, dtype=np.float32)[None])
+    rows = sequence_scores(squared_distances(stream, db), 5)
+    plain = decision_scores(rows, np.arange(120, dtype=np.float64), 5.0, (score,))
+    threshold = float(np.quantile(plain.scores[score], 0.6))
+    recognizer.index.set_threshold({"distance": threshold, "score": score, "exclusion": 5.0, "unit": "frame",
+                                    "sequence_length": 5})
+    got = [recognizer.query_sequence(frame, 2, length=5, consistency=2)[0] for frame in stream]
+    assert [p.id for p in got] == plain.top1.tolist()
+    np.testing.assert_allclose([p.decision_score for p in got], plain.scores[score], rtol=1e-5, atol=1e-6)
+    passed = plain.scores[score] <= threshold
+    assert [p.accepted for p in got] == consistent_acceptance(passed, plain.top1, 2).tolist()

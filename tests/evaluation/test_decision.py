@@ -100,3 +100,16 @@ def test_evaluate_json_keeps_pr_and_adds_one_block_per_score(tmp_path):
     for key in ("average_precision", "recall_at_100_precision", "f1_max", "num_queries"):
         assert written["pr_by_score"]["distance"][key] == pytest.approx(written["pr"][key], rel=1e-6)
     assert "decision score ratio" in result.format_table()
+
+
+@pytest.mark.parametrize("exclusion", [0.0, 2.0, 2.5, 40.0])
+def test_one_row_decisions_match_the_batch(exclusion):
+    from tscm.evaluation.decision import DecisionRule, decide_row
+
+    rows = np.random.default_rng(3).uniform(0, 2, size=(40, 30))
+    batch = decision_scores(rows, np.arange(30.0), exclusion)
+    for q, row in enumerate(rows):
+        for name in SCORE_NAMES:
+            rule = DecisionRule(name, 1.0, exclusion, "frame")
+            assert decide_row(rule, row) == pytest.approx(batch.scores[name][q], rel=1e-12)
+            assert decide_row(rule, row, positions=np.arange(30.0)) == pytest.approx(batch.scores[name][q], rel=1e-12)

@@ -113,6 +113,7 @@ class PlaceRecognizer:
         self._sequence = None  # the SequenceMatcher of query_sequence, made on first use
         self._consistency = None  # the ConsistencyFilter of observe / query_sequence, made on first use
         self._input_spec: InputSpec | None = None
+        self._largest_id: int | None = None  # of the map's ids, found on first use, then kept by add_descriptors
 
     def _configure(self, backend: str, params: dict[str, Any], train_after: int | None) -> None:
         """Check and record the requested back-end, its parameters and when to train it."""
@@ -236,6 +237,8 @@ class PlaceRecognizer:
             self.index = PlaceIndex.create("flat", self.dim, model_fingerprint=self.fingerprint,
                                            model_meta=self._model_meta())
         self.index.add(descriptors, ids, paths=paths, xy=xy, times=times)
+        if len(ids) and self._largest_id is not None:
+            self._largest_id = max(self._largest_id, int(ids.max()))
         if self._held is None:
             return
         self._held.append(descriptors)
@@ -254,11 +257,13 @@ class PlaceRecognizer:
             self.rebuild()
 
     def _next_id(self) -> int:
+        """One more than the largest id in the map (kept up to date by add_descriptors: streaming adds one
+        entry per frame, and a scan over every id would grow with the map)."""
         if self.count == 0:
             return 0
-        if self._held is not None:
-            return int(max(int(chunk.max()) for chunk in self._ids)) + 1
-        return int(self.index.ids.max()) + 1
+        if self._largest_id is None:
+            self._largest_id = int(self.index.ids.max())
+        return self._largest_id + 1
 
     def _target_config(self) -> tuple[str, dict[str, Any]] | None:
         """The back-end the map should be on now, or None while it collects descriptors to train on."""
@@ -443,7 +448,7 @@ class PlaceRecognizer:
         the map (tscm.evaluation.consistency). `timings` gets each stage's seconds added (decode,
         describe, search, sequence, decision).
         """
-        from tscm.evaluation.decision import decision_scores
+        from tscm.evaluation.decision import decide_row
         from tscm.evaluation.ranking import rank_matrix
         from tscm.evaluation.sequence import SequenceMatcher
 
@@ -461,8 +466,8 @@ class PlaceRecognizer:
         value, consistent = None, True
         rows = ranking.indices[0].tolist()
         if rule is not None:
-            positions = self._zone_positions(rule, self.count) if rule.score == "ratio" else np.zeros((self.count, 1))
-            value = float(decision_scores(scores[None, :], positions, rule.exclusion, (rule.score,)).scores[rule.score][0])
+            positions = self._zone_positions(rule, self.count) if rule.score == "ratio" and rule.unit == "m" else None
+            value = decide_row(rule, scores, rows[0], positions)
             consistent = self._consistent(consistency, rule.accepts(value), rows[0])
         places = self._ranked_places(rows, ranking.distances[0].tolist(), rule, value, consistent)
         if timings is not None:

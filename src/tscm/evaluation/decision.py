@@ -275,3 +275,34 @@ def decide_from_hits(rule: DecisionRule, hit_rows: np.ndarray, hit_scores: np.nd
         competitor = _best_outside(full[None, :], np.array([best_row]), positions, rule.exclusion)
         return float(ratio_of(np.array([best]), competitor)[0])
     return float(_z_scores(np.array([best]), np.array([full.mean()]), np.array([full.std()]))[0])
+
+
+def best_outside_window(row: np.ndarray, top1: int, window: float) -> float:
+    """The smallest entry of `row` more than `window` places from `top1`, positions being 0..N-1 (inf if none).
+
+    The zone is a contiguous stretch of the row, so two reductions replace `_best_outside`'s
+    distance to every position (what the streaming path does for maps along a route).
+    """
+    reach = int(np.floor(window))  # |j − top1| > window ⟺ |j − top1| > ⌊window⌋ for whole j
+    left, right = row[: max(top1 - reach, 0)], row[top1 + reach + 1:]
+    candidates = [float(part.min()) for part in (left, right) if len(part)]
+    return min(candidates) if candidates else float("inf")
+
+
+def decide_row(rule: DecisionRule, row, top1: int | None = None, positions: np.ndarray | None = None) -> float:
+    """The rule's decision score of one full row of match scores (the first minimum is the top-1 unless
+    given); `positions` None means the row's own order is the route (a contiguous exclusion zone)."""
+    row = np.asarray(row)
+    top1 = int(np.argmin(row)) if top1 is None else int(top1)
+    best = float(row[top1])
+    if rule.score == "distance":
+        return best
+    if rule.score == "ratio":
+        if positions is None:
+            competitor = np.array([best_outside_window(row, top1, rule.exclusion)])
+        else:
+            competitor = _best_outside(row[None, :].astype(np.float64), np.array([top1]), _positions(positions, len(row)),
+                                       rule.exclusion)
+        return float(ratio_of(np.array([best]), competitor)[0])
+    full = row.astype(np.float64)
+    return float(_z_scores(np.array([best]), np.array([full.mean()]), np.array([full.std()]))[0])

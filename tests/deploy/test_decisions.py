@@ -185,3 +185,31 @@ def test_query_sequence_decides_as_batch_sequence_scores_do(checkpoint, monkeypa
     np.testing.assert_allclose([p.decision_score for p in got], plain.scores[score], rtol=1e-5, atol=1e-6)
     passed = plain.scores[score] <= threshold
     assert [p.accepted for p in got] == consistent_acceptance(passed, plain.top1, 2).tolist()
+
+
+@pytest.mark.parametrize("backend, params", [("flat", {}), ("pca-flat", {"pca_dim": 8}), ("hnsw", {})])
+def test_one_entry_at_a_time_gives_the_index_of_one_bulk_add(backend, params):
+    from tscm.deploy.index import PlaceIndex
+
+    rng = np.random.default_rng(10)
+    descriptors = rng.normal(size=(300, 16)).astype(np.float32)
+    xy, times = rng.normal(size=(300, 2)), np.arange(300, dtype=np.float64)
+    bulk = PlaceIndex.build(descriptors, np.arange(300), xy=xy, times=times, paths=[f"{i}" for i in range(300)],
+                            backend=backend, **params)
+    streamed = PlaceIndex.create(backend, 16, **params)
+    if streamed.needs_training:
+        streamed.train(descriptors)
+    queries = rng.normal(size=(5, 16)).astype(np.float32)
+    for i in range(300):
+        streamed.add(descriptors[i:i + 1], [i], xy=xy[i:i + 1], times=times[i:i + 1], paths=[f"{i}"])
+        if i % 37 == 0:  # searches between adds keep their caches, which the next add must extend
+            streamed.search(queries, 3), streamed.vectors()
+    assert np.array_equal(streamed.ids, bulk.ids) and np.array_equal(streamed.times, bulk.times)
+    assert np.array_equal(streamed.coordinates, bulk.coordinates) and streamed.entry(299) == bulk.entry(299)
+    np.testing.assert_array_equal(streamed.vectors(), bulk.vectors())
+    if backend != "hnsw":  # a graph built one node at a time is another graph
+        a, b = streamed.search(queries, 5), bulk.search(queries, 5)
+        assert np.array_equal(a.indices, b.indices) and np.array_equal(a.distances, b.distances)
+    with pytest.raises(Exception, match="unique"):
+        streamed.add(descriptors[:1], [17])
+    assert streamed.count == 300

@@ -40,3 +40,20 @@ def test_unreachable_targets_say_how_many_queries_they_need(tmp_path):
     assert report["pictures"][0].stat().st_size > 1000
     assert all(len(row) == len(DECISION_HEADER) for row in report["rows"])
     assert np.isfinite([e["test_precision"] for e in report["values"] if e["reached"]]).all()
+
+
+def test_consistency_entries_filter_the_test_acceptances():
+    from tscm.evaluation.consistency import consistent_acceptance
+
+    val = aliased_route(300, seed=4)
+    test = aliased_route(300, seed=5, split="test")
+    entries = decision_transfers(val, test, None, lengths=(3,), target_precision=0.9, scores=("ratio",),
+                                 bounds=("none",), consistency=(2, 4))
+    plain, *filtered = entries
+    decisions = split_decisions(*test, sequence_length=3)
+    passed = decisions.scores.scores["ratio"] <= plain["threshold"]
+    for e in filtered:
+        accepted = consistent_acceptance(passed, decisions.route_position, e["consistency"])  # frames in route order
+        assert e["threshold"] == plain["threshold"] and e["test_accepted"] == accepted.sum()
+        assert e["test_false_positives"] == (accepted & ~decisions.correct).sum()
+    assert plain["test_accepted"] >= filtered[0]["test_accepted"] >= filtered[1]["test_accepted"]

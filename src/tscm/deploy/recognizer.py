@@ -357,14 +357,13 @@ class PlaceRecognizer:
         return None if entry is None else DecisionRule.of(entry)
 
     def _zone_positions(self, rule, searchable: int) -> np.ndarray:
-        """Each of the first `searchable` entries' position in the unit of the rule's exclusion zone."""
-        if rule.unit == "m":
-            xy = self.index.coordinates
-            if xy is None:
-                raise TscmError("the threshold's 'ratio' score compares places in metres, but this map has no "
-                                "coordinates; build it with positions or calibrate it on frame-ordered data")
-            return np.asarray(xy[:searchable], dtype=np.float64)
-        return np.arange(searchable, dtype=np.float64)[:, None]
+        """The first `searchable` entries' coordinates, for a rule whose exclusion zone is in metres
+        (other zones count map entries in the order they were added: positions None)."""
+        xy = self.index.coordinates
+        if xy is None:
+            raise TscmError("the threshold's 'ratio' score compares places in metres, but this map has no "
+                            "coordinates; build it with positions or calibrate it on frame-ordered data")
+        return np.asarray(xy[:searchable], dtype=np.float64)
 
     def _distance_row(self, descriptor: np.ndarray, searchable: int) -> np.ndarray:
         """Squared L2 from one descriptor to each of the first `searchable` entries, in the search space."""
@@ -377,8 +376,8 @@ class PlaceRecognizer:
         """The rule's score of the top-1 hit: from the nearest hits where they settle it, else from the full row."""
         from tscm.evaluation.decision import decide_from_hits
 
-        positions = self._zone_positions(rule, searchable) if rule.score == "ratio" else np.zeros((searchable, 1))
-        return decide_from_hits(rule, hit_rows, hit_scores, positions,
+        positions = self._zone_positions(rule, searchable) if rule.score == "ratio" and rule.unit == "m" else None
+        return decide_from_hits(rule, hit_rows, hit_scores, searchable, positions,
                                 row=lambda: self._distance_row(descriptor, searchable))
 
     def _ranked_places(self, rows: list[int], scores: list[float], rule, decision_score: float | None,

@@ -250,31 +250,32 @@ class DecisionRule:
         return 2 * int(np.floor(self.exclusion)) + 2
 
 
-def decide_from_hits(rule: DecisionRule, hit_rows: np.ndarray, hit_scores: np.ndarray, positions: np.ndarray,
-                     row=None) -> float | None:
-    """The decision score of a query from its nearest hits (rows of the map, nearest first, with their
-    scores), or None when the hits cannot settle it (`ratio` whose hits all lie in the zone,
-    `normalised`): then `row`, a callable giving the full row of scores, is used when given.
+def decide_from_hits(rule: DecisionRule, hit_rows: np.ndarray, hit_scores: np.ndarray, num_entries: int,
+                     positions: np.ndarray | None = None, row=None) -> float | None:
+    """The decision score of a query from its nearest hits (map rows, nearest first, with their scores),
+    or, where the hits cannot settle it (`normalised`; `ratio` whose hits all lie in the zone), from
+    `row`, a callable giving the query's full row of scores (None if not given).
 
-    `positions`: every map entry's position (N×P) in the zone's unit.
+    `num_entries`: how many map entries the hits were drawn from; `positions`: their positions (N×P)
+    in the zone's unit, or None when the entries' order is the route (a contiguous zone).
     """
     best_row, best = int(hit_rows[0]), float(hit_scores[0])
     if rule.score == "distance":
         return best
+    others = np.asarray(hit_rows[1:], dtype=np.int64)
     if rule.score == "ratio":
-        offsets = positions[np.asarray(hit_rows[1:], dtype=np.int64)] - positions[best_row]
-        outside = np.flatnonzero(np.einsum("np,np->n", offsets, offsets) > rule.exclusion ** 2)
+        if positions is None:
+            outside = np.flatnonzero(np.abs(others - best_row) > np.floor(rule.exclusion))
+        else:
+            offsets = positions[others] - positions[best_row]
+            outside = np.flatnonzero(np.einsum("np,np->n", offsets, offsets) > rule.exclusion ** 2)
         if outside.size:
             return float(ratio_of(np.array([best]), np.array([hit_scores[1 + outside[0]]]))[0])
-        if len(hit_rows) == len(positions):  # every entry was a hit: nothing lies outside the zone
+        if len(hit_rows) == num_entries:  # every entry was a hit: nothing lies outside the zone
             return 1.0
     if row is None:
         return None
-    full = np.asarray(row(), dtype=np.float64)
-    if rule.score == "ratio":
-        competitor = _best_outside(full[None, :], np.array([best_row]), positions, rule.exclusion)
-        return float(ratio_of(np.array([best]), competitor)[0])
-    return float(_z_scores(np.array([best]), np.array([full.mean()]), np.array([full.std()]))[0])
+    return decide_row(rule, row(), best_row, positions)
 
 
 def best_outside_window(row: np.ndarray, top1: int, window: float) -> float:

@@ -114,7 +114,7 @@ DECISION_HEADER = ["Model", "L", "score", "bound", "target P %", "val threshold"
 def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple[PlaceSet, np.ndarray, np.ndarray],
                        radius: float | None, *, lengths: Sequence[int] = (1, 10), target_precision: float = 0.99,
                        scores: Sequence[str] | None = None, bounds: Sequence[str] = ("clopper-pearson", "none"),
-                       confidence: float = 0.95) -> list[dict[str, Any]]:
+                       confidence: float = 0.95, consistency: Sequence[int] = ()) -> list[dict[str, Any]]:
     """One entry per sequence length × decision score × precision bound: the threshold calibrated on val
     (exact search) for `target_precision`, and the precision and recall it gives on test.
 
@@ -122,10 +122,14 @@ def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
     `reason` (why val gives no threshold) or `threshold`, `val_precision`, `val_precision_bound`,
     `val_recall`, `val_accepted`, `test_precision`, `test_recall`, `test_precision_bound` (the same
     bound over test's accepted queries), `test_accepted`, `test_false_positives` (fractions and counts).
+    Each k in `consistency` adds the same entries with `consistency` = k: on test a query is accepted
+    only when it and the k − 1 queries before it along the route passed on a consistent progression
+    (tscm.evaluation.consistency; the val threshold is the same).
     """
     from tscm.evaluation.calibration import calibrate_bounded, precision_lower_bound
+    from tscm.evaluation.consistency import consistent_acceptance
     from tscm.evaluation.decision import SCORE_NAMES, split_decisions
-    from tscm.evaluation.precision_recall import apply_threshold, pr_curve
+    from tscm.evaluation.precision_recall import pr_curve
 
     val_set, val_db, val_queries = val
     test_set, test_db, test_queries = test
@@ -144,15 +148,25 @@ def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
                 except TscmError as error:
                     entries.append({**entry, "reached": False, "reason": str(error)})
                     continue
-                measured = apply_threshold(on_test.scores.scores[score], on_test.correct, on_test.has_match,
-                                           chosen.threshold)
-                test_bound = float(precision_lower_bound([measured["tp"]], [measured["accepted"]], confidence)[0])
-                entries.append({**entry, "reached": True, "threshold": chosen.threshold,
-                                "val_precision": chosen.precision, "val_precision_bound": chosen.precision_bound,
-                                "val_recall": chosen.recall, "val_accepted": chosen.accepted,
-                                "test_precision": measured["precision"], "test_recall": measured["recall"],
-                                "test_precision_bound": test_bound, "test_accepted": measured["accepted"],
-                                "test_false_positives": measured["fp"]})
+                test_scores = on_test.scores.scores[score]
+                for frames in (None, *consistency):
+                    accepted = test_scores <= chosen.threshold
+                    if frames is not None:
+                        order = on_test.query_order
+                        kept = consistent_acceptance(accepted[order], on_test.route_position[order], frames)
+                        accepted = np.zeros_like(accepted)
+                        accepted[order] = kept
+                    num_accepted = int(accepted.sum())
+                    tp = int((accepted & on_test.correct).sum())
+                    test_bound = float(precision_lower_bound([tp], [num_accepted], confidence)[0])
+                    entries.append({**entry, **({"consistency": frames} if frames else {}), "reached": True,
+                                    "threshold": chosen.threshold,
+                                    "val_precision": chosen.precision, "val_precision_bound": chosen.precision_bound,
+                                    "val_recall": chosen.recall, "val_accepted": chosen.accepted,
+                                    "test_precision": tp / num_accepted if num_accepted else 1.0,
+                                    "test_recall": tp / int(on_test.has_match.sum()),
+                                    "test_precision_bound": test_bound, "test_accepted": num_accepted,
+                                    "test_false_positives": num_accepted - tp})
     return entries
 
 
@@ -160,7 +174,8 @@ def decision_rows(name: str, entries: Sequence[dict[str, Any]]) -> list[list[str
     """Rows of DECISION_HEADER for one model's decision_transfers entries."""
     rows = []
     for e in entries:
-        start = [name, str(e["sequence_length"]), e["score"], e["bound"], f"{100 * e['target_precision']:g}"]
+        length = str(e["sequence_length"]) + (f", {e['consistency']} consistent" if e.get("consistency") else "")
+        start = [name, length, e["score"], e["bound"], f"{100 * e['target_precision']:g}"]
         if not e["reached"]:
             needed = ""
             if "needs at least" in e["reason"]:

@@ -132,12 +132,6 @@ def decision_scores(rows, positions, exclusion: float, names: Sequence[str] = SC
     return DecisionScores(top1, out, exclusion)
 
 
-def row_decision_score(row: np.ndarray, name: str, positions: np.ndarray, exclusion: float) -> tuple[int, float]:
-    """(top-1, score) of one row of match scores: decision_scores for a single query (streaming)."""
-    result = decision_scores(np.asarray(row)[None, :], positions, exclusion, (name,))
-    return int(result.top1[0]), float(result.scores[name][0])
-
-
 @dataclass(frozen=True)
 class SplitDecisions:
     """Decision scores of a split's queries (in the PlaceSet's order) with their ground-truth labels."""

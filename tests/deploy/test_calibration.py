@@ -46,8 +46,9 @@ def plain_precision_recall(distances, top1, positives, threshold):
 def test_calibrated_threshold_reaches_its_precision_in_the_index_space(backend, params):
     val, db, queries = route(200, seed=0, noise=0.5)
     index = PlaceIndex.build(db, backend=backend, **params)
-    entry = calibrate(index, db, queries, val, target_precision=0.9)
+    entry = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none")
     assert entry["precision"] >= 0.9 and entry["space"] == index.space() and entry["sequence_length"] == 1
+    assert entry["score"] == "distance" and entry["precision_bound"] == entry["precision"]
     # the stored distance is in the same space as index.search: check it with a plain loop there
     result = index.search(queries, 1)
     precision, recall = plain_precision_recall(result.distances[:, 0], result.indices[:, 0], val.positives(1.0),
@@ -63,7 +64,7 @@ def test_threshold_transfers_and_travels_through_the_index_file(tmp_path):
     val, val_db, val_queries = route(200, seed=1, noise=0.6)
     test, test_db, test_queries = route(200, seed=2, noise=0.6, split="test")
     index = PlaceIndex.build(test_db, backend="flat")  # the deployment map: the test route's database
-    entry = calibrate(index, val_db, val_queries, val, target_precision=0.9)
+    entry = calibrate(index, val_db, val_queries, val, target_precision=0.9, score="distance", bound="none")
     transfer = measure(index, test_db, test_queries, test)
     scores, top1 = index_scores(index, test_db, test_queries, test)
     precision, recall = plain_precision_recall(scores, top1, test.positives(1.0), entry["distance"])
@@ -81,7 +82,9 @@ def test_unreachable_precision_stores_nothing():
     val, db, queries = route(100, seed=3, noise=3.0)  # queries barely resemble their places
     index = PlaceIndex.build(db, backend="flat")
     with pytest.raises(TscmError, match="no threshold reaches precision 100"):
-        calibrate(index, db, queries, val, target_precision=1.0)
+        calibrate(index, db, queries, val, target_precision=1.0, score="distance", bound="none")
+    with pytest.raises(TscmError, match=r"no decision score .* needs at least 59 correct accepted matches"):
+        calibrate(index, db, queries, val, target_precision=0.95)  # every score, with the confidence bound
     assert index.thresholds == []
 
 
@@ -122,9 +125,8 @@ def test_query_sequence_resolves_a_route_single_frames_cannot(recognizer_parts, 
     recognizer.add_descriptors(db, np.arange(60))
     # The robot drives database frames 20..39 again: each frame looks like a quarter of the map.
     stream = patterns[labels[20:40]] + 0.3 * rng.normal(size=(20, recognizer.dim)).astype(np.float32)
-    # The stream's "images" are its descriptors: describe() is replaced, the model is not what is tested.
-    monkeypatch.setattr(recognizer, "describe",
-                        lambda images, **kw: type("D", (), {"descriptors": np.asarray(images, dtype=np.float32)}))
+    # The stream's "images" are its descriptors: describe_one() is replaced, the model is not what is tested.
+    monkeypatch.setattr(recognizer, "describe_one", lambda image, **kw: np.asarray(image, dtype=np.float32)[None])
     single = [recognizer.search(frame[None], 1)[0][0].id for frame in stream]
     sequence = [recognizer.query_sequence(frame, 1, length=8)[0].id for frame in stream]
     truth = list(range(20, 40))
@@ -137,8 +139,7 @@ def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(recognizer_parts,
     recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
     rng = np.random.default_rng(6)
     places = rng.normal(size=(30, recognizer.dim)).astype(np.float32)
-    monkeypatch.setattr(recognizer, "describe",
-                        lambda images, **kw: type("D", (), {"descriptors": np.asarray(images, dtype=np.float32)}))
+    monkeypatch.setattr(recognizer, "describe_one", lambda image, **kw: np.asarray(image, dtype=np.float32)[None])
     candidates = []
     for t in range(30):  # a robot driving on: every frame is near the previous one
         frame = places[t] + (places[t - 1] if t else 0) * 0.9

@@ -5,7 +5,8 @@ quantised, batch 1 and 16), `accuracy` (Recall@1 of a checkpoint per runtime), `
 query per search back-end on synthetic 10k/250k descriptors, Recall@1 vs exact), `city` (the same
 on descriptors of the synthetic city), `mining` (the batched mining refresh against the published
 per-query loop), `training` (images per second through forward + backward of the presets the demo
-trains). Numbers go to bench.json and bench.md.
+trains), `streaming` (ms per frame of each stage of `query_sequence` and `observe` at 1k/10k/100k-entry
+maps, tscm.bench.streaming). Numbers go to bench.json and bench.md.
 
 The suite first measures the machine (tscm.bench.machine: CPU, ISA flags, fp32 matmul GFLOP/s and
 copy bandwidth with the chosen threads, load average), prints it and puts it in the report: every
@@ -24,7 +25,7 @@ from typing import Any, Callable
 
 from tscm.errors import TscmError
 
-PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training")
+PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training", "streaming")
 DEFAULT_PARTS = ("extraction", "matching", "city")
 PQ_MIN_TRAIN = 39 * 256  # faiss warns below 39 training points per centroid; PQ codebooks have 256
 
@@ -68,12 +69,17 @@ class BenchSettings:
     # training
     training_presets: list[str] = field(default_factory=lambda: ["teacher-tiny", "student-tiny"])
     training_steps: int = 10
+    # streaming
+    streaming_preset: str = "student-lite"
+    streaming_sizes: list[int] = field(default_factory=lambda: [1000, 10_000, 100_000])
+    streaming_frames: int = 200
 
     @classmethod
     def quick_settings(cls, **overrides: Any) -> BenchSettings:
         values = dict(sizes=[1000], queries=40, single=10, dim=512, models=["student-tiny"], runtimes=["torch", "torch-int8"],
                       batch_sizes=[1, 4], cycles=1, calls=2, city="tiny", mining_db=600, mining_queries=120,
-                      mining_loop_queries=30, training_steps=2, quick=True)
+                      mining_loop_queries=30, training_steps=2, streaming_preset="student-tiny",
+                      streaming_sizes=[300], streaming_frames=12, quick=True)
         values.update(overrides)
         return cls(**values)
 
@@ -249,6 +255,14 @@ def markdown_report(report: dict) -> str:
                   f"(extrapolated from {m['loop_queries']} queries) {m['loop_refresh_extrapolated_s']:.2f} / "
                   f"{m['loop_refresh_extrapolated_cpu_s']:.2f}; {m['tuples_agreeing']} of {m['loop_tuples']} loop tuples "
                   "identical to the batched ones.", ""]
+    if report.get("streaming"):
+        lines += ["## Streaming, ms per frame by stage (share)", "",
+                  "| pipeline | map | back-end | stages | ms/frame | frames/s |", "|---|---:|---|---|---:|---:|"]
+        for row in report["streaming"]:
+            stages = ", ".join(f"{stage} {ms:.3f} ({100 * row['share'][stage]:.0f} %)" for stage, ms in row["stage_ms"].items())
+            lines.append(f"| {row['pipeline']} | {row['map_size']:,} | {row['backend']} | {stages} | "
+                         f"{row['total_ms']:.2f} | {row['frames_per_s']:,.0f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -371,6 +385,12 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
         report["training"] = [as_dict(row) for row in bench_training(
             settings.training_presets, threads=settings.threads, steps=settings.training_steps, rounds=rounds,
             seed=settings.seed, print_fn=print_fn)]
+    if "streaming" in settings.parts:
+        from tscm.bench.streaming import bench_streaming
+
+        report["streaming"] = [asdict(row) for row in bench_streaming(
+            preset=settings.streaming_preset, map_sizes=settings.streaming_sizes, frames=settings.streaming_frames,
+            threads=settings.threads, seed=settings.seed, print_fn=print_fn)]
     if out_dir is not None:
         write_json_atomic(Path(out_dir) / "bench.json", report)
         write_text_atomic(Path(out_dir) / "bench.md", markdown_report(report))

@@ -47,6 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--measure", default=None, metavar="SPLIT",
                            help="also report the precision and recall the threshold reaches on this split (e.g. test)")
     calibrate.add_argument("--checkpoint", default=None, help="the model (default: the one recorded in the index)")
+    calibrate.add_argument("--score", choices=("auto", "distance", "ratio", "normalised"), default="auto",
+                           help="decision score: top-1 distance, distinctiveness ratio, per-query normalised distance; "
+                                "auto (default) keeps the one with the highest recall on the calibration split")
+    calibrate.add_argument("--bound", choices=("clopper-pearson", "none"), default="clopper-pearson",
+                           help="precision that must reach the target: the one-sided Clopper-Pearson lower bound "
+                                "(default) or the plain precision of the calibration split (none)")
+    calibrate.add_argument("--confidence", type=float, default=95.0,
+                           help="confidence of the lower bound on precision, percent (default: 95)")
+    calibrate.add_argument("--json", default=None, metavar="OUT",
+                           help="also write the calibration (threshold, score, target, calibration and measured "
+                                "precision and recall as fractions) to this JSON file")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -60,18 +71,25 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise TscmError(f"--target-precision: expected a percentage in (0, 100], got {args.target_precision:g}")
     if args.sequence < 1:
         raise TscmError(f"--sequence: expected a sequence length ≥ 1 frame, got {args.sequence}")
+    if not (math.isfinite(args.confidence) and 0 < args.confidence < 100):
+        raise TscmError(f"--confidence: expected a percentage in (0, 100), got {args.confidence:g}")
     report = calibrate_index_file(args.index, args.data, split=args.split, target_precision=args.target_precision / 100,
                                   sequence_length=args.sequence, radius=args.radius, measure_split=args.measure,
-                                  checkpoint=args.checkpoint)
+                                  checkpoint=args.checkpoint, score=args.score, bound=args.bound,
+                                  confidence=args.confidence / 100, json_path=args.json)
     entry = report["threshold"]
     what = "single frames" if entry["sequence_length"] == 1 else f"sequences of {entry['sequence_length']} frames"
-    print(f"threshold {entry['distance']:.6g} ({what}, {entry['space']['backend']} space) calibrated on "
-          f"{entry['calibrated_on']}: precision {100 * entry['precision']:.1f} % (target {100 * entry['target_precision']:g} %), "
-          f"recall {100 * entry['recall']:.1f} %; written to {args.index}")
+    bound = (f", {100 * entry['confidence']:g} % lower bound {100 * entry['precision_bound']:.1f} %"
+             if entry["bound"] != "none" else "")
+    print(f"threshold {entry['distance']:.6g} on score {entry['score']} ({what}, {entry['space']['backend']} space) "
+          f"calibrated on {entry['calibrated_on']}: precision {100 * entry['precision']:.1f} %{bound} "
+          f"(target {100 * entry['target_precision']:g} %), recall {100 * entry['recall']:.1f} %; written to {args.index}")
     if "measured" in report:
         m = report["measured"]
         print(f"on {m['measured_on']}: precision {100 * m['precision']:.1f} %, recall {100 * m['recall']:.1f} % "
-              f"({m['accepted']} accepted, {m['fp']} false)")
+              f"({m['accepted_count']} accepted, {m['false_positive_count']} false, of {m['num_queries']} queries)")
+    if args.json:
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _format_place(place) -> str:
     where = "" if place.xy is None else f"  east {place.xy[0]:.1f} north {place.xy[1]:.1f}"
-    decision = "" if place.accepted is None else (
-        f"  {'ACCEPTED' if place.accepted else 'rejected'} (confidence {place.confidence:.2f})")
+    decision = "" if place.accepted is None else f"  {'ACCEPTED' if place.accepted else 'rejected'}"
+    if place.decision_score is not None:  # only the places the threshold's decision score speaks for
+        decision += f" ({place.score_name} {place.decision_score:.4g}, confidence {place.confidence:.2f})"
     return f"  {place.rank:>2}. id {place.id:<8} distance {place.distance:.4f}{decision}{where}  {place.path or '-'}"
 
 

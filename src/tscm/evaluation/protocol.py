@@ -138,6 +138,11 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
     else:
         result = evaluate_descriptors(placeset, db, queries, radius, ns)
     result.warnings += data_set_warnings(placeset, db, queries)
+    from tscm.evaluation.decision import pr_by_score, split_decisions
+
+    # Today's `pr` block (top-1 distance) stays as it is; one block per decision score beside it.
+    result.extra["pr_by_score"] = pr_by_score(split_decisions(placeset, db, queries, sequence_length=sequence,
+                                                              radius=radius))
     if json_path:
         write_json_atomic(json_path, result.to_json())
     return result

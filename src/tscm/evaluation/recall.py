@@ -137,6 +137,9 @@ class EvalResult:
                 f"{self.pr['average_precision']:.2f}, recall at 100 % precision {self.pr['recall_at_100_precision']:.2f}, "
                 f"F1-max {self.pr['f1_max']:.2f}"
             )
+        for name, block in self.extra.get("pr_by_score", {}).items():
+            lines.append(f"  decision score {name:<10}: average precision {block['average_precision']:6.2f}, recall at "
+                         f"100 % precision {block['recall_at_100_precision']:6.2f}, F1-max {block['f1_max']:6.2f}")
         lines += [f"warning: {text}" for text in self.warnings]
         return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """The loop-closure parts of a run's report: sequence matching, a calibrated threshold's transfer from the
-validation to the test split, and which score (distance, uncertainty, both) decides best."""
+validation to the test split per decision score (tscm.evaluation.decision), precision-recall pictures
+per score, and which score (distance, uncertainty, both) decides best."""
 
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ def threshold_transfer(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
     test_set, test_db, test_queries = test
     val_index = PlaceIndex.build(val_db, backend="flat")
     try:
+        # Today's rule: the top-1 distance, chosen by the split's plain precision (decision_transfers has the others).
         entry = calibrate(val_index, val_db, val_queries, val_set, target_precision=target_precision,
-                          sequence_length=sequence_length, radius=radius)
+                          sequence_length=sequence_length, radius=radius, score="distance", bound="none")
     except TscmError as error:
         return {"target_precision": target_precision, "sequence_length": sequence_length, "reached": False,
                 "reason": str(error)}
@@ -103,3 +105,139 @@ def uncertainty_comparison(checkpoint: str | Path, placeset: PlaceSet, radius: f
     distance = ranking.top1_distance.astype(np.float64)
     scores = {"distance": distance, "uncertainty": sigma, "distance × uncertainty": distance * sigma}
     return {name: pr_summary(pr_curve(score, correct, has_match))["average_precision"] for name, score in scores.items()}
+
+
+DECISION_HEADER = ["Model", "L", "score", "bound", "target P %", "val threshold", "val P %", "val bound %", "val R %",
+                   "test P %", "test R %", "test bound %", "test"]
+
+
+def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple[PlaceSet, np.ndarray, np.ndarray],
+                       radius: float | None, *, lengths: Sequence[int] = (1, 10), target_precision: float = 0.99,
+                       scores: Sequence[str] | None = None, bounds: Sequence[str] = ("clopper-pearson", "none"),
+                       confidence: float = 0.95, consistency: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """One entry per sequence length × decision score × precision bound: the threshold calibrated on val
+    (exact search) for `target_precision`, and the precision and recall it gives on test.
+
+    Each entry: `sequence_length`, `score`, `bound`, `target_precision`, `reached`, and either
+    `reason` (why val gives no threshold) or `threshold`, `val_precision`, `val_precision_bound`,
+    `val_recall`, `val_accepted`, `test_precision`, `test_recall`, `test_precision_bound` (the same
+    bound over test's accepted queries), `test_accepted`, `test_false_positives` (fractions and counts).
+    Each k in `consistency` adds the same entries with `consistency` = k: on test a query is accepted
+    only when it and the k − 1 queries before it along the route passed on a consistent progression
+    (tscm.evaluation.consistency; the val threshold is the same).
+    """
+    from tscm.evaluation.calibration import calibrate_bounded, precision_lower_bound
+    from tscm.evaluation.consistency import consistent_acceptance
+    from tscm.evaluation.decision import SCORE_NAMES, split_decisions
+    from tscm.evaluation.precision_recall import pr_curve
+
+    val_set, val_db, val_queries = val
+    test_set, test_db, test_queries = test
+    entries = []
+    for length in lengths:
+        on_val = split_decisions(val_set, val_db, val_queries, sequence_length=length, radius=radius)
+        on_test = split_decisions(test_set, test_db, test_queries, sequence_length=length, radius=radius)
+        for score in scores or SCORE_NAMES:
+            curve = pr_curve(on_val.scores.scores[score], on_val.correct, on_val.has_match)
+            for bound in bounds:
+                entry: dict[str, Any] = {"sequence_length": int(length), "score": score, "bound": bound,
+                                         "target_precision": target_precision}
+                try:
+                    chosen = calibrate_bounded(curve, target_precision, bound=bound, confidence=confidence,
+                                               where=f"{val_set.name}/{val_set.split}")
+                except TscmError as error:
+                    entries.append({**entry, "reached": False, "reason": str(error)})
+                    continue
+                test_scores = on_test.scores.scores[score]
+                for frames in (None, *consistency):
+                    accepted = test_scores <= chosen.threshold
+                    if frames is not None:
+                        order = on_test.query_order
+                        kept = consistent_acceptance(accepted[order], on_test.route_position[order], frames)
+                        accepted = np.zeros_like(accepted)
+                        accepted[order] = kept
+                    num_accepted = int(accepted.sum())
+                    tp = int((accepted & on_test.correct).sum())
+                    test_bound = float(precision_lower_bound([tp], [num_accepted], confidence)[0])
+                    entries.append({**entry, **({"consistency": frames} if frames else {}), "reached": True,
+                                    "threshold": chosen.threshold,
+                                    "val_precision": chosen.precision, "val_precision_bound": chosen.precision_bound,
+                                    "val_recall": chosen.recall, "val_accepted": chosen.accepted,
+                                    "test_precision": tp / num_accepted if num_accepted else 1.0,
+                                    "test_recall": tp / int(on_test.has_match.sum()),
+                                    "test_precision_bound": test_bound, "test_accepted": num_accepted,
+                                    "test_false_positives": num_accepted - tp})
+    return entries
+
+
+def decision_rows(name: str, entries: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Rows of DECISION_HEADER for one model's decision_transfers entries."""
+    rows = []
+    for e in entries:
+        length = str(e["sequence_length"]) + (f", {e['consistency']} consistent" if e.get("consistency") else "")
+        start = [name, length, e["score"], e["bound"], f"{100 * e['target_precision']:g}"]
+        if not e["reached"]:
+            needed = ""
+            if "needs at least" in e["reason"]:
+                needed = ": needs ≥ " + e["reason"].split("needs at least ")[1].split(" ")[0] + " correct accepted"
+            rows.append(start + ["-"] * 7 + ["not reachable on val" + needed])
+            continue
+        rows.append(start + [f"{e['threshold']:.4g}", f"{100 * e['val_precision']:.1f}",
+                             f"{100 * e['val_precision_bound']:.1f}", f"{100 * e['val_recall']:.1f}",
+                             f"{100 * e['test_precision']:.1f}", f"{100 * e['test_recall']:.1f}",
+                             f"{100 * e['test_precision_bound']:.1f}",
+                             f"{e['test_false_positives']} false of {e['test_accepted']} accepted"])
+    return rows
+
+
+def plot_decision_scores(path: str | Path, placeset: PlaceSet, db: np.ndarray, queries: np.ndarray,
+                         radius: float | None, model_name: str, lengths: Sequence[int] = (1, 10)) -> Path:
+    """One precision-recall panel per sequence length, one curve per decision score (a PNG, written atomically)."""
+    from matplotlib.figure import Figure
+
+    from tscm.evaluation.decision import split_decisions
+    from tscm.evaluation.precision_recall import pr_curve, pr_summary
+    from tscm.fileio import atomic_path
+
+    fig = Figure(figsize=(5.2 * len(lengths), 4.6), dpi=120)
+    for panel, length in enumerate(lengths, start=1):
+        ax = fig.add_subplot(1, len(lengths), panel)
+        decisions = split_decisions(placeset, db, queries, sequence_length=length, radius=radius)
+        for colour, (score, values) in enumerate(decisions.scores.scores.items()):
+            curve = pr_curve(values, decisions.correct, decisions.has_match)
+            summary = pr_summary(curve)
+            ax.step(100 * curve.recall, 100 * curve.precision, where="post", color=f"C{colour}", linewidth=1.8,
+                    label=f"{score}: AP {summary['average_precision']:.1f}, "
+                          f"R@100%P {summary['recall_at_100_precision']:.1f}")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 102)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+        ax.set_xlabel("recall (%) of queries that have a true match")
+        ax.set_ylabel("precision (%) of accepted top-1 matches")
+        ax.set_title(f"{model_name}, L = {length}", fontsize=10)
+    fig.suptitle(f"Decision scores on {placeset.name}/{placeset.split}", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+def decision_report(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple[PlaceSet, np.ndarray, np.ndarray],
+                    radius: float | None, model_name: str, out_dir: str | Path | None = None, *,
+                    target_precision: float = 0.99) -> dict[str, Any]:
+    """Everything the demo shows about decision scores for one model: the table (header, rows), the
+    numbers behind it, and (with `out_dir`) the precision-recall picture per score on test.
+
+    Frame-ordered data gets L = 1 and 10; other data single frames only.
+    """
+    test_set, test_db, test_queries = test
+    lengths = (1, 10) if test_set.unit == "frame" else (1,)
+    entries = decision_transfers(val, test, radius, lengths=lengths, target_precision=target_precision)
+    pictures = []
+    if out_dir is not None:
+        pictures.append(plot_decision_scores(Path(out_dir) / f"decision_scores_{model_name}.png", test_set, test_db,
+                                             test_queries, radius, model_name, lengths))
+    return {"header": DECISION_HEADER, "rows": decision_rows(model_name, entries), "values": entries,
+            "pictures": pictures}

@@ -1,82 +1,131 @@
 """Thresholds that make a match mean something: calibrated on a validation split, stored in the place index.
 
-A query's score is the distance of its top-1 match (single frames) or its sequence score over the
-last L frames (tscm.evaluation.sequence). `calibrate` chooses, on a validation split with known
-ground truth, the largest score whose precision reaches the target (default 99 %), measured in
-the index's own search space: the validation database is put into an empty copy of the index
-(same back-end, PCA and trained quantisers), so the stored distance compares with what
-`PlaceIndex.search` returns. `measure` says what a stored threshold gives on another split.
+A query is decided by a decision score (tscm.evaluation.decision: the top-1 distance, the
+distinctiveness `ratio`, or the per-query `normalised` z-score), over single frames or over the
+sequence scores of the last L frames (tscm.evaluation.sequence). `calibrate` chooses, on a
+validation split with known ground truth, the largest score whose precision reaches the target
+(default 99 %) with confidence: by default the one-sided 95 % Clopper–Pearson lower bound on
+precision must reach it (tscm.evaluation.calibration), and a split too small to show it is refused
+with the number of queries needed. With `score="auto"` every score is calibrated and the one with
+the highest recall on the calibration split is kept; the index records which score its threshold
+is for. Scores are measured in the index's own search space: the validation database is put into
+an empty copy of the index (same back-end, PCA and trained quantisers), so the stored threshold
+compares with what the recognizer computes. `measure` says what a stored threshold gives on
+another split.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tscm.data.places import PlaceSet, default_radius
 from tscm.errors import TscmError
-from tscm.evaluation.precision_recall import apply_threshold, calibrate_threshold, pr_curve, top1_labels
+from tscm.evaluation.calibration import DEFAULT_BOUND, DEFAULT_CONFIDENCE, calibrate_bounded
+from tscm.evaluation.decision import DEFAULT_SCORE, SCORE_NAMES, DecisionRule, SplitDecisions, check_score_name, split_decisions
+from tscm.evaluation.precision_recall import apply_threshold, pr_curve
+from tscm.fileio import write_json_atomic
 
 DEFAULT_TARGET_PRECISION = 0.99
+AUTO_SCORE = "auto"
+
+
+def index_decisions(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *, sequence_length: int = 1,
+                    radius: float | None = None, exclusion: float | None = None,
+                    names=SCORE_NAMES) -> SplitDecisions:
+    """Decision scores of every query of `placeset`, in the index's search space (its database in an empty copy)."""
+    copy = index.empty_copy()
+    copy.add(db, np.arange(len(db)))
+    return split_decisions(placeset, copy.vectors(), copy.to_search_space(queries), sequence_length=sequence_length,
+                           radius=radius, exclusion=exclusion, names=names)
 
 
 def index_scores(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet,
-                 sequence_length: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(top-1 score, top-1 database index) of every query, in the index's search space."""
-    copy = index.empty_copy()
-    copy.add(db, np.arange(len(db)))
-    if sequence_length == 1:
-        result = copy.search(queries, 1)
-        return result.distances[:, 0].astype(np.float64), result.indices[:, 0]
-    from tscm.evaluation.protocol import traversal_order
-    from tscm.evaluation.ranking import squared_distances
-    from tscm.evaluation.sequence import sequence_ranking
-
-    db_order, query_order = traversal_order(placeset)
-    distances = squared_distances(copy.to_search_space(queries)[query_order], copy.vectors()[db_order])
-    ranking = sequence_ranking(distances, sequence_length, k=1)
-    scores = np.empty(len(queries))
-    top1 = np.empty(len(queries), dtype=np.int64)
-    scores[query_order] = ranking.distances[:, 0]
-    top1[query_order] = db_order[ranking.indices[:, 0]]
-    return scores, top1
+                 sequence_length: int = 1, score: str = "distance") -> tuple[np.ndarray, np.ndarray]:
+    """(decision score, top-1 database index) of every query, in the index's search space."""
+    decisions = index_decisions(index, db, queries, placeset, sequence_length=sequence_length,
+                                names=(check_score_name(score),))
+    return decisions.scores.scores[score], decisions.scores.top1
 
 
-def _labels(placeset: PlaceSet, top1: np.ndarray, radius: float | None) -> tuple[np.ndarray, np.ndarray]:
-    radius = default_radius(placeset.unit) if radius is None else placeset.check_radius(radius, "--radius")
-    return top1_labels(top1, placeset.positives(radius))
+def _radius(placeset: PlaceSet, radius: float | None) -> float | None:
+    return default_radius(placeset.unit) if radius is None else placeset.check_radius(radius, "--radius")
 
 
-def calibrate(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *,
-              target_precision: float = DEFAULT_TARGET_PRECISION, sequence_length: int = 1,
-              radius: float | None = None) -> dict[str, Any]:
-    """Choose and store in `index` the threshold reaching `target_precision` on `placeset` (a validation split).
-
-    `db`/`queries` are the split's descriptors by the index's model. Raises TscmError when no
-    threshold reaches the target (nothing is stored then).
-    """
+def choose_threshold(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *,
+                     target_precision: float = DEFAULT_TARGET_PRECISION, sequence_length: int = 1,
+                     radius: float | None = None, score: str = AUTO_SCORE, bound: str = DEFAULT_BOUND,
+                     confidence: float = DEFAULT_CONFIDENCE, exclusion: float | None = None) -> dict[str, Any]:
+    """The threshold entry `calibrate` stores, without storing it (TscmError when none reaches the target)."""
     if not 0 < target_precision <= 1:
         raise TscmError(f"target precision: expected a fraction in (0, 1], got {target_precision}")
-    scores, top1 = index_scores(index, db, queries, placeset, sequence_length)
-    correct, has_match = _labels(placeset, top1, radius)
-    calibration = calibrate_threshold(pr_curve(scores, correct, has_match), target_precision)
-    if not calibration.reached:
-        raise TscmError(f"{placeset.name}/{placeset.split}: no threshold reaches precision {100 * target_precision:g} % "
-                        f"(the most precise one reaches {100 * calibration.precision:.1f} %); lower the target")
-    entry = {
-        "distance": float(calibration.threshold),
+    names = SCORE_NAMES if score == AUTO_SCORE else (check_score_name(score),)
+    decisions = index_decisions(index, db, queries, placeset, sequence_length=sequence_length, radius=radius,
+                                exclusion=exclusion, names=names)
+    where = f"{placeset.name}/{placeset.split}"
+    chosen, reasons, compared = {}, {}, {}
+    for name in names:
+        curve = pr_curve(decisions.scores.scores[name], decisions.correct, decisions.has_match)
+        try:
+            chosen[name] = calibrate_bounded(curve, target_precision, bound=bound, confidence=confidence, where=where)
+            compared[name] = chosen[name].recall
+        except TscmError as error:
+            reasons[name] = str(error)
+            compared[name] = None
+    if not chosen:
+        shown = DEFAULT_SCORE if DEFAULT_SCORE in reasons else names[0]
+        prefix = f"no decision score ({', '.join(names)}) reaches the target; {shown}: " if len(names) > 1 else ""
+        raise TscmError(prefix + reasons[shown])
+    # The best on this split: the highest recall, the default score first among equals.
+    best = max(chosen, key=lambda name: (chosen[name].recall, name == DEFAULT_SCORE))
+    result = chosen[best]
+    return {
+        "distance": result.threshold,  # the threshold on the score (the key of earlier releases)
+        "score": best,
+        "exclusion": decisions.scores.exclusion,
+        "bound": result.bound,
+        "confidence": result.confidence,
         "target_precision": float(target_precision),
-        "precision": float(calibration.precision),
-        "recall": float(calibration.recall),
+        "precision": result.precision,
+        "precision_bound": result.precision_bound,
+        "recall": result.recall,
+        "accepted": result.accepted,
+        "false_positives": result.false_positives,
+        "scores_compared": compared,  # each score's calibration-split recall at the target (None: not reached)
         "sequence_length": int(sequence_length),
-        "calibrated_on": f"{placeset.name}/{placeset.split}",
-        "radius": radius if radius is not None else default_radius(placeset.unit),
+        "calibrated_on": where,
+        "radius": _radius(placeset, radius),
         "unit": placeset.unit,
         "num_queries": int(len(queries)),
     }
+
+
+def calibrate(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, **settings: Any) -> dict[str, Any]:
+    """Choose (choose_threshold) and store in `index` the threshold for its settings' target on `placeset`
+    (a validation split); returns the stored entry. Nothing is stored when no threshold reaches the target."""
+    entry = choose_threshold(index, db, queries, placeset, **settings)
     index.set_threshold(entry)
-    return index.threshold(sequence_length)
+    return index.threshold(entry["sequence_length"])
+
+
+def measure_entry(index, entry: dict[str, Any], db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *,
+                  radius: float | None = None) -> dict[str, Any]:
+    """What a threshold entry gives on `placeset`: precision, recall, and accepted and false-positive
+    queries as fractions of the split's queries, with the counts."""
+    rule = DecisionRule.of(entry)
+    decisions = index_decisions(index, db, queries, placeset, sequence_length=entry.get("sequence_length", 1),
+                                radius=radius, exclusion=rule.exclusion, names=(rule.score,))
+    counts = apply_threshold(decisions.scores.scores[rule.score], decisions.correct, decisions.has_match, rule.threshold)
+    num = len(queries)
+    return {"split": placeset.split, "precision": counts["precision"], "recall": counts["recall"],
+            "accepted": counts["accepted"] / num, "false_positives": counts["fp"] / num,
+            "accepted_count": counts["accepted"], "false_positive_count": counts["fp"], "num_queries": num,
+            "num_with_match": int(decisions.has_match.sum()), "threshold": rule.threshold, "score": rule.score,
+            "measured_on": f"{placeset.name}/{placeset.split}",
+            # the keys of earlier releases
+            "tp": counts["tp"], "fp": counts["fp"]}
 
 
 def measure(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *, sequence_length: int = 1,
@@ -86,23 +135,41 @@ def measure(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *, s
     if entry is None:
         raise TscmError(f"the index has no threshold for sequences of {sequence_length} frame(s) in its search space; "
                         "calibrate it first (tscm index calibrate)")
-    scores, top1 = index_scores(index, db, queries, placeset, sequence_length)
-    correct, has_match = _labels(placeset, top1, radius)
-    return {**apply_threshold(scores, correct, has_match, entry["distance"]), "threshold": entry["distance"],
-            "measured_on": f"{placeset.name}/{placeset.split}"}
+    return measure_entry(index, entry, db, queries, placeset, radius=radius)
+
+
+def calibration_report(entry: dict[str, Any], measured: dict[str, Any] | None) -> dict[str, Any]:
+    """The machine-readable calibration (`tscm index calibrate --json`): fractions throughout."""
+    report = {
+        "threshold": entry["distance"], "score": entry["score"], "sequence_length": entry["sequence_length"],
+        "target_precision": entry["target_precision"], "bound": entry["bound"], "confidence": entry["confidence"],
+        "calibration": {"split": entry["calibrated_on"].rsplit("/", 1)[-1], "precision": entry["precision"],
+                        "precision_bound": entry["precision_bound"], "recall": entry["recall"]},
+        "scores_compared": entry.get("scores_compared"),
+    }
+    if measured is not None:
+        report["measured"] = {key: measured[key] for key in ("split", "precision", "recall", "accepted", "false_positives")}
+    return report
 
 
 def calibrate_index_file(index_path: str, data: str, *, split: str = "val", target_precision: float = DEFAULT_TARGET_PRECISION,
                          sequence_length: int = 1, radius: float | None = None, measure_split: str | None = None,
-                         checkpoint: str | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Calibrate the index file's threshold on `data`/`split` with the model recorded in the index, save
-    the index (atomically), and, with `measure_split`, measure the threshold there too."""
+                         checkpoint: str | None = None, batch_size: int = 32, score: str = AUTO_SCORE,
+                         bound: str = DEFAULT_BOUND, confidence: float = DEFAULT_CONFIDENCE,
+                         json_path: str | None = None) -> dict[str, Any]:
+    """Calibrate the index file's threshold on `data`/`split` with the model recorded in the index and, with
+    `measure_split`, measure it there; only then save the index (atomically, once) and, with
+    `json_path`, the calibration_report. A failure anywhere writes nothing."""
     from tscm.data.formats import load_placeset
     from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.evaluation.extract import InputSpec, describe_placeset
 
     if split == "test":
         raise TscmError("--split test: calibrate on a validation split; the test split is for measuring (--measure test)")
+    if json_path is not None and Path(json_path).is_dir():
+        raise TscmError(f"--json {json_path}: is a folder; give a file name")
+    if score != AUTO_SCORE:
+        check_score_name(score)
     recognizer = PlaceRecognizer.load(index_path, checkpoint, batch_size=batch_size)
     spec = InputSpec.of(recognizer.meta)
 
@@ -111,11 +178,19 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
         return (placeset, *describe_placeset(recognizer.extractor, spec, placeset, batch_size=batch_size, progress=True))
 
     placeset, db, queries = described(split)
-    entry = calibrate(recognizer.index, db, queries, placeset, target_precision=target_precision,
-                      sequence_length=sequence_length, radius=radius)
-    recognizer.index.save(index_path)
-    report = {"threshold": entry}
+    entry = choose_threshold(recognizer.index, db, queries, placeset, target_precision=target_precision,
+                             sequence_length=sequence_length, radius=radius, score=score, bound=bound,
+                             confidence=confidence)
+    entry = {**entry, "space": recognizer.index.space()}
+    measured = None
     if measure_split:
         other, db, queries = described(measure_split)
-        report["measured"] = measure(recognizer.index, db, queries, other, sequence_length=sequence_length, radius=radius)
+        measured = measure_entry(recognizer.index, entry, db, queries, other, radius=radius)
+    recognizer.index.set_threshold(entry)
+    recognizer.index.save(index_path)
+    report = {"threshold": recognizer.index.threshold(sequence_length), "json": calibration_report(entry, measured)}
+    if measured is not None:
+        report["measured"] = measured
+    if json_path is not None:
+        write_json_atomic(json_path, report["json"])
     return report

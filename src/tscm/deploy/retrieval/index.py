@@ -64,6 +64,30 @@ def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+class _GrowingRows:
+    """Rows appended batch by batch into a buffer with room to spare (its capacity doubles), so a map
+    that grows by one entry per frame copies O(1) rows per add, not every row so far."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self._buffer = np.array(rows)
+        self.count = len(rows)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._buffer[: self.count]
+
+    def append(self, rows: np.ndarray) -> np.ndarray:
+        """The rows so far followed by `rows` (a view of the buffer)."""
+        needed = self.count + len(rows)
+        if needed > len(self._buffer):
+            bigger = np.empty((max(needed, 2 * len(self._buffer), 16), *self._buffer.shape[1:]), self._buffer.dtype)
+            bigger[: self.count] = self._buffer[: self.count]
+            self._buffer = bigger
+        self._buffer[self.count:needed] = rows
+        self.count = needed
+        return self.rows
+
+
 class PlaceIndex:
     """Descriptors of database places with their image ids, optional coordinates and paths."""
 
@@ -85,6 +109,10 @@ class PlaceIndex:
         self._scan: ScanTarget | None = None
         self._coarse: tuple[Any, ScanTarget] | None = None  # (faiss IVF, its centroids)
         self._refine: np.ndarray | None = None
+        # Streaming adds: growing copies of ids, coordinates, times, norms and searched vectors, and the
+        # set of ids (uniqueness checked in O(added), not by sorting every id), made on first use.
+        self._growing: dict[str, _GrowingRows] = {}
+        self._id_set: set[int] | None = None
         self.thresholds: list[dict[str, Any]] = []
         apply_search_params(backend, faiss_index, params)
 
@@ -148,9 +176,22 @@ class PlaceIndex:
         }
 
     @property
+    def coordinates(self) -> np.ndarray | None:
+        """Each entry's coordinates (N×2 metres, read-only view), if the map was given them."""
+        if self._xy is None:
+            return None
+        view = self._xy.view()
+        view.flags.writeable = False
+        return view
+
+    @property
     def times(self) -> np.ndarray | None:
-        """Each entry's time (frame number or seconds), if the map was given them."""
-        return None if self._times is None else self._times.copy()
+        """Each entry's time (frame number or seconds, read-only view), if the map was given them."""
+        if self._times is None:
+            return None
+        view = self._times.view()
+        view.flags.writeable = False
+        return view
 
     @property
     def search_dim(self) -> int:
@@ -183,13 +224,18 @@ class PlaceIndex:
 
     def vectors(self) -> np.ndarray:
         """The searched vectors of every entry (after PCA; approximate for quantised back-ends), N×search_dim."""
-        if self._vectors is None or len(self._vectors) != self.count:
+        have = 0 if self._vectors is None else len(self._vectors)
+        if have != self.count:
             import faiss
 
             if self.backend == "ivfpq":
                 ivf = faiss.extract_index_ivf(self._faiss)
                 ivf.make_direct_map()
-            self._vectors = np.ascontiguousarray(self._faiss.reconstruct_n(0, self.count), dtype=np.float32)
+            if 0 < have < self.count:  # entries were only added since: reconstruct just those
+                new_rows = np.asarray(self._faiss.reconstruct_n(have, self.count - have), dtype=np.float32)
+                self._vectors = self._grown("vectors", self._vectors, new_rows)
+            else:
+                self._vectors = np.ascontiguousarray(self._faiss.reconstruct_n(0, self.count), dtype=np.float32)
         return self._vectors
 
     def threshold(self, sequence_length: int = 1) -> dict[str, Any] | None:
@@ -268,8 +314,10 @@ class PlaceIndex:
         if ids.shape != (count,) or not np.issubdtype(ids.dtype, np.integer):
             raise TscmError(f"index add: expected {count} integer ids, got shape {ids.shape} dtype {ids.dtype}")
         ids = ids.astype(np.int64)
-        all_ids = np.concatenate([self._ids, ids])
-        if len(np.unique(all_ids)) != len(all_ids):
+        if self._id_set is None or len(self._id_set) != self.count:
+            self._id_set = set(self._ids.tolist())
+        new_ids = ids.tolist()
+        if len(set(new_ids)) != len(new_ids) or not self._id_set.isdisjoint(new_ids):
             raise TscmError("index add: image ids must be unique within the index (found a repeated id)")
         first = self.count == 0
         if xy is not None:
@@ -291,15 +339,32 @@ class PlaceIndex:
         if not first and (times is None) != (self._times is None):
             raise TscmError("index add: times must be given for every batch or for none")
         searched = self._pca.apply(descriptors) if self._pca is not None else descriptors
+        scan = self._scan
         self._scan = self._refine = None  # views of faiss' storage, which the add may move
         self._faiss.add(searched)
-        self._ids = all_ids
+        self._id_set.update(new_ids)
+        self._ids = self._grown("ids", self._ids, ids)
         if xy is not None:
-            self._xy = xy if first else np.concatenate([self._xy, xy])
+            self._xy = xy if first else self._grown("xy", self._xy, xy)
         if times is not None:
-            self._times = times if first else np.concatenate([self._times, times])
+            self._times = times if first else self._grown("times", self._times, times)
         if paths is not None:
-            self._paths = paths if first else self._paths + paths
+            if first:
+                self._paths = paths  # a list of its own (made above)
+            else:
+                self._paths.extend(paths)
+        if scan is not None and len(scan.vectors) + count == self.count:
+            # The rows kept their norms; only the new rows' are computed (as ScanTarget.of computes each).
+            added = np.einsum("ij,ij->i", searched, searched, dtype=np.float64)
+            norms = self._grown("norms", scan.norms, added.astype(np.float32))
+            self._scan = ScanTarget(flat_vectors(self._faiss), norms, max(scan.max_norm, float(np.sqrt(added.max()))))
+
+    def _grown(self, name: str, current: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """`current` followed by `rows`, through the growing buffer of `name` when `current` is its content."""
+        grower = self._growing.get(name)
+        if grower is None or grower.count != len(current) or not np.may_share_memory(grower.rows, current):
+            grower = self._growing[name] = _GrowingRows(current)
+        return grower.append(rows)
 
     # ---- search -------------------------------------------------------------------------
     def search(self, queries, k: int) -> SearchResult:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -51,11 +52,14 @@ class Place:
     accepted: bool | None = None  # score ≤ the index's calibrated threshold; None without one
     confidence: float | None = None  # threshold / (threshold + score): 0.5 at the threshold; None without one
     time: float | None = None
+    decision_score: float | None = None  # the threshold's decision score of this place; None without one
+    score_name: str | None = None  # which score (tscm.evaluation.decision): distance, ratio, normalised
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "id": self.id, "distance": self.distance, "path": self.path,
                 "east": None if self.xy is None else self.xy[0], "north": None if self.xy is None else self.xy[1],
-                "accepted": self.accepted, "confidence": self.confidence, "time": self.time}
+                "accepted": self.accepted, "confidence": self.confidence, "time": self.time,
+                "decision_score": self.decision_score, "score_name": self.score_name}
 
 
 def index_model_meta(meta: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
@@ -107,6 +111,9 @@ class PlaceRecognizer:
         self._xy: list[np.ndarray] | None = []
         self._times: list[np.ndarray] | None = []
         self._sequence = None  # the SequenceMatcher of query_sequence, made on first use
+        self._consistency = None  # the ConsistencyFilter of observe / query_sequence, made on first use
+        self._input_spec: InputSpec | None = None
+        self._largest_id: int | None = None  # of the map's ids, found on first use, then kept by add_descriptors
 
     def _configure(self, backend: str, params: dict[str, Any], train_after: int | None) -> None:
         """Check and record the requested back-end, its parameters and when to train it."""
@@ -230,6 +237,8 @@ class PlaceRecognizer:
             self.index = PlaceIndex.create("flat", self.dim, model_fingerprint=self.fingerprint,
                                            model_meta=self._model_meta())
         self.index.add(descriptors, ids, paths=paths, xy=xy, times=times)
+        if len(ids) and self._largest_id is not None:
+            self._largest_id = max(self._largest_id, int(ids.max()))
         if self._held is None:
             return
         self._held.append(descriptors)
@@ -248,11 +257,13 @@ class PlaceRecognizer:
             self.rebuild()
 
     def _next_id(self) -> int:
+        """One more than the largest id in the map (kept up to date by add_descriptors: streaming adds one
+        entry per frame, and a scan over every id would grow with the map)."""
         if self.count == 0:
             return 0
-        if self._held is not None:
-            return int(max(int(chunk.max()) for chunk in self._ids)) + 1
-        return int(self.index.ids.max()) + 1
+        if self._largest_id is None:
+            self._largest_id = int(self.index.ids.max())
+        return self._largest_id + 1
 
     def _target_config(self) -> tuple[str, dict[str, Any]] | None:
         """The back-end the map should be on now, or None while it collects descriptors to train on."""
@@ -312,93 +323,210 @@ class PlaceRecognizer:
 
         `exclude_positions` leaves out the map's last n entries (the most recently added).
         """
+        rule, found = self._search_rows(descriptors, k, exclude_positions)
+        return [self._ranked_places(rows.tolist(), scores.tolist(), rule, value) for rows, scores, value in found]
+
+    def _search_rows(self, descriptors: np.ndarray, k: int, exclude_positions: int):
+        """(rule, [(map rows, match scores, decision score or None) per descriptor]) of `search`."""
         self._check_not_empty()
         if not (isinstance(k, int) and k >= 1):
             raise TscmError(f"k: expected a positive integer, got {k!r}")
+        descriptors = np.atleast_2d(descriptors)
         searchable = self.count - exclude_positions
+        rule = self._rule(1)
         if searchable <= 0:
-            return [[] for _ in range(len(np.atleast_2d(descriptors)))]
-        result = self.index.search(descriptors, min(k + exclude_positions, self.count))
-        threshold = self.threshold
-        places = []
-        for positions, distances in zip(result.indices.tolist(), result.distances.tolist()):
+            return rule, [(np.zeros(0, np.int64), np.zeros(0, np.float32), None) for _ in range(len(descriptors))]
+        wanted = max(k, rule.hits_needed() if rule is not None else 1)
+        result = self.index.search(descriptors, min(wanted + exclude_positions, self.count))
+        found = []
+        for row, (positions, distances) in enumerate(zip(result.indices, result.distances)):
             # Hits come nearest first; -1 (missing) only at the end; the newest entries are left out.
-            kept = [(position, distance) for position, distance in zip(positions, distances)
-                    if 0 <= position < searchable][:k]
-            places.append(self._places(kept, threshold))
-        return places
+            keep = (positions >= 0) & (positions < searchable)
+            hit_rows, hit_scores = positions[keep], distances[keep]
+            value = None
+            if rule is not None and len(hit_rows):
+                value = self._decision_score(rule, descriptors[row], hit_rows, hit_scores, searchable)
+            found.append((hit_rows[:k], hit_scores[:k], value))
+        return rule, found
 
-    def _places(self, hits: list[tuple[int, float]], threshold: dict | None) -> list[Place]:
-        """Places for (position, score) hits, ranked in the given order; confidences in one vector operation."""
-        accepted: list[bool | None] = [None] * len(hits)
-        confidences: list[float | None] = [None] * len(hits)
-        if threshold is not None and hits:
-            from tscm.evaluation.precision_recall import confidence as confidence_of
+    def _rule(self, sequence_length: int):
+        """The DecisionRule of the index's threshold for this sequence length and search space, or None."""
+        from tscm.evaluation.decision import DecisionRule
 
-            scores = np.asarray([score for _, score in hits], dtype=np.float64)
-            accepted = [bool(score <= threshold["distance"]) for _, score in hits]
-            confidences = confidence_of(np.maximum(scores, 0.0), threshold["distance"]).tolist()
+        entry = None if self.index is None else self.index.threshold(sequence_length)
+        return None if entry is None else DecisionRule.of(entry)
+
+    def _zone_positions(self, rule, searchable: int) -> np.ndarray:
+        """The first `searchable` entries' coordinates, for a rule whose exclusion zone is in metres
+        (other zones count map entries in the order they were added: positions None)."""
+        xy = self.index.coordinates
+        if xy is None:
+            raise TscmError("the threshold's 'ratio' score compares places in metres, but this map has no "
+                            "coordinates; build it with positions or calibrate it on frame-ordered data")
+        return np.asarray(xy[:searchable], dtype=np.float64)
+
+    def _distance_row(self, descriptor: np.ndarray, searchable: int) -> np.ndarray:
+        """Squared L2 from one descriptor to each of the first `searchable` entries, in the search space."""
+        from tscm.evaluation.ranking import squared_distances
+
+        return squared_distances(self.index.to_search_space(descriptor[None]), self.index.vectors()[:searchable])[0]
+
+    def _decision_score(self, rule, descriptor: np.ndarray, hit_rows: np.ndarray, hit_scores: np.ndarray,
+                        searchable: int) -> float:
+        """The rule's score of the top-1 hit: from the nearest hits where they settle it, else from the full row."""
+        from tscm.evaluation.decision import decide_from_hits
+
+        positions = self._zone_positions(rule, searchable) if rule.score == "ratio" and rule.unit == "m" else None
+        return decide_from_hits(rule, hit_rows, hit_scores, searchable, positions,
+                                row=lambda: self._distance_row(descriptor, searchable))
+
+    def _ranked_places(self, rows: list[int], scores: list[float], rule, decision_score: float | None,
+                       consistent: bool = True) -> list[Place]:
+        """Places for map rows ranked in the given order with their match scores.
+
+        With a rule, the first place gets the decision (its score passes the threshold and, where
+        temporal consistency is asked for, the run is consistent); for the top-1 distance every
+        place is decided by its own distance, for the other scores the places after the first are
+        not accepted (a decision score is about the best match).
+        """
         places = []
-        for rank, ((position, score), accept, confidence) in enumerate(zip(hits, accepted, confidences), start=1):
+        for rank, (position, score) in enumerate(zip(rows, scores), start=1):
             entry = self.index.entry(position)
-            places.append(Place(rank, entry["id"], float(score), entry["path"], entry["xy"], accept, confidence,
-                                entry["time"]))
+            accepted = confidence = value = None
+            if rule is not None:
+                if rank == 1:
+                    value = float(decision_score)
+                elif rule.score == "distance":
+                    value = float(score)
+                if value is not None:
+                    accepted = rule.accepts(value) and (consistent or rank > 1)
+                    confidence = rule.confidence(value)
+                else:
+                    accepted = False
+            places.append(Place(rank, entry["id"], float(score), entry["path"], entry["xy"], accepted, confidence,
+                                entry["time"], decision_score=value, score_name=None if rule is None else rule.score))
         return places
 
-    def _place(self, rank: int, position: int, score: float, threshold: dict | None) -> Place:
-        entry = self.index.entry(position)
-        accepted = confidence = None
-        if threshold is not None:
-            from tscm.evaluation.precision_recall import confidence as confidence_of
+    def describe_one(self, image: Any, *, timings: dict[str, float] | None = None) -> np.ndarray:
+        """The 1×D descriptor of one image, the streaming way: no batching machinery around a lone image.
 
-            accepted = bool(score <= threshold["distance"])
-            confidence = float(confidence_of(np.asarray([max(score, 0.0)]), threshold["distance"])[0])
-        return Place(rank, entry["id"], float(score), entry["path"], entry["xy"], accepted, confidence, entry["time"])
+        The same numbers as `describe([image])`; `timings` (if given) gets the seconds of "decode"
+        (read, convert, resize, normalise) and "describe" (the model) added.
+        """
+        import torch
 
-    def query_sequence(self, image: Any, k: int = 5, *, length: int = 10) -> list[Place]:
+        from tscm.data.images import as_rgb, eval_transform
+
+        tic = perf_counter()
+        spec = self._spec
+        tensor = eval_transform(as_rgb(image), spec.image_size, spec.mean, spec.std)
+        tac = perf_counter()
+        if getattr(self.extractor, "training", False):
+            self.extractor.eval()  # once: describing never trains, and eval() walks every module
+        with torch.inference_mode():
+            descriptor = self.extractor(tensor[None]).detach().float().cpu().numpy()
+        if timings is not None:
+            timings["decode"] = timings.get("decode", 0.0) + tac - tic
+            timings["describe"] = timings.get("describe", 0.0) + perf_counter() - tac
+        return np.ascontiguousarray(descriptor, dtype=np.float32)
+
+    @property
+    def _spec(self) -> InputSpec:
+        if self._input_spec is None:
+            self._input_spec = InputSpec.of(self.meta)
+        return self._input_spec
+
+    def query_sequence(self, image: Any, k: int = 5, *, length: int = 10, consistency: int | None = None,
+                       timings: dict[str, float] | None = None) -> list[Place]:
         """Places for the newest of a stream of query images, scored over the last `length` images given
         (SeqSLAM-style trajectories through the map in the order its entries were added).
 
         The first images of a stream are scored over the images seen so far. A threshold
-        calibrated for sequences of `length` frames gives `accepted`/`confidence`.
+        calibrated for sequences of `length` frames gives `accepted`/`confidence` by its decision
+        score; `consistency` = k also asks k consecutive images to agree on a progression through
+        the map (tscm.evaluation.consistency). `timings` gets each stage's seconds added (decode,
+        describe, search, sequence, decision).
         """
-        from tscm.evaluation.ranking import rank_matrix, squared_distances
+        from tscm.evaluation.decision import decide_row
+        from tscm.evaluation.ranking import rank_matrix
         from tscm.evaluation.sequence import SequenceMatcher
 
         self._check_not_empty()
         if self._sequence is None or self._sequence.length != length or self._sequence.num_db != self.count:
             self._sequence = SequenceMatcher(length, self.count)
-        descriptor = self.describe([image]).descriptors
-        row = squared_distances(self.index.to_search_space(descriptor), self.index.vectors())[0]
+        descriptor = self.describe_one(image, timings=timings)
+        tic = perf_counter()
+        row = self._distance_row(descriptor[0], self.count)
+        tac = perf_counter()
         scores = self._sequence.push(row)
         ranking = rank_matrix(scores[None, :], min(k, self.count))
-        threshold = self.index.threshold(length)
-        return [self._place(rank + 1, int(position), float(score), threshold)
-                for rank, (position, score) in enumerate(zip(ranking.indices[0].tolist(), ranking.distances[0].tolist()))]
+        toc = perf_counter()
+        rule = self._rule(length)
+        value, consistent = None, True
+        rows = ranking.indices[0].tolist()
+        if rule is not None:
+            positions = self._zone_positions(rule, self.count) if rule.score == "ratio" and rule.unit == "m" else None
+            value = decide_row(rule, scores, rows[0], positions)
+            consistent = self._consistent(consistency, rule.accepts(value), rows[0])
+        places = self._ranked_places(rows, ranking.distances[0].tolist(), rule, value, consistent)
+        if timings is not None:
+            timings["search"] = timings.get("search", 0.0) + tac - tic
+            timings["sequence"] = timings.get("sequence", 0.0) + toc - tac
+            timings["decision"] = timings.get("decision", 0.0) + perf_counter() - toc
+        return places
+
+    def _consistent(self, frames: int | None, passed: bool, position: int) -> bool:
+        """Push one frame into the temporal-consistency filter (made on first use, remade when `frames` changes)."""
+        if frames is None:
+            return True
+        from tscm.evaluation.consistency import ConsistencyFilter
+
+        if self._consistency is None or self._consistency.frames != frames:
+            self._consistency = ConsistencyFilter(frames)
+        return self._consistency.push(passed, position)
 
     def reset_sequence(self) -> None:
-        """Forget the images `query_sequence` has seen (a new traversal starts)."""
+        """Forget the images `query_sequence` and `observe` have seen (a new traversal starts)."""
         self._sequence = None
+        self._consistency = None
 
     def observe(self, image: Any, *, time: float | None = None, exclude_recent: float = 0, k: int = 1,
-                xy=None) -> list[Place]:
+                xy=None, consistency: int | None = None, timings: dict[str, float] | None = None) -> list[Place]:
         """Loop closure inside one traversal: the places of `image` among the map's entries older than
         `exclude_recent` (in the unit of `time`: frames or seconds; without times, entries added),
-        then `image` joins the map. Returns the (possibly empty) list of loop-closure candidates."""
+        then `image` joins the map. Returns the (possibly empty) list of loop-closure candidates.
+
+        The first candidate's `accepted` follows the index's single-frame threshold and its decision
+        score; with `consistency` = k it also needs the k − 1 frames before to have been accepted
+        on a consistent progression through the map (tscm.evaluation.consistency). `timings`, if
+        given, gets the seconds of each stage added: decode, describe, search, decision, add.
+        """
         if exclude_recent < 0:
             raise TscmError(f"exclude_recent: expected a non-negative number of frames or seconds, got {exclude_recent}")
-        descriptor = self.describe([image]).descriptors
+        descriptor = self.describe_one(image, timings=timings)
         candidates: list[Place] = []
+        tic = tac = perf_counter()
         if self.count:
             times = self.index.times
             if time is not None and times is not None:
                 recent = int(np.sum(times > time - exclude_recent))
             else:
                 recent = int(min(self.count, round(exclude_recent)))
-            candidates = self.search(descriptor, k, exclude_positions=recent)[0]
+            rule, [(rows, scores, value)] = self._search_rows(descriptor, k, recent)
+            tac = perf_counter()
+            consistent = True
+            if rule is not None and consistency is not None:
+                consistent = self._consistent(consistency, len(rows) > 0 and rule.accepts(value),
+                                              int(rows[0]) if len(rows) else -1)
+            candidates = self._ranked_places(rows.tolist(), scores.tolist(), rule, value, consistent)
+        toc = perf_counter()
         self.add_descriptors(descriptor, [self._next_id()], xy=None if xy is None else np.asarray([xy], dtype=np.float64),
                              paths=[str(image) if isinstance(image, (str, Path)) else ""],
                              times=None if time is None else [time])
+        if timings is not None:
+            timings["search"] = timings.get("search", 0.0) + tac - tic  # the decision score is computed with the search
+            timings["decision"] = timings.get("decision", 0.0) + toc - tac
+            timings["add"] = timings.get("add", 0.0) + perf_counter() - toc
         return candidates
 
     def _check_not_empty(self) -> None:

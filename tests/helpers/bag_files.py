@@ -39,7 +39,7 @@ class BagContent:
     extra_frames: dict[str, list[Frame]] = field(default_factory=dict)  # more image topics
 
 
-def test_images(count: int, seed: int = 0, size: tuple[int, int] = (24, 32)) -> list[np.ndarray]:
+def distinct_images(count: int, seed: int = 0, size: tuple[int, int] = (24, 32)) -> list[np.ndarray]:
     """`count` distinct smooth-ish random RGB images (H×W×3 uint8)."""
     rng = np.random.default_rng(seed)
     images = []
@@ -57,7 +57,7 @@ def loop_route(count: int, revisit: int, seed: int = 0, start_ns: int = 1_700_00
 
     Frames every `period_ns`; fixes and odometry at every frame stamp and half-way between.
     """
-    images = test_images(count - revisit, seed)
+    images = distinct_images(count - revisit, seed)
     frames, places = [], []
     for i in range(count):
         place = i if i < count - revisit else i - (count - revisit)

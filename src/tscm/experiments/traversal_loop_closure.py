@@ -113,7 +113,7 @@ def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str |
     if out.exists() and not out.is_dir():
         raise TscmError(f"--out {out}: is a file; give a folder")
     if rerun is not None:
-        _check_rerun(rerun)  # before any work
+        check_rerun(rerun)  # before any work
     threshold = None
     with limit_threads(torch=threads):
         if index is not None:
@@ -275,7 +275,7 @@ class _RerunLog:
     partial: Path  # written while the run goes on, renamed to `target` at the end
 
 
-def _check_rerun(path: str | Path) -> None:
+def check_rerun(path: str | Path) -> None:
     try:
         import rerun  # noqa: F401
     except ImportError:

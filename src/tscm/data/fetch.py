@@ -77,6 +77,12 @@ def named_datasets() -> tuple[str, ...]:
     return tuple(SOURCES)
 
 
+def is_named_dataset(data: str | os.PathLike) -> bool:
+    """Whether a --data value names a data set tscm can fetch (an existing path of that name wins)."""
+    text = os.fspath(data)
+    return text in SOURCES and not Path(text).exists()
+
+
 def source_of(name: str) -> DatasetSource:
     if name not in SOURCES:
         raise TscmError(f"data set {name!r}: unknown; tscm can fetch {', '.join(SOURCES)}")

@@ -165,6 +165,8 @@ def test_commands_take_bags_where_they_take_folders(route_bags, tmp_path, capsys
     import json
 
     assert json.loads(json_path.read_text())["recall"]["1"] == pytest.approx(100.0)
+    code, _, err = tscm(capsys, "evaluate", route_bags["ros1"], "--checkpoint", checkpoint)
+    assert code == 2 and "give the query traversal with --query-bag" in err
 
 
 def _content_with(**changes) -> BagContent:

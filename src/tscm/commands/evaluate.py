@@ -36,7 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from tscm.data.formats import load_placeset
     from tscm.evaluation.protocol import evaluate_data_set
 
+    from tscm.errors import TscmError
+
     placeset = load_placeset(args.data, split=args.split, name=args.name, bag=bag_selection(args))
+    if placeset.num_queries == 0:
+        raise TscmError(f"{args.data}: no queries to evaluate (a bag alone is a map: give the query traversal "
+                        "with --query-bag BAG)")
     result = evaluate_data_set(placeset, descriptors=args.descriptors, checkpoint=args.checkpoint, radius=args.radius,
                                ns=args.ns, sequence=args.sequence, save_descriptors=args.save_descriptors,
                                json_path=args.json, batch_size=args.batch_size, device=args.device,

@@ -233,7 +233,7 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
     """Describe `images` (and `queries`) with `checkpoint` and write the files of the module doc."""
     import sys
 
-    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.inference.onnx_export import calibration_subset
     from tscm.deploy.recognizer import PlaceRecognizer
     from tscm.threads import limit_threads
 

@@ -9,7 +9,7 @@ from tscm.commands.bag_options import add_bag_arguments
 NAME = "loop-closure"
 HELP = ("Loop closures within one robot traversal (a ROS bag's camera topic): every frame is matched against the "
         "traversal's earlier frames; writes loop_closures.csv and a trajectory picture.")
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.deploy.onnx_export.RUNTIMES
+RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.inference.onnx_export.RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

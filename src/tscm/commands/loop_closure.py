@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequence", type=int, default=1, metavar="L",
                         help="score each frame by its last L frames (SeqSLAM-style; default 1: single frames)")
     parser.add_argument("--index", default=None, metavar="MAP",
-                        help="an index file calibrated with this model (tscm index calibrate, flat back-end): its "
+                        help="an index file calibrated with this model (tscm index calibrate): its "
                              "threshold decides 'accepted'; without it every best match is listed unaccepted")
     parser.add_argument("--rerun", default=None, metavar="FILE.rrd",
                         help="also write a Rerun recording of frames, trajectory and loop closures (pip install 'tscm[rerun]')")

@@ -10,13 +10,15 @@ past is never a loop closure), then joins the map. The best match of each frame 
 stamps are header stamps in seconds (exact decimals of the nanosecond stamps); `score` is the
 recognizer's score (squared L2 for single frames, the SeqSLAM sequence score for `sequence` > 1;
 smaller is more alike); `accepted` is true only under a calibrated threshold taken from an index
-file (`index`, `tscm index calibrate`); without one every best match is listed, unaccepted.
+file (`index`, `tscm index calibrate`; searched in that index's space: an empty copy of it, same
+back-end and PCA); without one every best match is listed, unaccepted.
 A frame with no earlier frame outside the exclusion window has empty match columns.
 
-Sequences (`sequence` = L > 1): each frame's exact distances to every earlier frame are scored
+Sequences (`sequence` = L > 1): each frame's exact distances (in the index's space) to every earlier frame are scored
 over the last L frames by `tscm.evaluation.sequence.SequenceMatcher` (the score `tscm index
 calibrate --sequence L` calibrates), with frames not yet seen counted at the largest squared
-distance two unit descriptors can have (4), so no sequence runs through the future.
+distance two unit descriptors can have (4; a PCA projection only shortens distances), so no
+sequence runs through the future.
 
 Pictures: `trajectory.png`, the path with accepted loop closures drawn between the two positions
 (positions known), else `loop_closures.png`, match stamp against query stamp. `rerun` writes a
@@ -78,22 +80,22 @@ class LoopClosureRun:
 
 
 def _threshold_index(index_path: str | Path, sequence: int):
-    """An empty exact (flat) index carrying the calibrated thresholds of `index_path`, and the threshold
-    that applies to `sequence`-frame scores; TscmError when the file holds none for that space."""
+    """An empty copy of the index at `index_path` (same back-end, PCA and trained quantisers, so its
+    distances are in the calibrated space) carrying its thresholds, and the threshold that applies to
+    `sequence`-frame scores; TscmError when the file holds none for that."""
     from tscm.deploy.index import PlaceIndex
 
     calibrated = PlaceIndex.load(index_path)
-    empty = PlaceIndex.create("flat", calibrated.dim, model_fingerprint=calibrated.model_fingerprint,
-                              model_meta=calibrated.model_meta)
+    empty = calibrated.empty_copy()
     empty.thresholds = list(calibrated.thresholds)
     threshold = empty.threshold(sequence)
     if threshold is None:
         what = "single frames" if sequence == 1 else f"{sequence}-frame sequences"
-        held = ", ".join(f"L={t.get('sequence_length', 1)} in {t.get('space', {}).get('backend', '?')} space"
+        held = ", ".join(f"L={t.get('sequence_length', 1)}" + ("" if t.get("space") == calibrated.space() else " (stale)")
                          for t in calibrated.thresholds) or "none"
-        raise TscmError(f"{index_path}: no threshold calibrated for {what} in exact (flat) search space, which "
-                        f"loop closure searches (held: {held}); build the index with --backend flat and run "
-                        f"tscm index calibrate{'' if sequence == 1 else f' --sequence {sequence}'}")
+        raise TscmError(f"{index_path}: no threshold calibrated for {what} in this index's search space (held: "
+                        f"{held}); run tscm index calibrate --index {index_path}"
+                        f"{'' if sequence == 1 else f' --sequence {sequence}'}")
     return empty, threshold
 
 
@@ -114,7 +116,7 @@ def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str |
         raise TscmError(f"--out {out}: is a file; give a folder")
     if rerun is not None:
         check_rerun(rerun)  # before any work
-    threshold = None
+    threshold = empty = None
     with limit_threads(torch=threads):
         if index is not None:
             empty, threshold = _threshold_index(index, sequence)
@@ -123,7 +125,8 @@ def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str |
             recognizer = PlaceRecognizer.from_checkpoint(checkpoint, backend="flat", runtime=runtime, threads=threads)
         recorder = _start_rerun(rerun) if rerun is not None else None
         try:
-            rows, elapsed = _stream(recognizer, traversal, exclude_recent, sequence, threshold, recorder, progress)
+            rows, elapsed = _stream(recognizer, traversal, exclude_recent, sequence, threshold, recorder, progress,
+                                    project=None if empty is None else empty.to_search_space)
         except BaseException:
             if recorder is not None:
                 _abandon_rerun(recorder)
@@ -136,8 +139,9 @@ def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str |
 
 
 def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence: int, threshold: dict | None,
-            recorder, progress: bool) -> tuple[list[LoopClosureRow], float]:
-    """One row per frame, in stamp order, and the seconds the stream took."""
+            recorder, progress: bool, project=None) -> tuple[list[LoopClosureRow], float]:
+    """One row per frame, in stamp order, and the seconds the stream took. `project` maps descriptors
+    into the calibrated index's search space (sequences; None: the descriptors as they are)."""
     from tqdm import tqdm
 
     seconds = traversal.seconds
@@ -147,7 +151,7 @@ def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence
         from tscm.evaluation.sequence import SequenceMatcher
 
         matcher = SequenceMatcher(sequence, max(len(traversal), 1))
-        held = np.zeros((len(traversal), recognizer.dim), dtype=np.float32)
+        held = None  # sized on the first frame, in the search space
     tic = time.perf_counter()
     frames = tqdm(iter_bag_images(traversal), total=len(traversal), desc="loop closure", unit="frame",
                   disable=None if progress else True)
@@ -157,7 +161,12 @@ def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence
             places = recognizer.observe(image, time=float(seconds[position]), exclude_recent=exclude_recent, k=1, xy=xy)
             row = _row_of_place(position, places[0] if places else None)
         else:
-            row = _sequence_row(recognizer, matcher, held, position, image, seconds, exclude_recent, threshold)
+            descriptor = recognizer.describe([image]).descriptors
+            if project is not None:
+                descriptor = project(descriptor)
+            if held is None:
+                held = np.zeros((len(traversal), descriptor.shape[1]), dtype=np.float32)
+            row = _sequence_row(matcher, held, position, descriptor[0], seconds, exclude_recent, threshold)
         rows.append(row)
         if recorder is not None:
             _log_frame(recorder, traversal, position, image, row)
@@ -171,10 +180,9 @@ def _row_of_place(position: int, place) -> LoopClosureRow:
                           None if place.confidence is None else float(place.confidence))
 
 
-def _sequence_row(recognizer, matcher, held: np.ndarray, position: int, image, seconds: np.ndarray,
+def _sequence_row(matcher, held: np.ndarray, position: int, descriptor: np.ndarray, seconds: np.ndarray,
                   exclude_recent: float, threshold: dict | None) -> LoopClosureRow:
     """The best earlier frame by the sequence score over the last L frames (module doc)."""
-    descriptor = recognizer.describe([image]).descriptors[0]
     held[position] = descriptor
     row = np.full(len(held), FARTHEST_SQUARED, dtype=np.float32)
     if position:

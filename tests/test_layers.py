@@ -32,8 +32,8 @@ SEPARATE = [
     ("tscm.deploy.retrieval", "tscm.deploy.packaging"),
     ("tscm.data", "tscm.models", "tscm.losses"),
 ]
-# Commands import the library and the two shared option modules, never another command.
-COMMAND_SHARED = ("tscm.commands.run_options", "tscm.commands.training_options")
+# Commands import the library and the three shared option modules, never another command.
+COMMAND_SHARED = ("tscm.commands.run_options", "tscm.commands.training_options", "tscm.commands.bag_options")
 
 
 def _prefix(module: str) -> str:

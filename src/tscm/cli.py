@@ -26,6 +26,8 @@ COMMANDS = [
     "card",
     "index",
     "query",
+    "loop_closure",
+    "data",
     "bench",
 ]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+
+from tscm.commands.bag_options import add_bag_arguments, bag_selection
 import os
 
 NAME = "check-data"
@@ -10,7 +12,7 @@ HELP = "Validate a data set (any supported format): counts, area, coverage, dupl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="data set: folder, Pittsburgh .mat, CSV manifest, ground-truth .npz, Nordland or VPR-Bench folder")
+    parser.add_argument("path", help="data set: folder, Pittsburgh .mat, CSV manifest, ground-truth .npz, Nordland or VPR-Bench folder, ROS bag")
     parser.add_argument("--split", default=None, help="split to check (default: test; a .mat file's own split)")
     parser.add_argument("--name", default=None, help="data-set name when a folder holds several (e.g. pitts30k)")
     parser.add_argument("--radius", type=float, default=None,
@@ -20,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads that decode images (default: CPU count, at most 8)"
     )
+    add_bag_arguments(parser, query_bag=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise TscmError(f"--workers: expected a number of threads ≥ 1, got {args.workers}")
-    placeset = load_placeset(args.path, split=args.split, name=args.name)
+    placeset = load_placeset(args.path, split=args.split, name=args.name, bag=bag_selection(args))
     report = check_placeset(placeset, radius=args.radius, open_images=not args.skip_images, workers=args.workers)
     print(report.format())
     return 0 if report.ok else 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.commands.bag_options import add_bag_arguments, bag_selection
+
 NAME = "index"
 HELP = "build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint"
 # Mirrors of tscm.deploy.retrieval.index.BACKENDS and tscm.inference.onnx_export.RUNTIMES, so that building the CLI imports neither faiss nor torch.
@@ -18,10 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                            "torchrun (e.g. torchrun --nproc_per_node 4 -m tscm index build ...) the "
                                            "images are shared out over the processes and rank 0 writes the file.")
     build.add_argument("--checkpoint", required=True, help="checkpoint directory or exported .onnx model")
-    build.add_argument("--images", required=True, metavar="DIR|CSV",
-                       help="a folder of images (searched recursively; coordinates from @east@north@ names when "
-                            "every image has them), or a data-set file (CSV manifest, Pittsburgh .mat) whose "
-                            "database images and coordinates are indexed")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", metavar="DIR|CSV",
+                        help="a folder of images (searched recursively; coordinates from @east@north@ names when "
+                             "every image has them), or a data-set file (CSV manifest, Pittsburgh .mat) whose "
+                             "database images and coordinates are indexed")
+    source.add_argument("--bag", metavar="BAG", help="a ROS bag whose camera frames (and positions) are indexed")
     build.add_argument("--out", required=True, metavar="MAP", help="index file to write (safetensors)")
     build.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="search back-end (default: auto, chosen by database size)")
@@ -33,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
     build.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
                        help="an unreadable image stops the build (default) or is reported and left out")
+    add_bag_arguments(build)
     calibrate = actions.add_parser(
         "calibrate", help="choose the distance below which a match is accepted, for a target precision",
         description="Calibrate the index's acceptance threshold on a validation split with ground truth (the model "
@@ -99,9 +104,9 @@ def run(args: argparse.Namespace) -> int:
     if args.index_action == "calibrate":
         return _calibrate(args)
 
-    built = build_map(args.checkpoint, args.images, args.out, backend=args.backend, params=parse_params(args.param),
-                      runtime=args.runtime, batch_size=args.batch_size, threads=args.threads,
-                      on_bad_image=args.on_bad_image)
+    built = build_map(args.checkpoint, args.bag or args.images, args.out, backend=args.backend,
+                      params=parse_params(args.param), runtime=args.runtime, batch_size=args.batch_size,
+                      threads=args.threads, on_bad_image=args.on_bad_image, bag=bag_selection(args))
     if not built.is_main:  # under torchrun rank 0 writes the file and reports
         return 0
     index = built.index

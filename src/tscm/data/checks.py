@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from tscm.data.formats.ground_truth_npz import is_placeholder_path
+from tscm.data.formats.rosbag import is_bag_frame_path
 from tscm.data.places import PlaceSet, default_radius
 
 # Images decode at reduced scale: every compressed byte is still read, so truncation shows, at a
@@ -28,10 +29,11 @@ def image_problem(path: Path) -> str | None:
     from tscm.data.images import MIN_USEFUL_SIDE, load_rgb
     from tscm.errors import TscmError
 
-    if path.is_dir():
-        return "unreadable: a folder, not an image"
-    if not path.is_file():
-        return "missing"
+    if not is_bag_frame_path(path):  # a bag frame is no file of its own: the loader finds it in its bag
+        if path.is_dir():
+            return "unreadable: a folder, not an image"
+        if not path.is_file():
+            return "missing"
     try:
         image = load_rgb(path, draft=_DRAFT_SIZE)
     except TscmError as error:
@@ -83,7 +85,8 @@ class DataReport:
 
     @property
     def no_query_has_a_match(self) -> bool:
-        return len(self.queries_without_positive) == self.placeset.num_queries
+        # A set without queries (a map, e.g. one robot traversal) has nothing to evaluate, and nothing wrong.
+        return self.placeset.num_queries > 0 and len(self.queries_without_positive) == self.placeset.num_queries
 
     @property
     def ok(self) -> bool:

@@ -4,7 +4,9 @@ Every command reads images through `load_rgb` / `as_rgb` (check-data included), 
 checks accept is what the models see. 8-bit images are used as they are; 16-bit and 32-bit integer
 images are scaled from their full range (a 16-bit value v becomes round(v / 257)); float images
 are accepted with values in [0, 1]. Anything else is refused with a message naming the file,
-never clipped silently (Pillow's plain `convert("RGB")` turns 16-bit images white).
+never clipped silently (Pillow's plain `convert("RGB")` turns 16-bit images white). A frame of a
+ROS bag has a virtual path, `BAG#TOPIC@RECEIVE_NS` (tscm.data.formats.rosbag): it is decoded from
+the bag in memory and scaled by the same rules.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def load_rgb(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Im
 
     `draft` lets JPEG decoding work at reduced scale (every byte is still read, so truncation shows).
     """
+    if "#" in str(path):  # maybe a bag frame (module doc); imported here, so ordinary paths never load it
+        from tscm.data.formats.rosbag import is_bag_frame_path, read_bag_frame
+
+        if is_bag_frame_path(path):
+            return _to_8bit(read_bag_frame(path), str(path))
     try:
         with Image.open(path) as image:
             if draft is not None:

@@ -4,6 +4,7 @@ Recognised, in this order:
 - a `.mat` file: Pittsburgh `dbStruct` (split and name come from the file);
 - a `.csv` file: manifest (see `csv_manifest`);
 - a `.npz` file: ground truth (see `ground_truth_npz`);
+- a ROS bag (`.bag`, `.db3`, `.mcap`, or a ROS 2 bag folder): camera frames and positions (see `rosbag`);
 - a folder with `<name>_<split>.mat` in it or in `datasets/`: Pittsburgh;
 - a folder with `database/` and `queries/` (directly, in `<split>/` or `images/<split>/`): `@utm@` names;
 - a folder with `ref/`, `query/` and `ground_truth_new.npy`: VPR-Bench (see `vpr_bench`);
@@ -18,15 +19,18 @@ from tscm.data.formats.csv_manifest import read_csv_manifest
 from tscm.data.formats.ground_truth_npz import is_placeholder_path, read_ground_truth_npz
 from tscm.data.formats.nordland import is_nordland_root, read_nordland, write_nordland_manifest
 from tscm.data.formats.pittsburgh_mat import find_structure_files, read_pittsburgh_mat
+from tscm.data.formats.rosbag import BagSelection, is_bag_path, read_bag_placeset
 from tscm.data.formats.utm_folder import find_utm_root, read_utm_folder
 from tscm.data.formats.vpr_bench import is_vpr_bench_root, read_vpr_bench
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
 __all__ = [
+    "BagSelection",
     "is_placeholder_path",
     "load_placeset",
     "read_csv_manifest",
+    "read_bag_placeset",
     "read_ground_truth_npz",
     "read_nordland",
     "read_pittsburgh_mat",
@@ -36,23 +40,30 @@ __all__ = [
 ]
 
 
-def load_placeset(path: str | Path, split: str | None = None, name: str | None = None) -> PlaceSet:
+def load_placeset(path: str | Path, split: str | None = None, name: str | None = None,
+                  bag: BagSelection | None = None) -> PlaceSet:
     """Read the data set at `path`, whatever its format.
 
     `split` selects the structure file or sub-folder inside a folder, the rows of a CSV manifest
     with a `split` column and the section of a Nordland folder; it labels other CSV, .npz and
     VPR-Bench sets (default "test"). A `.mat` file carries its own split: a different `split` is
     an error (None, the default, accepts the file's). `name` picks `<name>_<split>.mat` when a folder holds several (pitts30k
-    and pitts250k side by side).
+    and pitts250k side by side). `bag` chooses the topics, frames and query bag of a ROS bag.
     """
     path = Path(path)
     if not path.exists():
         raise TscmError(f"{path}: no such file or folder")
+    if is_bag_path(path):
+        return read_bag_placeset(path, bag, split)
+    if bag is not None and bag != BagSelection():
+        raise TscmError(f"{path}: --topic, --position-topic, --every and --query-bag apply to ROS bags "
+                        "(.bag, .db3, .mcap or a ROS 2 bag folder)")
     if path.is_file():
         suffix = path.suffix.lower()
         readers = {".mat": read_pittsburgh_mat, ".csv": read_csv_manifest, ".npz": read_ground_truth_npz}
         if suffix not in readers:
-            raise TscmError(f"{path}: unknown data-set file type {suffix!r}; expected .mat, .csv or .npz")
+            raise TscmError(f"{path}: unknown data-set file type {suffix!r}; expected .mat, .csv, .npz or a ROS bag "
+                            "(.bag, .db3, .mcap)")
         if suffix == ".mat":
             placeset = read_pittsburgh_mat(path)
             if split is not None and placeset.split != split:

@@ -45,15 +45,18 @@ def parse_params(items: list[str]) -> dict:
     return params
 
 
-def image_list(source: str | Path) -> tuple[list[Path], np.ndarray | None, str]:
-    """(paths, positions or None, description) of the images to index from a folder or data-set file."""
+def image_list(source: str | Path, bag=None) -> tuple[list[Path], np.ndarray | None, str]:
+    """(paths, positions or None, description) of the images to index from a folder, data-set file or
+    ROS bag (`bag`: a tscm.data.formats.BagSelection choosing its topics and frames)."""
+    from tscm.data.formats.rosbag import is_bag_path
+
     path = Path(source)
     if not path.exists():
         raise TscmError(f"{path}: no such folder or file")
-    if path.is_file():
+    if path.is_file() or is_bag_path(path):
         from tscm.data.formats import is_placeholder_path, load_placeset
 
-        placeset = load_placeset(path)
+        placeset = load_placeset(path, bag=bag)
         if any(is_placeholder_path(p) for p in placeset.db_paths):
             raise TscmError(f"{path}: the data set does not name its images, so they cannot be described")
         return list(placeset.db_paths), placeset.db_xy, f"{len(placeset.db_paths)} database images of {path}"
@@ -93,10 +96,11 @@ class BuiltMap:
 def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, backend: str = "auto",
               params: dict[str, Any] | None = None, runtime: str = "torch", batch_size: int = 16,
               threads: int | None = None, on_bad_image: str = "fail",
-              report: Callable[[str], None] | None = None) -> BuiltMap:
+              report: Callable[[str], None] | None = None, bag=None) -> BuiltMap:
     """Describe the images of known places with `checkpoint` and write the index file `out`.
 
     Ids are positions in the image list (folder order or manifest order), so skipped images leave gaps.
+    `bag` chooses the topics and frames when `images` is a ROS bag.
     Under torchrun the work is sharded over the processes (module doc); only rank 0 writes `out`, and
     the other ranks return a BuiltMap with `index` None.
     """
@@ -114,8 +118,8 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
     _check_backend_params(checkpoint, backend, params)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _build_sharded(checkpoint, images, out, backend=backend, params=params, runtime=runtime,
-                              batch_size=batch_size, threads=threads, on_bad_image=on_bad_image, report=report)
-    paths, xy, description = image_list(images)
+                              batch_size=batch_size, threads=threads, on_bad_image=on_bad_image, report=report, bag=bag)
+    paths, xy, description = image_list(images, bag)
     (report or print)(f"indexing {description}")
     recognizer, described, extract_s = _describe(checkpoint, paths, runtime=runtime, threads=threads,
                                                  batch_size=batch_size, on_bad_image=on_bad_image, report=report,
@@ -180,7 +184,7 @@ def batch_shard(count: int, batch_size: int, rank: int, world_size: int) -> rang
 
 
 def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_size, threads, on_bad_image,
-                   report) -> BuiltMap:
+                   report, bag=None) -> BuiltMap:
     """build_map under torchrun: each rank describes its share of whole batches, rank 0 merges and writes."""
     import json
 
@@ -196,7 +200,7 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
     try:
         error: BaseException | None = None
         try:
-            paths, xy, description = image_list(images)
+            paths, xy, description = image_list(images, bag)
         except Exception as caught:  # every rank lists the same images, so they fail alike; still, agree
             error = caught
         group.check(error)

@@ -1,0 +1,344 @@
+"""Loop closure over one robot traversal (a ROS bag's camera topic): `tscm loop-closure`.
+
+Every kept frame goes through `PlaceRecognizer.observe`: it is matched against the traversal's
+earlier frames, leaving out those of the last `exclude_recent` seconds (the robot's own recent
+past is never a loop closure), then joins the map. The best match of each frame is written to
+`loop_closures.csv`, one row per processed frame:
+
+    query_stamp,match_stamp,score,accepted,query_index,match_index,confidence,query_east,query_north,match_east,match_north,match_distance_m
+
+stamps are header stamps in seconds (exact decimals of the nanosecond stamps); `score` is the
+recognizer's score (squared L2 for single frames, the SeqSLAM sequence score for `sequence` > 1;
+smaller is more alike); `accepted` is true only under a calibrated threshold taken from an index
+file (`index`, `tscm index calibrate`; searched in that index's space: an empty copy of it, same
+back-end and PCA); without one every best match is listed, unaccepted.
+A frame with no earlier frame outside the exclusion window has empty match columns.
+
+Sequences (`sequence` = L > 1): each frame's exact distances (in the index's space) to every earlier frame are scored
+over the last L frames by `tscm.evaluation.sequence.SequenceMatcher` (the score `tscm index
+calibrate --sequence L` calibrates), with frames not yet seen counted at the largest squared
+distance two unit descriptors can have (4; a PCA projection only shortens distances), so no
+sequence runs through the future.
+
+Pictures: `trajectory.png`, the path with accepted loop closures drawn between the two positions
+(positions known), else `loop_closures.png`, match stamp against query stamp. `rerun` writes a
+Rerun recording (.rrd) of the frames, the trajectory and the loop-closure links (optional
+package rerun-sdk).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tscm.data.formats.rosbag import BagTraversal, iter_bag_images, stamp_text
+from tscm.errors import TscmError
+from tscm.fileio import atomic_path, write_text_atomic
+
+CSV_NAME = "loop_closures.csv"
+CSV_COLUMNS = ("query_stamp", "match_stamp", "score", "accepted", "query_index", "match_index", "confidence",
+               "query_east", "query_north", "match_east", "match_north", "match_distance_m")
+TRAJECTORY_PICTURE = "trajectory.png"
+STAMP_PICTURE = "loop_closures.png"
+# Squared L2 distance of two opposite unit vectors: what an unseen frame counts as in a sequence.
+FARTHEST_SQUARED = 4.0
+RERUN_HINT = "--rerun needs the rerun-sdk package: pip install 'tscm[rerun]'"
+
+
+@dataclass
+class LoopClosureRow:
+    query_index: int
+    match_index: int | None
+    score: float | None
+    accepted: bool
+    confidence: float | None
+
+
+@dataclass
+class LoopClosureRun:
+    traversal: BagTraversal
+    rows: list[LoopClosureRow]
+    csv_path: Path
+    picture: Path
+    threshold: dict[str, Any] | None
+    seconds: float
+    rerun_path: Path | None = None
+
+    @property
+    def accepted(self) -> int:
+        return sum(row.accepted for row in self.rows)
+
+    @property
+    def matched(self) -> int:
+        return sum(row.match_index is not None for row in self.rows)
+
+
+def _threshold_index(index_path: str | Path, sequence: int):
+    """An empty copy of the index at `index_path` (same back-end, PCA and trained quantisers, so its
+    distances are in the calibrated space) carrying its thresholds, and the threshold that applies to
+    `sequence`-frame scores; TscmError when the file holds none for that."""
+    from tscm.deploy.index import PlaceIndex
+
+    calibrated = PlaceIndex.load(index_path)
+    empty = calibrated.empty_copy()
+    empty.thresholds = list(calibrated.thresholds)
+    threshold = empty.threshold(sequence)
+    if threshold is None:
+        what = "single frames" if sequence == 1 else f"{sequence}-frame sequences"
+        held = ", ".join(f"L={t.get('sequence_length', 1)}" + ("" if t.get("space") == calibrated.space() else " (stale)")
+                         for t in calibrated.thresholds) or "none"
+        raise TscmError(f"{index_path}: no threshold calibrated for {what} in this index's search space (held: "
+                        f"{held}); run tscm index calibrate --index {index_path}"
+                        f"{'' if sequence == 1 else f' --sequence {sequence}'}")
+    return empty, threshold
+
+
+def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str | Path, *,
+                     exclude_recent: float = 30.0, sequence: int = 1, index: str | Path | None = None,
+                     rerun: str | Path | None = None, runtime: str = "torch", threads: int | None = None,
+                     progress: bool = True) -> LoopClosureRun:
+    """Stream `traversal` through a PlaceRecognizer of `checkpoint`; write the CSV and picture to `out`."""
+    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.threads import limit_threads
+
+    if not (np.isfinite(exclude_recent) and exclude_recent >= 0):
+        raise TscmError(f"--exclude-recent: expected a number of seconds ≥ 0, got {exclude_recent:g}")
+    if not (isinstance(sequence, int) and sequence >= 1):
+        raise TscmError(f"--sequence: expected a number of frames ≥ 1, got {sequence!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TscmError(f"--out {out}: is a file; give a folder")
+    if rerun is not None:
+        check_rerun(rerun)  # before any work
+    threshold = empty = None
+    with limit_threads(torch=threads):
+        if index is not None:
+            empty, threshold = _threshold_index(index, sequence)
+            recognizer = PlaceRecognizer.from_checkpoint(checkpoint, index=empty, runtime=runtime, threads=threads)
+        else:
+            recognizer = PlaceRecognizer.from_checkpoint(checkpoint, backend="flat", runtime=runtime, threads=threads)
+        recorder = _start_rerun(rerun) if rerun is not None else None
+        try:
+            rows, elapsed = _stream(recognizer, traversal, exclude_recent, sequence, threshold, recorder, progress,
+                                    project=None if empty is None else empty.to_search_space)
+        except BaseException:
+            if recorder is not None:
+                _abandon_rerun(recorder)
+            raise
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = write_loop_closure_csv(out / CSV_NAME, traversal, rows)
+    picture = plot_loop_closures(out, traversal, rows)
+    rerun_path = None if recorder is None else _finish_rerun(recorder, traversal, rows)
+    return LoopClosureRun(traversal, rows, csv_path, picture, threshold, elapsed, rerun_path)
+
+
+def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence: int, threshold: dict | None,
+            recorder, progress: bool, project=None) -> tuple[list[LoopClosureRow], float]:
+    """One row per frame, in stamp order, and the seconds the stream took. `project` maps descriptors
+    into the calibrated index's search space (sequences; None: the descriptors as they are)."""
+    from tqdm import tqdm
+
+    seconds = traversal.seconds
+    rows: list[LoopClosureRow] = []
+    matcher = held = None
+    if sequence > 1:
+        from tscm.evaluation.sequence import SequenceMatcher
+
+        matcher = SequenceMatcher(sequence, max(len(traversal), 1))
+        held = None  # sized on the first frame, in the search space
+    tic = time.perf_counter()
+    frames = tqdm(iter_bag_images(traversal), total=len(traversal), desc="loop closure", unit="frame",
+                  disable=None if progress else True)
+    for position, image in frames:
+        if matcher is None:
+            xy = None if traversal.xy is None else traversal.xy[position]
+            places = recognizer.observe(image, time=float(seconds[position]), exclude_recent=exclude_recent, k=1, xy=xy)
+            row = _row_of_place(position, places[0] if places else None)
+        else:
+            descriptor = recognizer.describe([image]).descriptors
+            if project is not None:
+                descriptor = project(descriptor)
+            if held is None:
+                held = np.zeros((len(traversal), descriptor.shape[1]), dtype=np.float32)
+            row = _sequence_row(matcher, held, position, descriptor[0], seconds, exclude_recent, threshold)
+        rows.append(row)
+        if recorder is not None:
+            _log_frame(recorder, traversal, position, image, row)
+    return rows, time.perf_counter() - tic
+
+
+def _row_of_place(position: int, place) -> LoopClosureRow:
+    if place is None:
+        return LoopClosureRow(position, None, None, False, None)
+    return LoopClosureRow(position, int(place.id), float(place.distance), bool(place.accepted),
+                          None if place.confidence is None else float(place.confidence))
+
+
+def _sequence_row(matcher, held: np.ndarray, position: int, descriptor: np.ndarray, seconds: np.ndarray,
+                  exclude_recent: float, threshold: dict | None) -> LoopClosureRow:
+    """The best earlier frame by the sequence score over the last L frames (module doc)."""
+    held[position] = descriptor
+    row = np.full(len(held), FARTHEST_SQUARED, dtype=np.float32)
+    if position:
+        difference = held[:position] - descriptor
+        row[:position] = np.einsum("ij,ij->i", difference, difference)
+    scores = matcher.push(row)
+    allowed = np.flatnonzero(seconds[:position] <= seconds[position] - exclude_recent)
+    if allowed.size == 0:
+        return LoopClosureRow(position, None, None, False, None)
+    best = int(allowed[np.argmin(scores[allowed])])  # ties: the earliest frame
+    score = float(scores[best])
+    if threshold is None:
+        return LoopClosureRow(position, best, score, False, None)
+    from tscm.evaluation.precision_recall import confidence as confidence_of
+
+    limit = float(threshold["distance"])
+    confidence = float(confidence_of(np.asarray([max(score, 0.0)]), limit)[0])
+    return LoopClosureRow(position, best, score, score <= limit, confidence)
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+def _number(value: float | None, digits: int = 6) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def write_loop_closure_csv(path: Path, traversal: BagTraversal, rows: list[LoopClosureRow]) -> Path:
+    """`loop_closures.csv` (module doc), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    xy = traversal.xy
+    for row in rows:
+        match = row.match_index
+        query_xy = None if xy is None else xy[row.query_index]
+        match_xy = None if xy is None or match is None else xy[match]
+        writer.writerow([
+            stamp_text(traversal.stamp_ns[row.query_index]),
+            "" if match is None else stamp_text(traversal.stamp_ns[match]),
+            "" if row.score is None else f"{row.score:.6g}",
+            "true" if row.accepted else "false",
+            row.query_index,
+            "" if match is None else match,
+            _number(row.confidence, 4),
+            _number(None if query_xy is None else query_xy[0], 3),
+            _number(None if query_xy is None else query_xy[1], 3),
+            _number(None if match_xy is None else match_xy[0], 3),
+            _number(None if match_xy is None else match_xy[1], 3),
+            _number(None if match_xy is None else float(np.hypot(*(query_xy - match_xy))), 3),
+        ])
+    write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+def plot_loop_closures(out: Path, traversal: BagTraversal, rows: list[LoopClosureRow]) -> Path:
+    """The trajectory with accepted loop closures (positions known), else match stamp against query stamp."""
+    from matplotlib.figure import Figure
+
+    accepted = [row for row in rows if row.accepted and row.match_index is not None]
+    fig = Figure(figsize=(6.4, 5.2), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    title = f"{traversal.bag.name} {traversal.topic}: {len(rows)} frames, {len(accepted)} accepted loop closures"
+    if traversal.xy is not None:
+        xy = traversal.xy
+        ax.plot(xy[:, 0], xy[:, 1], "-", color="0.55", linewidth=1.2, label="trajectory", zorder=1)
+        ax.scatter(xy[:1, 0], xy[:1, 1], color="black", marker="o", s=30, label="start", zorder=3)
+        for number, row in enumerate(accepted):
+            a, b = xy[row.query_index], xy[row.match_index]
+            ax.plot([a[0], b[0]], [a[1], b[1]], "-", color="tab:red", linewidth=1.5, zorder=2,
+                    label="accepted loop closure" if number == 0 else None)
+        ax.set_xlabel("east (m)" if traversal.position_type and "NavSatFix" in traversal.position_type else "x (m)")
+        ax.set_ylabel("north (m)" if traversal.position_type and "NavSatFix" in traversal.position_type else "y (m)")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(loc="best", fontsize=8)
+        path = out / TRAJECTORY_PICTURE
+    else:
+        seconds = traversal.seconds
+        matched = [row for row in rows if row.match_index is not None]
+        ax.scatter([seconds[r.query_index] for r in matched], [seconds[r.match_index] for r in matched], s=6,
+                   color="0.6", label="best match")
+        ax.scatter([seconds[r.query_index] for r in accepted], [seconds[r.match_index] for r in accepted], s=12,
+                   color="tab:red", label="accepted")
+        ax.set_xlabel("query time (s since the first frame)")
+        ax.set_ylabel("matched frame's time (s)")
+        ax.legend(loc="best", fontsize=8)
+        path = out / STAMP_PICTURE
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+# ---- Rerun ------------------------------------------------------------------------------------
+@dataclass
+class _RerunLog:
+    recording: Any
+    target: Path
+    partial: Path  # written while the run goes on, renamed to `target` at the end
+
+
+def check_rerun(path: str | Path) -> None:
+    try:
+        import rerun  # noqa: F401
+    except ImportError:
+        raise TscmError(RERUN_HINT) from None
+    if Path(path).is_dir():
+        raise TscmError(f"--rerun {path}: is a folder; give a file name ending in .rrd")
+
+
+def _start_rerun(path: str | Path) -> _RerunLog:
+    """A recording streaming to a temporary file beside `path` (Rerun saves only what is logged after `save`)."""
+    import rerun as rr
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    recording = rr.RecordingStream("tscm_loop_closure")
+    recording.save(str(partial))
+    return _RerunLog(recording, target, partial)
+
+
+def _log_frame(log: _RerunLog, traversal: BagTraversal, position: int, image, row: LoopClosureRow) -> None:
+    import rerun as rr
+
+    recording = log.recording
+    recording.set_time("stamp", timestamp=traversal.stamp_ns[position] / 1e9)
+    recording.log("camera/image", rr.Image(np.asarray(image.convert("RGB"))))
+    if row.score is not None:
+        recording.log("score", rr.Scalars(row.score))
+    if traversal.xy is not None:
+        recording.log("world/robot", rr.Points2D([traversal.xy[position]], radii=1.0))
+        if row.accepted and row.match_index is not None:
+            recording.log("world/loop_closure", rr.LineStrips2D([[traversal.xy[position], traversal.xy[row.match_index]]],
+                                                                colors=[[220, 40, 40]]))
+
+
+def _finish_rerun(log: _RerunLog, traversal: BagTraversal, rows: list[LoopClosureRow]) -> Path:
+    import os
+
+    import rerun as rr
+
+    recording = log.recording
+    if traversal.xy is not None:
+        recording.log("world/trajectory", rr.LineStrips2D([traversal.xy], colors=[[140, 140, 140]]), static=True)
+        links = [[traversal.xy[r.query_index], traversal.xy[r.match_index]] for r in rows
+                 if r.accepted and r.match_index is not None]
+        if links:
+            recording.log("world/loop_closures", rr.LineStrips2D(links, colors=[[220, 40, 40]]), static=True)
+    recording.flush()
+    recording.disconnect()  # closes the file
+    os.replace(log.partial, log.target)
+    return log.target
+
+
+def _abandon_rerun(log: _RerunLog) -> None:
+    try:
+        log.recording.disconnect()
+    finally:
+        log.partial.unlink(missing_ok=True)

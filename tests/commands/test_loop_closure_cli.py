@@ -1,0 +1,144 @@
+"""`tscm loop-closure`: one traversal recorded as ROS 1, ROS 2 sqlite3 and MCAP gives the same
+loop_closures.csv, finds the revisited places, accepts them under a calibrated threshold, and refuses
+bad input in one line."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rosbags")
+
+from helpers.bag_files import loop_route, write_bag, write_formats  # noqa: E402
+from helpers.model_files import write_checkpoint  # noqa: E402
+from tscm import cli  # noqa: E402
+from tscm.deploy.index import PlaceIndex  # noqa: E402
+
+FRAMES, REVISITS = 10, 3  # places 0..6, then places 0..2 again, 0.5 s apart
+
+
+def tscm(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[dict[str, Path], Path]:
+    folder = tmp_path_factory.mktemp("loop")
+    bags = write_formats(folder / "bags", loop_route(FRAMES, REVISITS))
+    return bags, write_checkpoint(folder / "student", "student-tiny", 0)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_the_three_formats_give_the_same_csv_and_find_the_revisited_places(setup, tmp_path, capsys):
+    bags, checkpoint = setup
+    texts = {}
+    for fmt, bag in bags.items():
+        code, out, err = tscm(capsys, "loop-closure", bag, "--checkpoint", checkpoint, "--out", tmp_path / fmt,
+                              "--exclude-recent", "2", "--threads", "1", "--no-progress")
+        assert code == 0, err
+        assert (tmp_path / fmt / "trajectory.png").stat().st_size > 0
+        texts[fmt] = (tmp_path / fmt / "loop_closures.csv").read_text()
+        assert f"{FRAMES} frames" in out and "none accepted" in out
+    assert texts["ros1"] == texts["sqlite3"] == texts["mcap"]
+    rows = read_rows(tmp_path / "ros1" / "loop_closures.csv")
+    assert list(rows[0])[:4] == ["query_stamp", "match_stamp", "score", "accepted"]
+    assert len(rows) == FRAMES
+    # Frames within 2 s of the start have no earlier frame outside the exclusion window.
+    assert [row["match_stamp"] for row in rows[:4]] == [""] * 4
+    for k in range(REVISITS):  # the revisit of place k: the same pixels, so the exact frame k at distance 0
+        row = rows[FRAMES - REVISITS + k]
+        assert int(row["match_index"]) == k and float(row["score"]) == pytest.approx(0.0, abs=1e-6)
+        assert float(row["match_distance_m"]) == pytest.approx(5.0, abs=0.1)  # the way back runs 5 m beside
+        assert row["accepted"] == "false"  # no threshold without --index
+    stamps = [int(round(float(row["query_stamp"]) * 2)) for row in rows]
+    assert stamps == list(range(stamps[0], stamps[0] + FRAMES))
+
+
+@pytest.mark.slow
+def test_a_calibrated_index_decides_and_sequences_score_the_last_frames(setup, tmp_path, capsys):
+    bags, checkpoint = setup
+    bag = bags["mcap"]
+    code, _, err = tscm(capsys, "index", "build", "--checkpoint", checkpoint, "--bag", bag, "--backend", "flat",
+                        "--out", tmp_path / "map.idx")
+    assert code == 0, err
+    # No threshold yet: refused in one line, nothing written.
+    code, _, err = tscm(capsys, "loop-closure", bag, "--checkpoint", checkpoint, "--out", tmp_path / "none",
+                        "--index", tmp_path / "map.idx", "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no threshold calibrated for single frames" in err
+    assert not (tmp_path / "none").exists()
+    index = PlaceIndex.load(tmp_path / "map.idx")
+    index.set_threshold({"distance": 1e-6, "target_precision": 0.99, "precision": 1.0, "recall": 1.0,
+                         "calibrated_on": "test"})
+    index.save(tmp_path / "map.idx")
+    code, out, err = tscm(capsys, "loop-closure", bag, "--checkpoint", checkpoint, "--out", tmp_path / "single",
+                          "--index", tmp_path / "map.idx", "--exclude-recent", "2", "--no-progress", "--threads", "1")
+    assert code == 0, err
+    rows = read_rows(tmp_path / "single" / "loop_closures.csv")
+    accepted = [(int(row["query_index"]), int(row["match_index"])) for row in rows if row["accepted"] == "true"]
+    assert accepted == [(FRAMES - REVISITS + k, k) for k in range(REVISITS)]
+    assert f"{REVISITS} accepted" in out
+    # Sequences of 2 frames: the second and third revisit frames continue a sequence through places 0, 1, 2.
+    code, _, err = tscm(capsys, "loop-closure", bag, "--checkpoint", checkpoint, "--out", tmp_path / "seq",
+                        "--sequence", "2", "--exclude-recent", "2", "--no-progress", "--threads", "1")
+    assert code == 0, err
+    rows = read_rows(tmp_path / "seq" / "loop_closures.csv")
+    for k in (1, 2):
+        row = rows[FRAMES - REVISITS + k]
+        assert int(row["match_index"]) == k and float(row["score"]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_without_positions_the_picture_plots_stamps(setup, tmp_path, capsys):
+    bags, checkpoint = setup
+    code, _, err = tscm(capsys, "loop-closure", bags["ros1"], "--checkpoint", checkpoint, "--out", tmp_path,
+                        "--position-topic", "none", "--every", "1s", "--no-progress", "--threads", "1")
+    assert code == 0, err
+    assert (tmp_path / "loop_closures.png").is_file() and not (tmp_path / "trajectory.png").exists()
+    rows = read_rows(tmp_path / "loop_closures.csv")
+    assert len(rows) == FRAMES // 2 and all(row["query_east"] == "" for row in rows)
+
+
+def test_bad_input_is_one_line(setup, tmp_path, capsys):
+    bags, checkpoint = setup
+    unknown = loop_route(3, 0)
+    for frame in unknown.frames:
+        frame.encoding = "yuv422"
+    weird = write_bag(tmp_path / "weird.bag", unknown, "ros1")
+    cases = [
+        (("loop-closure", weird, "--checkpoint", checkpoint, "--out", tmp_path / "a"), "encoding 'yuv422'"),
+        (("loop-closure", bags["ros1"], "--topic", "/odom", "--checkpoint", checkpoint, "--out", tmp_path / "b"),
+         "carries nav_msgs/Odometry, not images"),
+        (("loop-closure", bags["ros1"], "--checkpoint", checkpoint, "--out", tmp_path / "c", "--exclude-recent", "-1"),
+         "--exclude-recent"),
+        (("loop-closure", bags["ros1"], "--checkpoint", checkpoint, "--out", tmp_path / "d", "--sequence", "0"),
+         "--sequence"),
+    ]
+    for argv, expected in cases:
+        code, _, err = tscm(capsys, *argv, "--no-progress")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (argv, err)
+        assert not (tmp_path / "loop_closures.csv").exists()
+
+
+def test_rerun_recording_or_a_clear_message_without_the_package(setup, tmp_path, capsys):
+    bags, checkpoint = setup
+    target = tmp_path / "run.rrd"
+    code, _, err = tscm(capsys, "loop-closure", bags["ros1"], "--checkpoint", checkpoint, "--out", tmp_path / "out",
+                        "--rerun", target, "--exclude-recent", "2", "--no-progress", "--threads", "1")
+    try:
+        import rerun  # noqa: F401
+    except ImportError:
+        assert code == 2 and "pip install 'tscm[rerun]'" in err and not target.exists()
+        return
+    assert code == 0, err
+    assert target.stat().st_size > 0 and not list(tmp_path.glob(".run.rrd*"))

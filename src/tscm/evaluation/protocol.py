@@ -12,7 +12,7 @@ import numpy as np
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.evaluation.recall import DEFAULT_NS, EvalResult, check_descriptors, check_ns, evaluate_descriptors, evaluate_ranking
-from tscm.fileio import atomic_path, write_json_atomic
+from tscm.fileio import atomic_path, real_path, write_json_atomic
 
 
 def load_descriptor_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +75,8 @@ def data_set_warnings(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray) -
     warnings = []
     paths = [p for p in placeset.query_paths if not is_placeholder_path(p)]
     if paths:
-        database = {Path(p).resolve() for p in placeset.db_paths}
-        shared = sum(Path(p).resolve() in database for p in paths)
+        database = {real_path(p) for p in placeset.db_paths}
+        shared = sum(real_path(p) in database for p in paths)
         if shared == len(paths):
             warnings.append("every query image is also a database image (a folder linked to the other?): "
                             "recall is near 100 % by construction and says nothing about recognition")

@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from tscm.data.places import MAX_COORDINATE, PlaceSet
-from tscm.errors import TscmError
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import real_path
 
 REQUIRED_COLUMNS = ("path", "role")
 METRIC_COLUMNS = ("east", "north")
@@ -65,9 +66,9 @@ def _number(text: str, csv_path: Path, line: int, column: str, unit: str) -> flo
     try:
         value = float(text)
     except ValueError:
-        raise TscmError(f"{csv_path} line {line}: column '{column}': expected a number in {unit}, got {text!r}") from None
+        raise TscmError(f"{csv_path} line {line}: column '{column}': expected a number in {unit}, got {excerpt(text)}") from None
     if not math.isfinite(value):
-        raise TscmError(f"{csv_path} line {line}: column '{column}': expected a finite number, got {text!r}")
+        raise TscmError(f"{csv_path} line {line}: column '{column}': expected a finite number, got {excerpt(text)}")
     if column in METRIC_COLUMNS and abs(value) > MAX_COORDINATE:
         raise TscmError(f"{csv_path} line {line}: column '{column}': a coordinate of {value:g} metres is out of range "
                         f"(expected |value| ≤ {MAX_COORDINATE:g})")
@@ -76,7 +77,12 @@ def _number(text: str, csv_path: Path, line: int, column: str, unit: str) -> flo
 
 def _frame(text: str, csv_path: Path, line: int) -> int:
     if not _INTEGER.fullmatch(text):
-        raise TscmError(f"{csv_path} line {line}: column 'frame': expected an integer frame number, got {text!r}")
+        raise TscmError(f"{csv_path} line {line}: column 'frame': expected an integer frame number, got {excerpt(text)}")
+    # Compared as text first: int() of thousands of digits fails, and a huge frame overflows a float later.
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 15 or abs(int(text)) > MAX_COORDINATE:
+        raise TscmError(f"{csv_path} line {line}: column 'frame': frame number {excerpt(text, 30)} is out of range "
+                        f"(expected |frame| ≤ {MAX_COORDINATE:g})")
     return int(text)
 
 
@@ -92,7 +98,7 @@ def parse_timestamp(text: str, csv_path: Path, line: int) -> float:
     except ValueError:
         raise TscmError(
             f"{csv_path} line {line}: column 'timestamp': expected ISO 8601 (e.g. 2024-05-01T10:00:00Z) "
-            f"or a number of seconds, got {text!r}"
+            f"or a number of seconds, got {excerpt(text)}"
         ) from None
     if moment.tzinfo is None:
         # Reading a naive time in the machine's zone would make results depend on where they ran.
@@ -153,7 +159,7 @@ def read_csv_manifest(csv_path: str | Path, split: str = "test") -> PlaceSet:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise TscmError(f"{csv_path}: manifest not found")
-    base = csv_path.resolve().parent
+    base = real_path(csv_path).parent
     reader = csv.reader(io.StringIO(_read_text(csv_path), newline=""))
     try:
         columns = [c.strip() for c in next(reader, [])]
@@ -177,7 +183,7 @@ def read_csv_manifest(csv_path: str | Path, split: str = "test") -> PlaceSet:
         # file fails whatever split is read.
         role = values["role"].lower()
         if role not in ROLES:
-            raise TscmError(f"{csv_path} line {line}: column 'role': expected database or query, got {values['role']!r}")
+            raise TscmError(f"{csv_path} line {line}: column 'role': expected database or query, got {excerpt(values['role'])}")
         if not values["path"]:
             raise TscmError(f"{csv_path} line {line}: column 'path' is empty")
         if unit == "frame":

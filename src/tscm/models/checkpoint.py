@@ -17,7 +17,7 @@ from torch import nn
 
 from tscm import __version__
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path, check_header, write_json_atomic
+from tscm.fileio import atomic_path, check_header, read_json, write_json_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -111,10 +111,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     file = Path(path) / META_FILE
     if not file.is_file():
         raise TscmError(f"{path} is not a tscm checkpoint directory (no {META_FILE})")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise TscmError(f"{file} is not valid JSON: {error}") from error
+    meta = read_json(file, "checkpoint metadata")
     required = ("preset", "config", "descriptor_dim", "image_size", "mean", "std", "fingerprint")
     return check_header(meta, FORMAT_NAME, FORMAT_VERSION, str(file), required)
 

@@ -4,6 +4,7 @@ one), output paths checked before any work, and bounded reads of small JSON file
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -66,6 +67,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600, and some writers (safetensors) create the file anew with 0600: give it the
         # permissions a plain open() would (umask applies), after it is written.
         os.chmod(tmp_path, 0o666 & ~umask)
+        group = _GROUP.get()
+        if group is not None:  # moved into place with the rest of the group (atomic_group)
+            group.append((tmp_path, path))
+            return
         os.replace(tmp_path, path)
     except BaseException as error:
         tmp_path.unlink(missing_ok=True)
@@ -73,6 +78,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if converted is None:
             raise
         raise converted from None
+
+
+_GROUP: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("tscm_atomic_group", default=None)
+
+
+@contextlib.contextmanager
+def atomic_group() -> Iterator[None]:
+    """Files written with `atomic_path` inside the block are moved into place together when the block
+    ends without error; on an error none is, and each keeps its previous content. For a command that
+    writes several files (an HDF5 file, arrays, names, pairs): all of them, or none."""
+    if _GROUP.get() is not None:  # nested: the outer group decides
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _GROUP.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _GROUP.reset(token)
+    for position, (tmp, path) in enumerate(pending):
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # renames in one folder hardly fail; still, leave no temporary file
+            for later, _ in pending[position:]:
+                later.unlink(missing_ok=True)
+            converted = write_error(path, error)
+            if converted is None:
+                raise
+            raise converted from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

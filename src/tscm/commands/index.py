@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a folder of images (searched recursively; coordinates from @east@north@ names when "
                             "every image has them), or a data-set file (CSV manifest, Pittsburgh .mat) whose "
                             "database images and coordinates are indexed")
+    build.add_argument("--split", default=None,
+                       help="with a data-set file: index the database rows of this split only (default: of every "
+                            "split the file holds; the summary names them)")
     build.add_argument("--out", required=True, metavar="MAP", help="index file to write (safetensors)")
     build.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="search back-end (default: auto, chosen by database size)")
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     built = build_map(args.checkpoint, args.images, args.out, backend=args.backend, params=parse_params(args.param),
                       runtime=args.runtime, batch_size=args.batch_size, threads=args.threads,
-                      on_bad_image=args.on_bad_image)
+                      on_bad_image=args.on_bad_image, split=args.split)
     if not built.is_main:  # under torchrun rank 0 writes the file and reports
         return 0
     index = built.index

@@ -95,8 +95,9 @@ def measure(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *, s
 def calibrate_index_file(index_path: str, data: str, *, split: str = "val", target_precision: float = DEFAULT_TARGET_PRECISION,
                          sequence_length: int = 1, radius: float | None = None, measure_split: str | None = None,
                          checkpoint: str | None = None, batch_size: int = 32) -> dict[str, Any]:
-    """Calibrate the index file's threshold on `data`/`split` with the model recorded in the index, save
-    the index (atomically), and, with `measure_split`, measure the threshold there too."""
+    """Calibrate the index file's threshold on `data`/`split` with the model recorded in the index, and,
+    with `measure_split`, measure the threshold there too; then save the index (atomically, once: a
+    failure anywhere before keeps the previous file)."""
     from tscm.data.formats import load_placeset
     from tscm.deploy.recognizer import PlaceRecognizer
     from tscm.evaluation.extract import InputSpec, describe_placeset
@@ -111,11 +112,12 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
         return (placeset, *describe_placeset(recognizer.extractor, spec, placeset, batch_size=batch_size, progress=True))
 
     placeset, db, queries = described(split)
+    measured_set = described(measure_split) if measure_split else None  # read before anything is written
     entry = calibrate(recognizer.index, db, queries, placeset, target_precision=target_precision,
                       sequence_length=sequence_length, radius=radius)
-    recognizer.index.save(index_path)
     report = {"threshold": entry}
-    if measure_split:
-        other, db, queries = described(measure_split)
+    if measured_set is not None:
+        other, db, queries = measured_set
         report["measured"] = measure(recognizer.index, db, queries, other, sequence_length=sequence_length, radius=radius)
+    recognizer.index.save(index_path)  # once, after the measurement: a failure keeps the previous file
     return report

@@ -22,8 +22,9 @@ File format (one file, written atomically): safetensors arrays ``faiss_index`` (
 numbers or seconds, for sequences and loop closure), optional ``paths_utf8`` + ``paths_end`` and,
 for PCA, ``pca_mean`` + ``pca_projection``; the safetensors header metadata holds key
 ``tscm_index`` with JSON: format version, backend, params, dim, count, memory in bytes, model
-fingerprint and metadata, calibrated thresholds with the search space they apply to, and a
-SHA-256 of every array so a damaged file is detected.
+fingerprint and metadata, calibrated thresholds with the search space they apply to, the unit
+of ``xy`` (``position_unit``: "m" for east/north metres, "frame" for (frame, 0); absent in older
+files: metres), and a SHA-256 of every array so a damaged file is detected.
 
 A threshold (``calibrate``) is a distance below which a top-1 match is accepted, chosen on a
 validation split for a target precision; it is only meaningful in the space it was measured in
@@ -43,8 +44,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from tscm import __version__
-from tscm.errors import TscmError
-from tscm.fileio import atomic_path, check_header
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import atomic_path, check_header, parse_json
 from tscm.threads import limit_threads
 
 FORMAT_NAME = "tscm-place-index"
@@ -453,6 +454,7 @@ class PlaceIndex:
         self._coarse: tuple[Any, _ScanTarget] | None = None  # (faiss IVF, its centroids)
         self._refine: np.ndarray | None = None
         self.thresholds: list[dict[str, Any]] = []
+        self.position_unit = "m"  # of the coordinates in `xy`: "m" (east, north) or "frame" (frame, 0)
         _apply_search_params(backend, faiss_index, params)
 
     # ---- construction -------------------------------------------------------------------
@@ -778,6 +780,7 @@ class PlaceIndex:
             "model_meta": self.model_meta,
             "pca_whiten": None if self._pca is None else self._pca.whiten,
             "thresholds": self.thresholds,
+            "position_unit": self.position_unit,
             "sha256": {name: _sha256(array) for name, array in arrays.items()},
         }
         with atomic_path(path) as tmp:
@@ -822,6 +825,7 @@ class PlaceIndex:
                                                        for t in thresholds):
             raise TscmError(f"{path}: field 'thresholds' must be a list of calibrations with a finite 'distance'")
         index.thresholds = thresholds
+        index.position_unit = "frame" if meta.get("position_unit") == "frame" else "m"  # older files: metres
         if "paths_utf8" in arrays:
             blob = arrays["paths_utf8"].tobytes()
             ends = arrays["paths_end"].tolist()
@@ -848,20 +852,17 @@ def read_index_metadata(path: str | Path) -> dict[str, Any]:
         raise TscmError(f"{path}: not a readable index file ({error})") from None
     if METADATA_KEY not in header:
         raise TscmError(f"{path}: safetensors file without {METADATA_KEY!r} metadata; not a tscm place index")
-    try:
-        meta = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as error:
-        raise TscmError(f"{path}: index metadata is not valid JSON ({error})") from None
+    meta = parse_json(header[METADATA_KEY], f"{path}: index metadata")
     required = ("backend", "params", "dim", "count", "model_fingerprint", "model_meta", "sha256")
     check_header(meta, FORMAT_NAME, FORMAT_VERSION, str(path), required)
     for name in ("dim", "count"):
         value = meta[name]
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= (1 if name == "dim" else 0)):
-            raise TscmError(f"{path}: metadata field {name!r} must be a non-negative integer, got {value!r}")
+            raise TscmError(f"{path}: metadata field {name!r} must be a non-negative integer, got {excerpt(value)}")
     if not isinstance(meta["params"], dict):
-        raise TscmError(f"{path}: metadata field 'params' must be a JSON object, got {meta['params']!r}")
+        raise TscmError(f"{path}: metadata field 'params' must be a JSON object, got {excerpt(meta['params'])}")
     if meta["backend"] not in BACKENDS:
-        raise TscmError(f"{path}: unknown index backend {meta['backend']!r}")
+        raise TscmError(f"{path}: unknown index backend {excerpt(meta['backend'])}")
     return meta
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tscm.data.formats.csv_manifest import read_csv_manifest
+from tscm.data.formats.csv_manifest import ALL_SPLITS, read_csv_manifest
 from tscm.data.formats.ground_truth_npz import is_placeholder_path, read_ground_truth_npz
 from tscm.data.formats.nordland import is_nordland_root, read_nordland, write_nordland_manifest
 from tscm.data.formats.pittsburgh_mat import find_structure_files, read_pittsburgh_mat
@@ -24,6 +24,7 @@ from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
 __all__ = [
+    "ALL_SPLITS",
     "is_placeholder_path",
     "load_placeset",
     "read_csv_manifest",
@@ -41,7 +42,8 @@ def load_placeset(path: str | Path, split: str | None = None, name: str | None =
 
     `split` selects the structure file or sub-folder inside a folder, the rows of a CSV manifest
     with a `split` column and the section of a Nordland folder; it labels other CSV, .npz and
-    VPR-Bench sets (default "test"). A `.mat` file carries its own split: a different `split` is
+    VPR-Bench sets (default "test"). For a file, ALL_SPLITS ("*") reads every row whatever its split
+    (the set is then labelled with the splits it holds, e.g. "train+test"). A `.mat` file carries its own split: a different `split` is
     an error (None, the default, accepts the file's). `name` picks `<name>_<split>.mat` when a folder holds several (pitts30k
     and pitts250k side by side).
     """
@@ -55,11 +57,16 @@ def load_placeset(path: str | Path, split: str | None = None, name: str | None =
             raise TscmError(f"{path}: unknown data-set file type {suffix!r}; expected .mat, .csv or .npz")
         if suffix == ".mat":
             placeset = read_pittsburgh_mat(path)
-            if split is not None and placeset.split != split:
+            if split not in (None, ALL_SPLITS) and placeset.split != split:
                 raise TscmError(f"{path}: holds split {placeset.split!r}, not {split!r}; pass the {split} structure "
                                 f"file (e.g. {path.name.replace(placeset.split, split)}) or the folder holding it")
             return placeset
+        if suffix == ".npz" and split == ALL_SPLITS:  # one split: the name only labels it
+            split = None
         return readers[suffix](path, split or "test")
+    if split == ALL_SPLITS:
+        raise TscmError(f"{path}: every split at once is read from a data-set file (.csv, .mat, .npz); name a split "
+                        "for a folder")
     split = split or "test"
 
     structure_files = find_structure_files(path, split, name)

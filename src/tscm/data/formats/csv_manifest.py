@@ -59,6 +59,8 @@ FRAME_COLUMN = "frame"
 OPTIONAL_COLUMNS = ("heading", "timestamp", "split")
 KNOWN_COLUMNS = REQUIRED_COLUMNS + METRIC_COLUMNS + (FRAME_COLUMN,) + OPTIONAL_COLUMNS
 ROLES = ("database", "query")
+# The `split` that reads every row of the file whatever its split (labelled "train+test", etc.).
+ALL_SPLITS = "*"
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
@@ -195,7 +197,7 @@ def read_csv_manifest(csv_path: str | Path, split: str = "test") -> PlaceSet:
                 raise TscmError(f"{csv_path} line {line}: column 'split' is empty; every row must name its split")
             if values["split"] not in splits_present:
                 splits_present.append(values["split"])
-            if values["split"] != split:
+            if split != ALL_SPLITS and values["split"] != split:
                 continue
         entry = roles[role]
         entry["paths"].append(Path(os.path.abspath(base / values["path"])))
@@ -204,9 +206,11 @@ def read_csv_manifest(csv_path: str | Path, split: str = "test") -> PlaceSet:
         entry["timestamp"].append(values.get("timestamp", ""))
         entry["line"].append(line)
 
-    if "split" in columns and split not in splits_present:
+    if "split" in columns and split != ALL_SPLITS and split not in splits_present:
         present = ", ".join(splits_present) or "none"
         raise TscmError(f"{csv_path}: no rows of split {split!r}; the file has split(s) {present}")
+    if split == ALL_SPLITS:  # the set is labelled with the splits it joins, in order of first appearance
+        split = "+".join(splits_present) if splits_present else "test"
     where = f" of split {split!r}" if "split" in columns else ""
     for role in ROLES:
         if not roles[role]["paths"]:

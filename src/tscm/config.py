@@ -390,9 +390,9 @@ def preset_text(name_or_path: str) -> tuple[str, str]:
     """The YAML text of a shipped preset (by name) or of a file (by path), with where it came from."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise TscmError(f"config {name_or_path}: no such file")
-        return read_yaml_text(path), str(path)
+        return read_yaml_text(path), str(path)  # a folder, FIFO or link loop is refused there, naming it
     resource = resources.files("tscm") / "configs" / f"{name_or_path}.yaml"
     if not resource.is_file():
         raise TscmError(

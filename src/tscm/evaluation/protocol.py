@@ -125,11 +125,11 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
 
     check_device(device)
     radius = placeset.check_radius(radius, "--radius") if radius is not None else None
+    check_outputs({"--json": json_path, "--save-descriptors": save_descriptors},
+                  input_files(placeset, data_path, descriptors=descriptors, checkpoint=checkpoint))
     if save_descriptors and Path(save_descriptors).suffix.lower() != ".npz":
         raise TscmError(f"--save-descriptors {save_descriptors}: expected a file name ending in .npz (the format "
                         "--descriptors reads)")
-    check_outputs({"--json": json_path, "--save-descriptors": save_descriptors},
-                  input_files(placeset, data_path, descriptors=descriptors, checkpoint=checkpoint))
     if checkpoint:
         from tscm.evaluation.extract import InputSpec, describe_placeset
         from tscm.models.checkpoint import load_checkpoint

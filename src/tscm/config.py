@@ -467,6 +467,22 @@ def check_seeds(values: Iterable[Any] | None, what: str = "--seeds") -> None:
         check_seed(value, what)
 
 
+# Upper bounds of the count options every command shares (by their argparse names): beyond them a value is
+# a slip of the keyboard, and it would start that many threads or processes, or put that many images in
+# one batch, before anything failed. Lower bounds are each command's own (0 or 1, with its meaning).
+OPTION_LIMITS = {"threads": 1024, "workers": 256, "num_workers": 256, "batch_size": 1 << 16, "batch_sizes": 1 << 16}
+
+
+def check_option_limits(options: Any) -> None:
+    """Refuse a count option (OPTION_LIMITS: threads, workers, batch sizes) above its bound, naming it; `options`
+    is an argparse Namespace (or anything with those attributes)."""
+    for name, limit in OPTION_LIMITS.items():
+        value = getattr(options, name, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, int) and not isinstance(item, bool) and item > limit:
+                raise TscmError(f"--{name.replace('_', '-')}: expected at most {limit}, got {excerpt(item)}")
+
+
 def np_integer() -> type:
     """NumPy's integer base type when NumPy is loaded (a seed read from a file may be one), else int."""
     import sys

@@ -350,3 +350,27 @@ def test_no_traceback_for_a_value_that_cannot_be_printed(tmp_path, capsys):
     outcome = tscm(capsys, "train-teacher", "--set", f"run.output_dir={tmp_path}", "--set", "train.lr=" + "9" * 5000)
     assert_no_traceback(outcome)
     short(assert_refused(outcome, "train-teacher", "train.lr"))
+
+
+# Count options far beyond any machine: refused before a thread, process or batch is made.
+HUGE_COUNTS = [
+    (["evaluate", "{csv}", "--checkpoint", "{ck}", "--num-workers", "100000"], "--num-workers"),
+    (["evaluate", "{csv}", "--checkpoint", "{ck}", "--batch-size", str(10**12)], "--batch-size"),
+    (["index", "build", "--checkpoint", "{ck}", "--images", "{csv}", "--out", "{tmp}/map.idx", "--threads", str(10**6)],
+     "--threads"),
+    (["export-descriptors", "--checkpoint", "{ck}", "--images", "{csv}", "--out", "{tmp}/x.h5", "--batch-size", str(2**40)],
+     "--batch-size"),
+    (["check-data", "{csv}", "--workers", str(10**7)], "--workers"),
+    (["synth", "{tmp}/city", "--preset", "tiny", "--workers", "5000"], "--workers"),
+    (["demo", "--data", "{csv}", "--out", "{tmp}/run", "--quick", "--threads", str(10**5)], "--threads"),
+    (["bench", "--quick", "--batch-sizes", "1", str(10**9)], "--batch-sizes"),
+]
+
+
+@pytest.mark.parametrize("words, named", HUGE_COUNTS, ids=[f"{w[0]} {named}" for w, named in HUGE_COUNTS])
+def test_a_huge_count_option_is_refused_before_work(words, named, tmp_path, capsys, checkpoints, stop_before_work):
+    manifest, _, _ = image_set(tmp_path / "set")
+    argv = [w.format(csv=manifest, ck=checkpoints["student"], tmp=tmp_path) for w in words]
+    outcome = tscm(capsys, *argv)
+    short(assert_refused(outcome, argv[0], named, "at most"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]

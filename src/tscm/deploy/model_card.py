@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -31,7 +30,7 @@ import torch
 
 from tscm.deploy.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_sha256, is_remote, resolve_checkpoint
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path, check_header, write_text_atomic
+from tscm.fileio import atomic_path, check_header, read_json, write_text_atomic
 
 TIMED_BATCHES = (1, 16)
 TIMING_BUDGET_S = 2.0  # per batch size, after one warm-up pass
@@ -76,10 +75,7 @@ def read_results_file(path: str | Path) -> dict[str, Any]:
         file = file / "results.json"
     if not file.is_file():
         raise TscmError(f"--results {path}: no such file (expected a run's results.json)")
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise TscmError(f"{file}: not valid JSON ({error})") from None
+    document = read_json(file, "results file")
     check_header(document, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, str(file), ("dataset", "models"))
     if not isinstance(document["models"], list) or not all(isinstance(m, dict) and "name" in m for m in document["models"]):
         raise TscmError(f"{file}: field 'models' must be a list of model entries with a 'name'")

@@ -125,7 +125,7 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
 
     check_device(device)
     radius = placeset.check_radius(radius, "--radius") if radius is not None else None
-    check_outputs({"--json": json_path, "--save-descriptors": save_descriptors},
+    check_outputs({"--save-descriptors": save_descriptors, "--json": json_path},  # in the order they are written
                   input_files(placeset, data_path, descriptors=descriptors, checkpoint=checkpoint))
     if save_descriptors and Path(save_descriptors).suffix.lower() != ".npz":
         raise TscmError(f"--save-descriptors {save_descriptors}: expected a file name ending in .npz (the format "

@@ -128,10 +128,10 @@ def check_header(header: Any, format_name: str, version: int, where: str, requir
     if not isinstance(header, dict):
         raise TscmError(f"{where}: metadata must be a JSON object, got {type(header).__name__}")
     if header.get("format") != format_name:
-        raise TscmError(f"{where}: field 'format' is {header.get('format')!r}, expected {format_name!r} "
+        raise TscmError(f"{where}: field 'format' is {excerpt(header.get('format'))}, expected {format_name!r} "
                         "(not a file of this kind)")
     if header.get("format_version") != version:
-        raise TscmError(f"{where}: field 'format_version' is {header.get('format_version')!r}; this tscm reads "
+        raise TscmError(f"{where}: field 'format_version' is {excerpt(header.get('format_version'))}; this tscm reads "
                         f"version {version}")
     absent = [name for name in required if name not in header]
     if absent:

@@ -230,7 +230,7 @@ BAD_IMAGES = ("truncated", "empty", "text", "folder", "missing", "float-tiff")
 # megabytes; the blow-ups these cases guard against took 1.6 to 2.3 GB.
 BOUNDED_HEADROOM = 1 << 30
 # Beyond this the case is a hang (a refusal takes seconds even on a busy machine).
-BOUNDED_TIMEOUT_S = 300
+BOUNDED_TIMEOUT_S = 600
 
 
 @functools.lru_cache(maxsize=1)

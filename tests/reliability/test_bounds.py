@@ -224,6 +224,19 @@ def test_an_image_that_is_not_a_regular_file(kind, command, tmp_path, capsys, ch
             server.close()
 
 
+@pytest.mark.parametrize("what", ["data set", "descriptors"])
+def test_a_data_set_or_descriptor_file_that_is_a_fifo_is_refused(what, tmp_path, small, capsys):
+    fifo = make_fifo(tmp_path / ("set.csv" if what == "data set" else "d.npz"))
+    with fifo_released_after(fifo):
+        if what == "data set":
+            outcome = tscm(capsys, "check-data", fifo)
+            command = "check-data"
+        else:
+            outcome = tscm(capsys, "evaluate", small, "--descriptors", fifo)
+            command = "evaluate"
+    assert_refused(outcome, command, str(fifo), "FIFO")
+
+
 def test_a_symlink_loop_shared_by_database_and_queries_is_reported(tmp_path, capsys):
     """check-data resolves paths to find images shared by both sets: a loop is listed, not a RuntimeError."""
     manifest, db, queries = image_set(tmp_path / "set")

@@ -12,7 +12,7 @@ import numpy as np
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.evaluation.recall import DEFAULT_NS, EvalResult, check_descriptors, check_ns, evaluate_descriptors, evaluate_ranking
-from tscm.fileio import atomic_path, check_outputs, real_path, write_json_atomic
+from tscm.fileio import atomic_path, check_outputs, real_path, stat_regular, write_json_atomic
 
 
 def load_descriptor_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -20,6 +20,8 @@ def load_descriptor_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if path.suffix.lower() != ".npz":
         raise TscmError(f"{path}: expected an .npz file with arrays 'db' and 'queries' (np.savez(path, db=..., queries=...))")
+    if path.exists() or path.is_symlink():
+        stat_regular(path, "descriptor file")  # a FIFO would block np.load, a link loop would raise
     try:
         with np.load(path, allow_pickle=False) as contents:
             missing = [k for k in ("db", "queries") if k not in contents]

@@ -22,6 +22,7 @@ from tscm.data.formats.utm_folder import find_utm_root, read_utm_folder
 from tscm.data.formats.vpr_bench import is_vpr_bench_root, read_vpr_bench
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
+from tscm.fileio import stat_regular
 
 __all__ = [
     "ALL_SPLITS",
@@ -50,6 +51,8 @@ def load_placeset(path: str | Path, split: str | None = None, name: str | None =
     path = Path(path)
     if not path.exists():
         raise TscmError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        stat_regular(path, "data-set file")  # a FIFO or device is named, never read (it would block)
     if path.is_file():
         suffix = path.suffix.lower()
         readers = {".mat": read_pittsburgh_mat, ".csv": read_csv_manifest, ".npz": read_ground_truth_npz}

@@ -123,6 +123,18 @@ def test_a_results_json_nested_too_deeply_is_refused(tmp_path, capsys):
     short(assert_refused(tscm(capsys, "visualize", run), "visualize", "results.json", "nested"))
 
 
+@pytest.mark.parametrize("header", ["deep", "huge-int"])
+def test_an_index_header_that_nests_or_overflows_is_refused(header, index_file, small, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    index = tmp_path / "map.idx"
+    text = DEEP_JSON if header == "deep" else '{"format": "tscm-place-index", "count": ' + "9" * 5000 + "}"
+    save_file(load_file(str(index_file)), str(index), metadata={"tscm_index": text})
+    image = small.parent.parent / "query" / "q" / "000000_pitch1_yaw1.jpg"
+    message = short(assert_refused(tscm(capsys, "query", "--index", index, image), "query", "map.idx", "index metadata"))
+    assert ("nested" if header == "deep" else "not valid JSON") in message
+
+
 # ----- VPR-Bench ground truth -----------------------------------------------------------------------
 
 

@@ -112,10 +112,23 @@ class TrainSettings:
 
 
 @dataclass
+class AugmentSettings:
+    """One random view of every training image per step (tscm.data.augment); teacher and student read the same view."""
+
+    strength: float = _setting(0.0, "scale of every augmentation range (0: off, 1: the default ranges, at most 2)")
+    photometric: bool = _setting(True, "brightness, contrast, gamma, noise, blur, fog and snow")
+    geometric: bool = _setting(True, "a small shift and zoom that keep the place")
+
+
+@dataclass
 class LossSettings:
     preset: str = _setting(
         "none", "loss preset: none (triplet only), soft, cm, soft+cm, tscm (the paper's total), tscm-published, the "
-        "published variants SaTp+SpTa, SaTa+SpTp+SnTn, SpTp+SnTn, stun, regression, rkd")
+        "published variants SaTp+SpTa, SaTa+SpTp+SnTn, SpTp+SnTn, stun, regression, rkd, listwise, "
+        "listwise+regression")
+    weights: str = _setting(
+        "", "per-term weights over the preset's, as term=weight pairs (e.g. listwise=2,regression=0.5; 0 drops a term)")
+    temperature: float = _setting(0.05, "listwise term: softmax temperature over cosine similarities")
     margin: float = _setting(0.1, "triplet margin (Euclidean distance)")
     reduction: str = _setting(
         "tuple", "average over each tuple's negatives then over tuples (tuple), or over every (a, p, n) triplet of "
@@ -127,9 +140,16 @@ class LossSettings:
 class DistillSettings:
     teacher_checkpoint: str = _setting("", "teacher checkpoint directory (student runs)")
     teacher_outputs: str = _setting(
-        "cache", "teacher descriptors: reuse the mining cache (no augmentation) or run the teacher per batch",
-        choices=("cache", "per_batch"),
+        "auto", "teacher descriptors: reuse the mining cache (no augmentation), run the teacher per batch on the "
+        "student's view, or auto (cache without augmentation, per batch with it)",
+        choices=("auto", "cache", "per_batch"),
     )
+    teach_images: int = _setting(
+        0, "train images per step beyond the tuples' for the distillation terms, drawn so that every train image "
+        "(both conditions) is taught in turn (0: the tuples' images only)")
+    warmup_steps: int = _setting(0, "the distillation terms' weights rise linearly from 0 over the first N steps")
+    final_weight: float = _setting(
+        1.0, "factor on the distillation terms at the last step, reached linearly after the warm-up (1: constant)")
     time_steps: int = _setting(0, "before training, time N steps student-only vs distillation and print them")
 
 
@@ -160,6 +180,7 @@ class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     mining: MiningSettings = field(default_factory=MiningSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
     loss: LossSettings = field(default_factory=LossSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -556,4 +577,13 @@ def validate(config: TrainConfig) -> None:
          f"eval.radius_frames must be a whole number of frames ≥ 0, got {config.eval.radius_frames}")
     need(config.eval.batch_size >= 1, f"eval.batch_size must be ≥ 1, got {config.eval.batch_size}")
     need(config.distill.time_steps >= 0, f"distill.time_steps must be ≥ 0, got {config.distill.time_steps}")
+    d, a = config.distill, config.augment
+    need(0 <= a.strength <= 2, f"augment.strength must be in [0, 2] (0: off), got {a.strength}")
+    need(d.teach_images >= 0, f"distill.teach_images must be ≥ 0, got {d.teach_images}")
+    need(d.warmup_steps >= 0, f"distill.warmup_steps must be ≥ 0, got {d.warmup_steps}")
+    need(d.final_weight >= 0, f"distill.final_weight must be ≥ 0, got {d.final_weight}")
+    need(not (d.teacher_outputs == "cache" and a.strength > 0),
+         "distill.teacher_outputs=cache reuses descriptors of unaugmented images, but augment.strength > 0 gives the "
+         "student a new view every step: use distill.teacher_outputs=per_batch (or auto)")
+    need(config.loss.temperature > 0, f"loss.temperature must be positive, got {config.loss.temperature}")
     need(config.data.num_workers >= 0, f"data.num_workers must be ≥ 0, got {config.data.num_workers}")

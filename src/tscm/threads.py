@@ -9,22 +9,42 @@ takes 50 ms on one thread (PCA fitting). Every place in tscm that changes a thre
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import glob
 from pathlib import Path
 from typing import Iterator
 
+import numpy
 
-def _numpy_openblas():
-    """numpy's bundled OpenBLAS (ctypes handle), or None when numpy uses another BLAS."""
-    import ctypes
-    import glob
 
-    import numpy
-
+@functools.lru_cache(maxsize=1)
+def numpy_openblas():
+    """numpy's bundled OpenBLAS (ctypes handle, looked up once), or None when numpy uses another BLAS."""
     found = glob.glob(str(Path(numpy.__file__).parent.parent / "numpy.libs" / "libscipy_openblas64_*.so"))
     if not found:
         return None
     library = ctypes.CDLL(found[0])
     return library if hasattr(library, "scipy_openblas_set_num_threads64_") else None
+
+
+@contextlib.contextmanager
+def blas_threads(count: int) -> Iterator[None]:
+    """numpy's BLAS on `count` threads for the block, then the previous count again.
+
+    A no-op when it already runs on `count` threads or numpy has another BLAS; cheap enough for
+    every single-query search (the library is looked up once).
+    """
+    library = numpy_openblas()
+    previous = library.scipy_openblas_get_num_threads64_() if library is not None else count
+    if previous == count:
+        yield
+        return
+    library.scipy_openblas_set_num_threads64_(int(count))
+    try:
+        yield
+    finally:
+        library.scipy_openblas_set_num_threads64_(previous)
 
 
 @contextlib.contextmanager
@@ -45,12 +65,8 @@ def limit_threads(torch: int | None = None, faiss: int | None = None, blas: int 
 
             restore.append((faiss_module.omp_set_num_threads, faiss_module.omp_get_max_threads()))
             faiss_module.omp_set_num_threads(int(faiss))
-        if blas:
-            library = _numpy_openblas()
-            if library is not None:
-                restore.append((library.scipy_openblas_set_num_threads64_, library.scipy_openblas_get_num_threads64_()))
-                library.scipy_openblas_set_num_threads64_(int(blas))
-        yield
+        with blas_threads(int(blas)) if blas else contextlib.nullcontext():
+            yield
     finally:
         for setter, previous in reversed(restore):
             setter(previous)

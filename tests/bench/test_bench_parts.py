@@ -9,6 +9,7 @@ from tscm.bench import gpu as gpu_module
 from tscm.bench.matching import (MatchingConfig, bench_matching, estimate_query_bytes, synthetic_matching_data,
                                  time_single_and_batched)
 from tscm.deploy.index import PlaceIndex
+from tscm.evaluation.recall import recall_at_1
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,6 @@ def test_gpu_code_paths_run_on_the_cpu(data, tmp_path):
     printed: list[str] = []
     row = gpu_module.bench_gpu_matching(data, index, "pca-flat 16", device="cpu", num_single=3, print_fn=printed.append)
     expected = index.search(data.queries, 1).indices[:, 0]
-    from tscm.bench.matching import recall_at_1
-
     assert row.engine == "torch flat" and row.device == "cpu" and row.single_ms > 0 and row.batched_ms > 0
     assert row.recall_at_1 == pytest.approx(recall_at_1(expected, data.query_positives))
     rows = gpu_module.bench_gpu_extraction(["student-tiny"], [2], device="cpu", cycles=1, calls=1, onnx=False,

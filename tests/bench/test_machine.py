@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tscm.bench import machine as machine_module
-from tscm.bench.machine import ISA_FLAGS, MachineProfile, gflops_fraction, probe_machine
+from tscm import machine as machine_module
+from tscm.bench.machine import MachineProfile, gflops_fraction, probe_machine
+from tscm.machine import ISA_FLAGS
 
 
 def test_probe_reports_every_field_with_positive_numbers():

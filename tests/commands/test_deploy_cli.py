@@ -78,7 +78,7 @@ def test_build_from_utm_folder_then_query_round_trip(checkpoints, utm_folder, tm
     assert code == 0 and "id 3 " in out and f"east {xy[3, 0]:.1f}" in out
     assert index.count == 5
     # The same model exported to ONNX keeps the fingerprint, so it may search this index, with the same answer.
-    from tscm.deploy.onnx_export import export_onnx
+    from tscm.inference.onnx_export import export_onnx
 
     export_onnx(checkpoint, tmp_path / "student.onnx", exporter="torchscript")
     code, out, _ = tscm(capsys, "query", "--index", tmp_path / "map.idx", paths[3], paths[0], "-k", 2, "--json",
@@ -215,8 +215,8 @@ def test_command_mirrors_match_the_library() -> None:
     import tscm.commands.bench as bench_command
     import tscm.commands.index as index_command
     import tscm.commands.query as query_command
-    from tscm.deploy.runtimes import RUNTIMES
-    from tscm.deploy.index import BACKENDS
+    from tscm.inference.runtimes import RUNTIMES
+    from tscm.deploy.index_backends import BACKENDS
 
     assert index_command.BACKENDS == ("auto", *BACKENDS)
     assert index_command.RUNTIMES == bench_command.RUNTIMES == RUNTIMES

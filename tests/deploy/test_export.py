@@ -9,13 +9,14 @@ import torch
 from PIL import Image
 
 import tscm.commands.export as export_command
-import tscm.deploy.onnx_export as export_module
+import tscm.inference.onnx_export as export_module
 from tscm import cli
-from tscm.bench.extraction import bench_model, time_blocks
+from tscm.bench.extraction import bench_model
 from tscm.errors import TscmError
-from tscm.deploy.onnx_export import calibration_subset, export_onnx, image_reading_convolutions, read_onnx_metadata
-from tscm.deploy.runtimes import OnnxDescriptorModel, make_extractor
+from tscm.inference.onnx_export import calibration_subset, export_onnx, image_reading_convolutions, read_onnx_metadata
+from tscm.inference.runtimes import OnnxDescriptorModel, make_extractor
 from tscm.evaluation.extract import InputSpec, extract_descriptors
+from tscm.machine import time_turns
 
 from helpers.model_files import write_checkpoint
 
@@ -230,7 +231,7 @@ def test_command_constants_mirror_the_library():
     assert export_command.DEFAULT_CALIBRATION_IMAGES == export_module.DEFAULT_CALIBRATION_IMAGES
 
 
-def test_time_blocks_counts_calls():
+def test_time_turns_counts_calls():
     calls = {"a": 0, "b": 0}
 
     def counter(name):
@@ -238,7 +239,7 @@ def test_time_blocks_counts_calls():
             calls[name] += 1
         return call
 
-    times = time_blocks({"a": counter("a"), "b": counter("b")}, cycles=2, calls_per_block=3, budget_s=60)
+    times = time_turns({"a": counter("a"), "b": counter("b")}, cycles=2, calls_per_block=3, budget_s=60)
     assert [len(times["a"]), len(times["b"])] == [6, 6]
     assert calls == {"a": 8, "b": 8}  # one untimed call per block
 

@@ -187,6 +187,6 @@ def test_command(checkpoint, tmp_path, capsys) -> None:
 
 def test_command_runtimes_mirror_the_library() -> None:
     from tscm.commands import export_descriptors as command
-    from tscm.deploy.runtimes import RUNTIMES
+    from tscm.inference.runtimes import RUNTIMES
 
     assert command.RUNTIMES == RUNTIMES

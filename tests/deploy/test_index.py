@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import tscm.deploy.index as index_module
+import tscm.deploy.index_file as index_file_module
 from tscm.errors import TscmError
 from tscm.deploy.index import PlaceIndex, read_index_metadata, recommended_config
 
@@ -242,7 +243,7 @@ def test_metadata_is_json_with_memory_and_version(tmp_path, data):
     index.save(path)
     meta = read_index_metadata(path)
     json.dumps(meta)
-    assert meta["format_version"] == index_module.FORMAT_VERSION
+    assert meta["format_version"] == index_file_module.FORMAT_VERSION
     assert meta["search_dim"] == 8 and meta["pca_whiten"] is False
     assert set(meta["sha256"]) == {"faiss_index", "ids", "pca_mean", "pca_projection"}
 

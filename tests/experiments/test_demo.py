@@ -17,6 +17,7 @@ from tscm import cli
 from tscm.data.formats import load_placeset
 from tscm.evaluation.raw_pixels import raw_pixel_descriptors
 from tscm.experiments.ablation import ablation_settings, row_sets
+from tscm.experiments.common import RECOMMENDED_LOSS
 from tscm.experiments.report import load_descriptors
 from tscm.models import build_model
 
@@ -81,10 +82,11 @@ def _recall_at(placeset, db, queries, radius):
 def test_demo_writes_results_that_match_its_descriptors(demo_run, cache):
     results = json.loads((demo_run / "results.json").read_text())
     names = [m["name"] for m in results["models"]]
-    assert names == ["teacher", "student-tscm", "student-baseline", "raw-pixels"]
+    assert names == ["teacher", "student-tscm", f"student-{RECOMMENDED_LOSS}", "student-baseline", "raw-pixels"]
     by_name = {m["name"]: m for m in results["models"]}
-    assert [by_name[n]["role"] for n in names] == ["teacher", "student", "student", "reference"]
+    assert [by_name[n]["role"] for n in names] == ["teacher", "student", "student", "student", "reference"]
     assert by_name["student-tscm"]["distillation"] == "tscm"
+    assert by_name[f"student-{RECOMMENDED_LOSS}"]["distillation"] == RECOMMENDED_LOSS
     assert by_name["student-baseline"]["distillation"] is None and by_name["teacher"]["distillation"] is None
 
     test_set = load_placeset(cache / "synth-tiny-seed0", "test")
@@ -124,7 +126,7 @@ def test_demo_writes_results_that_match_its_descriptors(demo_run, cache):
 def test_demo_rows_are_the_mean_and_standard_error_of_their_seeds(demo_run):
     results = json.loads((demo_run / "results.json").read_text())
     by_name = {m["name"]: m for m in results["models"]}
-    for name in ("student-tscm", "student-baseline"):
+    for name in ("student-tscm", f"student-{RECOMMENDED_LOSS}", "student-baseline"):
         row = by_name[name]
         assert row["seeds"] == [0, 1]
         for n in ("1", "5", "10"):
@@ -137,7 +139,19 @@ def test_demo_rows_are_the_mean_and_standard_error_of_their_seeds(demo_run):
     assert gain["stderr"] == pytest.approx(math.hypot(student["recall_stderr"]["1"], baseline["recall_stderr"]["1"]))
     noisy = abs(gain["difference"]) < 2 * gain["stderr"]
     assert ("within noise" in gain["verdict"]) == noisy
+    assert gain["per_seed_difference"] == pytest.approx(
+        [a["1"] - b["1"] for a, b in zip(student["recall_per_seed"], baseline["recall_per_seed"])])
     assert "student-tscm vs student-baseline: R@1" in (demo_run / "results.md").read_text()
+    recommended = f"student-{RECOMMENDED_LOSS}"
+    assert {(c["model"], c["baseline"]) for c in results["comparisons"]} == {
+        ("student-tscm", "student-baseline"), (recommended, "student-baseline"),
+        ("student-tscm", "teacher"), (recommended, "teacher")}
+    # Every student arm trained with the same preset settings; only the loss differs.
+    configs = {name: (demo_run / "train" / f"{name}-seed0" / "config.yaml").read_text()
+               for name in ("student-tscm", recommended, "student-baseline")}
+    stripped = {name: [line for line in text.splitlines() if "preset:" not in line and "name:" not in line
+                       and "teacher_checkpoint" not in line] for name, text in configs.items()}
+    assert stripped["student-tscm"] == stripped[recommended] == stripped["student-baseline"]
 
 
 @pytest.mark.slow
@@ -151,7 +165,7 @@ def test_ablation_rows_summarise_their_seeds(demo_run, cache, tmp_path):
     out = tmp_path / "ablation"
     teacher = demo_run / "train" / "teacher" / "best"
     args = ["ablation", *TINY_RUN, "--cache-dir", str(cache), "--out", str(out), "--teacher", str(teacher),
-            "--seeds", "0", "1", "--rows", "none", "cm"]
+            "--seeds", "0", "1", "--rows", "none", "cm", "--grid"]
     assert cli.main(args) == 0
     results = json.loads((out / "results.json").read_text())
     rows = [m for m in results["models"] if m["role"] == "student"]
@@ -168,6 +182,12 @@ def test_ablation_rows_summarise_their_seeds(demo_run, cache, tmp_path):
     assert steps[0] == steps[1]
     comparison = results["comparisons"][0]
     assert (comparison["model"], comparison["baseline"]) == ("student-cm", "student-none")
+    # The 2×2: own- and teacher-mined tuples, best-on-val and last weights; the main figure is own-mined, best.
+    for row in rows:
+        assert set(row["grid"]) == {"student/best", "student/last", "teacher/best", "teacher/last"}
+        assert row["grid"]["student/best"] == pytest.approx([r["1"] for r in row["recall_per_seed"]])
+    assert (out / "train" / "student-cm-teacher-mined-seed1" / "best").is_dir()
+    assert "Tuples × checkpoint" in (out / "results.md").read_text()
 
     test_set = load_placeset(cache / "synth-tiny-seed0", "test")
     for row in rows:

@@ -327,10 +327,11 @@ def test_mismatched_teacher_is_an_error() -> None:
 
 
 def test_registry_and_presets() -> None:
-    assert {"triplet", "soft", "cross_metric", "squared_hinge", "regression", "rkd", "stun", "weighted_sum"} <= set(LOSSES)
+    assert {"triplet", "soft", "cross_metric", "squared_hinge", "regression", "rkd", "stun", "listwise",
+            "weighted_sum"} <= set(LOSSES)
     assert set(DISTILLATION_PRESETS) == {
         "none", "soft", "cm", "soft+cm", "tscm", "tscm-published", "regression", "rkd",
-        "SaTp+SpTa", "SaTa+SpTp+SnTn", "SpTp+SnTn", "stun",
+        "SaTp+SpTa", "SaTa+SpTp+SnTn", "SpTp+SnTn", "stun", "listwise", "listwise+regression",
     }
     with pytest.raises(TscmError, match="unknown loss"):
         build_loss("contrastive")

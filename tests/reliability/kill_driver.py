@@ -113,7 +113,7 @@ def check_target(spec: dict) -> tuple[str, str]:
     if kind == "onnx":
         import onnx
 
-        from tscm.deploy.onnx_export import read_onnx_metadata
+        from tscm.inference.onnx_export import read_onnx_metadata
 
         meta = read_onnx_metadata(target)
         onnx.checker.check_model(onnx.load(str(target)))

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -186,3 +187,40 @@ def test_early_stopping_on_validation_recall(city, tmp_path):
     assert epochs == [0, 1, 2, 3, 4]
     saved = (result.run_dir / "config.yaml").read_text()
     assert "patience: 2" in saved and (result.run_dir / "command.txt").read_text().strip()
+
+
+def test_teaching_keys_cover_every_image_each_pass_and_the_schedule():
+    from tscm.train.trainer import distillation_factor, teaching_keys
+
+    count, per_step = 10, 4
+    drawn = np.concatenate([teaching_keys(3, count, per_step, step) for step in range(5)])  # two passes
+    assert sorted(drawn[:10]) == list(range(count)) and sorted(drawn[10:20]) == list(range(count))
+    assert not np.array_equal(drawn[:10], drawn[10:20])  # a new order each pass
+    assert np.array_equal(teaching_keys(3, count, per_step, 2), drawn[8:12])  # a function of the step
+    assert len(teaching_keys(3, count, 0, 5)) == 0
+    factors = [distillation_factor(step, 4, 0.5, 14) for step in range(14)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[-1] == pytest.approx(1.0 - 0.5 * 9 / 10)
+    assert all(a >= b for a, b in zip(factors[3:], factors[4:]))
+    assert {distillation_factor(step, 0, 1.0, 14) for step in range(14)} == {1.0}
+
+
+def test_augmented_distillation_with_teaching_images_resumes_exactly(city, tmp_path, teacher_checkpoint):
+    extra = ("loss.preset=listwise+regression", "augment.strength=1", "distill.teach_images=5",
+             "distill.warmup_steps=2", "mining.descriptors=student", "train.batch_size=2",
+             "train.checkpoint_every_steps=2")
+    full = distill(load_config("demo_student", tiny_overrides(city, tmp_path, "full", *extra)), teacher_checkpoint)
+    steps = full.metrics["steps"]
+    rows = steps_csv(full.run_dir)
+    assert {"listwise", "regression", "triplet"} <= set(rows[0]) and float(rows[0]["listwise"]) > 0
+    crashed = distill(load_config("demo_student", tiny_overrides(city, tmp_path, "crashed", *extra,
+                                                                  f"train.stop_after_steps={steps - 1}")),
+                      teacher_checkpoint)
+    assert crashed.metrics["stopped"] == "stop_after_steps"
+    resume_run(tmp_path / "crashed", ["train.stop_after_steps=0"])
+    resumed, uninterrupted = weights(tmp_path / "crashed" / "last"), weights(full.last_checkpoint)
+    for name in resumed:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+    # Augmentation on: the teacher cannot come from the cache of unaugmented images.
+    with pytest.raises(TscmError, match="teacher_outputs=per_batch"):
+        load_config("demo_student", ["augment.strength=1", "distill.teacher_outputs=cache"])

@@ -12,7 +12,7 @@ checkpoint (the paper presets) get random weights: speed
 does not depend on the weights, accuracy does, so their agreement columns only say how far each
 runtime moves descriptors, not what recall it keeps.
 
-Runtimes: those of tscm.deploy.runtimes, plus `onnx-auto` (onnx-int8 with precision "auto": the
+Runtimes: those of tscm.inference.runtimes, plus `onnx-auto` (onnx-int8 with precision "auto": the
 graph its own quick timing keeps, shown in the precision column). The ONNX runtimes of a model
 share one export (trace, quantisation), whose time each of their rows shows as "prep s".
 
@@ -21,7 +21,6 @@ Run through `tscm bench extraction` (and `tscm bench accuracy --checkpoint CKPT`
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ from torch import nn
 
 from tscm.errors import TscmError
 from tscm.evaluation.ranking import rank_exact
-from tscm.deploy.onnx_export import rowwise_cosine
-from tscm.deploy.runtimes import RUNTIME_PRECISION, RUNTIMES, OnnxDescriptorModel, runtime_model
+from tscm.machine import median_ms, time_turns
+from tscm.inference.onnx_export import rowwise_cosine
+from tscm.inference.runtimes import RUNTIME_PRECISION, RUNTIMES, OnnxDescriptorModel, runtime_model
 
 REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
 BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")
@@ -83,38 +83,11 @@ def model_and_meta(source: str) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
-def time_blocks(functions: dict[str, Callable[[], Any]], cycles: int, calls_per_block: int,
-                budget_s: float, cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each function, timed in blocks of consecutive calls, the functions taking turns.
-
-    Each block starts with one untimed call: thread pools of the previous runtime may still be
-    spinning, and the first call after a switch pays for it. Stops after `cycles` turns of every
-    function, or after the first turn once `budget_s` has passed. `cpu_times`, if given, receives the
-    process CPU seconds of each timed call (all threads).
-    """
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    if cpu_times is not None:
-        cpu_times.update({name: [] for name in functions})
-    started = time.perf_counter()
-    for _ in range(cycles):
-        for name, function in functions.items():
-            function()
-            for _ in range(calls_per_block):
-                tic, cpu_tic = time.perf_counter(), time.process_time()
-                function()
-                times[name].append(time.perf_counter() - tic)
-                if cpu_times is not None:
-                    cpu_times[name].append(time.process_time() - cpu_tic)
-        if time.perf_counter() - started > budget_s:
-            break
-    return times
-
-
 def prepare_runtimes(model: nn.Module, meta: dict[str, Any], runtimes: Sequence[str], *, threads: int,
                      calibration_paths: Sequence[str | Path], exporter: str = "dynamo",
                      ) -> tuple[dict[str, nn.Module], dict[str, float]]:
     """({runtime: extractor}, {runtime: preparation seconds}); the ONNX runtimes share one export."""
-    from tscm.deploy.onnx_export import export_graphs
+    from tscm.inference.onnx_export import export_graphs
 
     extractors: dict[str, nn.Module] = {}
     prepare_s: dict[str, float] = {}
@@ -170,20 +143,20 @@ def bench_model(source: str, runtimes: Sequence[str], batch_sizes: Sequence[int]
                 return lambda: extractor(images)
 
             cpu_times: dict[str, list[float]] = {}
-            times = time_blocks({runtime: call(extractor) for runtime, extractor in extractors.items()},
-                                cycles, calls_per_block, budget_s, cpu_times=cpu_times)
-        reference_ms = statistics.median(times[REFERENCE_RUNTIME]) * 1e3 / batch_size
+            times = time_turns({runtime: call(extractor) for runtime, extractor in extractors.items()},
+                               cycles, calls_per_block, budget_s=budget_s, cpu_times=cpu_times)
+        reference_ms = median_ms(times[REFERENCE_RUNTIME], batch_size)
         for runtime in order:
-            median_ms = statistics.median(times[runtime]) * 1e3 / batch_size
+            runtime_ms = median_ms(times[runtime], batch_size)
             precision, auto_ms = _precision_of(runtime, extractors[runtime])
-            gflops = 2.0 * macs / (median_ms / 1e3) / 1e9
+            gflops = 2.0 * macs / (runtime_ms / 1e3) / 1e9
             row = ExtractionRow(
-                name, runtime, batch_size, (height, width), median_ms, min(times[runtime]) * 1e3 / batch_size,
-                len(times[runtime]), reference_ms / median_ms,
+                name, runtime, batch_size, (height, width), runtime_ms, min(times[runtime]) * 1e3 / batch_size,
+                len(times[runtime]), reference_ms / runtime_ms,
                 float(np.min(rowwise_cosine(outputs[REFERENCE_RUNTIME], outputs[runtime]))), prepare_s[runtime],
-                median_cpu_ms=statistics.median(cpu_times[runtime]) * 1e3 / batch_size, precision=precision,
+                median_cpu_ms=median_ms(cpu_times[runtime], batch_size), precision=precision,
                 multiply_adds=macs, gflops=gflops,
-                peak_fraction=gflops_fraction(macs, median_ms / 1e3, peak_gflops) if peak_gflops else float("nan"),
+                peak_fraction=gflops_fraction(macs, runtime_ms / 1e3, peak_gflops) if peak_gflops else float("nan"),
                 auto_ms=auto_ms,
             )
             rows.append(row)
@@ -289,7 +262,7 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
 
 def calibration_images(data: str | None, count: int) -> list[Path]:
     """`count` train-split database images of `data` (default: the synthetic demo city, generated on first use)."""
-    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.inference.onnx_export import calibration_subset
 
     placeset = placeset_or_demo_city(data, "train")
     return calibration_subset(placeset.db_paths, count)

@@ -14,12 +14,14 @@ nothing).
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from tscm.evaluation.recall import recall_at_1
+from tscm.machine import median_ms, time_turns
 
 
 def unavailable_reason() -> str | None:
@@ -66,21 +68,6 @@ def _synchronize(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_turns(functions: dict[str, Callable[[], Any]], device: Any, cycles: int, calls: int) -> dict[str, list[float]]:
-    """Seconds per call, the functions taking turns in blocks (one untimed call first), synchronised."""
-    times: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(cycles):
-        for name, function in functions.items():
-            function()
-            _synchronize(device)
-            for _ in range(calls):
-                tic = time.perf_counter()
-                function()
-                _synchronize(device)
-                times[name].append(time.perf_counter() - tic)
-    return times
-
-
 @dataclass
 class GpuExtractionRow:
     model: str
@@ -119,7 +106,7 @@ def bench_gpu_extraction(sources: Sequence[str], batch_sizes: Sequence[int], *, 
         on_device = copy.deepcopy(model).to(device).eval()
         session = None
         if onnx and onnx_reason is None:
-            from tscm.deploy.onnx_export import export_model, make_session
+            from tscm.inference.onnx_export import export_model, make_session
 
             data = export_model(model, meta, exporter=exporter)
             session = make_session(data, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
@@ -137,14 +124,14 @@ def bench_gpu_extraction(sources: Sequence[str], batch_sizes: Sequence[int], *, 
 
             functions["cuda-fp32"], functions["cuda-fp16"] = eager, half
             if session is not None:
-                from tscm.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME
+                from tscm.inference.onnx_export import INPUT_NAME, OUTPUT_NAME
 
                 host = images.cpu().numpy()
                 functions["onnx-cuda"] = lambda host=host: session.run([OUTPUT_NAME], {INPUT_NAME: host})
-            times = _time_turns(functions, device, cycles, calls)
-            reference = statistics.median(times["cuda-fp32"]) / batch_size
+            times = time_turns(functions, cycles, calls, synchronize=lambda: _synchronize(device))
+            reference = median_ms(times["cuda-fp32"], batch_size) / 1e3
             for runtime, values in times.items():
-                median = statistics.median(values) / batch_size
+                median = median_ms(values, batch_size) / 1e3
                 row = GpuExtractionRow(meta["preset"], runtime, str(device), batch_size, (height, width),
                                        median * 1e3, min(values) * 1e3 / batch_size, len(values), reference / median,
                                        macs, 2.0 * macs / median / 1e9)
@@ -210,8 +197,6 @@ def bench_gpu_matching(data: Any, index: Any, label: str, *, device: Any = "cuda
     """Exact search on the device in the space of CPU index `index` (a tscm PlaceIndex built on `data`)."""
     import torch
 
-    from tscm.bench.matching import recall_at_1
-
     vectors = index.vectors()
     queries = index.to_search_space(data.queries)
     engine_reason = faiss_gpu_reason() if use_faiss and torch.device(device).type == "cuda" else "not requested"
@@ -232,7 +217,7 @@ def bench_gpu_matching(data: Any, index: Any, label: str, *, device: Any = "cuda
     _synchronize(device)
     batched = (time.perf_counter() - tic) / len(queries)
     row = GpuMatchingRow(data.name, len(data.database), label, name, str(torch.device(device)),
-                         statistics.median(single) * 1e3, batched * 1e3, recall_at_1(top1, data.query_positives))
+                         median_ms(single), batched * 1e3, recall_at_1(top1, data.query_positives))
     print_fn(format_gpu_matching_row(row))
     return row
 

@@ -18,19 +18,11 @@ medians are kept too, and their gap to the best says how disturbed the run was.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
-# ISA extensions worth naming, in the order printed (names as in /proc/cpuinfo).
-ISA_FLAGS = (
-    "sse4_2", "avx", "fma", "f16c", "avx2", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "sve2",
-)
-
+from tscm.machine import cpu_model, isa_flags, load_average, time_turns
 
 @dataclass
 class MachineProfile:
@@ -66,41 +58,9 @@ class MachineProfile:
         return asdict(self)
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (/proc/cpuinfo, else platform), e.g. 'Intel(R) Xeon(R) Processor'."""
-    text = _cpuinfo()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-            return value.strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def isa_flags() -> list[str]:
-    """The ISA_FLAGS this CPU reports (Linux /proc/cpuinfo 'flags' or 'Features'); [] where unknown."""
-    present: set[str] = set()
-    for line in _cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            present.update(value.split())
-    return [flag for flag in ISA_FLAGS if flag in present]
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return ""
-
-
 def _best_and_median(function: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Seconds per call: the fastest and the median of `repeats` timed calls (after one untimed)."""
-    function()
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - tic)
+    times = time_turns({"call": function}, cycles=1, calls_per_block=repeats)["call"]
     return min(times), statistics.median(times)
 
 
@@ -152,7 +112,7 @@ def probe_machine(threads: int, *, matmul_size: int = 2048, copy_mb: int = 256, 
     """Measure this machine (a few seconds: `repeats` matmuls and copies)."""
     import torch
 
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else []
+    load = load_average() or []
     best, median = measure_matmul_gflops(threads, matmul_size, repeats)
     copy = measure_copy_bandwidth(threads, copy_mb, repeats)
     notes = []
@@ -162,7 +122,7 @@ def probe_machine(threads: int, *, matmul_size: int = 2048, copy_mb: int = 256, 
     return MachineProfile(
         cpu_model=cpu_model(), logical_cpus=os.cpu_count() or 1, isa_flags=isa_flags(),
         torch_cpu_capability=str(torch.backends.cpu.get_cpu_capability()), threads=threads,
-        load_average=[round(value, 2) for value in load], matmul_size=matmul_size, fp32_gflops=best,
+        load_average=load, matmul_size=matmul_size, fp32_gflops=best,
         fp32_gflops_median=median, copy_mb=copy_mb, gpu=cuda_device_name(), notes=notes, **copy,
     )
 

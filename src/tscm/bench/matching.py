@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from tscm.deploy.index import PlaceIndex
+from tscm.evaluation.recall import recall_at_1
 
 EXACT_LABEL = "exact (flat fp32)"
 
@@ -138,11 +139,6 @@ def default_matching_configs(num_db: int) -> list[MatchingConfig]:
                            {"pca_dim": 256, "nlist": 1024, "pq_m": 64, "nprobe": 32, "rerank": 16}),
         ]
     return configs
-
-
-def recall_at_1(top1: np.ndarray, query_positives: Sequence[np.ndarray]) -> float:
-    hits = sum(int(row in positives) for row, positives in zip(top1.tolist(), query_positives))
-    return 100.0 * hits / len(query_positives)
 
 
 def _time_single_queries(index: PlaceIndex, queries: np.ndarray, limit: int,

@@ -6,7 +6,7 @@ import argparse
 
 NAME = "ablation"
 HELP = ("The distillation ablation on any data set: the same student trained with each loss (no distillation, "
-        "L_soft, L_cm, the paper's total, the published code's variants, STUN, regression, RKD) over several seeds, "
+        "L_soft, L_cm, the paper's total, the published code's variants, STUN, regression, RKD, listwise) over several seeds, "
         "one shared teacher; mean ± standard error per row, each against no distillation.")
 
 
@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="row sets (classic, paper = the published variants + STUN, all) or loss presets; "
                              "presets with the same terms are trained once (default: all)")
     parser.add_argument("--teacher", default=None, help="a trained teacher checkpoint to share (default: train one)")
+    parser.add_argument("--grid", action="store_true",
+                        help="also train every row on the teacher's tuples and measure last weights beside the best on "
+                             "val: a tuples × checkpoint table (twice the training time)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
         meta = read_metadata(args.teacher)
         if meta.get("role") != "teacher":
             raise TscmError(f"--teacher {args.teacher}: holds a {meta.get('role')} model, expected a teacher")
-    run_ablation(options, args.rows, Path(args.teacher) if args.teacher else None)
+    run_ablation(options, args.rows, Path(args.teacher) if args.teacher else None, grid=args.grid)
     return 0

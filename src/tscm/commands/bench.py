@@ -9,7 +9,7 @@ HELP = ("measure the machine (CPU, ISA, fp32 peak, bandwidth), then time descrip
         "eager vs ONNX Runtime vs quantised), accuracy per runtime, matching per search back-end (10k/250k synthetic "
         "descriptors and the synthetic city), the mining refresh and training throughput; GPU rows where CUDA is visible")
 PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training")  # mirror of tscm.bench.suite.PARTS (no torch at --help)
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.deploy.runtimes.RUNTIMES
+RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.inference.runtimes.RUNTIMES
 BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")  # mirror of tscm.bench.extraction.BENCH_RUNTIMES
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "export"
-# Mirrors of tscm.deploy.onnx_export's constants, so that building the CLI does not import torch (a test keeps them equal).
+# Mirrors of tscm.inference.onnx_export's constants, so that building the CLI does not import torch (a test keeps them equal).
 PRECISIONS = ("float32", "int8", "auto")
 EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_OPSET = 18
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tscm.errors import TscmError
-    from tscm.deploy.onnx_export import calibration_subset, export_onnx
+    from tscm.inference.onnx_export import calibration_subset, export_onnx
 
     calibration = []
     if args.threads is not None and args.threads < 1:

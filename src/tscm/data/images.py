@@ -223,24 +223,48 @@ class DecodedImages:
             return torch.stack([_transform_pixels(a[None], (height, width), mean, std)[0] for a in arrays])
         return _transform_pixels(np.stack(arrays), (height, width), mean, std)
 
+    def units(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Images `indices` in [0, 1] units, grouped by size: a list of N_i×3×h_i×w_i tensors whose
+        concatenation (in order) is the images in the order given; one tensor when all share a size."""
+        arrays = [self.pixels(int(i)) for i in indices]
+        groups: list[list[np.ndarray]] = []
+        for array in arrays:
+            if groups and groups[-1][0].shape == array.shape:
+                groups[-1].append(array)
+            else:
+                groups.append([array])
+        return [pixels_to_units(np.stack(group)) for group in groups]
+
     def input(self, index: int, image_size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
               std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
         """3×H×W model input of image `index` (equal to `eval_transform(load_rgb(path), ...)`)."""
         return self.inputs([index], image_size, mean, std)[0]
 
 
-def _transform_pixels(pixels: np.ndarray, image_size: tuple[int, int], mean: Sequence[float],
-                      std: Sequence[float]) -> torch.Tensor:
-    """The eval transform of N same-sized images (N×h×w×3 uint8) at once, as a contiguous N×3×H×W tensor:
-    scale to [0, 1], normalise, then resize each image bilinearly (`eval_transform` is the N = 1 case)."""
+def pixels_to_units(pixels: np.ndarray) -> torch.Tensor:
+    """N same-sized images (N×h×w×3 uint8) as an N×3×h×w float tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def units_to_inputs(units: torch.Tensor, image_size: Sequence[int], mean: Sequence[float],
+                    std: Sequence[float]) -> torch.Tensor:
+    """Model inputs (contiguous N×3×H×W) of N same-sized images in [0, 1] units: normalise, then resize
+    each image bilinearly to `image_size` (the published order)."""
+    size = (int(image_size[0]), int(image_size[1]))
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    units = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float().div_(255.0)
     tensor = (units - mean_t) / std_t
-    if tuple(tensor.shape[-2:]) != tuple(image_size):
+    if tuple(tensor.shape[-2:]) != size:
         # One image at a time, so an image resamples to the same values whatever batch it comes in.
         return torch.stack([
-            F.interpolate(image[None], size=image_size, mode="bilinear", align_corners=False, antialias=False)[0]
+            F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=False)[0]
             for image in tensor
         ])
     return tensor.contiguous()
+
+
+def _transform_pixels(pixels: np.ndarray, image_size: tuple[int, int], mean: Sequence[float],
+                      std: Sequence[float]) -> torch.Tensor:
+    """The eval transform of N same-sized images (N×h×w×3 uint8) at once, as a contiguous N×3×H×W tensor
+    (`eval_transform` is the N = 1 case)."""
+    return units_to_inputs(pixels_to_units(pixels), image_size, mean, std)

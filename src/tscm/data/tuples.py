@@ -134,9 +134,10 @@ def scatter_to_layout(descriptors: Tensor, layout: TupleLayout) -> Tensor:
 
 @dataclass
 class TupleBatch:
-    """One batch: the real images (N×3×H×W) and their layout."""
+    """One batch: its real images, as the loader gives them (model inputs N×3×H×W, or the trainer's
+    `ImageViews` to be augmented and turned into each network's inputs), and their layout."""
 
-    images: Tensor
+    images: Any
     layout: TupleLayout
 
 

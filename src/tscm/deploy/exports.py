@@ -241,7 +241,7 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
     a failure keeps every previous file."""
     import sys
 
-    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.inference.onnx_export import calibration_subset
     from tscm.deploy.recognizer import PlaceRecognizer
     from tscm.threads import limit_threads
 

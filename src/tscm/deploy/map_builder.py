@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tscm.distributed import ProcessGroup
 from tscm.errors import TscmError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -194,7 +195,7 @@ def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str
 def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, report, progress,
               calibration_paths=None):
     """(recognizer, Described, seconds) for `paths` with the model of `checkpoint`."""
-    from tscm.deploy.onnx_export import calibration_subset
+    from tscm.inference.onnx_export import calibration_subset
     from tscm.deploy.recognizer import PlaceRecognizer
     from tscm.threads import limit_threads
 
@@ -236,68 +237,6 @@ def batch_shard(count: int, batch_size: int, rank: int, world_size: int) -> rang
     return range(min(int(bounds[rank]) * batch_size, count), min(int(bounds[rank + 1]) * batch_size, count))
 
 
-class _Group:
-    """The few collectives the sharded build needs, on fixed-size tensors over the default process group."""
-
-    def __init__(self, rank: int, world_size: int) -> None:
-        self.rank = rank
-        self.world_size = world_size
-
-    def gather_bytes(self, data: bytes) -> list[bytes]:
-        import torch
-        import torch.distributed as dist
-
-        size = torch.tensor([len(data)], dtype=torch.int64)
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
-        dist.all_gather(sizes, size)
-        longest = max(int(s.item()) for s in sizes)
-        padded = torch.zeros(max(longest, 1), dtype=torch.uint8)
-        if data:
-            padded[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        parts = [torch.zeros_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(parts, padded)
-        return [bytes(part[: int(n.item())].numpy().tobytes()) for part, n in zip(parts, sizes)]
-
-    def gather_rows(self, local: np.ndarray, sizes: list[int]) -> np.ndarray | None:
-        """On rank 0, every rank's rows (rank r holds sizes[r] rows of one width) in rank order; None elsewhere.
-
-        A gather, not an all-gather: only rank 0 ever holds the whole map.
-        """
-        import torch
-        import torch.distributed as dist
-
-        width = local.shape[1]
-        padded = torch.zeros((max(max(sizes), 1), width), dtype=torch.float32)
-        padded[: len(local)] = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32))
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)] if self.rank == 0 else None
-        dist.gather(padded, parts, dst=0)
-        if parts is None:
-            return None
-        return np.concatenate([part[:n].numpy() for part, n in zip(parts, sizes)], axis=0)
-
-    def max(self, value: float) -> float:
-        import torch
-        import torch.distributed as dist
-
-        tensor = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return float(tensor.item())
-
-    def check(self, error: BaseException | None) -> None:
-        """Raise on every rank when any rank failed: its own error there, the first failure's message elsewhere."""
-        messages = [m.decode("utf-8") for m in self.gather_bytes(b"" if error is None else _message(error).encode("utf-8"))]
-        if error is not None:
-            raise error
-        failed = [(r, m) for r, m in enumerate(messages) if m]
-        if failed:
-            rank, message = failed[0]
-            raise TscmError(f"rank {rank} of {self.world_size} failed: {message}")
-
-
-def _message(error: BaseException) -> str:
-    return str(error) if isinstance(error, TscmError) else f"{type(error).__name__}: {error}"
-
-
 def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_size, threads, on_bad_image,
                    report, split=None) -> BuiltMap:
     """build_map under torchrun: each rank describes its share of whole batches, rank 0 merges and writes."""
@@ -309,7 +248,7 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
 
     owned = not dist.is_initialized()
     runtime_info = start_runtime("cpu", "off")  # descriptors are made on the CPU; gloo carries the shares
-    group = _Group(runtime_info.rank, runtime_info.world_size)
+    group = ProcessGroup(runtime_info.rank, runtime_info.world_size)
     rank, world = group.rank, group.world_size
     say = report or print
     try:
@@ -324,7 +263,7 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
         share = batch_shard(len(paths), batch_size, rank, world)
         if rank == 0:
             say(f"indexing {description}, sharded over {world} processes ({len(share)} images on rank 0)")
-        from tscm.deploy.onnx_export import calibration_subset
+        from tscm.inference.onnx_export import calibration_subset
 
         calibration = calibration_subset(paths) if runtime == "onnx-int8" else []  # every rank: the same int8 model
         local = mask = recognizer = None
@@ -344,8 +283,8 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
             error = caught
         group.check(error)
         sizes = [len(batch_shard(len(paths), batch_size, r, world)) for r in range(world)]
-        descriptors = group.gather_rows(local, sizes)
-        gathered_mask = group.gather_rows(mask, sizes)
+        descriptors = group.gather_rows_to_main(local, sizes)
+        gathered_mask = group.gather_rows_to_main(mask, sizes)
         skipped_all = [tuple(item) for part in group.gather_bytes(json.dumps(skipped).encode("utf-8"))
                        for item in json.loads(part.decode("utf-8"))]
         fingerprints = {f.decode("utf-8") for f in group.gather_bytes(recognizer.fingerprint.encode("utf-8"))}

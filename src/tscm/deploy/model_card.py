@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,9 +30,12 @@ import torch
 from tscm.deploy.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_sha256, is_remote, resolve_checkpoint
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, check_header, read_json, write_text_atomic
+from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
+from tscm.machine import cpu_model, load_average, median_ms, time_turns
 
 TIMED_BATCHES = (1, 16)
-TIMING_BUDGET_S = 2.0  # per batch size, after one warm-up pass
+TIMING_BUDGET_S = 2.0  # per batch size
+TIMING_MAX_PASSES = 50
 RECALL_NS = ("1", "5", "10", "20")
 PR_NAMES = {"average_precision": "AP", "recall_at_100_precision": "R@100%P", "f1_max": "F1 max"}
 TAGS = ["visual-place-recognition", "image-retrieval", "knowledge-distillation", "tscm", "pytorch", "safetensors"]
@@ -68,11 +70,9 @@ class Card:
 
 
 def read_results_file(path: str | Path) -> dict[str, Any]:
-    from tscm.experiments.report import RESULTS_FORMAT, RESULTS_FORMAT_VERSION
-
     file = Path(path)
     if file.is_dir():
-        file = file / "results.json"
+        file = file / RESULTS_JSON
     if not file.is_file():
         raise TscmError(f"--results {path}: no such file (expected a run's results.json)")
     document = read_json(file, "results file")
@@ -156,47 +156,29 @@ def match_result(document: dict[str, Any], meta: dict[str, Any], checkpoint: Pat
 # ---- timing -----------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def machine_description() -> dict[str, Any]:
-    try:
-        load = [round(value, 2) for value in os.getloadavg()]
-    except (OSError, AttributeError):
-        load = None
-    return {"cpu": cpu_name(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average": load, "torch": torch.__version__, "python": platform.python_version()}
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": load_average(), "torch": torch.__version__, "python": platform.python_version()}
 
 
 def time_model(model: torch.nn.Module, image_size: Sequence[int], batch_sizes: Sequence[int] = TIMED_BATCHES,
                budget_s: float = TIMING_BUDGET_S) -> list[dict[str, Any]]:
-    """Milliseconds per image of `model` (eval, CPU) on random input: median of repeated passes per batch size."""
+    """Milliseconds per image of `model` (eval, CPU) on random input: median of repeated passes per batch size.
+
+    Passes come in blocks of 3 (`tscm.machine.time_turns`), at least one block and at most about 50
+    passes, stopping once `budget_s` has passed.
+    """
     height, width = int(image_size[0]), int(image_size[1])
     generator = torch.Generator().manual_seed(0)
     rows = []
     with torch.inference_mode():
         for batch in batch_sizes:
             images = torch.randn((batch, 3, height, width), generator=generator)
-            model(images)  # warm-up
-            passes: list[float] = []
-            started = time.perf_counter()
-            while len(passes) < 3 or (time.perf_counter() - started < budget_s and len(passes) < 50):
-                tic = time.perf_counter()
-                model(images)
-                passes.append(time.perf_counter() - tic)
-                if time.perf_counter() - started > 10 * budget_s:
-                    break
-            passes.sort()
-            median = passes[len(passes) // 2]
-            rows.append({"batch": int(batch), "passes": len(passes), "ms_per_batch": 1e3 * median,
-                         "ms_per_image": 1e3 * median / batch})
+            passes = time_turns({"model": lambda: model(images)}, cycles=TIMING_MAX_PASSES // 3, calls_per_block=3,
+                                budget_s=budget_s)["model"]
+            median = median_ms(passes)
+            rows.append({"batch": int(batch), "passes": len(passes), "ms_per_batch": median,
+                         "ms_per_image": median / batch})
     return rows
 
 

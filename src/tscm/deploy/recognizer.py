@@ -1,7 +1,7 @@
 """Streaming place recognition: images in, nearest known places (with coordinates) out.
 
 `PlaceRecognizer` joins a descriptor extractor (a checkpoint or an exported ONNX model, any
-runtime of `tscm.deploy.onnx_export`) and a `PlaceIndex`. Images may be paths, PIL images or H×W×3 uint8
+runtime of `tscm.inference.onnx_export`) and a `PlaceIndex`. Images may be paths, PIL images or H×W×3 uint8
 arrays. The index's metadata records the model fingerprint, so an index is only ever searched
 with descriptors of the model that built it.
 
@@ -137,7 +137,7 @@ class PlaceRecognizer:
         `index`: None (start an empty map with `backend`), or an index file / PlaceIndex made by this
         model, which keeps its own back-end.
         """
-        from tscm.deploy.runtimes import make_extractor
+        from tscm.inference.runtimes import make_extractor
 
         if index is not None and (backend != "auto" or backend_params or train_after is not None):
             raise TscmError("backend settings apply to a new map; an existing index keeps the back-end it was built with")

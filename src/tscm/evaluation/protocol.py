@@ -139,7 +139,7 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
         if Path(checkpoint).suffix.lower() == ".onnx":  # an exported model runs in ONNX Runtime, on the CPU
             if device != "cpu":
                 raise TscmError(f"--device {device}: an exported .onnx model runs on the CPU (ONNX Runtime); drop --device")
-            from tscm.deploy.runtimes import make_extractor
+            from tscm.inference.runtimes import make_extractor
 
             model, meta = make_extractor(checkpoint, "onnx")
         else:

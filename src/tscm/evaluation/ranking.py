@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tscm.errors import TscmError
+from tscm.evaluation.search import ScanTarget, exact_search
 
 
 @dataclass
@@ -52,40 +53,19 @@ def _check_k(k: int, num_db: int) -> int:
     return int(min(k, num_db))
 
 
-def _tie_ordered(distances: np.ndarray, indices: np.ndarray) -> Ranking:
-    order = np.lexsort((indices, distances), axis=-1)
-    return Ranking(np.take_along_axis(distances, order, axis=-1).astype(np.float32, copy=False),
-                   np.take_along_axis(indices, order, axis=-1).astype(np.int64, copy=False))
-
-
 def rank_exact(db, queries, k: int) -> Ranking:
-    """The k nearest database descriptors of each query by exact L2 (faiss flat), ties to the lower index.
+    """The k nearest database descriptors of each query by exact L2 (`tscm.evaluation.search`), ties to
+    the lower index.
 
     k larger than the database is answered with the whole database.
     """
-    import faiss
-
     db = descriptor_matrix(db, "database descriptors")
     queries = descriptor_matrix(queries, "query descriptors")
     if queries.shape[1] != db.shape[1]:
         raise TscmError(f"query descriptors have dimension {queries.shape[1]}, database descriptors {db.shape[1]}")
     k = _check_k(k, len(db))
-    index = faiss.IndexFlatL2(db.shape[1])
-    index.add(db)
-    # One extra neighbour shows whether a tie straddles the k-th place; where it does, that row is
-    # re-ranked from its full distance row so the lower index wins there too.
-    extra = min(k + 1, len(db))
-    distances, indices = index.search(queries, extra)
-    ranking = _tie_ordered(distances, indices)
-    if extra > k:
-        straddling = np.flatnonzero(distances[:, k - 1] == distances[:, k])
-        for row in straddling:
-            full = squared_distances(queries[row : row + 1], db)
-            ranking_row = rank_matrix(full, k)
-            ranking.distances[row, :k] = ranking_row.distances[0]
-            ranking.indices[row, :k] = ranking_row.indices[0]
-        ranking = Ranking(ranking.distances[:, :k], ranking.indices[:, :k])
-    return ranking
+    distances, indices = exact_search(queries, ScanTarget.of(db), k)
+    return Ranking(distances, indices)
 
 
 def rank_matrix(scores, k: int) -> Ranking:

@@ -68,6 +68,11 @@ def recall_from_ranking(indices: np.ndarray, positives: Sequence[np.ndarray], ns
     return RecallCounts(recall, num_evaluated, len(indices) - num_evaluated)
 
 
+def recall_at_1(top1: np.ndarray, positives: Sequence[np.ndarray]) -> float:
+    """Recall@1 (percent) of each query's top database index against its true matches (`recall_from_ranking`)."""
+    return recall_from_ranking(np.asarray(top1).reshape(-1, 1), positives, (1,)).recall[1]
+
+
 def recall_at_n(db, queries, positives: Sequence[np.ndarray], ns: Sequence[int] = DEFAULT_NS) -> RecallCounts:
     """Recall@N (percent) of `queries` against `db` by exact L2 search; `positives[j]` are query j's true matches."""
     ns = check_ns(ns)

@@ -1,10 +1,12 @@
 """`tscm ablation`: the same student trained with each distillation loss, over several seeds.
 
-One teacher (trained once, or given) serves every row. Every row mines its tuples on the teacher's
-descriptors with the same seed, so for a given seed all rows see the same tuples, take the same
-number of steps from the same initial weights, and differ only in their loss. Rows run to the
-full epoch count (no early stopping) and their final weights are evaluated on the test split;
-each row is compared with "none" (difference ± combined standard error).
+One teacher (trained once, or given) serves every row. Every row trains the student preset as the demo
+does (same augmentation, schedule, mining on the student's own descriptors, seed), to the full epoch
+count (no early stop, so every row takes the same steps from the same initial weights), and differs only
+in its loss; the main figure is the checkpoint that was best on the validation split. With `grid`, each
+row is also trained with the teacher's tuples (as published) and both runs are measured with their last
+weights too: a 2×2 (tuples × checkpoint) that shows what moves the numbers. Each row is compared with
+"none" (difference ± combined standard error, and the per-seed range).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ TERM_LABELS = {
     "regression": "L_reg",
     "rkd": "L_rkd",
     "stun": "L_stun",
+    "listwise": "L_list",
 }
 PRESET_NOTES = {"none": "no distillation", "tscm": "the paper's L_total"}
 
@@ -56,8 +59,9 @@ def row_sets() -> dict[str, list[str]]:
 
     classic = ["none", "soft", "cm", "soft+cm", "tscm", "tscm-published", "regression", "rkd"]
     paper = ["none", *PUBLISHED_ROWS, "stun"]
-    every = list(dict.fromkeys([*classic, *paper, *DISTILLATION_PRESETS]))
-    return {"classic": classic, "paper": paper, "all": every}
+    ranking = ["none", "tscm", "rkd", "listwise", "regression", "listwise+regression"]
+    every = list(dict.fromkeys([*classic, *paper, *ranking, *DISTILLATION_PRESETS]))
+    return {"classic": classic, "paper": paper, "ranking": ranking, "all": every}
 
 
 @dataclass
@@ -113,7 +117,7 @@ def ablation_settings(rows: Sequence[str] | None = None) -> list[AblationSetting
 
 
 def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher: Path | None = None,
-                 log: Callable[[str], None] = say) -> dict[str, Any]:
+                 grid: bool = False, log: Callable[[str], None] = say) -> dict[str, Any]:
     """Train and evaluate every row for every seed; returns the results.json document."""
     from tscm.data.formats import load_placeset
 
@@ -123,12 +127,13 @@ def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher
     settings_rows = ablation_settings(rows)
     started = time.perf_counter()
     run_dir = prepare_run_dir(options.out)
-    extra = ["--rows", *[r.preset for r in settings_rows]] + (["--teacher", str(teacher)] if teacher else [])
+    extra = (["--rows", *[r.preset for r in settings_rows]] + (["--teacher", str(teacher)] if teacher else [])
+             + (["--grid"] if grid else []))
     command = options.command_line("ablation", extra)
     settings: dict[str, Any] = {
         "command": command, "kind": "ablation", "options": options.to_json(),
         "rows": [{"label": r.label, "preset": r.preset, "aliases": list(r.aliases)} for r in settings_rows],
-        "teacher": str(teacher) if teacher else None, "checkpoint": "last",
+        "teacher": str(teacher) if teacher else None, "checkpoint": "best", "grid": grid,
     }
     write_json_atomic(run_dir / SETTINGS_FILE, settings)
     log(f"tscm ablation → {run_dir}\n  command: {command}\n  rows: {[r.label for r in settings_rows]}\n  seeds: {seeds}")
@@ -161,42 +166,83 @@ def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher
     descriptors = {"teacher": (teacher_measured.db, teacher_measured.queries), "raw-pixels": (raw.db, raw.queries)}
 
     finished = []
+    grid_cells: dict[str, dict[str, list[float]]] = {}
     results: dict[str, Any] = {}
+    minings = MINING_GRID if grid else MINING_GRID[:1]
     for number, row in enumerate(settings_rows, start=1):
         measured, walls, extras = [], [], []
+        cells: dict[str, list[float]] = {}
         for seed in seeds:
-            log(f"[row {number}/{len(settings_rows)}, seed {seed}] {row.label}")
-            config = training_config(student_config, "student", options, data_root, run_dir,
-                                     f"{row.model_name}-seed{seed}", seed, loss=row.preset, mining_descriptors="teacher",
-                                     fixed_steps=True)
-            trained = train_student_run(config, teacher, command, use_last=True)
-            result = measure_checkpoint(trained.checkpoint, test_set, recipe.radii, options)
-            measured.append(result)
-            walls.append(trained.wall_s)
-            extras.append({"training": training_summary(trained, run_dir)})
-            log(f"  R@1 {result.main.recall[1]:.1f} %, {trained.metrics.get('steps')} steps, {trained.wall_s:.0f} s")
+            for mining in minings:
+                log(f"[row {number}/{len(settings_rows)}, seed {seed}, {mining}-mined tuples] {row.label}")
+                suffix = "" if mining == MINING_GRID[0] else "-teacher-mined"
+                config = training_config(student_config, "student", options, data_root, run_dir,
+                                         f"{row.model_name}{suffix}-seed{seed}", seed, loss=row.preset,
+                                         mining_descriptors=mining, fixed_steps=True)
+                trained = train_student_run(config, teacher, command)
+                best = measure_checkpoint(trained.checkpoint, test_set, recipe.radii, options)
+                cells.setdefault(f"{mining}/best", []).append(best.main.recall[1])
+                if grid:
+                    last = measure_checkpoint(trained.last_checkpoint, test_set, recipe.radii, options)
+                    cells.setdefault(f"{mining}/last", []).append(last.main.recall[1])
+                log(f"  R@1 {best.main.recall[1]:.1f} % (best on val), {trained.metrics.get('steps')} steps, "
+                    f"{trained.wall_s:.0f} s")
+                if mining == MINING_GRID[0]:
+                    measured.append(best)
+                    walls.append(trained.wall_s)
+                    extras.append({"training": training_summary(trained, run_dir)})
+        grid_cells[row.model_name] = cells
         descriptors[row.model_name] = (measured[0].db, measured[0].queries)
         finished.append(model_result(row.model_name, "student", row.preset, seeds, measured, walls=walls,
-                                     per_seed_extra=extras, label=row.label, extra={"aliases": list(row.aliases)}))
+                                     per_seed_extra=extras, label=row.label,
+                                     extra={"aliases": list(row.aliases), "grid": cells} if grid else
+                                     {"aliases": list(row.aliases)}))
         wall["total_before_pictures"] = time.perf_counter() - started
-        last = number == len(settings_rows)
+        last_row = number == len(settings_rows)
         baseline = next((r.model_name for r in settings_rows if r.preset == BASELINE_PRESET), None)
         comparisons = [(m.name, baseline) for m in finished if baseline and m.name != baseline]
+        sections = {"tables": {GRID_TITLE: grid_table(grid_cells)}} if grid else None
         results, _, _ = finish_run(
             run_dir, data_root, test_set, recipe.radii, [*fixed, *finished], descriptors, command=command,
-            comparisons=comparisons, seeds=seeds, wall_s=wall,
-            notes=_notes(finished, settings_rows, test_set, recipe.radii, options, complete=last), draw=last, log=log)
+            comparisons=comparisons, seeds=seeds, wall_s=wall, sections=sections,
+            notes=_notes(finished, settings_rows, test_set, recipe.radii, options, complete=last_row), draw=last_row,
+            log=log)
     print(format_table(results))
     log(f"wrote {run_dir / 'results.json'} and {run_dir / 'results.md'}; {time.perf_counter() - started:.0f} s in all")
     return results
+
+
+GRID_TITLE = "Tuples × checkpoint: test R@1, mean ± standard error over seeds"
+# The student's own tuples first: the fair protocol's (the baseline has no teacher to mine with).
+MINING_GRID = ("student", "teacher")
+
+
+def grid_table(cells: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+    """One line per row: R@1 with own-mined and teacher-mined tuples, best-on-val and last weights."""
+    from tscm.experiments.report import mean_and_stderr
+
+    order = [f"{mining}/{which}" for mining in MINING_GRID for which in ("best", "last")]
+    header = ["Row", *[f"{c.split('/')[0]}-mined, {c.split('/')[1]}" for c in order]]
+    rows = []
+    for name, row in cells.items():
+        values = []
+        for cell in order:
+            if not row.get(cell):
+                values.append("-")
+                continue
+            mean, error = mean_and_stderr(row[cell])
+            values.append(f"{mean:.1f}" if error is None else f"{mean:.1f} ± {error:.1f}")
+        rows.append([name, *values])
+    return {"header": header, "rows": rows}
 
 
 def _notes(finished, rows, test_set, radii, options: RunOptions, complete: bool) -> list[str]:
     notes = []
     if not complete:
         notes.append(f"Partial: {len(finished)} of {len(rows)} rows finished so far.")
-    notes.append("Every row: the same student preset, initial weights (seed), tuples (mined on the shared teacher's "
-                 "descriptors) and number of steps; rows differ only in the loss. Final weights are evaluated (no early stop).")
+    notes.append("Every row: the same student preset (augmentation, schedule), initial weights (seed), number of steps "
+                 "and tuples mined on the student's own descriptors; rows differ only in the loss. The checkpoint best on "
+                 "the validation split is evaluated.")
     steps = {tuple(e["training"]["steps"] for e in m.to_json().get("per_seed", [])) for m in finished}
     if len(steps) > 1:
         notes.append(f"Warning: rows took different numbers of steps: {sorted(steps)}")

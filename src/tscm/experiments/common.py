@@ -24,6 +24,11 @@ SETTINGS_FILE = "settings.json"
 CURVE_NS = tuple(range(1, 21))
 
 
+# The distillation loss tscm recommends (chosen on the validation split of the synthetic city and of
+# Nordland, README "Distillation"): the teacher's ranking of every image of a step, and its coordinates.
+RECOMMENDED_LOSS = "listwise+regression"
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How the main job treats a kind of data: training presets, radii reported, raw-pixel size."""
@@ -33,6 +38,7 @@ class Recipe:
     radii: tuple[float, ...]  # the first is the main radius (data-set unit)
     raw_pixel_size: tuple[int, int]  # (height, width) of the raw-pixel reference
     label: str
+    recommended_loss: str = RECOMMENDED_LOSS
 
 
 # Metric data (the synthetic city, Pittsburgh): 25 m (community) and 10 m (published code).
@@ -165,11 +171,12 @@ def training_config(preset: str, kind: str, options: RunOptions, data_root: Path
 
 @dataclass
 class TrainedModel:
-    """A finished training run: the checkpoint to evaluate, and how the run went."""
+    """A finished training run: the checkpoint to evaluate (best on val), its last weights, and how the run went."""
 
     checkpoint: Path
     wall_s: float
     metrics: dict[str, Any]
+    last_checkpoint: Path | None = None
 
 
 def train_teacher_run(config: TrainConfig, command: str) -> TrainedModel:
@@ -177,17 +184,16 @@ def train_teacher_run(config: TrainConfig, command: str) -> TrainedModel:
 
     started = time.perf_counter()
     result = train_teacher(config, command_line=command)
-    return TrainedModel(result.best_checkpoint, time.perf_counter() - started, result.metrics)
+    return TrainedModel(result.best_checkpoint, time.perf_counter() - started, result.metrics, result.last_checkpoint)
 
 
-def train_student_run(config: TrainConfig, teacher: Path | None, command: str, use_last: bool = False) -> TrainedModel:
-    """A student; `use_last` evaluates the final weights (every run the same steps) instead of the best on val."""
+def train_student_run(config: TrainConfig, teacher: Path | None, command: str) -> TrainedModel:
+    """A student, with or without a teacher."""
     from tscm.train.runs import distill
 
     started = time.perf_counter()
     result = distill(config, teacher, command_line=command)
-    checkpoint = result.last_checkpoint if use_last else result.best_checkpoint
-    return TrainedModel(checkpoint, time.perf_counter() - started, result.metrics)
+    return TrainedModel(result.best_checkpoint, time.perf_counter() - started, result.metrics, result.last_checkpoint)
 
 
 def training_summary(trained: TrainedModel, run_dir: Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""`tscm demo`: the main job. Train a teacher, distil a student with the paper's loss, train the same
-student without a teacher, over several seeds, and compare them (and reference floors) on the test split.
+"""`tscm demo`: the main job. Train a teacher; per seed distil a student with the paper's loss and with tscm's
+recommended loss, and train the same student without a teacher; compare them (and reference floors) on the
+test split. Every student arm gets the same preset (augmentation, schedule, mining, best-on-val selection).
 
 Run folder: results.json / results.md / pictures (report, plots), settings.json (the command and
 every knob), train/<model>/ (each training run with its config.yaml and checkpoints).
@@ -16,6 +17,7 @@ from tscm.experiments.common import (
     SETTINGS_FILE,
     Measurement,
     RunOptions,
+    TrainedModel,
     chance_recall_at_1,
     finish_run,
     measure_checkpoint,
@@ -31,11 +33,11 @@ from tscm.experiments.common import (
     training_config,
     training_summary,
 )
-from tscm.experiments.report import format_table
 from tscm.fileio import write_json_atomic
 
 DEFAULT_DATA = "synthetic:demo"
 PAPER_LOSS = "tscm"  # L_hard + L_soft + L_cm, the paper's total
+BASELINE_LOSS = "none"  # L_hard only: the student without a teacher
 
 
 @dataclass
@@ -46,7 +48,8 @@ class DemoOutcome:
     picture_failures: list[str]
 
 
-def loop_closure_report(data_root: Path, test_set, radius, options: RunOptions, checkpoints: dict[str, Path],
+def loop_closure_report(data_root: Path, test_set, radius, options: RunOptions, student: str,
+                        checkpoints: dict[str, Path],
                         test_descriptors: dict[str, tuple]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Tables (and their numbers) for deciding: a threshold calibrated on val for 99 % precision and its
     precision and recall on test; for frame-ordered routes, sequence matching with L = 1, 5, 10, 20."""
@@ -73,15 +76,73 @@ def loop_closure_report(data_root: Path, test_set, radius, options: RunOptions, 
               {"header": TRANSFER_HEADER, "rows": rows}}
     sections: dict[str, Any] = {"threshold_transfer": transfers}
     if test_set.unit == "frame":
-        table = sequence_table(test_set, {k: test_descriptors[k] for k in ("student-tscm", "raw-pixels")}, radius)
+        table = sequence_table(test_set, {k: test_descriptors[k] for k in (student, "raw-pixels")}, radius)
         tables["Sequence matching (SeqSLAM-style scores over the last L frames)"] = {
             "header": table["header"], "rows": table["rows"]}
         sections["sequences"] = table["values"]
     return tables, sections
 
 
+@dataclass(frozen=True)
+class StudentArm:
+    """One student row of the demo: its name, the loss it trains with, and what the row means."""
+
+    name: str
+    loss: str
+    note: str
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.loss != BASELINE_LOSS
+
+
+@dataclass
+class StudentRun:
+    """One seed of one arm: the finished training run and its test-split measurement."""
+
+    seed: int
+    trained: TrainedModel
+    measured: Measurement
+
+
+def student_arms(recommended_loss: str) -> list[StudentArm]:
+    """The paper's loss, the recommended loss, and the baseline without a teacher; every arm trains with the same
+    student preset (augmentation, schedule, mining, best-on-val selection) and differs only in its loss."""
+    arms = [StudentArm("student-tscm", PAPER_LOSS, "the paper's L_total = L_hard + L_soft + L_cm")]
+    if recommended_loss not in (PAPER_LOSS, BASELINE_LOSS):
+        arms.append(StudentArm(f"student-{recommended_loss}", recommended_loss,
+                               "tscm's recommended distillation: L_hard + the teacher's ranking of every image of the "
+                               "step (listwise) + its descriptors (regression), on every train image in turn"))
+    arms.append(StudentArm("student-baseline", BASELINE_LOSS, "the same student, L_hard only, no teacher"))
+    return arms
+
+
+def train_students(arms: list[StudentArm], seeds: list[int], student_config: str, options: RunOptions,
+                   data_root: Path, run_dir: Path, teacher: Path, command: str, test_set, radii,
+                   log: Callable[[str], None]) -> dict[str, list[StudentRun]]:
+    """Every arm for every seed (seed by seed, so a partial run still compares arms on the same seeds)."""
+    runs: dict[str, list[StudentRun]] = {arm.name: [] for arm in arms}
+    for number, seed in enumerate(seeds, start=1):
+        for arm in arms:
+            log(f"[4/5] seed {seed} ({number}/{len(seeds)}): {arm.name} ({arm.note})")
+            config = training_config(student_config, "student", options, data_root, run_dir, f"{arm.name}-seed{seed}",
+                                     seed, loss=arm.loss)
+            trained = train_student_run(config, teacher if arm.needs_teacher else None, command)
+            measured = measure_checkpoint(trained.checkpoint, test_set, radii, options)
+            runs[arm.name].append(StudentRun(seed, trained, measured))
+            log(f"  {arm.name} seed {seed}: R@1 {measured.main.recall[1]:.1f} % ({trained.wall_s:.0f} s)")
+    return runs
+
+
+def arm_result(arm: StudentArm, runs: list[StudentRun], run_dir: Path):
+    return model_result(arm.name, "student", arm.loss if arm.needs_teacher else None, [r.seed for r in runs],
+                        [r.measured for r in runs], walls=[r.trained.wall_s for r in runs],
+                        per_seed_extra=[{"training": training_summary(r.trained, run_dir)} for r in runs])
+
+
 def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutcome:
-    """Teacher, distilled student (paper loss) and baseline student per seed, reference rows; one report."""
+    """Teacher; per seed the paper-loss student, the recommended distilled student and the baseline; references;
+    one report."""
     from tscm.data.formats import load_placeset
 
     started = time.perf_counter()
@@ -100,9 +161,11 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
     recipe = recipe_for(test_set)
     teacher_config = options.teacher_config or recipe.teacher_config
     student_config = options.student_config or recipe.student_config
+    arms = student_arms(recipe.recommended_loss)
     wall["data"] = time.perf_counter() - tic
     settings.update(data_root=str(data_root), teacher_config=teacher_config, student_config=student_config,
-                    radii=list(recipe.radii), unit=test_set.unit)
+                    radii=list(recipe.radii), unit=test_set.unit, recommended=recipe.recommended_loss,
+                    arms=[{"name": arm.name, "loss": arm.loss} for arm in arms])
     write_json_atomic(run_dir / SETTINGS_FILE, settings)
     log(f"  {data_root}: {test_set.summary()} ({recipe.label}); training presets {teacher_config}, {student_config}")
 
@@ -117,33 +180,19 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
                                                 seeds[0]), command)
     wall["teacher"] = teacher.wall_s
     teacher_measured = measure_checkpoint(teacher.checkpoint, test_set, recipe.radii, options)
+    log(f"  teacher: R@1 {teacher_measured.main.recall[1]:.1f} % ({teacher.wall_s:.0f} s)")
 
-    students: dict[str, list[tuple[Measurement, float, dict]]] = {"student-tscm": [], "student-baseline": []}
-    for number, seed in enumerate(seeds, start=1):
-        log(f"[4/5] seed {seed} ({number}/{len(seeds)}): distilling the student (loss: tscm = L_hard + L_soft + L_cm)")
-        distilled = train_student_run(training_config(student_config, "student", options, data_root, run_dir,
-                                                      f"student-tscm-seed{seed}", seed, loss=PAPER_LOSS),
-                                      teacher.checkpoint, command)
-        log(f"[4/5] seed {seed}: the same student without distillation (triplet only, mining on its own descriptors)")
-        baseline = train_student_run(training_config(student_config, "student", options, data_root, run_dir,
-                                                     f"student-baseline-seed{seed}", seed, loss="none",
-                                                     mining_descriptors="student"), None, command)
-        for name, trained in (("student-tscm", distilled), ("student-baseline", baseline)):
-            measured = measure_checkpoint(trained.checkpoint, test_set, recipe.radii, options)
-            students[name].append((measured, trained.wall_s, {"training": training_summary(trained, run_dir)}))
-            wall[f"{name}-seed{seed}"] = trained.wall_s
-            log(f"  {name} seed {seed}: R@1 {measured.main.recall[1]:.1f} %")
+    students = train_students(arms, seeds, student_config, options, data_root, run_dir, teacher.checkpoint, command,
+                              test_set, recipe.radii, log)
+    for name, runs in students.items():
+        for run in runs:
+            wall[f"{name}-seed{run.seed}"] = run.trained.wall_s
 
     log("[5/5] report")
     models = [
         model_result("teacher", "teacher", None, [seeds[0]], [teacher_measured], walls=[teacher.wall_s],
                      extra={"training": training_summary(teacher, run_dir)}),
-        model_result("student-tscm", "student", PAPER_LOSS, seeds, [m for m, _, _ in students["student-tscm"]],
-                     walls=[w for _, w, _ in students["student-tscm"]],
-                     per_seed_extra=[e for _, _, e in students["student-tscm"]]),
-        model_result("student-baseline", "student", None, seeds, [m for m, _, _ in students["student-baseline"]],
-                     walls=[w for _, w, _ in students["student-baseline"]],
-                     per_seed_extra=[e for _, _, e in students["student-baseline"]]),
+        *[arm_result(arm, students[arm.name], run_dir) for arm in arms],
         model_result("raw-pixels", "reference", None, [None], [raw],
                      extra={"raw_pixel_size": list(recipe.raw_pixel_size)}),
     ]
@@ -152,38 +201,42 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
         models.append(model_result("imagenet-trunk", "reference", None, [None], [off_the_shelf]))
         descriptors["imagenet-trunk"] = (off_the_shelf.db, off_the_shelf.queries)
     for name, runs in students.items():
-        descriptors[name] = (runs[0][0].db, runs[0][0].queries)
+        descriptors[name] = (runs[0].measured.db, runs[0].measured.queries)
     main = recipe.radii[0] if recipe.radii else None
     log("  loop closure: threshold calibrated on val, sequences")
     tic = time.perf_counter()
-    best_student = students["student-tscm"][0][0]
+    distilled = arms[1] if len(arms) > 2 else arms[0]  # the recommended student where there is one
+    first = students[distilled.name][0]
     tables, sections = loop_closure_report(
-        data_root, test_set, main, options,
-        checkpoints={"teacher": teacher.checkpoint,
-                     "student-tscm": run_dir / students["student-tscm"][0][2]["training"]["checkpoint"]},
-        test_descriptors={"student-tscm": (best_student.db, best_student.queries),
+        data_root, test_set, main, options, distilled.name,
+        checkpoints={"teacher": teacher.checkpoint, distilled.name: first.trained.checkpoint},
+        test_descriptors={distilled.name: (first.measured.db, first.measured.queries),
                           "teacher": (teacher_measured.db, teacher_measured.queries), "raw-pixels": (raw.db, raw.queries)})
     wall["loop_closure"] = time.perf_counter() - tic
     wall["total_before_pictures"] = time.perf_counter() - started
-    notes = [
-        "Checkpoints evaluated: the best epoch on the validation split (the test split is only reported).",
-        f"The teacher is trained once (seed {seeds[0]}); each student row is the mean ± standard error over "
-        f"seeds {', '.join(map(str, seeds))} (one seed: no error).",
-        f"Chance level (random ranking): R@1 {chance_recall_at_1(test_set, main):.1f} % on this test split.",
-        "student-baseline: the same student preset and schedule, loss triplet only (L_hard), hard negatives "
-        "mined on its own descriptors; no teacher involved.",
-        *(["imagenet-trunk: the student preset's trunk with its ImageNet weights and GeM pooling, no training "
-           "(what a user gets for free)."] if off_the_shelf is not None else []),
-        "AP = average precision and R@100%P = recall at 100 % precision over the top-1 distance of every query "
-        "(queries without a true match count as possible false positives).",
-        f"Timings on this machine with {options.threads} thread(s), device {options.device}.",
-    ]
+    comparisons = [(arm.name, "student-baseline") for arm in arms if arm.needs_teacher]
+    comparisons += [(arm.name, "teacher") for arm in arms if arm.needs_teacher]
     results, pictures, failures = finish_run(
-        run_dir, data_root, test_set, recipe.radii, models, descriptors, command=command,
-        comparisons=[("student-tscm", "student-baseline"), ("student-tscm", "teacher")], seeds=seeds, wall_s=wall,
-        notes=notes, sections={"tables": tables, **sections}, log=log)
-    print(format_table(results))
+        run_dir, data_root, test_set, recipe.radii, models, descriptors, command=command, comparisons=comparisons,
+        seeds=seeds, wall_s=wall, notes=demo_notes(arms, seeds, test_set, main, options, off_the_shelf is not None),
+        sections={"tables": tables, **sections}, log=log)
     log(f"wrote {run_dir / 'results.json'}, {run_dir / 'results.md'} and {len(pictures)} picture(s); "
         f"{time.perf_counter() - started:.0f} s in all")
     return DemoOutcome(run_dir, results, pictures, failures)
 
+
+def demo_notes(arms: list[StudentArm], seeds: list[int], test_set, main, options: RunOptions,
+               has_trunk: bool) -> list[str]:
+    return [
+        "Checkpoints evaluated: the best epoch on the validation split (the test split is only reported).",
+        f"The teacher is trained once (seed {seeds[0]}); each student row is the mean ± standard error over "
+        f"seeds {', '.join(map(str, seeds))} (one seed: no error); comparisons give the per-seed range of the difference.",
+        f"Chance level (random ranking): R@1 {chance_recall_at_1(test_set, main):.1f} % on this test split.",
+        "Every student row: the same preset, augmentation, schedule, mining and selection; only the loss differs.",
+        *[f"{arm.name}: {arm.note}." for arm in arms],
+        *(["imagenet-trunk: the student preset's trunk with its ImageNet weights and GeM pooling, no training "
+           "(what a user gets for free)."] if has_trunk else []),
+        "AP = average precision and R@100%P = recall at 100 % precision over the top-1 distance of every query "
+        "(queries without a true match count as possible false positives).",
+        f"Timings on this machine with {options.threads} thread(s), device {options.device}.",
+    ]

@@ -28,13 +28,11 @@ from tscm import __version__
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import protocol_label
+from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
 from tscm.fileio import atomic_path, check_header, read_json, write_json_atomic, write_text_atomic
 
-RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 DESCRIPTOR_DIR = "descriptors"
-RESULTS_FORMAT = "tscm-results"
-RESULTS_FORMAT_VERSION = 2
 ROLES = ("teacher", "student", "reference")
 TABLE_NS = (1, 5, 10)
 PR_KEYS = ("average_precision", "recall_at_100_precision", "f1_max")
@@ -191,12 +189,19 @@ def compare(entry: Mapping[str, Any], baseline: Mapping[str, Any], n: int = 1) -
         comparison["stderr"] = error
         comparison["verdict"] = ("a clear gain" if delta > 2 * error else "a clear loss" if delta < -2 * error
                                  else "within noise (|difference| < 2 SE)")
+    # Rows trained with the same seeds: the difference seed by seed (how much a change of seed, or of CPU, moves it).
+    seeds = entry.get("seeds") or []
+    if len(seeds) > 1 and list(seeds) == list(baseline.get("seeds") or []):
+        paired = [a[key] - b[key] for a, b in zip(entry["recall_per_seed"], baseline["recall_per_seed"])]
+        comparison["per_seed_difference"] = paired
     return comparison
 
 
 def format_comparison(c: Mapping[str, Any]) -> str:
     error = f" ± {c['stderr']:.1f}" if c["stderr"] is not None else ""
-    return f"{c['model']} vs {c['baseline']}: {c['metric']} {c['difference']:+.1f}{error} points: {c['verdict']}"
+    paired = c.get("per_seed_difference")
+    spread = f" (per seed {min(paired):+.1f} to {max(paired):+.1f})" if paired else ""
+    return f"{c['model']} vs {c['baseline']}: {c['metric']} {c['difference']:+.1f}{error} points{spread}: {c['verdict']}"
 
 
 def check_model_name(name: str) -> str:

@@ -1,4 +1,4 @@
-"""Training losses: triplet (L_hard), L_soft, L_cm, the published squared hinge, regression, RKD, STUN.
+"""Training losses: triplet (L_hard), L_soft, L_cm, the published squared hinge, regression, RKD, STUN, listwise.
 
 Every loss has one signature, `loss(student, teacher) -> (total, parts)` on TupleDescriptors.
 Importing this package registers every loss in LOSSES.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tscm.losses.base import DistillationLoss, TupleDescriptors
 from tscm.losses.cross_metric import CrossMetricLoss
+from tscm.losses.listwise import ListwiseLoss
 from tscm.losses.registry import LOSSES, build_loss, register_loss
 from tscm.losses.regression import RegressionLoss
 from tscm.losses.rkd import RelationalLoss
@@ -21,6 +22,7 @@ from tscm.losses.weighted import (
     LossPreset,
     WeightedSum,
     build_preset,
+    parse_weights,
     preset_terms,
 )
 
@@ -28,6 +30,7 @@ __all__ = [
     "DISTILLATION_PRESETS",
     "HINGE_TERMS",
     "LOSSES",
+    "ListwiseLoss",
     "PUBLISHED_ROWS",
     "CrossMetricLoss",
     "DistillationLoss",
@@ -42,6 +45,7 @@ __all__ = [
     "WeightedSum",
     "build_loss",
     "build_preset",
+    "parse_weights",
     "preset_terms",
     "register_loss",
 ]

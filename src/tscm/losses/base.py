@@ -39,6 +39,8 @@ class TupleDescriptors:
     Every tuple must have at least one real negative (the miner skips queries with none).
     `uncertainty`: the student's uncertainty outputs for the same images in the same layout (B×U,
     B×K×U, same mask; U may differ from D), for losses with `needs_uncertainty`; None otherwise.
+    `extra`: E×D descriptors of further images of the step outside any tuple (teaching images); the
+    per-image and relational terms use them (`all_descriptors`), the tuple terms do not.
     """
 
     anchor: Tensor
@@ -46,6 +48,7 @@ class TupleDescriptors:
     negatives: Tensor
     negative_mask: Tensor
     uncertainty: TupleDescriptors | None = None
+    extra: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.anchor.ndim != 2:
@@ -71,6 +74,8 @@ class TupleDescriptors:
             raise TscmError("TupleDescriptors.negative_mask: every tuple needs at least one real negative")
         if self.uncertainty is not None:
             self.check_uncertainty()
+        if self.extra is not None and (self.extra.ndim != 2 or self.extra.shape[1] != dim):
+            raise TscmError(f"TupleDescriptors.extra: expected E×D with D={dim}, got {tuple(self.extra.shape)}")
 
     def check_uncertainty(self) -> TupleDescriptors:
         """The uncertainty tuples, checked to describe the same images (also after assigning the field)."""
@@ -133,18 +138,25 @@ class TupleDescriptors:
         """Anchors, positives and the real negatives stacked as N×D (padding dropped)."""
         return torch.cat([self.anchor, self.positive, self.negatives[self.negative_mask]], dim=0)
 
+    def all_descriptors(self) -> Tensor:
+        """Every image of the step: the tuples' real images, then the `extra` images (N+E)×D."""
+        real = self.real_descriptors()
+        return real if self.extra is None else torch.cat([real, self.extra], dim=0)
+
 
 class DistillationLoss(nn.Module):
     """Base of every loss: `forward(student, teacher) -> (total, parts)`.
 
     `parts` maps each term's name to a detached scalar for logging. Losses that compare with the
     teacher set `needs_teacher` and raise TscmError when it is missing; losses that read the
-    student's uncertainty (`student.uncertainty`) set `needs_uncertainty`.
+    student's uncertainty (`student.uncertainty`) set `needs_uncertainty`; losses over every image of the
+    step (`all_descriptors`) set `reads_extra_images`, so teaching images are only drawn when one does.
     """
 
     name: str = ""
     needs_teacher: bool = False
     needs_uncertainty: bool = False
+    reads_extra_images: bool = False  # whether TupleDescriptors.extra (teaching images) enters the loss
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
@@ -160,6 +172,10 @@ class DistillationLoss(nn.Module):
             )
         if not torch.equal(teacher.negative_mask, student.negative_mask):
             raise TscmError(f"loss '{self.name}': teacher and student negative masks differ")
+        student_extra = 0 if student.extra is None else student.extra.shape[0]
+        teacher_extra = 0 if teacher.extra is None else teacher.extra.shape[0]
+        if student_extra != teacher_extra:
+            raise TscmError(f"loss '{self.name}': {student_extra} extra student images, {teacher_extra} teacher ones")
         if same_dim and teacher.dim != student.dim:
             raise TscmError(
                 f"loss '{self.name}': needs equal descriptor sizes, teacher D={teacher.dim}, student D={student.dim}"

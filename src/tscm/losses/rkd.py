@@ -24,7 +24,7 @@ def _angle_relations(x: Tensor) -> Tensor:
 
 @register_loss("rkd")
 class RelationalLoss(DistillationLoss):
-    """distance_weight·L_dist + angle_weight·L_angle over all real images of the batch, pooled.
+    """distance_weight·L_dist + angle_weight·L_angle over every image of the step (tuples' and extra), pooled.
 
     L_dist: Huber (smooth L1, β=1) between student and teacher pairwise distances, each set divided
     by its mean distance, averaged over ordered pairs i ≠ j. L_angle: Huber between the cosines of
@@ -32,6 +32,7 @@ class RelationalLoss(DistillationLoss):
     """
 
     needs_teacher = True
+    reads_extra_images = True
 
     def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0) -> None:
         super().__init__()
@@ -40,8 +41,8 @@ class RelationalLoss(DistillationLoss):
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         teacher = self._checked_teacher(student, teacher, same_dim=False)
-        student_points = student.real_descriptors()
-        teacher_points = teacher.real_descriptors().to(student_points.dtype)
+        student_points = student.all_descriptors()
+        teacher_points = teacher.all_descriptors().to(student_points.dtype)
         count = student_points.shape[0]
         eye = torch.eye(count, dtype=torch.bool, device=student_points.device)
         off_diagonal = ~eye

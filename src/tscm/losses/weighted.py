@@ -45,6 +45,8 @@ DISTILLATION_PRESETS: dict[str, LossPreset] = {
     "regression": LossPreset({"triplet": 1.0, "regression": 1.0}),
     "rkd": LossPreset({"triplet": 1.0, "rkd": 1.0}),
     "stun": LossPreset({"triplet": 1.0, "stun": 1.0}, {"stun": {"shift": False}}),
+    "listwise": LossPreset({"triplet": 1.0, "listwise": 1.0}),
+    "listwise+regression": LossPreset({"triplet": 1.0, "listwise": 1.0, "regression": 1.0}),
 }
 
 # The published distillation variants in ablation-table order: L_cm only, L_soft only, SpTp+SnTn,
@@ -58,7 +60,11 @@ class WeightedSum(DistillationLoss):
 
     parts: every term's own (unweighted) parts plus "total". Terms with weight 0 are not built,
     so a teacher (or the student's uncertainty) is needed only when a weighted term needs one.
+    `teacher_scale` multiplies the weight of every term that reads the teacher (a warm-up or anneal
+    schedule sets it per step; 1 by default).
     """
+
+    teacher_scale: float = 1.0
 
     def __init__(self, weights: Mapping[str, float], options: Mapping[str, Mapping] | None = None) -> None:
         super().__init__()
@@ -74,18 +80,39 @@ class WeightedSum(DistillationLoss):
         self.terms = nn.ModuleDict({name: build_loss(name, **options.get(name, {})) for name in self.weights})
         self.needs_teacher = any(term.needs_teacher for term in self.terms.values())
         self.needs_uncertainty = any(term.needs_uncertainty for term in self.terms.values())
+        self.reads_extra_images = any(term.reads_extra_images for term in self.terms.values())
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         total: Tensor | None = None
         parts: dict[str, Tensor] = {}
         for name, term in self.terms.items():
             value, term_parts = term(student, teacher)
-            weighted = self.weights[name] * value
+            weight = self.weights[name] * (self.teacher_scale if term.needs_teacher else 1.0)
+            weighted = weight * value
             total = weighted if total is None else total + weighted
             parts.update(term_parts)
         assert total is not None  # at least one term, checked in __init__
         parts["total"] = total.detach()
         return total, parts
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`term=weight` pairs separated by commas (e.g. "listwise=2,regression=0.5") as a dict; "" gives {}."""
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        term, sep, value = item.partition("=")
+        term = term.strip()
+        if not sep or term not in LOSSES:
+            raise TscmError(f"loss.weights: expected term=weight pairs with terms from {', '.join(sorted(LOSSES))}, "
+                            f"got {item!r}")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not (weight >= 0 and weight < float("inf")):
+            raise TscmError(f"loss.weights: the weight of {term} must be a finite number ≥ 0, got {value.strip()!r}")
+        weights[term] = weight
+    return weights
 
 
 def _preset(name: str) -> LossPreset:

@@ -28,12 +28,16 @@ RESUME_OVERRIDABLE = ("train.epochs", "train.patience", "train.progress", "train
 
 
 def build_loss_for(config: TrainConfig) -> nn.Module:
-    from tscm.losses import DISTILLATION_PRESETS, build_preset
+    from tscm.losses import DISTILLATION_PRESETS, build_preset, parse_weights
 
     name = config.loss.preset
     if name not in DISTILLATION_PRESETS:
         raise TscmError(f"config: loss.preset must be one of {', '.join(DISTILLATION_PRESETS)}, got {name!r}")
-    loss = build_preset(name, options={"triplet": {"margin": config.loss.margin}}, reduction=config.loss.reduction)
+    weights = parse_weights(config.loss.weights)
+    options: dict = {"triplet": {"margin": config.loss.margin}}
+    if "listwise" in {**DISTILLATION_PRESETS[name].weights, **weights}:
+        options["listwise"] = {"temperature": config.loss.temperature}
+    loss = build_preset(name, weights=weights, options=options, reduction=config.loss.reduction)
     if config.kind == "teacher" and loss.needs_teacher:
         raise TscmError(f"config: loss.preset={name} distils from a teacher; a teacher run needs loss.preset=none")
     return loss

@@ -15,83 +15,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tscm.distributed import Collectives
 from tscm.errors import TscmError
 
 
 @dataclass
-class Runtime:
+class Runtime(Collectives):
     device: torch.device
     rank: int = 0
     world_size: int = 1
     amp_dtype: torch.dtype | None = None
 
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def all_true(self, flag: bool) -> bool:
-        """True only if `flag` holds on every process."""
-        if not self.distributed:
-            return flag
-        value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=self._comm_device())
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-        return bool(value.item())
-
-    def weighted_mean(self, values: dict[str, float], weight: float) -> dict[str, float]:
-        """Mean of every process's `values` weighted by `weight` (e.g. its number of tuples)."""
-        if not self.distributed:
-            return values
-        keys = sorted(values)
-        data = torch.tensor([weight] + [weight * values[k] for k in keys], dtype=torch.float64, device=self._comm_device())
-        dist.all_reduce(data)
-        return {k: float(data[i + 1] / data[0]) for i, k in enumerate(keys)}
-
-    def broadcast_text(self, text: str) -> str:
-        """Rank 0's `text` on every process (e.g. a run folder named from the clock)."""
-        if not self.distributed:
-            return text
-        data = torch.zeros(1024, dtype=torch.uint8)
-        encoded = text.encode("utf-8")[:1023]
-        if self.is_main:
-            data[: len(encoded)] = torch.tensor(list(encoded), dtype=torch.uint8)
-        data = data.to(self._comm_device())
-        dist.broadcast(data, src=0)
-        raw = bytes(data.cpu().tolist())
-        return raw.split(b"\0", 1)[0].decode("utf-8")
-
-    def shard(self, count: int) -> range:
-        """This process's contiguous share of `count` items."""
-        bounds = np.linspace(0, count, self.world_size + 1).round().astype(int)
-        return range(int(bounds[self.rank]), int(bounds[self.rank + 1]))
-
-    def gather_rows(self, local: np.ndarray, count: int) -> np.ndarray:
-        """Concatenate every process's `shard(count)` rows (N_r×D float arrays) in rank order."""
-        if not self.distributed:
-            return local
-        bounds = np.linspace(0, count, self.world_size + 1).round().astype(int)
-        sizes = np.diff(bounds)
-        width = local.shape[1]
-        padded = torch.zeros((int(sizes.max()), width), dtype=torch.float32, device=self._comm_device())
-        padded[: len(local)] = torch.from_numpy(np.asarray(local, dtype=np.float32)).to(padded.device)
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(parts, padded)
-        return np.concatenate([p[:n].cpu().numpy() for p, n in zip(parts, sizes)], axis=0)
-
-    def _comm_device(self) -> torch.device:
-        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,6 +1,6 @@
 """Cost of a distillation step next to a student-only step, measured inside one run.
 
-On the same mined batches (images already loaded, so only compute is timed) it times, in turn:
+On the same mined batches (images already decoded, so the views' transforms and compute are timed) it times, in turn:
 the student with the triplet loss alone; the configured distillation loss with the teacher's
 descriptors looked up in the cache; and the same loss with the teacher run on every batch (the
 published pipeline). The model, optimiser, miner and RNG are restored afterwards, so the run
@@ -52,22 +52,20 @@ def time_distillation_steps(trainer, steps: int) -> dict[str, Any]:
         if len(batches) < 2:
             raise TscmError(f"distill.time_steps: only {len(batches)} batches could be mined; need at least 2")
         local = [trainer.plan.local_rows(rows) for rows in batches]
-        dataset = TupleBatchDataset(tuples, local, trainer.job.train_set.num_db, trainer.image_loader(trainer.job.spec))
+        dataset = TupleBatchDataset(tuples, local, trainer.job.train_set.num_db, trainer.views)
         loaded = [dataset[i] for i in range(len(dataset))]
         settings = {
             "student_only": (student_only, True),
             "teacher_from_cache": (distillation, True),
             "teacher_per_batch": (distillation, False),
         }
-        # Only when the teacher wants other pixels than the student (then its loading is timed too).
-        teacher_loader = trainer.teacher_image_loader()
         seconds: dict[str, list[float]] = {mode: [] for mode, _ in MODES}
         trainer.raw_model.train()
         for index, batch in enumerate(loaded):
             for mode, _ in MODES:  # interleaved, so load from other work on the CPU hits every mode alike
                 loss_fn, from_cache = settings[mode]
                 start = time.perf_counter()
-                total, _ = trainer.compute_loss(batch, teacher_loader, loss_fn=loss_fn, teacher_from_cache=from_cache)
+                total, _ = trainer.compute_loss(batch, loss_fn=loss_fn, teacher_from_cache=from_cache, step=index)
                 trainer.optimisation_step(total, len(local[index]), len(batches[index]))
                 if trainer.device.type == "cuda":
                     torch.cuda.synchronize(trainer.device)

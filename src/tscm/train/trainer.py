@@ -12,6 +12,11 @@ be reused, the mining cache, so a resumed run retraces the uninterrupted one exa
 On the CPU the networks run in channels-last layout and Adam is the fused kernel (both faster for
 the small presets); train and validation images are decoded once and kept in memory
 (`tscm.data.images.DecodedImages`), so a step reads its images from memory.
+
+A step's images are the batch's tuple images and, for distillation, `distill.teach_images` more train
+images in turn (so every train image is taught); each gets one augmented view (`augment.*`) that the
+student and the teacher both read (`tscm.train.views`). Views, teaching images and the distillation
+weight schedule are functions of the run's seed and the step number, so a resumed run draws them again.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torch
 from torch import nn
 
 from tscm.config import TrainConfig
-from tscm.data.images import DecodedImages
+from tscm.data.augment import Augmenter
 from tscm.data.places import PlaceSet
 from tscm.data.tuples import TupleArrays, TupleBatch, TupleBatchDataset, flat_image_paths, scatter_to_layout
 from tscm.errors import TscmError
@@ -38,6 +43,7 @@ from tscm.train.caches import DescriptorCaches
 from tscm.train.checkpoints import RunCheckpoints
 from tscm.train.metrics_log import MetricsLog
 from tscm.train.runtime import Runtime, rng_state, set_rng_state
+from tscm.train.views import ImageViews, TrainViews
 
 TRAINING_STATE_FORMAT = 2
 
@@ -117,7 +123,11 @@ class Trainer:
                 f"loss.preset={config.loss.preset}, mining.descriptors={config.mining.descriptors}: a teacher is needed "
                 "(distill --teacher CKPT), or use loss.preset=none with mining.descriptors=student"
             )
-        self.teacher_from_cache = needs_teacher and config.distill.teacher_outputs == "cache"
+        a = config.augment
+        self.augmenter = Augmenter(a.strength, a.photometric, a.geometric)
+        outputs = config.distill.teacher_outputs
+        self.teacher_from_cache = needs_teacher and (outputs == "cache" or (outputs == "auto" and not self.augmenter.active))
+        self.teach_images = config.distill.teach_images if getattr(self.loss_fn, "reads_extra_images", False) else 0
         self.caches = DescriptorCaches(config, self.rt, job.train_set, self.raw_model, job.spec, self.teacher,
                                        job.teacher_spec, self.teacher_from_cache)
         self.plan = BatchPlan(job.train_set.num_queries, config.train.seed, config.train.max_queries_per_epoch,
@@ -142,7 +152,9 @@ class Trainer:
         self.epoch_loss = [0.0, 0]  # running sum and count of the epoch's step losses (kept across resumes)
         self.step_seconds: list[float] = []
         self._resumed_rng: dict | None = None
-        self.teacher_loader: TrainImageLoader | None = None
+        self.views = TrainViews(self.caches.train_images)
+        self.planned_steps = config.train.epochs * math.ceil(
+            len(self.plan.epoch_queries(0)) / max(1, config.train.batch_size))
 
     # ----- building blocks -----------------------------------------------------------------
 
@@ -153,52 +165,74 @@ class Trainer:
     def progress(self) -> bool:
         return self.config.train.progress and self.rt.is_main
 
-    def image_loader(self, spec: InputSpec) -> TrainImageLoader:
-        """Loads train image `key` (flat numbering: database then queries) as a model input tensor
-        (`.batch(keys)`: several at once), from the run's decoded-image cache."""
-        return TrainImageLoader(self.caches.train_images, spec)
+    def teach_keys(self, step: int) -> np.ndarray:
+        """The step's teaching images (flat train keys): see `teaching_keys`."""
+        return teaching_keys(self.config.train.seed, len(self.caches.train_images), self.teach_images, step)
 
-    def teacher_image_loader(self) -> TrainImageLoader | None:
-        """A loader of the teacher's own inputs when it runs per batch and wants other pixels than the student."""
-        if self.teacher is None or self.job.teacher_spec == self.job.spec:
-            return None
-        assert self.job.teacher_spec is not None
-        return self.image_loader(self.job.teacher_spec)
+    def teacher_factor(self, step: int) -> float:
+        d = self.config.distill
+        return distillation_factor(step, d.warmup_steps, d.final_weight, self.planned_steps)
+
+    def step_generator(self, step: int) -> torch.Generator:
+        """The augmentation draws of `step`: seeded by run seed and step, so a resumed run draws the same views."""
+        return torch.Generator().manual_seed(int(np.random.default_rng([self.config.train.seed, 0xA06, step])
+                                                 .integers(2**62)))
 
     # ----- one step ---------------------------------------------------------------------------
 
-    def compute_loss(self, batch: TupleBatch, teacher_loader: TrainImageLoader | None = None, *,
-                     loss_fn: nn.Module | None = None, teacher_from_cache: bool | None = None,
+    def compute_loss(self, batch: TupleBatch, *, loss_fn: nn.Module | None = None,
+                     teacher_from_cache: bool | None = None, step: int | None = None,
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of one batch (the run's loss and teacher source unless given)."""
+        """The loss of one batch at `step` (default: the run's next step), with the run's loss and teacher
+        source unless given: the tuples' images and the step's teaching images, one augmented view each,
+        read by the student and (per batch) by the teacher."""
         from tscm.losses import TupleDescriptors
 
         loss_fn = self.loss_fn if loss_fn is None else loss_fn
         from_cache = self.teacher_from_cache if teacher_from_cache is None else teacher_from_cache
+        step = self.global_step if step is None else step
+        needs_teacher = bool(getattr(loss_fn, "needs_teacher", False))
         layout = batch.layout
         mask = layout.negative_mask.to(self.device)
-        images = batch.images.to(self.device, non_blocking=True)
+        keys = layout.keys
+        views: ImageViews = batch.images
+        teach = self.teach_keys(step) if getattr(loss_fn, "reads_extra_images", False) else np.zeros(0, dtype=np.int64)
+        if len(teach):
+            views = views.then(self.views.batch(teach))
+            keys = torch.cat([keys, torch.from_numpy(teach)])
+        if self.augmenter.active:
+            views = views.augmented(self.augmenter, self.step_generator(step))
+        images = views.inputs(self.job.spec).to(self.device, non_blocking=True)
         wants_uncertainty = bool(getattr(loss_fn, "needs_uncertainty", False))
         with self.rt.autocast():
             output = self.model(images, with_uncertainty=True) if wants_uncertainty else self.model(images)
         descriptors, uncertainty = output if wants_uncertainty else (output, None)
-        student = TupleDescriptors.from_flat(scatter_to_layout(descriptors.float(), layout), self.k, mask)
+        descriptors = descriptors.float()
+        tuple_count = len(layout.keys)
+        student = TupleDescriptors.from_flat(scatter_to_layout(descriptors[:tuple_count], layout), self.k, mask)
+        if len(teach):
+            student.extra = descriptors[tuple_count:]
         if uncertainty is not None:
-            student.uncertainty = TupleDescriptors.from_flat(scatter_to_layout(uncertainty.float(), layout), self.k, mask)
+            student.uncertainty = TupleDescriptors.from_flat(
+                scatter_to_layout(uncertainty[:tuple_count].float(), layout), self.k, mask)
         teacher = None
-        if getattr(loss_fn, "needs_teacher", False):
+        if needs_teacher:
             if from_cache:
                 self.caches.ensure_teacher_cache(self.progress)
                 assert self.caches.teacher_cache is not None
-                teacher_desc = self.caches.teacher_cache.index_select(0, layout.keys.to(self.device))
+                teacher_desc = self.caches.teacher_cache.index_select(0, keys.to(self.device))
             else:
-                assert self.teacher is not None
+                assert self.teacher is not None and self.job.teacher_spec is not None
                 teacher_images = images
-                if teacher_loader is not None:
-                    teacher_images = teacher_loader.batch([int(k) for k in layout.keys]).to(self.device)
+                if self.job.teacher_spec != self.job.spec:
+                    teacher_images = views.inputs(self.job.teacher_spec).to(self.device, non_blocking=True)
                 with torch.no_grad(), self.rt.autocast():
                     teacher_desc = self.teacher(teacher_images).float()
-            teacher = TupleDescriptors.from_flat(scatter_to_layout(teacher_desc, layout), self.k, mask)
+            teacher = TupleDescriptors.from_flat(scatter_to_layout(teacher_desc[:tuple_count], layout), self.k, mask)
+            if len(teach):
+                teacher.extra = teacher_desc[tuple_count:]
+        if hasattr(loss_fn, "teacher_scale"):
+            loss_fn.teacher_scale = self.teacher_factor(step)
         return loss_fn(student, teacher)
 
     def optimisation_step(self, total: torch.Tensor, local_count: int, global_count: int) -> None:
@@ -315,15 +349,12 @@ class Trainer:
             self.untrained_recall = untrained["recall"]
             self.log.log_epoch(0, 0, {f"val_R@{n}": v for n, v in untrained["recall"].items()})
             self.say(f"untrained: validation R@1 {untrained['recall']['1']:.2f} % ({untrained['protocol']})")
-        runs_teacher = getattr(self.loss_fn, "needs_teacher", False) and not self.teacher_from_cache
-        self.teacher_loader = self.teacher_image_loader() if runs_teacher else None
-        load_image = self.image_loader(self.job.spec)
         if self._resumed_rng is not None:
             # Set last: the set-up above (teacher cache, its data loader) may draw from the global RNG.
             set_rng_state(self._resumed_rng)
         stopped = "epochs"
         try:
-            stopped = self._epochs(load_image)
+            stopped = self._epochs()
         except KeyboardInterrupt:
             self.save_last()
             raise Interrupted(
@@ -334,7 +365,7 @@ class Trainer:
             self.log.close()
         return self._finish(stopped)
 
-    def _epochs(self, load_image) -> str:
+    def _epochs(self) -> str:
         from torch.utils.data import DataLoader
         from tqdm import tqdm
 
@@ -352,7 +383,7 @@ class Trainer:
                 batches = self.plan.global_batches(len(self.tuples))
                 local = [self.plan.local_rows(rows) for rows in batches]
                 dataset = TupleBatchDataset(self.tuples, local[self.position["batch"] :], self.job.train_set.num_db,
-                                            load_image)
+                                            self.views)
                 # Its own generator: creating a loader must not draw from the global RNG (dropout's),
                 # or a run resumed mid-chunk would draw once more than the uninterrupted run.
                 loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.data.num_workers,
@@ -377,7 +408,7 @@ class Trainer:
         self.raw_model.train()
         batchnorm_mode(self.raw_model, t.batchnorm)
         start = time.perf_counter()
-        total, parts = self.compute_loss(batch, self.teacher_loader)
+        total, parts = self.compute_loss(batch)
         finite = bool(torch.isfinite(total.detach()).item())
         if not self.rt.all_true(finite):
             self._non_finite(epoch, chunk, b, batch, total, parts)
@@ -469,19 +500,27 @@ class Trainer:
             tqdm.write(text)
 
 
-class TrainImageLoader:
-    """Train images (flat keys) as model inputs of one InputSpec, taken from decoded pixels in memory."""
+def teaching_keys(seed: int, count: int, per_step: int, step: int) -> np.ndarray:
+    """Keys `per_step` teaching images of `step` out of `count` train images: consecutive slices of a seeded
+    permutation, a new one each pass, so every image is taught once per pass. A function of the step alone,
+    so a resumed run draws the same images."""
+    if per_step == 0 or count == 0:
+        return np.zeros(0, dtype=np.int64)
+    first, last = step * per_step, (step + 1) * per_step
+    keys = []
+    for turn in range(first // count, (last - 1) // count + 1):
+        order = np.random.default_rng([seed, 0x7EAC, turn]).permutation(count)
+        keys.append(order[max(first - turn * count, 0) : min(last - turn * count, count)])
+    return np.concatenate(keys).astype(np.int64)
 
-    def __init__(self, images: DecodedImages, spec: InputSpec) -> None:
-        self.images = images
-        self.spec = spec
 
-    def __call__(self, key: int) -> torch.Tensor:
-        return self.images.input(int(key), self.spec.image_size, self.spec.mean, self.spec.std)
-
-    def batch(self, keys: list[int]) -> torch.Tensor:
-        """N×3×H×W inputs of `keys`: what stacking one call per key gives."""
-        return self.images.inputs(keys, self.spec.image_size, self.spec.mean, self.spec.std)
+def distillation_factor(step: int, warmup_steps: int, final_weight: float, planned_steps: int) -> float:
+    """The factor on the distillation terms at `step` (0-based): a linear rise over `warmup_steps`, then a
+    linear move from 1 to `final_weight` at the last planned step (constant 1 with the defaults)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, planned_steps - warmup_steps))
+    return 1.0 + (final_weight - 1.0) * progress
 
 
 def build_optimizer(model: nn.Module, t: Any) -> torch.optim.Optimizer:

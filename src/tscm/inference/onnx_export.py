@@ -8,7 +8,7 @@ An exported model maps `images` (B×3×H×W, any B, normalised as in training) t
 (B×D, L2-normalised). Its `metadata_props` carry the checkpoint's fingerprint, preset, image
 size, mean/std and precision under `tscm.*` keys, so an index or a deployment can check which
 model made a descriptor without the checkpoint. The runtimes that run exported models live in
-`tscm.deploy.runtimes`.
+`tscm.inference.runtimes`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch import nn
 from tscm import __version__
 from tscm.errors import TscmError, excerpt
 from tscm.fileio import atomic_path, check_header, parse_json
+from tscm.machine import cpu_model, load_average, median_ms, time_turns
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "descriptors"
@@ -247,28 +248,16 @@ def time_onnx_graphs(graphs: dict[str, bytes], image_size: Sequence[int], thread
                      calls: int = AUTO_TIMING_CALLS, rounds: int = AUTO_TIMING_ROUNDS) -> dict[str, float]:
     """Median ms per call of each serialized graph on one random image (batch 1), with `threads` threads.
 
-    Each graph is warmed up (two calls), then the graphs take turns: `rounds` rounds of `calls` timed
-    calls each, so load from other processes falls on all of them alike.
+    The graphs take turns (`tscm.machine.time_turns`): `rounds` rounds of `calls` timed calls each,
+    so load from other processes falls on all of them alike.
     """
-    import statistics
-    import time
-
-    import onnxruntime as ort
-
     height, width = (int(s) for s in image_size)
     image = np.random.default_rng(0).standard_normal((1, 3, height, width), dtype=np.float32)
     sessions = {name: make_session(data, threads) for name, data in graphs.items()}
-    for session in sessions.values():
-        for _ in range(2):
-            session.run([OUTPUT_NAME], {INPUT_NAME: image})
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            for _ in range(calls):
-                tic = time.perf_counter()
-                session.run([OUTPUT_NAME], {INPUT_NAME: image})
-                times[name].append(time.perf_counter() - tic)
-    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+    calls_of = {name: (lambda session=session: session.run([OUTPUT_NAME], {INPUT_NAME: image}))
+                for name, session in sessions.items()}
+    times = time_turns(calls_of, cycles=rounds, calls_per_block=calls)
+    return {name: median_ms(values) for name, values in times.items()}
 
 
 def choose_precision(float32_graph: bytes, int8_graph: bytes, image_size: Sequence[int],
@@ -277,10 +266,6 @@ def choose_precision(float32_graph: bytes, int8_graph: bytes, image_size: Sequen
 
     The record (stored as metadata `precision_choice`) holds both timings and what they were measured on.
     """
-    import os
-
-    from tscm.bench.machine import cpu_model
-
     timings = time_onnx_graphs({"float32": float32_graph, "int8": int8_graph}, image_size, threads)
     chosen = "int8" if timings["int8"] < timings["float32"] else "float32"
     record = {
@@ -291,7 +276,7 @@ def choose_precision(float32_graph: bytes, int8_graph: bytes, image_size: Sequen
         "threads": threads,
         "calls": AUTO_TIMING_CALLS * AUTO_TIMING_ROUNDS,
         "cpu": cpu_model(),
-        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
         "onnxruntime": _onnxruntime_version(),
     }
     return chosen, record

@@ -5,7 +5,7 @@
 Linear layers), `onnx` (ONNX Runtime float32), `onnx-int8` (ONNX Runtime with statically
 quantised convolutions and constant-weight matrix products, calibrated on images the caller
 supplies). `onnx-int8` with `precision="auto"` builds the float32 and the int8 graph, times both
-here and runs the faster (tscm.deploy.onnx_export.choose_precision); the metadata's `precision`
+here and runs the faster (tscm.inference.onnx_export.choose_precision); the metadata's `precision`
 says which, `precision_choice` why. Quantised or bf16 runtimes
 keep the fingerprint of the float32 weights they come from: their descriptors live in the same
 space and search an index built with the float32 model.
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tscm.deploy.onnx_export import (
+from tscm.inference.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAME,
     export_model,

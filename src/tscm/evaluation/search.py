@@ -1,0 +1,159 @@
+"""The one exact k-nearest-neighbour search of tscm (squared L2, ties to the lower row).
+
+Used by evaluation (`ranking.rank_exact`: Recall@N, precision-recall, pictures, `tscm bench`
+accuracy) and by the place index's exhaustive back-ends (flat and PCA-flat with fp32 storage,
+IVF's coarse assignment, IVF-PQ's re-ranking), so every ranking tscm reports agrees.
+
+How: a fast approximate pass (BLAS: ‖x‖² − 2 q·x; a matrix-vector product for one query, tiled
+matrix products for a batch) keeps every row that can still be among the k nearest, given a
+proven bound on that pass' rounding error; those few rows then get their squared distance
+computed pair by pair in float64 (rounded to float32) and are ordered by (distance, row). A
+query therefore gets bitwise the same hits, distances and tie order alone or in any batch, and
+the batch keeps the speed of matrix products. The bound: for s-dim rows, the float32 dot product
+errs by at most s·u·‖q‖‖x‖ (any summation order), the norms and sums add a few u·(‖x‖+‖q‖)², the
+float64 distance rounded to float32 u·(‖x‖+‖q‖)² (u = 2^-24); SCAN_ERROR_FACTOR doubles that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from tscm.threads import blas_threads
+
+SCAN_ERROR_FACTOR = 2.0
+SCAN_DB_TILE = 32_768  # database rows per matrix product of a batch
+SCAN_QUERY_TILE = 256  # queries per matrix product of a batch
+RERANK_PAIR_ELEMENTS = 1 << 21  # float64 elements of (candidate, query) differences held at once
+MISSING_DISTANCE = np.float32(np.finfo(np.float32).max)  # faiss' value for a hit that does not exist
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product of each row of `a` with the same row of `b` (numpy ≥ 2: the vecdot ufunc, fastest)."""
+    vecdot = getattr(np, "vecdot", None)
+    return vecdot(a, b) if vecdot is not None else np.einsum("ij,ij->i", a, b)
+
+
+@dataclass
+class ScanTarget:
+    """Rows searched exhaustively: a view of faiss' storage, their squared norms and the largest norm."""
+
+    vectors: np.ndarray  # N×s float32 (may be a view of faiss-owned memory: valid until the next add)
+    norms: np.ndarray  # N float32, ‖x‖²
+    max_norm: float  # max ‖x‖
+
+    @classmethod
+    def of(cls, vectors: np.ndarray) -> ScanTarget:
+        squared = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
+        return cls(vectors, squared.astype(np.float32), float(np.sqrt(squared.max())) if len(squared) else 0.0)
+
+
+def pair_distances(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float32(Σ (q − x)² in float64) for each (query row, vector col) pair; each pair on its own."""
+    out = np.empty(len(rows), dtype=np.float32)
+    step = max(1, RERANK_PAIR_ELEMENTS // max(1, vectors.shape[1]))
+    for start in range(0, len(rows), step):
+        stop = start + step
+        diff = np.subtract(vectors[cols[start:stop]], queries[rows[start:stop]], dtype=np.float64)
+        out[start:stop] = _row_dots(diff, diff)
+    return out
+
+
+def top_k_of_pairs(num_queries: int, k: int, rows: np.ndarray, cols: np.ndarray,
+                    distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q×k (distances, cols) of the k best pairs per query by (distance, col); missing: (max float, -1)."""
+    out_d = np.full((num_queries, k), MISSING_DISTANCE, dtype=np.float32)
+    out_i = np.full((num_queries, k), -1, dtype=np.int64)
+    if num_queries == 1:  # the single query: no grouping by row
+        order = np.lexsort((cols, distances))[:k]
+        out_d[0, : len(order)] = distances[order]
+        out_i[0, : len(order)] = cols[order]
+    elif len(rows):
+        order = np.lexsort((cols, distances, rows))
+        rows, cols, distances = rows[order], cols[order], distances[order]
+        first = np.searchsorted(rows, rows, side="left")
+        rank = np.arange(len(rows)) - first
+        keep = rank < k
+        out_d[rows[keep], rank[keep]] = distances[keep]
+        out_i[rows[keep], rank[keep]] = cols[keep]
+    return out_d, out_i
+
+
+def _scan_slack(dim: int, max_norm, query_norms):
+    """Twice the bound on the approximate scores' error (module doc), per query."""
+    unit = float(np.finfo(np.float32).eps) / 2
+    return 2 * SCAN_ERROR_FACTOR * (dim + 8) * unit * (max_norm + query_norms) ** 2
+
+
+def exact_search(queries: np.ndarray, target: ScanTarget, k: int,
+                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of `target` per query (Q×k distances float32, Q×k rows int64; -1 and
+    MISSING_DISTANCE where fewer than k rows exist), see the module doc. A batch runs numpy's BLAS on
+    `threads` threads (None: as it is set); a single query on one.
+    """
+    num_queries, dim = queries.shape
+    count = len(target.vectors)
+    if num_queries == 1 and count:
+        return _exact_search_one_query(queries, target, k)
+    out_d = np.empty((num_queries, k), dtype=np.float32)
+    out_i = np.empty((num_queries, k), dtype=np.int64)
+    query_norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
+    slack = _scan_slack(dim, target.max_norm, query_norms).astype(np.float32)
+    with blas_threads(threads) if threads else contextlib.nullcontext():
+        for q0 in range(0, num_queries, SCAN_QUERY_TILE):
+            block = queries[q0 : q0 + SCAN_QUERY_TILE]
+            m = len(block)
+            scaled = block * np.float32(-2.0)
+            best = np.full((m, k), np.inf, dtype=np.float32)  # k smallest approximate scores so far
+            found_rows, found_cols, found_scores = [], [], []
+            for d0 in range(0, count, SCAN_DB_TILE):
+                tile = target.vectors[d0 : d0 + SCAN_DB_TILE]
+                scores = scaled @ tile.T
+                scores += target.norms[d0 : d0 + SCAN_DB_TILE]  # ‖x‖² − 2 q·x (‖q‖² is the same per query)
+                if k == 1:
+                    np.minimum(best[:, 0], scores.min(axis=1), out=best[:, 0])
+                else:
+                    best = np.partition(np.concatenate([best, scores], axis=1), k - 1, axis=1)[:, :k]
+                limit = best.max(axis=1) + slack[q0 : q0 + m]
+                rows, cols = np.nonzero(scores <= limit[:, None])
+                found_rows.append(rows)
+                found_cols.append(cols + d0)
+                found_scores.append(scores[rows, cols])
+            if not found_rows:  # an empty target: every hit is missing
+                out_d[q0 : q0 + m], out_i[q0 : q0 + m] = MISSING_DISTANCE, -1
+                continue
+            rows, cols, scores = (np.concatenate(parts) for parts in (found_rows, found_cols, found_scores))
+            keep = scores <= (best.max(axis=1) + slack[q0 : q0 + m])[rows]  # the final k-th score's bound
+            rows, cols = rows[keep], cols[keep].astype(np.int64)
+            distances = pair_distances(block, target.vectors, rows, cols)
+            out_d[q0 : q0 + m], out_i[q0 : q0 + m] = top_k_of_pairs(m, k, rows, cols, distances)
+    return out_d, out_i
+
+
+def _exact_search_one_query(queries: np.ndarray, target: ScanTarget, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_search` for one query in a dozen numpy calls: one matrix-vector product over all rows
+    (memory-bound: N·s·4 bytes read), then the same candidate rule, pair distances and order."""
+    query = queries[0]
+    with blas_threads(1):
+        scores = target.vectors @ (query * np.float32(-2.0))
+    scores += target.norms
+    if k >= len(scores):
+        candidates = np.arange(len(scores))
+    else:
+        kth = scores.min() if k == 1 else np.partition(scores, k - 1)[k - 1]
+        slack = _scan_slack(len(query), target.max_norm, float(np.sqrt(np.dot(query, query))))
+        candidates = np.flatnonzero(scores <= kth + np.float32(slack))
+    # As pair_distances: float64 differences, one dot product per pair, rounded to float32.
+    diff = np.subtract(target.vectors[candidates], query, dtype=np.float64)
+    distances = _row_dots(diff, diff).astype(np.float32)
+    order = np.lexsort((candidates, distances))[:k] if len(candidates) > 1 else slice(None)
+    out_d = np.full((1, k), MISSING_DISTANCE, dtype=np.float32)
+    out_i = np.full((1, k), -1, dtype=np.int64)
+    found = min(k, len(candidates))
+    out_d[0, :found] = distances[order]
+    out_i[0, :found] = candidates[order]
+    return out_d, out_i
+
+

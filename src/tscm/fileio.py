@@ -234,7 +234,7 @@ def parse_json(text: str | bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -
         deep = True
     except ValueError as error:  # JSONDecodeError, or an integer of more digits than Python converts
         position = f" at line {error.lineno}, column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
-        reason = error.msg if isinstance(error, json.JSONDecodeError) else excerpt(str(error))
+        reason = error.msg if isinstance(error, json.JSONDecodeError) else excerpt(str(error)).strip("'\"")
         raise TscmError(f"{where}: not valid JSON{position}: {reason}") from None
     else:
         deep = _json_depth_exceeds(value, max_depth)

@@ -225,8 +225,8 @@ def test_a_frame_numbered_map_prints_frames(tmp_path, checkpoints, capsys):
     manifest = write_manifest(tmp_path / "frames.csv", [(f"db{i}.jpg", 7 + i, "database") for i in range(3)]
                               + [(f"q{i}.jpg", 7 + i, "query") for i in range(3)], header="path,frame,role")
     out = tmp_path / "map.idx"
-    assert tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", manifest,
-                "--out", out).code == 0
+    built = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", manifest, "--out", out)
+    assert built.code == 0 and "coordinates: frame numbers" in built.out, built.out
     printed = tscm(capsys, "query", "--index", out, tmp_path / "q0.jpg", "-k", 3)
     assert printed.code == 0, printed.err
     places = [line for line in printed.out.splitlines() if line.strip()[:2].strip().rstrip(".").isdigit()]

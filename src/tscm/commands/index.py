@@ -78,6 +78,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positions(built) -> str:
+    if not built.has_positions:
+        return "no"
+    return "frame numbers" if built.index.position_unit == "frame" else "yes (east, north in metres)"
+
+
 def run(args: argparse.Namespace) -> int:
     from tscm.deploy.map_builder import build_map, parse_params
 
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     index = built.index
     print(f"wrote {args.out}: {index.count} places, {index.dim}-d descriptors, backend {index.backend} "
-          f"{index.params}, {index.memory_bytes / 2**20:.1f} MB, coordinates: {'yes' if built.has_positions else 'no'}")
+          f"{index.params}, {index.memory_bytes / 2**20:.1f} MB, coordinates: {_positions(built)}")
     print(f"model {built.preset} ({args.runtime}), fingerprint {built.fingerprint}")
     print(f"extraction {built.extract_s:.1f} s ({1e3 * built.extract_s / built.kept:.1f} ms per image"
           + (f" over {built.world_size} processes, {built.kept / max(built.extract_s, 1e-9):.1f} images/s"

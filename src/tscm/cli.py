@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from tscm import __version__
+from tscm.config import check_option_limits
 from tscm.errors import TscmError
 
 # Sub-command modules under tscm.commands, in the order `tscm --help` lists them.
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_option_limits(args)
         return int(args._run(args) or 0)
     except TscmError as error:
         if args.debug:

@@ -19,7 +19,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from tscm.errors import TscmError
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import read_bytes_bounded
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -221,10 +222,10 @@ def _coerce(value: Any, target: type, key: str, where: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.lower() in ("true", "yes", "1", "on")
-        raise TscmError(f"{where}: {key} must be true or false, got {value!r}")
+        raise TscmError(f"{where}: {key} must be true or false, got {excerpt(value)}")
     if target is int:
         if isinstance(value, bool):
-            raise TscmError(f"{where}: {key} must be an integer, got {value!r}")
+            raise TscmError(f"{where}: {key} must be an integer, got {excerpt(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -234,10 +235,10 @@ def _coerce(value: Any, target: type, key: str, where: str) -> Any:
                 return int(value.strip())
             except ValueError:
                 pass
-        raise TscmError(f"{where}: {key} must be an integer, got {value!r}")
+        raise TscmError(f"{where}: {key} must be an integer, got {excerpt(value)}")
     if target is float:
         if isinstance(value, bool):
-            raise TscmError(f"{where}: {key} must be a number, got {value!r}")
+            raise TscmError(f"{where}: {key} must be a number, got {excerpt(value)}")
         number = None
         if isinstance(value, (int, float)):
             number = float(value)
@@ -248,13 +249,13 @@ def _coerce(value: Any, target: type, key: str, where: str) -> Any:
                 pass
         if number is not None and math.isfinite(number):
             return number
-        raise TscmError(f"{where}: {key} must be a finite number, got {value!r}")
+        raise TscmError(f"{where}: {key} must be a finite number, got {excerpt(value)}")
     if target is str:
         if value is None:
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise TscmError(f"{where}: {key} must be a string, got {value!r}")
+        raise TscmError(f"{where}: {key} must be a string, got {excerpt(value)}")
     raise TscmError(f"{where}: {key} has unsupported type {target}")
 
 
@@ -265,14 +266,14 @@ def set_value(config: TrainConfig, key: str, value: Any, where: str = "override"
         return
     section, _, name = key.partition(".")
     if section not in section_names():
-        raise TscmError(f"{where}: unknown section {section!r} in {key!r}; sections: {', '.join(section_names())}")
+        raise TscmError(f"{where}: unknown section {excerpt(section)} in {excerpt(key)}; sections: {', '.join(section_names())}")
     fields = _section_fields(section)
     if name not in fields:
-        raise TscmError(f"{where}: unknown setting {key!r}; {section} has: {', '.join(fields)}")
+        raise TscmError(f"{where}: unknown setting {excerpt(key)}; {section} has: {', '.join(fields)}")
     converted = _coerce(value, _field_type(section, name), key, where)
     choices = fields[name].metadata.get("choices")
     if choices is not None and converted not in choices:
-        raise TscmError(f"{where}: {key} must be one of {', '.join(choices)}, got {converted!r}")
+        raise TscmError(f"{where}: {key} must be one of {', '.join(choices)}, got {excerpt(converted)}")
     setattr(getattr(config, section), name, converted)
 
 
@@ -285,11 +286,11 @@ def apply_mapping(config: TrainConfig, mapping: dict[str, Any], where: str) -> N
             set_value(config, "kind", values, where)
             continue
         if section not in section_names():
-            raise TscmError(f"{where}: unknown section {section!r}; sections: {', '.join(section_names())}")
+            raise TscmError(f"{where}: unknown section {excerpt(section)}; sections: {', '.join(section_names())}")
         if values is None:
             continue
         if not isinstance(values, dict):
-            raise TscmError(f"{where}: section {section!r} must be a mapping, got {values!r}")
+            raise TscmError(f"{where}: section {excerpt(section)} must be a mapping, got {excerpt(values)}")
         for name, value in values.items():
             set_value(config, f"{section}.{name}", value, where)
 
@@ -298,7 +299,7 @@ def parse_override(text: str) -> tuple[str, str]:
     """Split `section.field=value`."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise TscmError(f"override {text!r}: expected section.field=value, e.g. train.lr=3e-4")
+        raise TscmError(f"override {excerpt(text)}: expected section.field=value, e.g. train.lr=3e-4")
     return key.strip(), value.strip()
 
 
@@ -320,9 +321,14 @@ def yaml_problem(error: Exception) -> str:
     return " ".join(text.split())
 
 
+# A settings file is a few kilobytes; a larger one is not a settings file (and is not read into memory).
+MAX_YAML_BYTES = 1 << 20
+
+
 def read_yaml_text(path: Path) -> str:
-    """The text of a YAML file; TscmError naming the file when it is unreadable or not UTF-8."""
-    data = path.read_bytes()
+    """The text of a YAML file; TscmError naming the file when it is unreadable, not a regular file, larger
+    than MAX_YAML_BYTES or not UTF-8."""
+    data = read_bytes_bounded(path, MAX_YAML_BYTES, "settings file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -331,13 +337,83 @@ def read_yaml_text(path: Path) -> str:
                         "save the file as UTF-8") from None
 
 
+class _PlainYamlLoader(yaml.SafeLoader):
+    """The safe loader without anchors, aliases or duplicate keys: a settings file is a plain tree, so an
+    alias only serves to make a small file expand (nested aliases: gigabytes from a few hundred bytes), and
+    a repeated key would silently drop the first (a whole `train:` section)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+            raise _PlainYamlRefusal(f"line {event.start_mark.line + 1}, column {event.start_mark.column + 1}: "
+                                    f"{kind}{excerpt(event.anchor, 40)[1:-1]}: anchors and aliases are not allowed "
+                                    "in tscm settings; write the values out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise _PlainYamlRefusal(f"line {line}: key {excerpt(key, 40)} appears a second time (first on line "
+                                            f"{first_line[key]}); the second would silently replace the first")
+                first_line[key] = line
+            except TypeError:  # an unhashable key: the base loader reports it
+                continue
+        return super().construct_mapping(node, deep=deep)
+
+
+class _PlainYamlRefusal(Exception):
+    pass
+
+
+# Deeper than this a settings file is not one (tscm's have 2 levels); the bound keeps parsing off the stack limit.
+MAX_YAML_DEPTH = 32
+
+
+def _yaml_depth_exceeds(node: Any, limit: int) -> bool:
+    stack = [(node, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (yaml.SequenceNode, yaml.MappingNode)):
+            if depth > limit:
+                return True
+            children = item.value if isinstance(item, yaml.SequenceNode) else [v for pair in item.value for v in pair]
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The plain data of a YAML settings text (no anchors, aliases, duplicate keys or Python tags; at most
+    MAX_YAML_DEPTH levels); TscmError naming `where`, the line and the problem otherwise."""
+    loader = _PlainYamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _yaml_depth_exceeds(node, MAX_YAML_DEPTH):
+            raise _PlainYamlRefusal(f"nested deeper than {MAX_YAML_DEPTH} levels; not a settings file")
+        return loader.construct_document(node)
+    except _PlainYamlRefusal as refusal:
+        raise TscmError(f"{where}: {refusal}") from None
+    except RecursionError:
+        raise TscmError(f"{where}: nested too deeply to read; not a settings file") from None
+    except yaml.YAMLError as error:
+        raise TscmError(f"{where}: not valid YAML: {yaml_problem(error)}") from None
+    finally:
+        loader.dispose()
+
+
 def preset_text(name_or_path: str) -> tuple[str, str]:
     """The YAML text of a shipped preset (by name) or of a file (by path), with where it came from."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise TscmError(f"config {name_or_path}: no such file")
-        return read_yaml_text(path), str(path)
+        return read_yaml_text(path), str(path)  # a folder, FIFO or link loop is refused there, naming it
     resource = resources.files("tscm") / "configs" / f"{name_or_path}.yaml"
     if not resource.is_file():
         raise TscmError(
@@ -355,14 +431,11 @@ def load_config(
         config.kind = kind
     if name_or_path:
         text, where = preset_text(name_or_path)
-        try:
-            mapping = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:
-            raise TscmError(f"{where}: not valid YAML: {yaml_problem(error)}") from None
+        mapping = load_yaml(text, where) or {}
         apply_mapping(config, mapping, where)
     for item in overrides:
         key, value = parse_override(item)
-        set_value(config, key, value, f"override {item!r}")
+        set_value(config, key, value, f"override {excerpt(item)}")
     if kind is not None and config.kind != kind:
         raise TscmError(f"config {name_or_path}: describes a {config.kind} run, expected {kind}")
     validate(config)
@@ -395,6 +468,50 @@ def check_device(name: str, what: str = "--device") -> str:
     return name
 
 
+# Seeds go to Python's, NumPy's and torch's generators; all three take 0..2**32-1 (NumPy's legacy seed range).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: Any, what: str = "seed") -> int:
+    """`value` as a seed in 0..MAX_SEED, or TscmError naming `what` (a negative or huge seed otherwise fails
+    deep inside NumPy or torch, after a run folder was made)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np_integer())):
+        raise TscmError(f"{what}: expected an integer seed in 0..{MAX_SEED}, got {excerpt(value)}")
+    if not 0 <= value <= MAX_SEED:
+        raise TscmError(f"{what}: expected an integer seed in 0..{MAX_SEED}, got {excerpt(int(value))}")
+    return int(value)
+
+
+def check_seeds(values: Iterable[Any] | None, what: str = "--seeds") -> None:
+    """Every seed of `values` (None: the defaults) in 0..MAX_SEED, or TscmError naming `what` and the value."""
+    for value in values or ():
+        check_seed(value, what)
+
+
+# Upper bounds of the count options every command shares (by their argparse names): beyond them a value is
+# a slip of the keyboard, and it would start that many threads or processes, or put that many images in
+# one batch, before anything failed. Lower bounds are each command's own (0 or 1, with its meaning).
+OPTION_LIMITS = {"threads": 1024, "workers": 256, "num_workers": 256, "batch_size": 1 << 16, "batch_sizes": 1 << 16}
+
+
+def check_option_limits(options: Any) -> None:
+    """Refuse a count option (OPTION_LIMITS: threads, workers, batch sizes) above its bound, naming it; `options`
+    is an argparse Namespace (or anything with those attributes)."""
+    for name, limit in OPTION_LIMITS.items():
+        value = getattr(options, name, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, int) and not isinstance(item, bool) and item > limit:
+                raise TscmError(f"--{name.replace('_', '-')}: expected at most {limit}, got {excerpt(item)}")
+
+
+def np_integer() -> type:
+    """NumPy's integer base type when NumPy is loaded (a seed read from a file may be one), else int."""
+    import sys
+
+    numpy = sys.modules.get("numpy")
+    return numpy.integer if numpy is not None else int
+
+
 def _need(ok: bool, message: str) -> None:
     if not ok:
         raise TscmError(f"config: {message}")
@@ -405,7 +522,7 @@ def check_choices(settings: Any, section: str) -> None:
     for f in dataclasses.fields(settings):
         choices = f.metadata.get("choices")
         value = getattr(settings, f.name)
-        _need(choices is None or value in choices, f"{section}.{f.name} must be one of {', '.join(choices or ())}, got {value!r}")
+        _need(choices is None or value in choices, f"{section}.{f.name} must be one of {', '.join(choices or ())}, got {excerpt(value)}")
 
 
 def check_mining(m: MiningSettings) -> None:
@@ -424,7 +541,7 @@ def check_mining(m: MiningSettings) -> None:
     for name in ("query_chunk", "num_negatives", "num_random", "refresh_every_epochs", "batch_size"):
         value = getattr(m, name)
         _need(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-              f"mining.{name} must be an integer ≥ 1, got {value!r}")
+              f"mining.{name} must be an integer ≥ 1, got {excerpt(value)}")
     _need(m.margin >= 0, f"mining.margin must be ≥ 0, got {m.margin}")
     _need(m.refresh_every_queries >= 0, f"mining.refresh_every_queries must be ≥ 0, got {m.refresh_every_queries}")
 
@@ -446,6 +563,9 @@ def validate(config: TrainConfig) -> None:
     need(t.checkpoint_every_steps >= 1, f"train.checkpoint_every_steps must be ≥ 1, got {t.checkpoint_every_steps}")
     need(t.stop_after_steps >= 0, f"train.stop_after_steps must be ≥ 0, got {t.stop_after_steps}")
     need(t.threads >= 0, f"train.threads must be ≥ 0, got {t.threads}")
+    need(0 <= t.seed <= MAX_SEED, f"train.seed must be an integer in 0..{MAX_SEED}, got {excerpt(t.seed)}")
+    need(0 <= config.data.synthetic_seed <= MAX_SEED,
+         f"data.synthetic_seed must be an integer in 0..{MAX_SEED}, got {excerpt(config.data.synthetic_seed)}")
     need(
         t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
         f"train.device must be auto, cpu, cuda or cuda:N, got {t.device!r}",

@@ -1,17 +1,20 @@
-"""Atomic file writes: a reader never sees a half-written file, and a failed write keeps the old one."""
+"""Files in and out: atomic writes (a reader never sees a half-written file, a failed write keeps the old
+one), output paths checked before any work, and bounded reads of small JSON files and regular files."""
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from tscm.errors import TscmError
+from tscm.errors import TscmError, excerpt
 
 
 # Write failures that are about the disk or its permissions, not about the data: reported in one line
@@ -64,6 +67,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600, and some writers (safetensors) create the file anew with 0600: give it the
         # permissions a plain open() would (umask applies), after it is written.
         os.chmod(tmp_path, 0o666 & ~umask)
+        group = _GROUP.get()
+        if group is not None:  # moved into place with the rest of the group (atomic_group)
+            group.append((tmp_path, path))
+            return
         os.replace(tmp_path, path)
     except BaseException as error:
         tmp_path.unlink(missing_ok=True)
@@ -71,6 +78,39 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if converted is None:
             raise
         raise converted from None
+
+
+_GROUP: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("tscm_atomic_group", default=None)
+
+
+@contextlib.contextmanager
+def atomic_group() -> Iterator[None]:
+    """Files written with `atomic_path` inside the block are moved into place together when the block
+    ends without error; on an error none is, and each keeps its previous content. For a command that
+    writes several files (an HDF5 file, arrays, names, pairs): all of them, or none."""
+    if _GROUP.get() is not None:  # nested: the outer group decides
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _GROUP.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _GROUP.reset(token)
+    for position, (tmp, path) in enumerate(pending):
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # renames in one folder hardly fail; still, leave no temporary file
+            for later, _ in pending[position:]:
+                later.unlink(missing_ok=True)
+            converted = write_error(path, error)
+            if converted is None:
+                raise
+            raise converted from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -88,10 +128,10 @@ def check_header(header: Any, format_name: str, version: int, where: str, requir
     if not isinstance(header, dict):
         raise TscmError(f"{where}: metadata must be a JSON object, got {type(header).__name__}")
     if header.get("format") != format_name:
-        raise TscmError(f"{where}: field 'format' is {header.get('format')!r}, expected {format_name!r} "
+        raise TscmError(f"{where}: field 'format' is {excerpt(header.get('format'))}, expected {format_name!r} "
                         "(not a file of this kind)")
     if header.get("format_version") != version:
-        raise TscmError(f"{where}: field 'format_version' is {header.get('format_version')!r}; this tscm reads "
+        raise TscmError(f"{where}: field 'format_version' is {excerpt(header.get('format_version'))}; this tscm reads "
                         f"version {version}")
     absent = [name for name in required if name not in header]
     if absent:
@@ -122,3 +162,191 @@ def exchange_paths(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
         return False
     raise OSError(code, os.strerror(code), str(second))
+
+
+# ----- reading: only regular files, JSON within bounds ----------------------------------------------
+
+# A tscm JSON file (meta.json, an index header, results.json, settings) is kilobytes; these bounds are
+# far above any real one and far below what would exhaust memory or the stack.
+MAX_JSON_BYTES = 64 << 20
+MAX_JSON_DEPTH = 64
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a named pipe (FIFO)", "a folder", ...)."""
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def stat_regular(path: str | os.PathLike, what: str = "file") -> os.stat_result:
+    """The stat of `path` when it is a regular file (symbolic links followed); else a TscmError saying what
+    it is: missing, a folder, a FIFO / socket / device (which would block or never end if read), or a
+    path that cannot be resolved (a symbolic link loop, a component that is not a folder)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise TscmError(f"{path}: {what} not found") from None
+    except OSError as error:  # ELOOP, ENOTDIR, ENAMETOOLONG, EACCES...
+        raise TscmError(f"{path}: unreadable {what} ({error.strerror or error})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise TscmError(f"{path}: is {file_kind(info.st_mode)}, not a regular {what}")
+    return info
+
+
+def read_bytes_bounded(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of the regular file `path`, or a TscmError when it is not one or is larger than `max_bytes`."""
+    info = stat_regular(path, what)
+    if info.st_size > max_bytes:
+        raise TscmError(f"{path}: {what} of {info.st_size} bytes is larger than the {max_bytes} this tscm reads")
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TscmError(f"{path}: {what} is larger than the {max_bytes} bytes this tscm reads")
+    return data
+
+
+def _json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists/objects deeper than `limit` (an iterative walk: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def parse_json(text: str | bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON from `text`, nested at most `max_depth` deep; a TscmError naming `where` otherwise (with a
+    short excerpt at most, never the document)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise TscmError(f"{where}: not UTF-8 JSON (byte {error.start})") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = None
+        deep = True
+    except ValueError as error:  # JSONDecodeError, or an integer of more digits than Python converts
+        position = f" at line {error.lineno}, column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        reason = error.msg if isinstance(error, json.JSONDecodeError) else excerpt(str(error)).strip("'\"")
+        raise TscmError(f"{where}: not valid JSON{position}: {reason}") from None
+    else:
+        deep = _json_depth_exceeds(value, max_depth)
+    if deep:
+        raise TscmError(f"{where}: JSON nested deeper than {max_depth} levels; not a file tscm wrote")
+    return value
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", max_bytes: int = MAX_JSON_BYTES,
+              max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON document in the regular file `path`, within `max_bytes` and `max_depth`; TscmError naming
+    the file otherwise."""
+    return parse_json(read_bytes_bounded(path, max_bytes, what), str(path), max_depth)
+
+
+# ----- writing: every output path checked before the first byte -----------------------------------
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """`path` with symbolic links resolved, absolute; unlike Path.resolve a symbolic link loop is left
+    as it is (reported when the file is opened) instead of raising RuntimeError."""
+    return Path(os.path.realpath(path))
+
+
+def _input_files(inputs: Mapping[str, Any]) -> Iterator[tuple[str, Path]]:
+    """(role, file) for every input; a folder stands for the files directly in it (a checkpoint folder)."""
+    for role, value in inputs.items():
+        if value is None:
+            continue
+        values = [value] if isinstance(value, (str, os.PathLike)) else value
+        for item in values:
+            item = Path(item)
+            if item.is_dir():
+                try:
+                    yield from ((role, child) for child in item.iterdir() if child.is_file())
+                except OSError:
+                    continue
+            else:
+                yield role, item
+
+
+def _writable_ancestor(path: Path) -> tuple[Path | None, str | None]:
+    """The nearest existing folder above `path` and why it cannot take a new file (None when it can)."""
+    ancestor = path.parent
+    while True:
+        try:
+            info = os.stat(ancestor)
+        except FileNotFoundError:
+            if ancestor.parent == ancestor:
+                return None, "no existing folder above it"
+            ancestor = ancestor.parent
+            continue
+        except OSError as error:
+            return ancestor, error.strerror or str(error)
+        break
+    if not stat.S_ISDIR(info.st_mode):
+        return ancestor, f"{ancestor} is {file_kind(info.st_mode) if not stat.S_ISREG(info.st_mode) else 'a file'}, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(ancestor).f_flag & os.ST_RDONLY)
+        return ancestor, os.strerror(errno.EROFS if read_only else errno.EACCES)
+    return ancestor, None
+
+
+def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
+                  inputs: Mapping[str, str | os.PathLike | Iterable[str | os.PathLike] | None] = {}) -> None:
+    """Refuse, before any work, output paths a command could not write or must not: a folder, a FIFO or
+    device, an unresolvable path, one of the command's inputs (same resolved path or same file: a hard
+    link), the same file named twice, or a path whose nearest existing folder is a file or not writable.
+
+    `outputs` maps the option (e.g. "--json") to its path (None: not asked for); `inputs` maps what an
+    input is (e.g. "the data set") to its file(s); a folder stands for the files directly in it.
+    """
+    seen: dict[tuple, str] = {}
+    existing = []
+    for option, target in outputs.items():
+        if target is None or target == "":
+            continue
+        path = Path(target)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            info = None
+            if path.is_symlink():  # a dangling link: writing would create its target somewhere else
+                raise TscmError(f"{option} {path}: is a symbolic link to a missing file; give a plain file name")
+        except OSError as error:
+            raise TscmError(f"{option} {path}: cannot be resolved ({error.strerror or error})") from None
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise TscmError(f"{option} {path}: is {file_kind(info.st_mode)}; give a file name to write")
+        ancestor, problem = _writable_ancestor(path)
+        if problem is not None:
+            raise TscmError(f"{option} {path}: could not be written: {problem} (nothing was written)")
+        key = (info.st_dev, info.st_ino) if info is not None else ("path", str(real_path(path)))
+        if key in seen:
+            raise TscmError(f"{option} {path}: the same file as {seen[key]}; give each output its own file")
+        seen[key] = f"{option} {path}"
+        if info is not None:
+            existing.append((option, path, key))
+    if not existing:
+        return
+    real_outputs = {real_path(path): (option, path) for option, path, _ in existing}
+    keys = {key: (option, path) for option, path, key in existing}
+    for role, file in _input_files(inputs):
+        hit = keys.get(_identity(file)) or real_outputs.get(real_path(file))
+        if hit is not None:
+            option, path = hit
+            raise TscmError(f"{option} {path}: is {role} ({file}), an input of this command; "
+                            "writing there would destroy it, give another file")

@@ -85,3 +85,19 @@ def trained_runs(tmp_path_factory, city) -> dict[str, Path]:
     assert cli.main(training_args("train-teacher", city, out, "teacher", "train.checkpoint_every_steps=1")) == 0
     assert cli.main([*training_args("distill", city, out, "student"), "--teacher", str(out / "teacher" / "best")]) == 0
     return {"teacher": out / "teacher", "student": out / "student"}
+
+
+@pytest.fixture
+def stop_before_work(monkeypatch):
+    """Make the heavy part of demo, ablation and bench fail loudly: an unchecked option would reach it."""
+    def reached(*args, **kwargs):
+        raise AssertionError("the command started working: its options were not checked first")
+
+    import tscm.bench.suite
+    import tscm.experiments.ablation
+    import tscm.experiments.demo
+
+    monkeypatch.setattr(tscm.experiments.demo, "measure_raw_pixels", reached)
+    monkeypatch.setattr(tscm.experiments.ablation, "measure_raw_pixels", reached)
+    for part in ("_extraction", "_accuracy", "_matching", "_mining"):
+        monkeypatch.setattr(tscm.bench.suite, part, reached)

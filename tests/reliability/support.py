@@ -8,8 +8,13 @@ before the failing command left byte for byte as they were.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -217,3 +222,83 @@ def damage_image(path: Path, kind: str) -> None:
 
 
 BAD_IMAGES = ("truncated", "empty", "text", "folder", "missing", "float-tiff")
+
+
+# ----- bounded runs in a child process (cases that once took gigabytes or never ended) ---------------
+
+# Address space a case may use beyond what importing tscm, torch and faiss takes: a refusal needs a few
+# megabytes; the blow-ups these cases guard against took 1.6 to 2.3 GB.
+BOUNDED_HEADROOM = 1 << 30
+# Beyond this the case is a hang (a refusal takes seconds even on a busy machine).
+BOUNDED_TIMEOUT_S = 600
+
+
+@functools.lru_cache(maxsize=1)
+def _import_address_space() -> int:
+    """Bytes of address space a child takes to import the tscm CLI with torch and faiss (VmPeak)."""
+    probe = ("import faiss, torch\nfrom tscm import cli\ncli.build_parser()\n"
+             "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmPeak')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=_child_env(), timeout=BOUNDED_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1]) * 1024
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ, MALLOC_ARENA_MAX="2", OMP_NUM_THREADS="1")
+    src = str(Path(cli.__file__).resolve().parents[1])  # the tscm being tested, whether installed or not
+    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def tscm_bounded(*argv) -> Outcome:
+    """Run `tscm ARGV...` in a child process whose address space is capped at the import's plus
+    BOUNDED_HEADROOM (a blow-up fails there, not on this machine), killed after BOUNDED_TIMEOUT_S."""
+    if not sys.platform.startswith("linux"):
+        import pytest
+
+        pytest.skip("the address-space cap reads /proc and uses RLIMIT_AS (Linux)")
+    import resource
+
+    cap = _import_address_space() + BOUNDED_HEADROOM
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    try:
+        done = subprocess.run([sys.executable, "-m", "tscm", *map(str, argv)], capture_output=True, text=True,
+                              env=_child_env(), timeout=BOUNDED_TIMEOUT_S, preexec_fn=limit, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"tscm {' '.join(map(str, argv))} ran past {BOUNDED_TIMEOUT_S} s (a hang)") from None
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+def make_fifo(path: Path) -> Path:
+    """A named pipe at `path` (replacing a file there): reading it blocks until a writer comes."""
+    if path.exists():
+        path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+@contextlib.contextmanager
+def fifo_released_after(fifo: Path, seconds: float = BOUNDED_TIMEOUT_S):
+    """While the block runs, a command that opened `fifo` and waits on it gets end-of-file after `seconds`:
+    a regression then fails the test instead of hanging the suite."""
+    done = threading.Event()
+
+    def release() -> None:
+        if done.wait(seconds):
+            return
+        while not done.wait(0.5):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO while nobody reads
+            except OSError:
+                pass
+
+    helper = threading.Thread(target=release, daemon=True)
+    helper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        helper.join()

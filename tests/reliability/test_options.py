@@ -18,22 +18,6 @@ def frames_csv(tmp_path):
     return write_manifest(tmp_path / "f" / "frames.csv", rows, header="path,frame,role")
 
 
-@pytest.fixture
-def stop_before_work(monkeypatch):
-    """Make the heavy part of demo, ablation and bench fail loudly: an unchecked option would reach it."""
-    def reached(*args, **kwargs):
-        raise AssertionError("the command started working: its options were not checked first")
-
-    import tscm.bench.suite
-    import tscm.experiments.ablation
-    import tscm.experiments.demo
-
-    monkeypatch.setattr(tscm.experiments.demo, "measure_raw_pixels", reached)
-    monkeypatch.setattr(tscm.experiments.ablation, "measure_raw_pixels", reached)
-    for part in ("_extraction", "_accuracy", "_matching", "_mining"):
-        monkeypatch.setattr(tscm.bench.suite, part, reached)
-
-
 # (command words, the option's value in context, what the message must name)
 EVALUATE = [
     (["--radius", "inf"], ["--radius", "finite"]),

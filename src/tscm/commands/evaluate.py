@@ -45,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_data_set(placeset, descriptors=args.descriptors, checkpoint=args.checkpoint, radius=args.radius,
                                ns=args.ns, sequence=args.sequence, save_descriptors=args.save_descriptors,
                                json_path=args.json, batch_size=args.batch_size, device=args.device,
-                               num_workers=args.num_workers)
+                               num_workers=args.num_workers, data_path=args.data)
     print(result.format_table())
     return 0

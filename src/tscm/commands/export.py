@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
         calibration = calibration_subset(placeset.db_paths, args.calibration_images)
     elif args.calibration is not None:
         raise TscmError("--calibration is only used with --precision int8 or auto")
+    from tscm.fileio import check_outputs
+
+    inputs = {"the checkpoint": [Path(args.checkpoint)], "a calibration image": calibration}
+    if args.calibration is not None and Path(args.calibration).is_file():
+        inputs["the --calibration data-set file"] = [Path(args.calibration)]
+    check_outputs({"--onnx": args.onnx}, inputs)
     meta = export_onnx(args.checkpoint, args.onnx, opset=args.opset, exporter=args.exporter, precision=args.precision,
                        calibration_paths=calibration, check_parity=not args.no_parity_check, threads=args.threads)
     size_mb = Path(args.onnx).stat().st_size / 2**20

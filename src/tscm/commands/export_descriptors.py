@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(CSV manifest, .mat) whose database images are described")
     parser.add_argument("--out", required=True, metavar="FILE.h5",
                         help="HDF5 file to write; FILE.database.npy/.txt (and FILE.queries.npy/.txt) go beside it")
+    parser.add_argument("--split", default=None,
+                        help="with data-set files: their rows of this split only (default: of every split the file "
+                             "holds; the summary names them)")
     parser.add_argument("--queries", metavar="DIR|CSV", default=None,
                         help="a separate query set (a data-set file: its query images); default: the database "
                              "images themselves, as one ordered sequence")
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
     done = export_descriptors(args.checkpoint, args.images, args.out, queries=args.queries, pairs=args.pairs, k=args.k,
                               exclude_recent=args.exclude_recent, root=args.root, runtime=args.runtime,
-                              batch_size=args.batch_size, threads=args.threads, on_bad_image=args.on_bad_image)
+                              batch_size=args.batch_size, threads=args.threads, on_bad_image=args.on_bad_image,
+                              split=args.split)
     sets = f"{done.num_db} images" if done.same_sequence else f"{done.num_db} database + {done.num_queries} query images"
     print(f"wrote {done.h5}: {sets}, {done.dim}-d global_descriptor per image, names relative to {done.root}")
     print("wrote " + ", ".join(str(p) for p in [*done.arrays, *done.names]))

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "every image has them), or a data-set file (CSV manifest, Pittsburgh .mat) whose "
                              "database images and coordinates are indexed")
     source.add_argument("--bag", metavar="BAG", help="a ROS bag whose camera frames (and positions) are indexed")
+    build.add_argument("--split", default=None,
+                       help="with a data-set file: index the database rows of this split only (default: of every "
+                            "split the file holds; the summary names them)")
     build.add_argument("--out", required=True, metavar="MAP", help="index file to write (safetensors)")
     build.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="search back-end (default: auto, chosen by database size)")
@@ -98,6 +101,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positions(built) -> str:
+    if not built.has_positions:
+        return "no"
+    return "frame numbers" if built.index.position_unit == "frame" else "yes (east, north in metres)"
+
+
 def run(args: argparse.Namespace) -> int:
     from tscm.deploy.retrieval.map_builder import build_map, parse_params
 
@@ -106,12 +115,13 @@ def run(args: argparse.Namespace) -> int:
 
     built = build_map(args.checkpoint, args.bag or args.images, args.out, backend=args.backend,
                       params=parse_params(args.param), runtime=args.runtime, batch_size=args.batch_size,
-                      threads=args.threads, on_bad_image=args.on_bad_image, bag=bag_selection(args))
+                      threads=args.threads, on_bad_image=args.on_bad_image, bag=bag_selection(args),
+                      split=args.split)
     if not built.is_main:  # under torchrun rank 0 writes the file and reports
         return 0
     index = built.index
     print(f"wrote {args.out}: {index.count} places, {index.dim}-d descriptors, backend {index.backend} "
-          f"{index.params}, {index.memory_bytes / 2**20:.1f} MB, coordinates: {'yes' if built.has_positions else 'no'}")
+          f"{index.params}, {index.memory_bytes / 2**20:.1f} MB, coordinates: {_positions(built)}")
     print(f"model {built.preset} ({args.runtime}), fingerprint {built.fingerprint}")
     print(f"extraction {built.extract_s:.1f} s ({1e3 * built.extract_s / built.kept:.1f} ms per image"
           + (f" over {built.world_size} processes, {built.kept / max(built.extract_s, 1e-9):.1f} images/s"

@@ -23,12 +23,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an unreadable query image is an error (default) or is reported and left out")
 
 
-def _format_place(place) -> str:
-    where = "" if place.xy is None else f"  east {place.xy[0]:.1f} north {place.xy[1]:.1f}"
+def _format_place(place, unit: str) -> str:
+    if place.xy is None:
+        where = ""
+    elif unit == "frame":  # a frame-numbered map stores (frame, 0): no east or north to speak of
+        where = f"  frame {place.xy[0]:.0f}"
+    else:
+        where = f"  east {place.xy[0]:.1f} north {place.xy[1]:.1f}"
     decision = "" if place.accepted is None else f"  {'ACCEPTED' if place.accepted else 'rejected'}"
     if place.decision_score is not None:  # only the places the threshold's decision score speaks for
         decision += f" ({place.score_name} {place.decision_score:.4g}, confidence {place.confidence:.2f})"
     return f"  {place.rank:>2}. id {place.id:<8} distance {place.distance:.4f}{decision}{where}  {place.path or '-'}"
+
+
+def _place_json(place, unit: str) -> dict:
+    entry = place.to_json()
+    if unit == "frame":
+        frame = entry.pop("east")
+        entry.pop("north")
+        entry["frame"] = None if frame is None else int(round(frame))
+    return entry
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     found = {position: places for position, places in zip(described.kept, results)}
     skipped = dict(described.skipped)
     threshold = recognizer.threshold
+    unit = recognizer.index.position_unit
     if threshold is None:
         stale = bool(recognizer.index.stale_thresholds())
         note = ("this index's threshold was calibrated in another search space (the index was rebuilt); calibrate "
@@ -60,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 "calibrate one with `tscm index calibrate`")
         print(f"note: {note}", file=sys.stderr)
     if args.json:
-        entries = [{"image": str(image), "places": [p.to_json() for p in found[i]]} if i in found
+        entries = [{"image": str(image), "places": [_place_json(p, unit) for p in found[i]]} if i in found
                    else {"image": str(image), "error": skipped[str(image)]} for i, image in enumerate(args.images)]
         print(json.dumps({"index": args.index, "k": args.k, "fingerprint": recognizer.fingerprint,
                           "backend": recognizer.index.backend, "threshold": threshold, "queries": entries}, indent=2))
@@ -71,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
                 continue
             print(f"{image}:")
             for place in found[position]:
-                print(_format_place(place))
+                print(_format_place(place, unit))
     return 0 if described.kept else 2

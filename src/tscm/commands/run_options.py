@@ -40,9 +40,10 @@ def options_from_args(args: argparse.Namespace, kind: str):
                                ("--threads", args.threads, 0), ("--batch-size", args.batch_size, 1)):
         if value is not None and value < least:
             raise TscmError(f"{flag}: expected an integer ≥ {least}, got {value}")
-    from tscm.config import TrainConfig, check_device, load_config, parse_override, set_value
+    from tscm.config import TrainConfig, check_device, check_seeds, load_config, parse_override, set_value
 
     check_device(args.device)
+    check_seeds(args.seeds)
     # Everything the runs will use is checked now, before the run folder exists: a mistake found after
     # minutes of training (or in a folder a second try may not reuse) helps nobody.
     for item in args.overrides:

@@ -39,9 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tscm.config import check_seed
     from tscm.data.synthetic.city import generate_synthetic_city, resolve_config
     from tscm.errors import TscmError
 
+    check_seed(args.seed, "--seed")
     if args.workers is not None and args.workers < 1:
         raise TscmError(f"--workers: expected a number of rendering processes ≥ 1, got {args.workers}")
     knob_names = ("image_size", "streets_train", "streets_val", "streets_test", "street_length_m", "db_spacing_m",

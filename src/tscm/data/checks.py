@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +31,12 @@ def image_problem(path: Path) -> str | None:
     from tscm.errors import TscmError
 
     if not is_bag_frame_path(path):  # a bag frame is no file of its own: the loader finds it in its bag
-        if path.is_dir():
-            return "unreadable: a folder, not an image"
-        if not path.is_file():
+        try:
+            os.stat(path)
+        except FileNotFoundError:  # no file, or a symbolic link to none
             return "missing"
+        except OSError:
+            pass  # a symbolic link loop or a path through a file: load_rgb says which
     try:
         image = load_rgb(path, draft=_DRAFT_SIZE)
     except TscmError as error:
@@ -152,7 +155,7 @@ def _duplicates(paths: Sequence[Path]) -> list[Path]:
 
 def _resolved(paths: Sequence[Path]) -> set[Path]:
     """Paths with symbolic links resolved, so a query folder linked to the database folder is seen as shared."""
-    return {Path(p).resolve() for p in paths}
+    return {Path(os.path.realpath(p)) for p in paths}  # realpath: a symbolic link loop stays as it is, no error
 
 
 def check_placeset(

@@ -4,23 +4,28 @@ Every command reads images through `load_rgb` / `as_rgb` (check-data included), 
 checks accept is what the models see. 8-bit images are used as they are; 16-bit and 32-bit integer
 images are scaled from their full range (a 16-bit value v becomes round(v / 257)); float images
 are accepted with values in [0, 1]. Anything else is refused with a message naming the file,
-never clipped silently (Pillow's plain `convert("RGB")` turns 16-bit images white). A frame of a
-ROS bag has a virtual path, `BAG#TOPIC@RECEIVE_NS` (tscm.data.formats.rosbag): it is decoded from
-the bag in memory and scaled by the same rules.
+never clipped silently (Pillow's plain `convert("RGB")` turns 16-bit images white). Images are
+turned upright by their EXIF orientation, as viewers show them; only regular files are opened (a
+FIFO or device would block, a symbolic link loop is reported as unreadable). A frame of a ROS bag
+has a virtual path, `BAG#TOPIC@RECEIVE_NS` (tscm.data.formats.rosbag): it is decoded from the bag
+in memory and scaled by the same rules.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from tscm.errors import TscmError
+from tscm.fileio import file_kind
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,6 +54,37 @@ def _to_8bit(image: Image.Image, where: str) -> Image.Image:
     raise TscmError(f"{where}: image mode {image.mode!r} is not supported; expected an 8- or 16-bit grey or colour image")
 
 
+def _check_regular_file(path: str | Path) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO or device would block or never end, and
+    a symbolic link loop or a path through a file cannot be opened at all."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise TscmError(f"{path}: image not found") from None
+    except OSError as error:  # ELOOP, ENOTDIR, ENAMETOOLONG, EACCES
+        raise TscmError(f"{path}: unreadable image ({error.strerror or error})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise TscmError(f"{path}: is a folder, not an image")
+    if not stat.S_ISREG(info.st_mode):
+        raise TscmError(f"{path}: unreadable image: it is {file_kind(info.st_mode)}, not a regular file")
+
+
+# EXIF orientation (tag 274): how a camera that stored the pixels sideways says to show them.
+_ORIENTATION_TAG = 0x0112
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """`image` as it is displayed: rotated or mirrored by its EXIF orientation (a phone photo stored
+    sideways is described upright, like the same photo saved upright)."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - damaged EXIF: the pixels as stored
+        return image
+    if orientation in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def load_rgb(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Image:
     """The fully decoded 8-bit RGB image at `path`; a missing or corrupt file raises TscmError naming it.
 
@@ -59,12 +95,13 @@ def load_rgb(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Im
 
         if is_bag_frame_path(path):
             return _to_8bit(read_bag_frame(path), str(path))
+    _check_regular_file(path)
     try:
         with Image.open(path) as image:
             if draft is not None:
                 image.draft("RGB", draft)
             image.load()
-            return _to_8bit(image, str(path))
+            return _to_8bit(_upright(image), str(path))
     except FileNotFoundError:
         raise TscmError(f"{path}: image not found") from None
     except IsADirectoryError:
@@ -78,7 +115,7 @@ def as_rgb(image: Any) -> Image.Image:
     if isinstance(image, (str, Path)):
         return load_rgb(image)
     if isinstance(image, Image.Image):
-        return _to_8bit(image, f"<PIL image {image.mode}>")
+        return _to_8bit(_upright(image), f"<PIL image {image.mode}>")
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))):
             raise TscmError(f"image array: expected H×W×3 (or H×W) uint8 pixels, got {image.dtype} {image.shape}")

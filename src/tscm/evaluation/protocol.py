@@ -12,7 +12,7 @@ import numpy as np
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.evaluation.recall import DEFAULT_NS, EvalResult, check_descriptors, check_ns, evaluate_descriptors, evaluate_ranking
-from tscm.fileio import atomic_path, write_json_atomic
+from tscm.fileio import atomic_path, check_outputs, real_path, stat_regular, write_json_atomic
 
 
 def load_descriptor_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -20,6 +20,8 @@ def load_descriptor_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if path.suffix.lower() != ".npz":
         raise TscmError(f"{path}: expected an .npz file with arrays 'db' and 'queries' (np.savez(path, db=..., queries=...))")
+    if path.exists() or path.is_symlink():
+        stat_regular(path, "descriptor file")  # a FIFO would block np.load, a link loop would raise
     try:
         with np.load(path, allow_pickle=False) as contents:
             missing = [k for k in ("db", "queries") if k not in contents]
@@ -75,8 +77,8 @@ def data_set_warnings(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray) -
     warnings = []
     paths = [p for p in placeset.query_paths if not is_placeholder_path(p)]
     if paths:
-        database = {Path(p).resolve() for p in placeset.db_paths}
-        shared = sum(Path(p).resolve() in database for p in paths)
+        database = {real_path(p) for p in placeset.db_paths}
+        shared = sum(real_path(p) in database for p in paths)
         if shared == len(paths):
             warnings.append("every query image is also a database image (a folder linked to the other?): "
                             "recall is near 100 % by construction and says nothing about recognition")
@@ -87,11 +89,29 @@ def data_set_warnings(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray) -
     return warnings
 
 
+def input_files(placeset: PlaceSet, data: str | Path | None = None, **named: str | Path | None) -> dict[str, list[Path]]:
+    """The files a command reads, by role, for `check_outputs`: the data set's images, its file `data`
+    (a folder's own files are its images), and each named input (a checkpoint folder stands for its files)."""
+    from tscm.data.formats import is_placeholder_path
+
+    files = {"an image of the data set": [p for p in placeset.db_paths + placeset.query_paths if not is_placeholder_path(p)]}
+    if data is not None and Path(data).is_file():
+        files["the data-set file"] = [Path(data)]
+    for name, value in named.items():
+        if value is not None:
+            files[f"the --{name.replace('_', '-')} input"] = [Path(value)]
+    return files
+
+
 def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, checkpoint: str | None = None,
                       radius: float | None = None, ns: Sequence[int] = DEFAULT_NS, sequence: int = 1,
                       save_descriptors: str | None = None, json_path: str | None = None, batch_size: int = 32,
-                      device: str = "cpu", num_workers: int = 0) -> EvalResult:
-    """Evaluate the descriptors of `placeset` given as an .npz file or computed with a checkpoint."""
+                      device: str = "cpu", num_workers: int = 0, data_path: str | Path | None = None) -> EvalResult:
+    """Evaluate the descriptors of `placeset` given as an .npz file or computed with a checkpoint.
+
+    Every output path is checked first (`check_outputs`): none may be an input (`data_path` is the
+    data set's file, when it has one).
+    """
     if (descriptors is None) == (checkpoint is None):
         raise TscmError("give exactly one of --descriptors FILE.npz and --checkpoint CKPT")
     if save_descriptors and not checkpoint:
@@ -107,9 +127,11 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
 
     check_device(device)
     radius = placeset.check_radius(radius, "--radius") if radius is not None else None
-    for target in (json_path, save_descriptors):
-        if target and Path(target).is_dir():
-            raise TscmError(f"{target}: is a folder; give a file name")
+    check_outputs({"--save-descriptors": save_descriptors, "--json": json_path},  # in the order they are written
+                  input_files(placeset, data_path, descriptors=descriptors, checkpoint=checkpoint))
+    if save_descriptors and Path(save_descriptors).suffix.lower() != ".npz":
+        raise TscmError(f"--save-descriptors {save_descriptors}: expected a file name ending in .npz (the format "
+                        "--descriptors reads)")
     if checkpoint:
         from tscm.evaluation.extract import InputSpec, describe_placeset
         from tscm.models.checkpoint import load_checkpoint

@@ -152,8 +152,34 @@ def check_descriptors(placeset: PlaceSet, db, queries) -> tuple[np.ndarray, np.n
     for what, array, count in (("db", db, placeset.num_db), ("queries", queries, placeset.num_queries)):
         if array.ndim != 2 or array.shape[0] != count:
             raise TscmError(f"descriptors '{what}': expected shape ({count}, D) for {where}, got {array.shape}")
+    db, queries = _centred_if_wide(db, queries)
     db = descriptor_matrix(db, "descriptors 'db'")
     queries = descriptor_matrix(queries, "descriptors 'queries'", dim=db.shape[1])
+    return db, queries
+
+
+def _centred_if_wide(db: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (or wide integer) descriptors minus the database mean, computed in float64.
+
+    The search runs in float32, whose 24-bit mantissa drops the differences between values like 1e8 + x
+    (every distance becomes 0). Subtracting one shared vector leaves every L2 distance as it was and
+    keeps those differences; values float32 cannot hold even then are refused, naming the array.
+    """
+    wide = [a for a in (db, queries) if (a.dtype.kind == "f" and a.dtype.itemsize > 4) or (a.dtype.kind in "iu" and a.dtype.itemsize >= 4)]
+    if not wide or db.shape[1:] != queries.shape[1:] or db.shape[1] == 0:
+        return db, queries
+    db = db.astype(np.float64)
+    queries = queries.astype(np.float64)
+    for what, array in (("db", db), ("queries", queries)):
+        if not np.isfinite(array).all():
+            raise TscmError(f"descriptors '{what}': contains NaN or infinite values")
+    centre = db.mean(axis=0) if len(db) else np.zeros(db.shape[1])
+    db, queries = db - centre, queries - centre
+    largest = float(np.finfo(np.float32).max)
+    for what, array in (("db", db), ("queries", queries)):
+        if array.size and np.abs(array).max() > largest:
+            raise TscmError(f"descriptors '{what}': values differ by up to {np.abs(array).max():.3g}, beyond float32's range "
+                            f"(±{largest:.3g}) in which the search runs; scale them")
     return db, queries
 
 

@@ -13,7 +13,6 @@ errors). Run directory layout:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -30,7 +29,7 @@ from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import protocol_label
 from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
-from tscm.fileio import atomic_path, check_header, write_json_atomic, write_text_atomic
+from tscm.fileio import atomic_path, check_header, read_json, write_json_atomic, write_text_atomic
 
 RESULTS_MD = "results.md"
 DESCRIPTOR_DIR = "descriptors"
@@ -271,10 +270,7 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULTS_JSON
     if not path.is_file():
         raise TscmError(f"{path}: no results.json here (expected a run directory written by tscm demo/ablation)")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TscmError(f"{path}: not readable JSON ({error})") from error
+    results = read_json(path, "results file")
     check_header(results, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, str(path), ("dataset", "models"))
     check_results_fields(results, str(path))
     return results

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from tscm import __version__
-from tscm.errors import TscmError
-from tscm.fileio import atomic_path, check_header
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import atomic_path, check_header, parse_json
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
 
 INPUT_NAME = "images"
@@ -153,10 +153,7 @@ def parse_metadata(props: dict[str, str], where: str) -> dict[str, Any]:
     values = {}
     for key, text in props.items():
         if key.startswith(METADATA_PREFIX):
-            try:
-                values[key[len(METADATA_PREFIX):]] = json.loads(text)
-            except ValueError as error:
-                raise TscmError(f"{where}: metadata entry {key!r} is not valid JSON ({error})") from error
+            values[key[len(METADATA_PREFIX):]] = parse_json(text, f"{where}: metadata entry {excerpt(key)}")
     required = ("preset", "descriptor_dim", "image_size", "mean", "std", "fingerprint", "precision")
     return check_header(values, FORMAT_NAME, FORMAT_VERSION, f"{where} (metadata_props {METADATA_PREFIX}*)", required)
 

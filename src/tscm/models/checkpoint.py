@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from tscm import __version__
-from tscm.errors import TscmError
-from tscm.fileio import atomic_path, check_header, write_json_atomic
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import atomic_path, check_header, read_json, write_json_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -111,10 +111,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     file = Path(path) / META_FILE
     if not file.is_file():
         raise TscmError(f"{path} is not a tscm checkpoint directory (no {META_FILE})")
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise TscmError(f"{file} is not valid JSON: {error}") from error
+    meta = read_json(file, "checkpoint metadata")
     required = ("preset", "config", "descriptor_dim", "image_size", "mean", "std", "fingerprint")
     return check_header(meta, FORMAT_NAME, FORMAT_VERSION, str(file), required)
 
@@ -133,7 +130,7 @@ def check_metadata(meta: dict[str, Any], where: str) -> None:
                            ("image_size", list(config.get("image_size") or [])), ("mean", list(config.get("mean") or [])),
                            ("std", list(config.get("std") or []))):
         if name in meta and meta[name] != expected:
-            raise TscmError(f"{where}: field {name!r} is {meta[name]!r} but the model config says {expected!r}")
+            raise TscmError(f"{where}: field {name!r} is {excerpt(meta[name])} but the model config says {excerpt(expected)}")
 
 
 def load_checkpoint(path: str | Path, expected_preset: str | None = None,
@@ -153,7 +150,7 @@ def load_checkpoint(path: str | Path, expected_preset: str | None = None,
     if expected_role is not None and meta.get("role") != expected_role:
         raise TscmError(f"{path}: holds a {meta.get('role')} model, expected a {expected_role}")
     if expected_preset is not None and meta["preset"] != expected_preset:
-        raise TscmError(f"checkpoint {path} holds preset {meta['preset']!r}, expected {expected_preset!r}")
+        raise TscmError(f"checkpoint {path} holds preset {excerpt(meta['preset'])}, expected {expected_preset!r}")
     config = config_from_dict(meta["config"])
     try:
         with torch.device("meta"):  # no random initialisation: every tensor comes from the file
@@ -177,11 +174,11 @@ def load_checkpoint(path: str | Path, expected_preset: str | None = None,
     ]
     if missing or unexpected or mis_shaped:
         raise TscmError(
-            f"{weights} does not fit preset {meta['preset']!r}: missing {missing[:10]}, "
+            f"{weights} does not fit preset {excerpt(meta['preset'])}: missing {missing[:10]}, "
             f"unexpected {unexpected[:10]}, mis-shaped {mis_shaped[:10]}"
         )
     if meta["descriptor_dim"] != model.descriptor_dim:
-        raise TscmError(f"{Path(path) / META_FILE}: field 'descriptor_dim' is {meta['descriptor_dim']!r} but the model "
+        raise TscmError(f"{Path(path) / META_FILE}: field 'descriptor_dim' is {excerpt(meta['descriptor_dim'])} but the model "
                         f"config gives {model.descriptor_dim}")
     model.load_state_dict(state, strict=True, assign=True)
     fingerprint = model_fingerprint(model)

@@ -10,9 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import yaml
-
-from tscm.config import TrainConfig, apply_mapping, parse_override, read_yaml_text, set_value, validate, yaml_problem
+from tscm.config import TrainConfig, apply_mapping, load_yaml, parse_override, read_yaml_text, set_value, validate
 from tscm.errors import TscmError
 from tscm.fileio import write_text_atomic
 from tscm.train.runtime import Runtime
@@ -102,10 +100,7 @@ def load_run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> Train
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise TscmError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
-    try:
-        mapping = yaml.safe_load(read_yaml_text(path)) or {}
-    except yaml.YAMLError as error:
-        raise TscmError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
+    mapping = load_yaml(read_yaml_text(path), str(path)) or {}
     config = TrainConfig()
     apply_mapping(config, mapping, str(path))
     for item in overrides:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tscm.data.formats.csv_manifest import read_csv_manifest
+from tscm.data.formats.csv_manifest import ALL_SPLITS, read_csv_manifest
 from tscm.data.formats.ground_truth_npz import is_placeholder_path, read_ground_truth_npz
 from tscm.data.formats.nordland import is_nordland_root, read_nordland, write_nordland_manifest
 from tscm.data.formats.pittsburgh_mat import find_structure_files, read_pittsburgh_mat
@@ -24,8 +24,10 @@ from tscm.data.formats.utm_folder import find_utm_root, read_utm_folder
 from tscm.data.formats.vpr_bench import is_vpr_bench_root, read_vpr_bench
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
+from tscm.fileio import stat_regular
 
 __all__ = [
+    "ALL_SPLITS",
     "BagSelection",
     "is_placeholder_path",
     "load_placeset",
@@ -46,7 +48,8 @@ def load_placeset(path: str | Path, split: str | None = None, name: str | None =
 
     `split` selects the structure file or sub-folder inside a folder, the rows of a CSV manifest
     with a `split` column and the section of a Nordland folder; it labels other CSV, .npz and
-    VPR-Bench sets (default "test"). A `.mat` file carries its own split: a different `split` is
+    VPR-Bench sets (default "test"). For a file, ALL_SPLITS ("*") reads every row whatever its split
+    (the set is then labelled with the splits it holds, e.g. "train+test"). A `.mat` file carries its own split: a different `split` is
     an error (None, the default, accepts the file's). `name` picks `<name>_<split>.mat` when a folder holds several (pitts30k
     and pitts250k side by side). `bag` chooses the topics, frames and query bag of a ROS bag.
     """
@@ -58,6 +61,8 @@ def load_placeset(path: str | Path, split: str | None = None, name: str | None =
     if bag is not None and bag != BagSelection():
         raise TscmError(f"{path}: --topic, --position-topic, --every and --query-bag apply to ROS bags "
                         "(.bag, .db3, .mcap or a ROS 2 bag folder)")
+    if not path.is_dir():
+        stat_regular(path, "data-set file")  # a FIFO or device is named, never read (it would block)
     if path.is_file():
         suffix = path.suffix.lower()
         readers = {".mat": read_pittsburgh_mat, ".csv": read_csv_manifest, ".npz": read_ground_truth_npz}
@@ -66,11 +71,16 @@ def load_placeset(path: str | Path, split: str | None = None, name: str | None =
                             "(.bag, .db3, .mcap)")
         if suffix == ".mat":
             placeset = read_pittsburgh_mat(path)
-            if split is not None and placeset.split != split:
+            if split not in (None, ALL_SPLITS) and placeset.split != split:
                 raise TscmError(f"{path}: holds split {placeset.split!r}, not {split!r}; pass the {split} structure "
                                 f"file (e.g. {path.name.replace(placeset.split, split)}) or the folder holding it")
             return placeset
+        if suffix == ".npz" and split == ALL_SPLITS:  # one split: the name only labels it
+            split = None
         return readers[suffix](path, split or "test")
+    if split == ALL_SPLITS:
+        raise TscmError(f"{path}: every split at once is read from a data-set file (.csv, .mat, .npz); name a split "
+                        "for a folder")
     split = split or "test"
 
     structure_files = find_structure_files(path, split, name)

@@ -50,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from tscm.data.places import MAX_COORDINATE, PlaceSet
-from tscm.errors import TscmError
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import real_path
 
 REQUIRED_COLUMNS = ("path", "role")
 METRIC_COLUMNS = ("east", "north")
@@ -58,6 +59,8 @@ FRAME_COLUMN = "frame"
 OPTIONAL_COLUMNS = ("heading", "timestamp", "split")
 KNOWN_COLUMNS = REQUIRED_COLUMNS + METRIC_COLUMNS + (FRAME_COLUMN,) + OPTIONAL_COLUMNS
 ROLES = ("database", "query")
+# The `split` that reads every row of the file whatever its split (labelled "train+test", etc.).
+ALL_SPLITS = "*"
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
@@ -65,9 +68,9 @@ def _number(text: str, csv_path: Path, line: int, column: str, unit: str) -> flo
     try:
         value = float(text)
     except ValueError:
-        raise TscmError(f"{csv_path} line {line}: column '{column}': expected a number in {unit}, got {text!r}") from None
+        raise TscmError(f"{csv_path} line {line}: column '{column}': expected a number in {unit}, got {excerpt(text)}") from None
     if not math.isfinite(value):
-        raise TscmError(f"{csv_path} line {line}: column '{column}': expected a finite number, got {text!r}")
+        raise TscmError(f"{csv_path} line {line}: column '{column}': expected a finite number, got {excerpt(text)}")
     if column in METRIC_COLUMNS and abs(value) > MAX_COORDINATE:
         raise TscmError(f"{csv_path} line {line}: column '{column}': a coordinate of {value:g} metres is out of range "
                         f"(expected |value| ≤ {MAX_COORDINATE:g})")
@@ -76,7 +79,12 @@ def _number(text: str, csv_path: Path, line: int, column: str, unit: str) -> flo
 
 def _frame(text: str, csv_path: Path, line: int) -> int:
     if not _INTEGER.fullmatch(text):
-        raise TscmError(f"{csv_path} line {line}: column 'frame': expected an integer frame number, got {text!r}")
+        raise TscmError(f"{csv_path} line {line}: column 'frame': expected an integer frame number, got {excerpt(text)}")
+    # Compared as text first: int() of thousands of digits fails, and a huge frame overflows a float later.
+    digits = text.lstrip("+-").lstrip("0")
+    if len(digits) > 15 or abs(int(text)) > MAX_COORDINATE:
+        raise TscmError(f"{csv_path} line {line}: column 'frame': frame number {excerpt(text, 30)} is out of range "
+                        f"(expected |frame| ≤ {MAX_COORDINATE:g})")
     return int(text)
 
 
@@ -92,7 +100,7 @@ def parse_timestamp(text: str, csv_path: Path, line: int) -> float:
     except ValueError:
         raise TscmError(
             f"{csv_path} line {line}: column 'timestamp': expected ISO 8601 (e.g. 2024-05-01T10:00:00Z) "
-            f"or a number of seconds, got {text!r}"
+            f"or a number of seconds, got {excerpt(text)}"
         ) from None
     if moment.tzinfo is None:
         # Reading a naive time in the machine's zone would make results depend on where they ran.
@@ -153,7 +161,7 @@ def read_csv_manifest(csv_path: str | Path, split: str = "test") -> PlaceSet:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise TscmError(f"{csv_path}: manifest not found")
-    base = csv_path.resolve().parent
+    base = real_path(csv_path).parent
     reader = csv.reader(io.StringIO(_read_text(csv_path), newline=""))
     try:
         columns = [c.strip() for c in next(reader, [])]
@@ -177,7 +185,7 @@ def read_csv_manifest(csv_path: str | Path, split: str = "test") -> PlaceSet:
         # file fails whatever split is read.
         role = values["role"].lower()
         if role not in ROLES:
-            raise TscmError(f"{csv_path} line {line}: column 'role': expected database or query, got {values['role']!r}")
+            raise TscmError(f"{csv_path} line {line}: column 'role': expected database or query, got {excerpt(values['role'])}")
         if not values["path"]:
             raise TscmError(f"{csv_path} line {line}: column 'path' is empty")
         if unit == "frame":
@@ -189,7 +197,7 @@ def read_csv_manifest(csv_path: str | Path, split: str = "test") -> PlaceSet:
                 raise TscmError(f"{csv_path} line {line}: column 'split' is empty; every row must name its split")
             if values["split"] not in splits_present:
                 splits_present.append(values["split"])
-            if values["split"] != split:
+            if split != ALL_SPLITS and values["split"] != split:
                 continue
         entry = roles[role]
         entry["paths"].append(Path(os.path.abspath(base / values["path"])))
@@ -198,9 +206,11 @@ def read_csv_manifest(csv_path: str | Path, split: str = "test") -> PlaceSet:
         entry["timestamp"].append(values.get("timestamp", ""))
         entry["line"].append(line)
 
-    if "split" in columns and split not in splits_present:
+    if "split" in columns and split != ALL_SPLITS and split not in splits_present:
         present = ", ".join(splits_present) or "none"
         raise TscmError(f"{csv_path}: no rows of split {split!r}; the file has split(s) {present}")
+    if split == ALL_SPLITS:  # the set is labelled with the splits it joins, in order of first appearance
+        split = "+".join(splits_present) if splits_present else "test"
     where = f" of split {split!r}" if "split" in columns else ""
     for role in ROLES:
         if not roles[role]["paths"]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
+from tscm.fileio import real_path
 
 PLACEHOLDER_SUFFIX = ".no-images"
 
@@ -49,7 +50,7 @@ def _paths(contents, key: str, count: int, npz_path: Path, role: str) -> list[Pa
     names = names.reshape(-1)
     if len(names) != count:
         raise TscmError(f"{npz_path}: '{key}' has {len(names)} paths but its coordinates have {count} rows")
-    base = npz_path.resolve().parent
+    base = real_path(npz_path).parent
     return [Path(os.path.abspath(base / str(n))) for n in names.astype(str)]
 
 

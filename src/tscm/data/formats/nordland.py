@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
+from tscm.fileio import real_path
 
 DATABASE_SEASON = "summer"
 QUERY_SEASON = "winter"
@@ -90,7 +91,7 @@ def split_frames(frames: list[tuple[int, str]], split: str, root: Path) -> list[
 
 def read_nordland(root: str | Path, split: str = "test") -> PlaceSet:
     """Read `<root>/{summer,winter}/images-*.png` (format and splits in this module's docstring)."""
-    root = Path(root).resolve()
+    root = real_path(root)
     frames = split_frames(nordland_frames(root), split, root)
     numbers = [k for k, _ in frames]
     return PlaceSet(
@@ -111,11 +112,11 @@ def write_nordland_manifest(root: str | Path, out_csv: str | Path, splits: tuple
     Paths are relative to the CSV when the frames lie under the CSV's folder, so the folder can
     be moved as a whole; otherwise they are absolute.
     """
-    root = Path(root).resolve()
+    root = real_path(root)
     out_csv = Path(out_csv)
     frames = nordland_frames(root)
     chosen = {split: split_frames(frames, split, root) for split in splits}
-    base = out_csv.resolve().parent
+    base = real_path(out_csv).parent
     prefix = root.relative_to(base) if root.is_relative_to(base) else root
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="", encoding="utf-8") as handle:

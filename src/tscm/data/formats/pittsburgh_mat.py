@@ -14,6 +14,7 @@ import numpy as np
 
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
+from tscm.fileio import real_path
 
 # Field order of the published structure files; readers address fields by name, this order is
 # what writers (the synthetic city, the tests) must produce.
@@ -45,7 +46,7 @@ def find_structure_files(root: Path, split: str, name: str | None = None) -> lis
 
 def dataset_root(mat_path: Path) -> Path:
     """The folder that holds `database/`: the .mat's folder, or the one above `datasets/`."""
-    folder = mat_path.resolve().parent
+    folder = real_path(mat_path).parent
     return folder.parent if folder.name == "datasets" else folder
 
 

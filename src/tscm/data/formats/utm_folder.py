@@ -16,6 +16,7 @@ import numpy as np
 
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
+from tscm.fileio import real_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DATABASE_FOLDER = "database"
@@ -61,7 +62,7 @@ def _read_role(folder: Path) -> tuple[list[Path], np.ndarray, np.ndarray | None]
     xy = np.asarray([(east, north) for east, north, _ in parsed], dtype=np.float64)
     headings = [heading for _, _, heading in parsed]
     heading_array = None if any(h is None for h in headings) else np.asarray(headings, dtype=np.float64)
-    return [p.resolve() for p in paths], xy, heading_array
+    return [real_path(p) for p in paths], xy, heading_array
 
 
 def read_utm_folder(root: str | Path, split: str = "test") -> PlaceSet:
@@ -74,5 +75,5 @@ def read_utm_folder(root: str | Path, split: str = "test") -> PlaceSet:
         )
     db_paths, db_xy, db_heading = _read_role(found / DATABASE_FOLDER)
     query_paths, query_xy, query_heading = _read_role(found / QUERY_FOLDER)
-    name = path.resolve().name
+    name = real_path(path).name
     return PlaceSet(name, split, db_paths, query_paths, db_xy, query_xy, db_heading, query_heading)

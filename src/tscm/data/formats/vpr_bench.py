@@ -21,6 +21,7 @@ every query). VPR-Bench sets have a single split; the split argument only labels
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -28,7 +29,8 @@ import numpy as np
 import numpy.lib.format as npy_format
 
 from tscm.data.places import PlaceSet
-from tscm.errors import TscmError
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import stat_regular
 
 try:  # NumPy ≥ 2 moved the array internals to numpy._core
     from numpy._core import multiarray as _multiarray
@@ -39,6 +41,8 @@ REF_FOLDER = "ref"
 QUERY_FOLDER = "query"
 GROUND_TRUTH_FILE = "ground_truth_new.npy"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# Far above a real ground truth (a few bytes per match), far below what would exhaust memory.
+MAX_GROUND_TRUTH_BYTES = 256 << 20
 # What pickled NumPy arrays refer to, under the module names NumPy 1.x and 2.x write. Nothing
 # here runs code from the file: _reconstruct makes an empty ndarray, scalar a number from bytes.
 _ALLOWED_GLOBALS = {
@@ -62,7 +66,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             raise _RefusedGlobal(f"{module}.{name}") from None
 
     def persistent_load(self, pid):
-        raise _RefusedGlobal(f"persistent id {pid!r}")
+        raise _RefusedGlobal(f"persistent id {excerpt(pid)}")
 
 
 def is_vpr_bench_root(path: Path) -> bool:
@@ -71,6 +75,10 @@ def is_vpr_bench_root(path: Path) -> bool:
 
 def load_npy_without_code(npy_path: Path) -> np.ndarray:
     """The array in a .npy file; a pickled (object) payload may rebuild arrays and numbers only."""
+    size = stat_regular(npy_path, "ground-truth file").st_size
+    if size > MAX_GROUND_TRUTH_BYTES:
+        raise TscmError(f"{npy_path}: {size} bytes; a ground-truth file larger than {MAX_GROUND_TRUTH_BYTES} bytes is "
+                        "not read")
     try:
         with open(npy_path, "rb") as handle:
             version = npy_format.read_magic(handle)
@@ -91,7 +99,7 @@ def load_npy_without_code(npy_path: Path) -> np.ndarray:
                     f"{npy_path}: refused to unpickle {refused}: only NumPy arrays, numbers, lists and tuples are allowed"
                 ) from None
             except Exception as error:  # a damaged pickle can fail in any way; none of it ran foreign code
-                raise TscmError(f"{npy_path}: damaged pickled array: {type(error).__name__}: {error}") from None
+                raise TscmError(f"{npy_path}: damaged pickled array: {type(error).__name__}: {excerpt(str(error))}") from None
     except ValueError as error:  # bad magic or header
         raise TscmError(f"{npy_path}: not a .npy file: {error}") from None
     except OSError as error:
@@ -106,9 +114,9 @@ def _index(value, npy_path: Path, row: int, what: str, count: int) -> int:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TscmError(f"{npy_path}: row {row}: {what}: expected an integer index, got {value!r}")
+        raise TscmError(f"{npy_path}: row {row}: {what}: expected an integer index, got {excerpt(value)}")
     if not 0 <= value < count:
-        raise TscmError(f"{npy_path}: row {row}: {what} {int(value)} is outside 0..{count - 1}")
+        raise TscmError(f"{npy_path}: row {row}: {what} {excerpt(value)} is outside 0..{count - 1}")
     return int(value)
 
 
@@ -128,7 +136,7 @@ def _rows(array: np.ndarray, npy_path: Path) -> list[tuple[object, object]]:
         rows = []
         for number, row in enumerate(array):
             if not isinstance(row, (list, tuple, np.ndarray)) or len(row) != 2:
-                raise TscmError(f"{npy_path}: row {number}: expected [query_index, [ref indices…]], got {row!r}")
+                raise TscmError(f"{npy_path}: row {number}: expected [query_index, [ref indices…]], got {excerpt(row)}")
             rows.append((row[0], row[1]))
         return rows
     raise TscmError(
@@ -147,7 +155,7 @@ def read_ground_truth(npy_path: Path, num_queries: int, num_db: int) -> list[np.
         if matches[query] is not None:
             raise TscmError(f"{npy_path}: row {row}: query index {query} appears a second time")
         if not (isinstance(refs, (list, tuple)) or (isinstance(refs, np.ndarray) and refs.ndim == 1)):
-            raise TscmError(f"{npy_path}: row {row}: expected a list of ref indices, got {refs!r}")
+            raise TscmError(f"{npy_path}: row {row}: expected a list of ref indices, got {excerpt(refs)}")
         matches[query] = np.asarray([_index(r, npy_path, row, "ref index", num_db) for r in refs], dtype=np.int64)
     # len(rows) == num_queries and no index twice, so every query has its row.
     return [m for m in matches if m is not None]
@@ -162,7 +170,7 @@ def _images(folder: Path) -> list[Path]:
 
 def read_vpr_bench(root: str | Path, split: str = "test") -> PlaceSet:
     """Read `<root>/{ref,query}/` and `<root>/ground_truth_new.npy` (format in this module's docstring)."""
-    root = Path(root).resolve()
+    root = Path(os.path.realpath(root))  # realpath: a symbolic link loop is reported below, not raised
     if not is_vpr_bench_root(root):
         raise TscmError(f"{root}: expected {REF_FOLDER}/, {QUERY_FOLDER}/ and {GROUND_TRUTH_FILE} (VPR-Bench layout)")
     db_paths = _images(root / REF_FOLDER)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from tscm.data.synthetic.render import Camera, Conditions, Street, hsv_to_rgb, make_street, render
 from tscm.errors import TscmError
-from tscm.fileio import DISK_ERRNOS, atomic_path, exchange_paths, write_json_atomic
+from tscm.fileio import DISK_ERRNOS, atomic_path, exchange_paths, read_json, write_json_atomic
 
 SPLITS = ("train", "val", "test")
 FORMAT = "tscm-synthetic-city"
@@ -459,8 +459,10 @@ def _recover_retired(target: Path) -> None:
 def city_matches(root: Path, preset: str, seed: int, config: SynthConfig) -> bool:
     """Whether `root` holds a complete city generated with exactly these settings."""
     try:
-        stored = json.loads((root / METADATA_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        stored = read_json(root / METADATA_FILE, "city metadata")
+    except TscmError:
+        return False
+    if not isinstance(stored, dict):
         return False
     expected = json.loads(json.dumps(_metadata(config, preset, seed)))
     if any(stored.get(key) != value for key, value in expected.items()):

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -30,7 +29,7 @@ import torch
 
 from tscm.deploy.packaging.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_sha256, is_remote, resolve_checkpoint
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path, check_header, write_text_atomic
+from tscm.fileio import atomic_path, check_header, read_json, write_text_atomic
 from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
 
@@ -76,10 +75,7 @@ def read_results_file(path: str | Path) -> dict[str, Any]:
         file = file / RESULTS_JSON
     if not file.is_file():
         raise TscmError(f"--results {path}: no such file (expected a run's results.json)")
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise TscmError(f"{file}: not valid JSON ({error})") from None
+    document = read_json(file, "results file")
     check_header(document, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, str(file), ("dataset", "models"))
     if not isinstance(document["models"], list) or not all(isinstance(m, dict) and "name" in m for m in document["models"]):
         raise TscmError(f"{file}: field 'models' must be a list of model entries with a 'name'")

@@ -16,7 +16,6 @@ another split.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from tscm.errors import TscmError
 from tscm.evaluation.calibration import DEFAULT_BOUND, DEFAULT_CONFIDENCE, calibrate_bounded
 from tscm.evaluation.decision import DEFAULT_SCORE, SCORE_NAMES, DecisionRule, SplitDecisions, check_score_name, split_decisions
 from tscm.evaluation.precision_recall import apply_threshold, pr_curve
-from tscm.fileio import write_json_atomic
+from tscm.fileio import check_outputs, write_json_atomic
 
 DEFAULT_TARGET_PRECISION = 0.99
 AUTO_SCORE = "auto"
@@ -166,8 +165,7 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
 
     if split == "test":
         raise TscmError("--split test: calibrate on a validation split; the test split is for measuring (--measure test)")
-    if json_path is not None and Path(json_path).is_dir():
-        raise TscmError(f"--json {json_path}: is a folder; give a file name")
+    check_outputs({"--json": json_path}, {"the --index input": [index_path], "the --data input": [data]})
     if score != AUTO_SCORE:
         check_score_name(score)
     recognizer = PlaceRecognizer.load(index_path, checkpoint, batch_size=batch_size)
@@ -178,13 +176,14 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
         return (placeset, *describe_placeset(recognizer.extractor, spec, placeset, batch_size=batch_size, progress=True))
 
     placeset, db, queries = described(split)
+    measured_set = described(measure_split) if measure_split else None  # read before any work is kept
     entry = choose_threshold(recognizer.index, db, queries, placeset, target_precision=target_precision,
                              sequence_length=sequence_length, radius=radius, score=score, bound=bound,
                              confidence=confidence)
     entry = {**entry, "space": recognizer.index.space()}
     measured = None
-    if measure_split:
-        other, db, queries = described(measure_split)
+    if measured_set is not None:
+        other, db, queries = measured_set
         measured = measure_entry(recognizer.index, entry, db, queries, other, radius=radius)
     recognizer.index.set_threshold(entry)
     recognizer.index.save(index_path)

@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tscm.errors import TscmError
-from tscm.fileio import atomic_path, write_text_atomic
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import atomic_group, atomic_path, check_outputs, write_text_atomic
 
 H5_FORMAT = "tscm-global-descriptors"
 H5_FORMAT_VERSION = 1
@@ -63,27 +63,22 @@ class ImageSet:
     what: str
 
 
-def list_images(source: str | Path, role: str = "database") -> ImageSet:
-    """The images of a folder (recursive, sorted) or a data-set file's `role` images ("database" or "query")."""
+def list_images(source: str | Path, role: str = "database", split: str | None = None) -> ImageSet:
+    """The images of a folder (recursive, sorted; other files counted in `what`) or a data-set file's
+    `role` images ("database" or "query") of `split`, by default of every split the file holds."""
+    from tscm.deploy.retrieval.map_builder import data_set_rows, folder_images
+
     path = Path(source)
     if not path.exists():
         raise TscmError(f"{path}: no such folder or file")
     if path.is_dir():
-        from tscm.deploy.retrieval.map_builder import IMAGE_SUFFIXES
-
-        paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not paths:
-            raise TscmError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder or below it")
-        return ImageSet(path, paths, path, f"{len(paths)} images in {path}")
-    from tscm.data.formats import is_placeholder_path, load_placeset
-
-    placeset = load_placeset(path)
-    paths = list(placeset.db_paths if role == "database" else placeset.query_paths)
-    if not paths:
-        raise TscmError(f"{path}: the data set lists no {role} images")
-    if any(is_placeholder_path(p) for p in paths):
-        raise TscmError(f"{path}: the data set does not name its images, so they cannot be described")
-    return ImageSet(path, [Path(p) for p in paths], path.parent, f"{len(paths)} {role} images of {path}")
+        if split is not None:
+            raise TscmError(f"--split {split}: {path} is a folder of images, which has no splits; give a data-set file")
+        paths, note = folder_images(path)
+        return ImageSet(path, paths, path, f"{len(paths)} images in {path}{note}")
+    placeset, paths = data_set_rows(path, role, split)
+    return ImageSet(path, [Path(p) for p in paths], path.parent,
+                    f"{len(paths)} {role} images of {path} (split {placeset.split})")
 
 
 def image_names(paths: Sequence[Path], root: Path, *, for_pairs: bool = False) -> list[str]:
@@ -95,8 +90,11 @@ def image_names(paths: Sequence[Path], root: Path, *, for_pairs: bool = False) -
         if relative == os.curdir or relative.split(os.sep)[0] == os.pardir or os.path.isabs(relative):
             raise TscmError(f"{path}: lies outside the image root {root}; pass --root with a folder holding every image")
         name = relative.replace(os.sep, "/")
+        if len(name.splitlines()) != 1 or name != name.splitlines()[0]:
+            raise TscmError(f"{path}: its name {excerpt(name)} holds a line break, which a names file (one name per "
+                            "line) cannot carry; rename the image")
         if for_pairs and any(c.isspace() for c in name):
-            raise TscmError(f"{path}: its name {name!r} holds white space, which a pairs file cannot carry "
+            raise TscmError(f"{path}: its name {excerpt(name)} holds white space, which a pairs file cannot carry "
                             "(hloc splits each line on white space); rename the image")
         names.append(name)
     if len(set(names)) != len(names):
@@ -169,10 +167,16 @@ def read_hloc_h5(path: str | Path, key: str = DESCRIPTOR_KEY) -> dict[str, np.nd
 
 
 def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the image as described: upright by its EXIF orientation, as the loader turns it."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return int(image.size[0]), int(image.size[1])
+        width, height = int(image.size[0]), int(image.size[1])
+        try:
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # the orientations that swap the sides
+        except Exception:  # noqa: BLE001 - damaged EXIF: the loader keeps the pixels as stored too
+            turned = False
+    return (height, width) if turned else (width, height)
 
 
 def write_hloc_h5(path: str | Path, names: Sequence[str], descriptors: np.ndarray, sizes: Sequence[tuple[int, int]],
@@ -228,9 +232,13 @@ def _described(recognizer, images: ImageSet, on_bad_image: str, report) -> tuple
 def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Path, *, queries: str | Path | None = None,
                        pairs: str | Path | None = None, k: int = 20, exclude_recent: int | None = None,
                        root: str | Path | None = None, runtime: str = "torch", batch_size: int = 16,
-                       threads: int | None = None, on_bad_image: str = "fail",
+                       threads: int | None = None, on_bad_image: str = "fail", split: str | None = None,
                        report: Callable[[str], None] | None = None) -> Exported:
-    """Describe `images` (and `queries`) with `checkpoint` and write the files of the module doc."""
+    """Describe `images` (and `queries`) with `checkpoint` and write the files of the module doc.
+
+    Data-set files give their rows of `split` (default: every split they hold). Every output path is
+    checked against the inputs before any image is described, and the files are written together:
+    a failure keeps every previous file."""
     import sys
 
     from tscm.inference.onnx_export import calibration_subset
@@ -250,9 +258,9 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
     if exclude_recent is not None and pairs is None:
         raise TscmError("--exclude-recent shapes the pairs file; give --pairs PAIRS.txt too")
     say = report or (lambda line: print(line, file=sys.stderr))
-    database = list_images(images, "database")
+    database = list_images(images, "database", split)
     same = queries is None or (Path(queries).is_dir() and os.path.abspath(queries) == os.path.abspath(images))
-    query_set = None if same else list_images(queries, "query")
+    query_set = None if same else list_images(queries, "query", split if Path(queries).is_file() else None)
     if exclude_recent is not None and not same:
         raise TscmError("--exclude-recent applies when the queries and the database are the same ordered sequence "
                         "(leave out --queries, or give the same folder)")
@@ -267,6 +275,16 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
     for_pairs = pairs is not None
     db_names_all = image_names(database.paths, base, for_pairs=for_pairs)
     q_names_all = image_names(query_set.paths, base, for_pairs=for_pairs) if query_set else None
+    outputs = {"--out": out, "--out (database arrays)": sidecar(out, "database", ".npy"),
+               "--out (database names)": sidecar(out, "database", ".txt"), "--pairs": pairs}
+    if query_set is not None:
+        outputs.update({"--out (query arrays)": sidecar(out, "queries", ".npy"),
+                        "--out (query names)": sidecar(out, "queries", ".txt")})
+    inputs = {"a database image": database.paths, "a query image": query_set.paths if query_set else [],
+              "the --checkpoint input": [Path(checkpoint)],
+              "the --images data-set file": [database.source] if database.source.is_file() else [],
+              "the --queries data-set file": [query_set.source] if query_set and query_set.source.is_file() else []}
+    check_outputs(outputs, inputs)
     say(f"describing {database.what}" + (f" and {query_set.what}" if query_set else "") + f"; names relative to {base}")
     calibration = calibration_subset(database.paths) if runtime == "onnx-int8" else []
     with limit_threads(torch=threads):
@@ -292,19 +310,12 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
                   "model_fingerprint": meta["fingerprint"], "preset": str(meta.get("preset")),
                   "role": str(meta.get("role")), "descriptor_dim": int(meta["descriptor_dim"]),
                   "image_root": os.path.abspath(base)}
-    write_hloc_h5(out, names, np.concatenate(descriptors), sizes, attributes)
     arrays, name_files = [sidecar(out, "database", ".npy")], [sidecar(out, "database", ".txt")]
-    write_npy(arrays[0], db_desc)
-    write_text_atomic(name_files[0], "".join(f"{name}\n" for name in db_names))
     if query_set is not None:
         arrays.append(sidecar(out, "queries", ".npy"))
         name_files.append(sidecar(out, "queries", ".txt"))
-        write_npy(arrays[1], q_desc)
-        write_text_atomic(name_files[1], "".join(f"{name}\n" for name in q_names))
-    exported = Exported(out, base, len(db_names), len(db_names) if query_set is None else len(q_names),
-                        int(db_desc.shape[1]), meta["fingerprint"], arrays, name_files, same_sequence=same,
-                        skipped=skipped, extract_s=extract_s)
-    if pairs is not None:
+    lines = None
+    if pairs is not None:  # computed before anything is written
         if query_set is None:
             found = retrieval_pairs(db_desc, db_desc, k, same_sequence=True, query_frames=db_kept, db_frames=db_kept,
                                     exclude_recent=exclude_recent)
@@ -312,6 +323,18 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
         else:
             found = retrieval_pairs(q_desc, db_desc, k)
             lines = [f"{q_names[q]} {db_names[d]}" for q, d in found]
-        write_text_atomic(pairs, "".join(f"{line}\n" for line in lines))
+    with atomic_group():  # every file, or none (each keeps its previous content)
+        write_hloc_h5(out, names, np.concatenate(descriptors), sizes, attributes)
+        write_npy(arrays[0], db_desc)
+        write_text_atomic(name_files[0], "".join(f"{name}\n" for name in db_names))
+        if query_set is not None:
+            write_npy(arrays[1], q_desc)
+            write_text_atomic(name_files[1], "".join(f"{name}\n" for name in q_names))
+        if lines is not None:
+            write_text_atomic(pairs, "".join(f"{line}\n" for line in lines))
+    exported = Exported(out, base, len(db_names), len(db_names) if query_set is None else len(q_names),
+                        int(db_desc.shape[1]), meta["fingerprint"], arrays, name_files, same_sequence=same,
+                        skipped=skipped, extract_s=extract_s)
+    if lines is not None:
         exported.pairs, exported.num_pairs = Path(pairs), len(lines)
     return exported

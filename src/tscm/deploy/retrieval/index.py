@@ -114,6 +114,7 @@ class PlaceIndex:
         self._growing: dict[str, _GrowingRows] = {}
         self._id_set: set[int] | None = None
         self.thresholds: list[dict[str, Any]] = []
+        self.position_unit = "m"  # of the coordinates in `xy`: "m" (east, north) or "frame" (frame, 0)
         apply_search_params(backend, faiss_index, params)
 
     # ---- construction -------------------------------------------------------------------
@@ -472,6 +473,7 @@ class PlaceIndex:
             "model_meta": self.model_meta,
             "pca_whiten": None if self._pca is None else self._pca.whiten,
             "thresholds": self.thresholds,
+            "position_unit": self.position_unit,
         })
 
     @classmethod
@@ -513,6 +515,7 @@ class PlaceIndex:
                                                        for t in thresholds):
             raise TscmError(f"{path}: field 'thresholds' must be a list of calibrations with a finite 'distance'")
         index.thresholds = thresholds
+        index.position_unit = "frame" if meta.get("position_unit") == "frame" else "m"  # older files: metres
         if "paths_utf8" in arrays:
             blob = arrays["paths_utf8"].tobytes()
             ends = arrays["paths_end"].tolist()

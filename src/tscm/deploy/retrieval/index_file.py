@@ -5,7 +5,9 @@ optional ``times`` (frame numbers or seconds, for sequences and loop closure), o
 ``paths_utf8`` + ``paths_end`` and, for PCA, ``pca_mean`` + ``pca_projection``. The safetensors
 header metadata holds key ``tscm_index`` with JSON: format version, backend, params, dim, count,
 memory in bytes, model fingerprint and metadata, calibrated thresholds with the search space they
-apply to, and a SHA-256 of every array so a damaged file is detected. Writes are atomic.
+apply to, the unit of ``xy`` (``position_unit``: "m" for east/north metres, "frame" for (frame, 0);
+absent in older files: metres), and a SHA-256 of every array so a damaged file is detected. The
+JSON is read with depth and size bounds. Writes are atomic.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import numpy as np
 
 from tscm.deploy.retrieval.index_backends import BACKENDS
 from tscm.deploy.retrieval.pca import array_sha256
-from tscm.errors import TscmError
-from tscm.fileio import atomic_path, check_header
+from tscm.errors import TscmError, excerpt
+from tscm.fileio import atomic_path, check_header, parse_json
 
 FORMAT_NAME = "tscm-place-index"
 FORMAT_VERSION = 1
@@ -54,20 +56,17 @@ def read_index_metadata(path: str | Path) -> dict[str, Any]:
         raise TscmError(f"{path}: not a readable index file ({error})") from None
     if METADATA_KEY not in header:
         raise TscmError(f"{path}: safetensors file without {METADATA_KEY!r} metadata; not a tscm place index")
-    try:
-        meta = json.loads(header[METADATA_KEY])
-    except json.JSONDecodeError as error:
-        raise TscmError(f"{path}: index metadata is not valid JSON ({error})") from None
+    meta = parse_json(header[METADATA_KEY], f"{path}: index metadata")
     required = ("backend", "params", "dim", "count", "model_fingerprint", "model_meta", "sha256")
     check_header(meta, FORMAT_NAME, FORMAT_VERSION, str(path), required)
     for name in ("dim", "count"):
         value = meta[name]
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= (1 if name == "dim" else 0)):
-            raise TscmError(f"{path}: metadata field {name!r} must be a non-negative integer, got {value!r}")
+            raise TscmError(f"{path}: metadata field {name!r} must be a non-negative integer, got {excerpt(value)}")
     if not isinstance(meta["params"], dict):
-        raise TscmError(f"{path}: metadata field 'params' must be a JSON object, got {meta['params']!r}")
+        raise TscmError(f"{path}: metadata field 'params' must be a JSON object, got {excerpt(meta['params'])}")
     if meta["backend"] not in BACKENDS:
-        raise TscmError(f"{path}: unknown index backend {meta['backend']!r}")
+        raise TscmError(f"{path}: unknown index backend {excerpt(meta['backend'])}")
     return meta
 
 

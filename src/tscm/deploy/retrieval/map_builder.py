@@ -1,8 +1,9 @@
 """Build a place index (a map) from images of known places: describe them, index them, save one file.
 
 `image_list` reads what to index (a folder, searched recursively, coordinates from @east@north@
-names when every image has them; or a data-set file whose database images and positions are
-indexed); `build_map` describes the images with a checkpoint or exported model and writes the
+names when every image has them, files of other types counted and said; or a data-set file whose
+database images and positions are indexed, of every split it holds unless one is named, frame
+numbers recorded as frames); `build_map` describes the images with a checkpoint or exported model and writes the
 index file atomically (an existing file is replaced only once the new one is complete).
 
 Under `torchrun` (WORLD_SIZE > 1) the build is sharded: every process lists the same images
@@ -16,6 +17,7 @@ the file: the same file one process writes. Errors on any rank stop every rank w
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -45,34 +47,77 @@ def parse_params(items: list[str]) -> dict:
     return params
 
 
-def image_list(source: str | Path, bag=None) -> tuple[list[Path], np.ndarray | None, str]:
-    """(paths, positions or None, description) of the images to index from a folder, data-set file or
-    ROS bag (`bag`: a tscm.data.formats.BagSelection choosing its topics and frames)."""
+def folder_images(folder: Path) -> tuple[list[Path], str]:
+    """The images below `folder` (recursive, sorted; IMAGE_SUFFIXES) and a note counting the other files
+    left out by type ("" when none), so that a .webp or .gif is never dropped without a word."""
+    from collections import Counter
+
+    paths, others = [], Counter()
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            paths.append(path)
+        else:
+            others[suffix or "(no suffix)"] += 1
+    if not paths:
+        found = f"; it holds {sum(others.values())} other file(s): {_counted(others)}" if others else ""
+        raise TscmError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder or below it{found}")
+    note = (f"; left out {sum(others.values())} file(s) of other types ({_counted(others)}): only "
+            f"{', '.join(IMAGE_SUFFIXES)} are read") if others else ""
+    return paths, note
+
+
+def _counted(counts) -> str:
+    return ", ".join(f"{count} {suffix}" for suffix, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def data_set_rows(path: Path, role: str = "database", split: str | None = None, bag=None):
+    """(PlaceSet, its `role` images) of a data-set file or ROS bag: the rows of `split`, or by default every
+    split the file holds (the PlaceSet's split then names them, e.g. "train+test"); `bag` (a
+    tscm.data.formats.BagSelection) chooses a bag's topics and frames."""
+    from tscm.data.formats import ALL_SPLITS, is_placeholder_path, load_placeset
+
+    placeset = load_placeset(path, split=split or ALL_SPLITS, bag=bag)
+    paths = list(placeset.db_paths if role == "database" else placeset.query_paths)
+    if not paths:
+        raise TscmError(f"{path}: the data set lists no {role} images")
+    if any(is_placeholder_path(p) for p in paths):
+        raise TscmError(f"{path}: the data set does not name its images, so they cannot be described")
+    return placeset, paths
+
+
+def image_list(source: str | Path, split: str | None = None,
+               bag=None) -> tuple[list[Path], np.ndarray | None, str, str]:
+    """(paths, positions or None, description, position unit "m" or "frame") of the images to index from a
+    folder, a data-set file (its database rows of `split`, by default of every split it holds) or a ROS
+    bag (`bag`: a tscm.data.formats.BagSelection choosing its topics and frames)."""
     from tscm.data.formats.rosbag import is_bag_path
 
     path = Path(source)
-    if not path.exists():
-        raise TscmError(f"{path}: no such folder or file")
+    try:
+        os.stat(path)
+    except OSError as error:
+        reason = "no such folder or file" if isinstance(error, FileNotFoundError) else (error.strerror or str(error))
+        raise TscmError(f"{path}: {reason}") from None
     if path.is_file() or is_bag_path(path):
-        from tscm.data.formats import is_placeholder_path, load_placeset
-
-        placeset = load_placeset(path, bag=bag)
-        if any(is_placeholder_path(p) for p in placeset.db_paths):
-            raise TscmError(f"{path}: the data set does not name its images, so they cannot be described")
-        return list(placeset.db_paths), placeset.db_xy, f"{len(placeset.db_paths)} database images of {path}"
+        placeset, paths = data_set_rows(path, "database", split, bag)
+        return (paths, placeset.db_xy, f"{len(paths)} database images of {path} (split {placeset.split})",
+                "frame" if placeset.unit == "frame" else "m")
+    if split is not None:
+        raise TscmError(f"--split {split}: a folder of images has no splits; give a data-set file (CSV, .mat)")
     from tscm.data.formats.utm_folder import parse_utm_name
 
-    paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise TscmError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder or below it")
+    paths, note = folder_images(path)
     coordinates = []
     for image in paths:
         try:
             east, north, _ = parse_utm_name(image)
         except TscmError:
-            return paths, None, f"{len(paths)} images in {path} (no coordinates: {image.name} has no @east@north@ name)"
+            return paths, None, f"{len(paths)} images in {path} (no coordinates: {image.name} has no @east@north@ name){note}", "m"
         coordinates.append((east, north))
-    return paths, np.asarray(coordinates), f"{len(paths)} images in {path} (coordinates from @utm@ names)"
+    return paths, np.asarray(coordinates), f"{len(paths)} images in {path} (coordinates from @utm@ names){note}", "m"
 
 
 @dataclass
@@ -95,12 +140,13 @@ class BuiltMap:
 
 def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, backend: str = "auto",
               params: dict[str, Any] | None = None, runtime: str = "torch", batch_size: int = 16,
-              threads: int | None = None, on_bad_image: str = "fail",
+              threads: int | None = None, on_bad_image: str = "fail", split: str | None = None,
               report: Callable[[str], None] | None = None, bag=None) -> BuiltMap:
     """Describe the images of known places with `checkpoint` and write the index file `out`.
 
     Ids are positions in the image list (folder order or manifest order), so skipped images leave gaps.
     `bag` chooses the topics and frames when `images` is a ROS bag.
+    `out` is checked against the inputs (images, data-set file, checkpoint) before any image is described.
     Under torchrun the work is sharded over the processes (module doc); only rank 0 writes `out`, and
     the other ranks return a BuiltMap with `index` None.
     """
@@ -118,8 +164,10 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
     _check_backend_params(checkpoint, backend, params)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return _build_sharded(checkpoint, images, out, backend=backend, params=params, runtime=runtime,
-                              batch_size=batch_size, threads=threads, on_bad_image=on_bad_image, report=report, bag=bag)
-    paths, xy, description = image_list(images, bag)
+                              batch_size=batch_size, threads=threads, on_bad_image=on_bad_image, report=report,
+                              split=split, bag=bag)
+    paths, xy, description, unit = image_list(images, split, bag)
+    _check_out(out, images, paths, checkpoint)
     (report or print)(f"indexing {description}")
     recognizer, described, extract_s = _describe(checkpoint, paths, runtime=runtime, threads=threads,
                                                  batch_size=batch_size, on_bad_image=on_bad_image, report=report,
@@ -127,7 +175,17 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
     if not described.kept:
         raise TscmError(f"{images}: none of the {len(paths)} images could be read")
     return _write_index(checkpoint, recognizer.fingerprint, recognizer.meta, described.descriptors, described.kept,
-                        paths, xy, out, backend, params, described.skipped, extract_s)
+                        paths, xy, out, backend, params, described.skipped, extract_s, unit=unit)
+
+
+def _check_out(out, images, paths: list[Path], checkpoint) -> None:
+    """--out is checked before any image is described: not a folder, not an input, writable."""
+    from tscm.fileio import check_outputs
+
+    inputs = {"an indexed image": paths, "the --checkpoint input": [Path(checkpoint)]}
+    if Path(images).is_file():
+        inputs["the --images data-set file or bag"] = [Path(images)]
+    check_outputs({"--out": out}, inputs)
 
 
 def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str, Any]) -> None:
@@ -161,7 +219,8 @@ def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, 
 
 def _write_index(checkpoint, fingerprint: str, meta: dict[str, Any], descriptors: np.ndarray, kept: list[int],
                  paths: list[Path], xy: np.ndarray | None, out, backend: str, params: dict[str, Any],
-                 skipped: list[tuple[str, str]], extract_s: float, rank: int = 0, world_size: int = 1) -> BuiltMap:
+                 skipped: list[tuple[str, str]], extract_s: float, rank: int = 0, world_size: int = 1,
+                 unit: str = "m") -> BuiltMap:
     from tscm.deploy.retrieval.index import PlaceIndex
     from tscm.deploy.retrieval.recognizer import index_model_meta
     from tscm.threads import limit_threads
@@ -171,6 +230,7 @@ def _write_index(checkpoint, fingerprint: str, meta: dict[str, Any], descriptors
         index = PlaceIndex.build(
             descriptors, kept, paths=[str(paths[i]) for i in kept], xy=None if xy is None else xy[kept],
             backend=backend, model_fingerprint=fingerprint, model_meta=index_model_meta(meta, checkpoint), **params)
+    index.position_unit = unit
     index.save(out)
     return BuiltMap(index, fingerprint, meta.get("preset"), len(kept), skipped, extract_s,
                     time.perf_counter() - tic, xy is not None, rank, world_size)
@@ -184,7 +244,7 @@ def batch_shard(count: int, batch_size: int, rank: int, world_size: int) -> rang
 
 
 def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_size, threads, on_bad_image,
-                   report, bag=None) -> BuiltMap:
+                   report, split=None, bag=None) -> BuiltMap:
     """build_map under torchrun: each rank describes its share of whole batches, rank 0 merges and writes."""
     import json
 
@@ -200,7 +260,9 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
     try:
         error: BaseException | None = None
         try:
-            paths, xy, description = image_list(images, bag)
+            paths, xy, description, unit = image_list(images, split, bag)
+            if rank == 0:
+                _check_out(out, images, paths, checkpoint)
         except Exception as caught:  # every rank lists the same images, so they fail alike; still, agree
             error = caught
         group.check(error)
@@ -244,7 +306,7 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
                     raise TscmError(f"{images}: none of the {len(paths)} images could be read")
                 meta = recognizer.meta
                 built = _write_index(checkpoint, meta["fingerprint"], meta, descriptors[kept], kept, paths, xy, out,
-                                     backend, params, skipped_all, extract_s, rank, world)
+                                     backend, params, skipped_all, extract_s, rank, world, unit=unit)
             except Exception as caught:
                 error = caught
         group.check(error)

@@ -1,0 +1,284 @@
+"""Outputs that are inputs, half-done failures, and what a command reads said in its output.
+
+Every output path is checked before any work: an output that is one of the command's inputs (the
+same path, a symbolic link to it or a hard link of it), a folder, a FIFO, a path through a file,
+or the same file named twice is refused in one line and every earlier file stays as it was. A
+command that writes several files writes all of them or none; `index calibrate --measure` measures
+before it writes. Data-set files give every split unless one is named, and the output says which;
+frame-numbered maps print frames; a folder's files of other types are counted; a name with a line
+break never misaligns a names file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from reliability.support import (Snapshot, assert_no_traceback, assert_refused, image_set, make_fifo, tscm,
+                                 write_image, write_manifest)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A metric CSV set of real images (4 database, 2 queries) and a private student checkpoint folder."""
+    manifest, db, queries = image_set(tmp_path / "set")
+    return manifest, db, queries
+
+
+def alias(kind: str, target, folder):
+    """A second name for `target`: the path itself, a symbolic link or a hard link."""
+    if kind == "same":
+        return target
+    folder.mkdir(exist_ok=True)
+    other = folder / f"{kind}-{target.name}.out"
+    if kind == "symlink":
+        other.symlink_to(target)
+    else:
+        os.link(target, other)
+    return other
+
+
+# (id, command words: {csv} {db1} {ck} {out} placeholders, the input the output aliases)
+CASES = [
+    ("evaluate --json the manifest", ["evaluate", "{csv}", "--checkpoint", "{ck}", "--json", "{out}"], "csv"),
+    ("evaluate --save-descriptors an image", ["evaluate", "{csv}", "--checkpoint", "{ck}", "--save-descriptors", "{out}"], "db1"),
+    ("evaluate --json meta.json", ["evaluate", "{csv}", "--checkpoint", "{ck}", "--json", "{out}"], "meta"),
+    ("evaluate --json the descriptors", ["evaluate", "{csv}", "--descriptors", "{npz}", "--json", "{out}"], "npz"),
+    ("index build --out an image", ["index", "build", "--checkpoint", "{ck}", "--images", "{csv}", "--out", "{out}"], "db1"),
+    ("index build --out the manifest", ["index", "build", "--checkpoint", "{ck}", "--images", "{csv}", "--out", "{out}"], "csv"),
+    ("index build --out the weights", ["index", "build", "--checkpoint", "{ck}", "--images", "{csv}", "--out", "{out}"], "weights"),
+    ("export-descriptors --out the manifest",
+     ["export-descriptors", "--checkpoint", "{ck}", "--images", "{csv}", "--out", "{out}"], "csv"),
+    ("export-descriptors --pairs an image",
+     ["export-descriptors", "--checkpoint", "{ck}", "--images", "{csv}", "--out", "{tmp}/x.h5", "--pairs", "{out}"], "db1"),
+    ("export --onnx the weights",
+     ["export", "{ck}", "--onnx", "{out}", "--exporter", "torchscript", "--no-parity-check"], "weights"),
+]
+ALIASES = ["same", "symlink", "hardlink"]
+
+
+@pytest.mark.parametrize("kind", ALIASES)
+@pytest.mark.parametrize("case, words, target", CASES, ids=[c[0] for c in CASES])
+def test_an_output_that_is_an_input_is_refused_before_work(case, words, target, kind, data, student, tmp_path, capsys):
+    manifest, db, queries = data
+    npz = tmp_path / "d.npz"
+    np.savez(npz, db=np.eye(4, 8, dtype=np.float32), queries=np.eye(2, 8, dtype=np.float32))
+    inputs = {"csv": manifest, "db1": db[1], "meta": student / "meta.json", "weights": student / "model.safetensors",
+              "npz": npz}
+    out = alias(kind, inputs[target], tmp_path / "aliases")
+    before = Snapshot(manifest.parent, student, npz)
+    argv = [w.format(csv=manifest, ck=student, out=out, npz=npz, tmp=tmp_path) for w in words]
+    message = assert_refused(tscm(capsys, *argv), argv[0], str(out), "input")
+    assert inputs[target].name in message
+    before.assert_unchanged()
+    assert not (tmp_path / "x.h5").exists()
+
+
+BAD_OUTPUTS = [  # (id, the output path made in a folder with a suffix, what the message names)
+    ("a folder", lambda tmp, suffix: tmp, "folder"),
+    ("a FIFO", lambda tmp, suffix: make_fifo(tmp / f"pipe{suffix}"), "FIFO"),
+    ("through a file", lambda tmp, suffix: tmp / "set" / "set.csv" / f"result{suffix}", "Not a directory"),
+    ("a dangling link", lambda tmp, suffix: _dangling(tmp / f"link{suffix}"), "symbolic link"),
+]
+
+
+def _dangling(path):
+    path.symlink_to(path.with_name("nowhere") / path.name)
+    return path
+
+
+@pytest.mark.parametrize("case, make, named", BAD_OUTPUTS, ids=[c[0] for c in BAD_OUTPUTS])
+@pytest.mark.parametrize("option, suffix", [("--json", ".json"), ("--save-descriptors", ".npz")])
+def test_evaluate_refuses_an_output_it_cannot_write(case, make, named, option, suffix, data, checkpoints, tmp_path,
+                                                    capsys):
+    manifest, _, _ = data
+    out = make(tmp_path, suffix)
+    before = Snapshot(manifest.parent)
+    outcome = tscm(capsys, "evaluate", manifest, "--checkpoint", checkpoints["student"], option, out)
+    assert_refused(outcome, "evaluate", option, named)
+    before.assert_unchanged()
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_same_file_named_for_two_outputs_is_refused(data, checkpoints, tmp_path, capsys):
+    manifest, _, _ = data
+    out = tmp_path / "both.npz"
+    outcome = tscm(capsys, "evaluate", manifest, "--checkpoint", checkpoints["student"], "--json", out,
+                   "--save-descriptors", out)
+    assert_refused(outcome, "evaluate", "both.npz", "same file")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["descriptors.bin", "descriptors", "descriptors.npy"])
+def test_save_descriptors_must_be_an_npz_checked_before_work(name, data, checkpoints, tmp_path, capsys):
+    manifest, _, _ = data
+    assert_refused(tscm(capsys, "evaluate", manifest, "--checkpoint", checkpoints["student"], "--save-descriptors",
+                        tmp_path / name), "evaluate", name, ".npz")
+    assert not (tmp_path / name).exists()
+
+
+def test_export_descriptors_checks_every_output_before_writing_any(data, checkpoints, tmp_path, capsys):
+    """A pairs path that is a folder used to be found after the HDF5 file and arrays were written."""
+    manifest, _, _ = data
+    out = tmp_path / "x.h5"
+    outcome = tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student"], "--images", manifest,
+                   "--out", out, "--pairs", tmp_path)
+    assert_refused(outcome, "export-descriptors", "--pairs", "folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+def test_export_descriptors_writes_all_files_or_none(data, checkpoints, tmp_path, capsys, monkeypatch):
+    """A failure while writing the fourth file (here: the pairs file) keeps the three written before it."""
+    from tscm.deploy import exports
+
+    manifest, _, _ = data
+    out = tmp_path / "out" / "x.h5"
+    assert tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student"], "--images", manifest,
+                "--out", out, "--pairs", tmp_path / "out" / "pairs.txt", "-k", 1).code == 0
+    before = Snapshot(tmp_path / "out")
+    real_write = exports.write_text_atomic
+
+    def fail_on_pairs(path, text):
+        if str(path).endswith("pairs.txt"):
+            raise OSError(28, "No space left on device", str(path))
+        real_write(path, text)
+
+    monkeypatch.setattr(exports, "write_text_atomic", fail_on_pairs)
+    outcome = tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student_other"], "--images", manifest,
+                   "--out", out, "--pairs", tmp_path / "out" / "pairs.txt", "-k", 2)
+    assert_refused(outcome, "export-descriptors", "pairs.txt", "No space left")
+    before.assert_unchanged()
+
+
+def test_calibrate_measures_before_it_writes_the_index(index_file, small, tmp_path, capsys):
+    """--measure of a split the data lacks used to fail after the new threshold was stored."""
+    index = tmp_path / "map.idx"
+    shutil.copy(index_file, index)
+    before = Snapshot(index)
+    outcome = tscm(capsys, "index", "calibrate", "--index", index, "--data", small.parent.parent, "--split", "val",
+                   "--target-precision", 50, "--measure", "nosuch")
+    assert_refused(outcome, "index", "nosuch")
+    before.assert_unchanged()
+    query = small.parent.parent / "query" / "q" / "000000_pitch1_yaw1.jpg"
+    assert "no acceptance threshold" in tscm(capsys, "query", "--index", index, query).err
+
+
+# ----- what is read, said --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def split_csv(tmp_path):
+    """Two database rows in split train, two in test, two test queries."""
+    for i in range(4):
+        write_image(tmp_path / f"d{i}.jpg", seed=i)
+    for i in range(2):
+        write_image(tmp_path / f"q{i}.jpg", seed=10 + i)
+    rows = [(f"d{i}.jpg", 500000 + 10 * i, 4000000, "database", "train" if i < 2 else "test") for i in range(4)]
+    rows += [(f"q{i}.jpg", 500000 + 10 * i, 4000000, "query", "test") for i in range(2)]
+    rows += [(f"q{i}.jpg", 500000 + 10 * i, 4000000, "query", "train") for i in range(2)]
+    return write_manifest(tmp_path / "split.csv", rows, header="path,east,north,role,split")
+
+
+@pytest.mark.parametrize("split, count, named", [(None, 4, "train+test"), ("test", 2, "test"), ("train", 2, "train")])
+def test_index_build_reads_every_split_unless_told_and_says_which(split, count, named, split_csv, checkpoints, capsys):
+    out = split_csv.parent / "map.idx"
+    extra = [] if split is None else ["--split", split]
+    outcome = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", split_csv, "--out", out,
+                   *extra)
+    assert_no_traceback(outcome)
+    assert outcome.code == 0, outcome.err
+    assert f"{count} database images of {split_csv} (split {named})" in outcome.out
+    from tscm.deploy.index import PlaceIndex
+
+    assert PlaceIndex.load(out).count == count
+
+
+@pytest.mark.parametrize("split, count", [(None, 4), ("test", 2)])
+def test_export_descriptors_reads_every_split_unless_told(split, count, split_csv, checkpoints, tmp_path, capsys):
+    out = tmp_path / "out" / "x.h5"
+    extra = [] if split is None else ["--split", split]
+    outcome = tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student"], "--images", split_csv,
+                   "--out", out, *extra)
+    assert outcome.code == 0, outcome.err
+    assert f"(split {'train+test' if split is None else split})" in outcome.err
+    assert len(np.load(out.with_name("x.database.npy"))) == count
+
+
+def test_a_split_the_file_lacks_and_a_split_for_a_folder_are_refused(split_csv, checkpoints, capsys):
+    out = split_csv.parent / "map.idx"
+    outcome = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", split_csv, "--out", out,
+                   "--split", "val")
+    assert_refused(outcome, "index", "split.csv", "'val'", "train, test")
+    outcome = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", split_csv.parent,
+                   "--out", out, "--split", "test")
+    assert_refused(outcome, "index", "--split", "folder")
+    assert not out.exists()
+
+
+def test_a_frame_numbered_map_prints_frames(tmp_path, checkpoints, capsys):
+    for i in range(3):
+        write_image(tmp_path / f"db{i}.jpg", seed=i)
+        write_image(tmp_path / f"q{i}.jpg", seed=10 + i)
+    manifest = write_manifest(tmp_path / "frames.csv", [(f"db{i}.jpg", 7 + i, "database") for i in range(3)]
+                              + [(f"q{i}.jpg", 7 + i, "query") for i in range(3)], header="path,frame,role")
+    out = tmp_path / "map.idx"
+    built = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", manifest, "--out", out)
+    assert built.code == 0 and "coordinates: frame numbers" in built.out, built.out
+    printed = tscm(capsys, "query", "--index", out, tmp_path / "q0.jpg", "-k", 3)
+    assert printed.code == 0, printed.err
+    places = [line for line in printed.out.splitlines() if line.strip()[:2].strip().rstrip(".").isdigit()]
+    assert len(places) == 3 and all("frame " in line and "east" not in line and "north" not in line for line in places)
+    assert sorted(int(line.split("frame ")[1].split()[0]) for line in places) == [7, 8, 9]
+    import json
+
+    as_json = json.loads(tscm(capsys, "query", "--index", out, tmp_path / "q0.jpg", "-k", 3, "--json").out)
+    assert sorted(p["frame"] for p in as_json["queries"][0]["places"]) == [7, 8, 9]
+    assert all("east" not in p for p in as_json["queries"][0]["places"])
+
+
+@pytest.mark.parametrize("command", ["index", "export-descriptors"])
+def test_a_folders_files_of_other_types_are_counted(command, tmp_path, checkpoints, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    for i in range(3):
+        write_image(folder / f"{i}.jpg", seed=i)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "a.webp")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "b.gif")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "c.gif")
+    if command == "index":
+        outcome = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", folder,
+                       "--out", tmp_path / "map.idx")
+        said = outcome.out
+    else:
+        outcome = tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student"], "--images", folder,
+                       "--out", tmp_path / "x.h5")
+        said = outcome.err
+    assert outcome.code == 0, outcome.err
+    assert "3 images in" in said and "left out 3 file(s) of other types (2 .gif, 1 .webp)" in said, said
+
+
+def test_a_folder_of_only_other_types_names_them(tmp_path, checkpoints, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "a.webp")
+    outcome = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", folder,
+                   "--out", tmp_path / "map.idx")
+    assert_refused(outcome, "index", "no images", "1 .webp")
+
+
+@pytest.mark.parametrize("name", ["a\nb.jpg", "a\rb.jpg", "a\u2028b.jpg"])
+def test_a_line_break_in_a_file_name_is_refused_not_misaligned(name, tmp_path, checkpoints, capsys):
+    folder = tmp_path / "photos"
+    for i in range(3):
+        write_image(folder / f"{i}.jpg", seed=i)
+    write_image(folder / name, seed=9)
+    out = tmp_path / "out" / "x.h5"
+    outcome = tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student"], "--images", folder, "--out", out)
+    assert_refused(outcome, "export-descriptors", "line break", "rename")
+    assert not out.parent.exists()

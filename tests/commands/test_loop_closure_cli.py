@@ -15,7 +15,7 @@ pytest.importorskip("rosbags")
 from helpers.bag_files import loop_route, write_bag, write_formats  # noqa: E402
 from helpers.model_files import write_checkpoint  # noqa: E402
 from tscm import cli  # noqa: E402
-from tscm.deploy.index import PlaceIndex  # noqa: E402
+from tscm.deploy.retrieval.index import PlaceIndex  # noqa: E402
 
 FRAMES, REVISITS = 10, 3  # places 0..6, then places 0..2 again, 0.5 s apart
 

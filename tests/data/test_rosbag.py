@@ -19,7 +19,7 @@ from tscm.data.formats.rosbag import (  # noqa: E402
     read_bag_traversal, stamp_text,
 )
 from tscm.data.images import load_rgb  # noqa: E402
-from tscm.deploy.index import PlaceIndex  # noqa: E402
+from tscm.deploy.retrieval.index import PlaceIndex  # noqa: E402
 from tscm.errors import TscmError  # noqa: E402
 
 

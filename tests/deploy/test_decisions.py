@@ -10,7 +10,7 @@ import pytest
 from helpers.model_files import write_checkpoint
 
 from tscm import cli
-from tscm.deploy.recognizer import PlaceRecognizer
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.evaluation.consistency import consistent_acceptance
 from tscm.evaluation.decision import DecisionRule, decision_scores
 from tscm.evaluation.ranking import squared_distances
@@ -189,7 +189,7 @@ def test_query_sequence_decides_as_batch_sequence_scores_do(checkpoint, monkeypa
 
 @pytest.mark.parametrize("backend, params", [("flat", {}), ("pca-flat", {"pca_dim": 8}), ("hnsw", {})])
 def test_one_entry_at_a_time_gives_the_index_of_one_bulk_add(backend, params):
-    from tscm.deploy.index import PlaceIndex
+    from tscm.deploy.retrieval.index import PlaceIndex
 
     rng = np.random.default_rng(10)
     descriptors = rng.normal(size=(300, 16)).astype(np.float32)

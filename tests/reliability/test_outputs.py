@@ -191,7 +191,7 @@ def test_index_build_reads_every_split_unless_told_and_says_which(split, count, 
     assert_no_traceback(outcome)
     assert outcome.code == 0, outcome.err
     assert f"{count} database images of {split_csv} (split {named})" in outcome.out
-    from tscm.deploy.index import PlaceIndex
+    from tscm.deploy.retrieval.index import PlaceIndex
 
     assert PlaceIndex.load(out).count == count
 

@@ -78,7 +78,7 @@ def bench_streaming(*, preset: str = "student-lite", map_sizes=(1000, 10_000, 10
                     sequence_length: int = 10, consistency: int = 3, threads: int = 2, frame_size=(64, 32),
                     seed: int = 0, print_fn: Callable[[str], None] = print) -> list[StreamingRow]:
     """Per-frame stage costs of both pipelines at each map size (module docstring)."""
-    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.models import build_model
     from tscm.models.checkpoint import save_checkpoint
     from tscm.threads import limit_threads

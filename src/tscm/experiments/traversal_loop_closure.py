@@ -83,7 +83,7 @@ def _threshold_index(index_path: str | Path, sequence: int):
     """An empty copy of the index at `index_path` (same back-end, PCA and trained quantisers, so its
     distances are in the calibrated space) carrying its thresholds, and the threshold that applies to
     `sequence`-frame scores; TscmError when the file holds none for that."""
-    from tscm.deploy.index import PlaceIndex
+    from tscm.deploy.retrieval.index import PlaceIndex
 
     calibrated = PlaceIndex.load(index_path)
     empty = calibrated.empty_copy()
@@ -104,7 +104,7 @@ def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str |
                      rerun: str | Path | None = None, runtime: str = "torch", threads: int | None = None,
                      progress: bool = True) -> LoopClosureRun:
     """Stream `traversal` through a PlaceRecognizer of `checkpoint`; write the CSV and picture to `out`."""
-    from tscm.deploy.recognizer import PlaceRecognizer
+    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.threads import limit_threads
 
     if not (np.isfinite(exclude_recent) and exclude_recent >= 0):

@@ -7,8 +7,9 @@ import argparse
 
 def add_run_arguments(parser: argparse.ArgumentParser, kind: str, default_data: str) -> None:
     parser.add_argument("--data", default=default_data,
-                        help="data set (folder, .mat, .csv, .npz, a Nordland or VPR-Bench folder) or synthetic:<preset> "
-                             f"(generated on first use into $TSCM_CACHE or ~/.cache/tscm, reused after); default {default_data}")
+                        help="data set (folder, .mat, .csv, .npz, a Nordland or VPR-Bench folder), synthetic:<preset> "
+                             f"(generated on first use into $TSCM_CACHE or ~/.cache/tscm, reused after) or nordland (fetched and "
+                             f"checked on first use, cached there too); default {default_data}")
     parser.add_argument("--name", default="", help="data-set name when a folder holds several (e.g. pitts30k)")
     parser.add_argument("--out", default=None, help=f"run folder (default: runs/{kind}-<date>-<time>); must be new or empty")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
@@ -81,4 +82,8 @@ def _check_data(data: str) -> None:
         if preset not in PRESETS:
             raise TscmError(f"--data {data}: unknown synthetic preset {preset!r}; expected one of {', '.join(PRESETS)}")
     elif not data or not Path(data).exists():
-        raise TscmError(f"--data {data!r}: no such file or folder (or use synthetic:<preset>, e.g. synthetic:demo)")
+        from tscm.data.fetch import is_named_dataset
+
+        if not is_named_dataset(data):
+            raise TscmError(f"--data {data!r}: no such file or folder (or use synthetic:<preset>, e.g. synthetic:demo, "
+                            "or nordland, fetched on first use)")

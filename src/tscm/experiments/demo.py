@@ -49,14 +49,16 @@ class DemoOutcome:
 
 
 def loop_closure_report(data_root: Path, test_set, radius, options: RunOptions, student: str,
-                        checkpoints: dict[str, Path],
-                        test_descriptors: dict[str, tuple]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Tables (and their numbers) for deciding: a threshold calibrated on val for 99 % precision and its
-    precision and recall on test; for frame-ordered routes, sequence matching with L = 1, 5, 10, 20."""
+                        checkpoints: dict[str, Path], test_descriptors: dict[str, tuple],
+                        run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tables (and their numbers) for deciding: per decision score, a threshold calibrated on val for 99 %
+    precision and its precision and recall on test (with a precision-recall picture per score); the raw
+    distance's transfer as before; for frame-ordered routes, sequence matching with L = 1, 5, 10, 20."""
     from tscm.data.formats import load_placeset
     from tscm.evaluation.extract import InputSpec, describe_placeset
     from tscm.experiments.loop_closure import (
         TRANSFER_HEADER,
+        decision_report,
         sequence_table,
         threshold_transfer,
         transfer_rows,
@@ -65,16 +67,22 @@ def loop_closure_report(data_root: Path, test_set, radius, options: RunOptions, 
 
     val_set = load_placeset(data_root, "val", name=options.name or None)
     lengths = (1, 10) if test_set.unit == "frame" else (1,)
-    rows, transfers = [], {}
+    rows, transfers, decision_rows, decisions = [], {}, [], {}
+    decision_header: list[str] = []
     for name, checkpoint in checkpoints.items():
         model, meta = load_checkpoint(checkpoint)
         val = (val_set, *describe_placeset(model, InputSpec.of(meta), val_set, batch_size=options.batch_size))
         test = (test_set, *test_descriptors[name])
         transfers[name] = [threshold_transfer(val, test, radius, 0.99, length) for length in lengths]
         rows += transfer_rows(name, transfers[name])
-    tables = {"Loop closure: threshold calibrated on val for 99 % precision, applied to test":
-              {"header": TRANSFER_HEADER, "rows": rows}}
-    sections: dict[str, Any] = {"threshold_transfer": transfers}
+        report = decision_report(val, test, radius, name, run_dir)
+        decision_header, decision_rows = report["header"], decision_rows + report["rows"]
+        decisions[name] = report["values"]
+    tables = {"Loop closure by decision score: threshold calibrated on val for 99 % precision, applied to test":
+              {"header": decision_header, "rows": decision_rows},
+              "Loop closure, raw top-1 distance (no bound): threshold calibrated on val for 99 % precision, applied "
+              "to test": {"header": TRANSFER_HEADER, "rows": rows}}
+    sections: dict[str, Any] = {"threshold_transfer": transfers, "decision_scores": decisions}
     if test_set.unit == "frame":
         table = sequence_table(test_set, {k: test_descriptors[k] for k in (student, "raw-pixels")}, radius)
         tables["Sequence matching (SeqSLAM-style scores over the last L frames)"] = {
@@ -211,7 +219,8 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
         data_root, test_set, main, options, distilled.name,
         checkpoints={"teacher": teacher.checkpoint, distilled.name: first.trained.checkpoint},
         test_descriptors={distilled.name: (first.measured.db, first.measured.queries),
-                          "teacher": (teacher_measured.db, teacher_measured.queries), "raw-pixels": (raw.db, raw.queries)})
+                          "teacher": (teacher_measured.db, teacher_measured.queries), "raw-pixels": (raw.db, raw.queries)},
+        run_dir=run_dir)
     wall["loop_closure"] = time.perf_counter() - tic
     wall["total_before_pictures"] = time.perf_counter() - started
     comparisons = [(arm.name, "student-baseline") for arm in arms if arm.needs_teacher]

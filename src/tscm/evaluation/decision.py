@@ -150,9 +150,8 @@ def split_decisions(placeset, db, queries, *, sequence_length: int = 1, radius: 
     given descriptors, e.g. in an index's search space)."""
     from tscm.data.places import default_radius
     from tscm.evaluation.precision_recall import top1_labels
-    from tscm.evaluation.protocol import traversal_order
     from tscm.evaluation.ranking import squared_distances
-    from tscm.evaluation.sequence import sequence_scores
+    from tscm.evaluation.sequence import sequence_scores, traversal_order
 
     positions, default_exclusion = route_positions(placeset)
     exclusion = default_exclusion if exclusion is None else check_exclusion(exclusion)

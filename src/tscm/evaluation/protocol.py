@@ -39,21 +39,11 @@ def save_descriptor_file(path: str | Path, db: np.ndarray, queries: np.ndarray) 
         np.savez(handle, db=db, queries=queries)
 
 
-def traversal_order(placeset: PlaceSet) -> tuple[np.ndarray, np.ndarray]:
-    """(database order, query order) along the route: by frame, else by time; TscmError when neither is known."""
-    if placeset.unit == "frame":
-        return np.argsort(placeset.db_xy[:, 0], kind="stable"), np.argsort(placeset.query_xy[:, 0], kind="stable")
-    if placeset.db_time is not None and placeset.query_time is not None:
-        return np.argsort(placeset.db_time, kind="stable"), np.argsort(placeset.query_time, kind="stable")
-    raise TscmError(f"{placeset.name}/{placeset.split}: sequence matching needs ordered traversals: frame numbers "
-                    "(a 'frame' column) or timestamps for the database and the queries")
-
-
 def evaluate_sequences(placeset: PlaceSet, db, queries, length: int, radius: float | None = None,
                        ns: Sequence[int] = DEFAULT_NS, speeds: Sequence[float] | None = None) -> EvalResult:
     """Recall@N and precision-recall when each query is scored by its last `length` queries along the route."""
     from tscm.evaluation.ranking import Ranking, squared_distances
-    from tscm.evaluation.sequence import DEFAULT_SPEEDS, sequence_ranking
+    from tscm.evaluation.sequence import DEFAULT_SPEEDS, sequence_ranking, traversal_order
 
     ns = check_ns(ns)
     db, queries = check_descriptors(placeset, db, queries)

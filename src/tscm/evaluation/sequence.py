@@ -37,6 +37,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.evaluation.ranking import Ranking, rank_matrix
 
@@ -179,3 +180,13 @@ def sequence_ranking(distances, length: int, speeds: Sequence[float] = DEFAULT_S
                      contrast_window: int | None = None) -> Ranking:
     """The k best database frames of each query by sequence score; top1_distance is the sequence score."""
     return rank_matrix(sequence_scores(distances, length, speeds, contrast_window=contrast_window), k)
+
+
+def traversal_order(placeset: PlaceSet) -> tuple[np.ndarray, np.ndarray]:
+    """(database order, query order) along the route: by frame, else by time; TscmError when neither is known."""
+    if placeset.unit == "frame":
+        return np.argsort(placeset.db_xy[:, 0], kind="stable"), np.argsort(placeset.query_xy[:, 0], kind="stable")
+    if placeset.db_time is not None and placeset.query_time is not None:
+        return np.argsort(placeset.db_time, kind="stable"), np.argsort(placeset.query_time, kind="stable")
+    raise TscmError(f"{placeset.name}/{placeset.split}: sequence matching needs ordered traversals: frame numbers "
+                    "(a 'frame' column) or timestamps for the database and the queries")

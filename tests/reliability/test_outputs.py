@@ -132,7 +132,7 @@ def test_export_descriptors_checks_every_output_before_writing_any(data, checkpo
 
 def test_export_descriptors_writes_all_files_or_none(data, checkpoints, tmp_path, capsys, monkeypatch):
     """A failure while writing the fourth file (here: the pairs file) keeps the three written before it."""
-    from tscm.deploy import exports
+    from tscm.deploy.retrieval import descriptor_export as exports
 
     manifest, _, _ = data
     out = tmp_path / "out" / "x.h5"

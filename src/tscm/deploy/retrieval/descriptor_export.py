@@ -91,8 +91,9 @@ def image_names(paths: Sequence[Path], root: Path, *, for_pairs: bool = False) -
             raise TscmError(f"{path}: lies outside the image root {root}; pass --root with a folder holding every image")
         name = relative.replace(os.sep, "/")
         if len(name.splitlines()) != 1 or name != name.splitlines()[0]:
-            raise TscmError(f"{path}: its name {excerpt(name)} holds a line break, which a names file (one name per "
-                            "line) cannot carry; rename the image")
+            # the folder, not the path: the path itself would break the one-line message
+            raise TscmError(f"{Path(path).parent}: the image name {excerpt(name)} holds a line break, which a names "
+                            "file (one name per line) cannot carry; rename the image")
         if for_pairs and any(c.isspace() for c in name):
             raise TscmError(f"{path}: its name {excerpt(name)} holds white space, which a pairs file cannot carry "
                             "(hloc splits each line on white space); rename the image")

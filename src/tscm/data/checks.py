@@ -11,7 +11,9 @@ from typing import Sequence
 import numpy as np
 
 from tscm.data.formats.ground_truth_npz import is_placeholder_path
+from tscm.data.images import MIN_USEFUL_SIDE, load_rgb
 from tscm.data.places import PlaceSet, default_radius
+from tscm.errors import TscmError
 
 # Images decode at reduced scale: every compressed byte is still read, so truncation shows, at a
 # fraction of the cost of a full decode.
@@ -25,9 +27,6 @@ def image_problem(path: Path) -> str | None:
     Images are read by the loader every command uses (tscm.data.images), so what passes here is
     what the models see.
     """
-    from tscm.data.images import MIN_USEFUL_SIDE, load_rgb
-    from tscm.errors import TscmError
-
     if path.is_dir():
         return "unreadable: a folder, not an image"
     if not path.is_file():

@@ -27,6 +27,7 @@ as `PlaceRecognizer.observe` searches).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tscm.data.formats import is_placeholder_path, load_placeset
+from tscm.deploy.retrieval.map_builder import IMAGE_SUFFIXES
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, write_text_atomic
+from tscm.inference.onnx_export import calibration_subset
+from tscm.threads import limit_threads
 
 H5_FORMAT = "tscm-global-descriptors"
 H5_FORMAT_VERSION = 1
@@ -69,13 +75,10 @@ def list_images(source: str | Path, role: str = "database") -> ImageSet:
     if not path.exists():
         raise TscmError(f"{path}: no such folder or file")
     if path.is_dir():
-        from tscm.deploy.retrieval.map_builder import IMAGE_SUFFIXES
-
         paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
             raise TscmError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder or below it")
         return ImageSet(path, paths, path, f"{len(paths)} images in {path}")
-    from tscm.data.formats import is_placeholder_path, load_placeset
 
     placeset = load_placeset(path)
     paths = list(placeset.db_paths if role == "database" else placeset.query_paths)
@@ -231,12 +234,6 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
                        threads: int | None = None, on_bad_image: str = "fail",
                        report: Callable[[str], None] | None = None) -> Exported:
     """Describe `images` (and `queries`) with `checkpoint` and write the files of the module doc."""
-    import sys
-
-    from tscm.inference.onnx_export import calibration_subset
-    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
-    from tscm.threads import limit_threads
-
     require_h5py()
     out = Path(out)
     if out.is_dir():

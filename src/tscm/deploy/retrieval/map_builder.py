@@ -16,6 +16,7 @@ the file: the same file one process writes. Errors on any rank stop every rank w
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,9 +24,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch.distributed as dist
 
+from tscm.data.formats import is_placeholder_path, load_placeset
+from tscm.data.formats.utm_folder import parse_utm_name
+from tscm.deploy.retrieval.index import PlaceIndex
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer, index_model_meta
 from tscm.distributed import ProcessGroup
 from tscm.errors import TscmError
+from tscm.inference.onnx_export import calibration_subset
+from tscm.models.checkpoint import read_metadata
+from tscm.threads import limit_threads
+from tscm.train.runtime import start_runtime, stop_runtime
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -51,13 +61,10 @@ def image_list(source: str | Path) -> tuple[list[Path], np.ndarray | None, str]:
     if not path.exists():
         raise TscmError(f"{path}: no such folder or file")
     if path.is_file():
-        from tscm.data.formats import is_placeholder_path, load_placeset
-
         placeset = load_placeset(path)
         if any(is_placeholder_path(p) for p in placeset.db_paths):
             raise TscmError(f"{path}: the data set does not name its images, so they cannot be described")
         return list(placeset.db_paths), placeset.db_xy, f"{len(placeset.db_paths)} database images of {path}"
-    from tscm.data.formats.utm_folder import parse_utm_name
 
     paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
@@ -100,8 +107,6 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
     Under torchrun the work is sharded over the processes (module doc); only rank 0 writes `out`, and
     the other ranks return a BuiltMap with `index` None.
     """
-    import os
-
     params = dict(params or {})
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise TscmError(f"--batch-size: expected a positive integer, got {batch_size!r}")
@@ -128,9 +133,6 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
 
 def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str, Any]) -> None:
     """Refuse bad --param values before any image is described (the checks PlaceIndex.create makes)."""
-    from tscm.deploy.retrieval.index import PlaceIndex
-    from tscm.models.checkpoint import read_metadata
-
     if backend == "auto" or not Path(checkpoint).is_dir():
         return  # auto picks its own parameters; an ONNX file's dimension is known once it is loaded
     PlaceIndex.create(backend, int(read_metadata(checkpoint)["descriptor_dim"]), **params)  # an empty index: cheap
@@ -139,10 +141,6 @@ def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str
 def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, report, progress,
               calibration_paths=None):
     """(recognizer, Described, seconds) for `paths` with the model of `checkpoint`."""
-    from tscm.inference.onnx_export import calibration_subset
-    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
-    from tscm.threads import limit_threads
-
     if calibration_paths is None:
         calibration_paths = calibration_subset(paths) if runtime == "onnx-int8" else []
     with limit_threads(torch=threads):
@@ -158,10 +156,6 @@ def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, 
 def _write_index(checkpoint, fingerprint: str, meta: dict[str, Any], descriptors: np.ndarray, kept: list[int],
                  paths: list[Path], xy: np.ndarray | None, out, backend: str, params: dict[str, Any],
                  skipped: list[tuple[str, str]], extract_s: float, rank: int = 0, world_size: int = 1) -> BuiltMap:
-    from tscm.deploy.retrieval.index import PlaceIndex
-    from tscm.deploy.retrieval.recognizer import index_model_meta
-    from tscm.threads import limit_threads
-
     tic = time.perf_counter()
     with limit_threads(blas=1):  # PCA fitting: see tscm.threads
         index = PlaceIndex.build(
@@ -182,12 +176,6 @@ def batch_shard(count: int, batch_size: int, rank: int, world_size: int) -> rang
 def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_size, threads, on_bad_image,
                    report) -> BuiltMap:
     """build_map under torchrun: each rank describes its share of whole batches, rank 0 merges and writes."""
-    import json
-
-    import torch.distributed as dist
-
-    from tscm.train.runtime import start_runtime, stop_runtime
-
     owned = not dist.is_initialized()
     runtime_info = start_runtime("cpu", "off")  # descriptors are made on the CPU; gloo carries the shares
     group = ProcessGroup(runtime_info.rank, runtime_info.world_size)
@@ -203,8 +191,6 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
         share = batch_shard(len(paths), batch_size, rank, world)
         if rank == 0:
             say(f"indexing {description}, sharded over {world} processes ({len(share)} images on rank 0)")
-        from tscm.inference.onnx_export import calibration_subset
-
         calibration = calibration_subset(paths) if runtime == "onnx-int8" else []  # every rank: the same int8 model
         local = mask = recognizer = None
         skipped: list[tuple[str, str]] = []

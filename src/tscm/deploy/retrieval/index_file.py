@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from tscm.deploy.retrieval.index_backends import BACKENDS
 from tscm.deploy.retrieval.pca import array_sha256
@@ -33,7 +33,7 @@ def write_index_file(path: str | Path, arrays: dict[str, np.ndarray], meta: dict
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta,
             "sha256": {name: array_sha256(array) for name, array in arrays.items()}}
     with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        safetensors.numpy.save_file(arrays, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
 
 
 def finite_number(value: Any) -> bool:

@@ -1,9 +1,9 @@
 """CPU thread counts of torch, faiss (OpenMP) and numpy's BLAS, set for a block and restored after.
 
 Timings and single-query latency depend on them: faiss spreads even one query over its threads,
-and on a shared 2-core machine numpy's OpenBLAS threads spin-waited for seconds in an eigh that
-takes 50 ms on one thread (PCA fitting). Every place in tscm that changes a thread count uses
-`limit_threads`, so the previous settings always come back.
+and on a shared machine numpy's OpenBLAS threads can spin-wait far longer than the work takes
+(an eigh when fitting PCA). Every place in tscm that changes a thread count uses `limit_threads`
+or `blas_threads`, so the previous settings always come back.
 """
 
 from __future__ import annotations

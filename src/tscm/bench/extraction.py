@@ -30,11 +30,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from tscm.bench.machine import gflops_fraction
+from tscm.data.formats import load_placeset
+from tscm.data.places import default_radius
+from tscm.data.synthetic import resolve_data
 from tscm.errors import TscmError
+from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.evaluation.ranking import rank_exact
+from tscm.evaluation.recall import evaluate_descriptors
+from tscm.inference.onnx_export import calibration_subset, export_graphs, rowwise_cosine
+from tscm.inference.runtimes import OnnxDescriptorModel, RUNTIMES, RUNTIME_PRECISION, runtime_model
 from tscm.machine import median_ms, time_turns
-from tscm.inference.onnx_export import rowwise_cosine
-from tscm.inference.runtimes import RUNTIME_PRECISION, RUNTIMES, OnnxDescriptorModel, runtime_model
+from tscm.models.checkpoint import load_checkpoint, model_fingerprint
+from tscm.models.presets import build_model, config_to_dict, list_presets, multiply_adds_per_image
+from tscm.threads import limit_threads
 
 REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
 BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")
@@ -65,9 +74,6 @@ class ExtractionRow:
 
 def model_and_meta(source: str) -> tuple[nn.Module, dict[str, Any]]:
     """A checkpoint directory, or a preset name (random weights, seed 0), as (float32 model, metadata)."""
-    from tscm.models.checkpoint import load_checkpoint, model_fingerprint
-    from tscm.models.presets import build_model, config_to_dict, list_presets
-
     if Path(source).is_dir():
         return load_checkpoint(source)
     if source not in list_presets():
@@ -87,8 +93,6 @@ def prepare_runtimes(model: nn.Module, meta: dict[str, Any], runtimes: Sequence[
                      calibration_paths: Sequence[str | Path], exporter: str = "dynamo",
                      ) -> tuple[dict[str, nn.Module], dict[str, float]]:
     """({runtime: extractor}, {runtime: preparation seconds}); the ONNX runtimes share one export."""
-    from tscm.inference.onnx_export import export_graphs
-
     extractors: dict[str, nn.Module] = {}
     prepare_s: dict[str, float] = {}
     onnx_runtimes = [r for r in runtimes if r in ONNX_PRECISION]
@@ -122,9 +126,6 @@ def bench_model(source: str, runtimes: Sequence[str], batch_sizes: Sequence[int]
                 exporter: str = "dynamo", peak_gflops: float | None = None,
                 print_fn: Callable[[str], None] = print) -> list[ExtractionRow]:
     """Rows for one model: every runtime at every batch size, reference first."""
-    from tscm.bench.machine import gflops_fraction
-    from tscm.models.presets import multiply_adds_per_image
-
     model, meta = model_and_meta(source)
     name = meta["preset"] if not Path(source).is_dir() else f"{meta['preset']} ({Path(source).name})"
     height, width = (int(s) for s in meta["image_size"])
@@ -225,12 +226,6 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
                    radius: float | None = None, threads: int = 2, calibration_paths: Sequence[str | Path] = (),
                    batch_size: int = 32, print_fn: Callable[[str], None] = print) -> list[AccuracyRow]:
     """Recall@1 of the checkpoint on `placeset` with each runtime, against eager float32."""
-    from tscm.evaluation.extract import InputSpec, describe_placeset
-    from tscm.evaluation.recall import evaluate_descriptors
-    from tscm.threads import limit_threads
-
-    from tscm.data.places import default_radius
-
     if radius is None:  # the data set's own default (25 m, ±1 frame; None for listed matches), as evaluate uses
         radius = default_radius(placeset.unit)
     model, meta = model_and_meta(str(checkpoint))
@@ -262,14 +257,9 @@ def bench_accuracy(checkpoint: str | Path, placeset: Any, runtimes: Sequence[str
 
 def calibration_images(data: str | None, count: int) -> list[Path]:
     """`count` train-split database images of `data` (default: the synthetic demo city, generated on first use)."""
-    from tscm.inference.onnx_export import calibration_subset
-
     placeset = placeset_or_demo_city(data, "train")
     return calibration_subset(placeset.db_paths, count)
 
 
 def placeset_or_demo_city(data: str | None, split: str) -> Any:
-    from tscm.data.formats import load_placeset
-    from tscm.data.synthetic import resolve_data
-
     return load_placeset(resolve_data(data or "synthetic:demo"), split=split)

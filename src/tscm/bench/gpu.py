@@ -14,14 +14,18 @@ nothing).
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tscm.bench.extraction import model_and_meta
 from tscm.evaluation.recall import recall_at_1
+from tscm.inference.onnx_export import INPUT_NAME, OUTPUT_NAME, export_model, make_session
 from tscm.machine import median_ms, time_turns
+from tscm.models.presets import multiply_adds_per_image
 
 
 def unavailable_reason() -> str | None:
@@ -87,12 +91,7 @@ def bench_gpu_extraction(sources: Sequence[str], batch_sizes: Sequence[int], *, 
                          cycles: int = 3, calls: int = 5, onnx: bool = True, exporter: str = "dynamo",
                          print_fn: Callable[[str], None] = print) -> list[GpuExtractionRow]:
     """Rows per model and batch size: eager fp32, fp16 autocast and (if available) ORT's CUDA provider."""
-    import copy
-
     import torch
-
-    from tscm.bench.extraction import model_and_meta
-    from tscm.models.presets import multiply_adds_per_image
 
     device = torch.device(device)
     rows: list[GpuExtractionRow] = []
@@ -106,8 +105,6 @@ def bench_gpu_extraction(sources: Sequence[str], batch_sizes: Sequence[int], *, 
         on_device = copy.deepcopy(model).to(device).eval()
         session = None
         if onnx and onnx_reason is None:
-            from tscm.inference.onnx_export import export_model, make_session
-
             data = export_model(model, meta, exporter=exporter)
             session = make_session(data, providers=("CUDAExecutionProvider", "CPUExecutionProvider"))
         for batch_size in batch_sizes:
@@ -124,8 +121,6 @@ def bench_gpu_extraction(sources: Sequence[str], batch_sizes: Sequence[int], *, 
 
             functions["cuda-fp32"], functions["cuda-fp16"] = eager, half
             if session is not None:
-                from tscm.inference.onnx_export import INPUT_NAME, OUTPUT_NAME
-
                 host = images.cpu().numpy()
                 functions["onnx-cuda"] = lambda host=host: session.run([OUTPUT_NAME], {INPUT_NAME: host})
             times = time_turns(functions, cycles, calls, synchronize=lambda: _synchronize(device))

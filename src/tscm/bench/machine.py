@@ -22,7 +22,11 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+import numpy as np
+import torch
+
 from tscm.machine import cpu_model, isa_flags, load_average, time_turns
+from tscm.threads import limit_threads
 
 @dataclass
 class MachineProfile:
@@ -66,10 +70,6 @@ def _best_and_median(function: Callable[[], object], repeats: int) -> tuple[floa
 
 def measure_matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> tuple[float, float]:
     """(best, median) fp32 GFLOP/s of torch.mm on two size×size matrices with `threads` threads."""
-    import torch
-
-    from tscm.threads import limit_threads
-
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(size, size, generator=generator)
     b = torch.randn(size, size, generator=generator)
@@ -82,11 +82,6 @@ def measure_matmul_gflops(threads: int, size: int = 2048, repeats: int = 5) -> t
 
 def measure_copy_bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> dict[str, float]:
     """Copy bandwidth in GB/s (bytes read + written): best and median on one thread and on `threads`."""
-    import numpy as np
-    import torch
-
-    from tscm.threads import limit_threads
-
     count = megabytes * 2**20 // 4
     source = np.ones(count, dtype=np.float32)
     target = np.empty_like(source)
@@ -110,8 +105,6 @@ def cuda_device_name() -> str | None:
 
 def probe_machine(threads: int, *, matmul_size: int = 2048, copy_mb: int = 256, repeats: int = 5) -> MachineProfile:
     """Measure this machine (a few seconds: `repeats` matmuls and copies)."""
-    import torch
-
     load = load_average() or []
     best, median = measure_matmul_gflops(threads, matmul_size, repeats)
     copy = measure_copy_bandwidth(threads, copy_mb, repeats)

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import torch
 
+from tscm.bench.gpu import bench_gpu_matching
 from tscm.deploy.retrieval.index import PlaceIndex
 from tscm.evaluation.recall import recall_at_1
 
@@ -250,7 +252,6 @@ def bench_matching(datasets: Iterable[MatchingData],
     `gpu_device` (tscm.bench.gpu), printed after the CPU table's row.
     """
     import faiss
-    import torch
 
     faiss.omp_set_num_threads(threads)
     torch.set_num_threads(threads)
@@ -277,8 +278,6 @@ def bench_matching(datasets: Iterable[MatchingData],
             rows.append(row)
             print_fn(format_matching_row(row))
             if gpu_rows is not None and config.backend in ("flat", "pca-flat"):
-                from tscm.bench.gpu import bench_gpu_matching
-
                 gpu_rows.append(bench_gpu_matching(data, index, config.label, device=gpu_device,
                                                    print_fn=lambda line: print_fn(f"  GPU: {line}")))
             del index

@@ -18,12 +18,28 @@ query against the bandwidth. With a CUDA device, extraction and matching also ge
 from __future__ import annotations
 
 import math
-
-from dataclasses import dataclass, field
+import os
+import platform
+from dataclasses import asdict, asdict as as_dict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+import torch
+
+from tscm.bench import gpu as gpu_bench
+from tscm.bench.extraction import (NEEDS_CALIBRATION, bench_accuracy, bench_extraction, calibration_images,
+                                   model_and_meta, placeset_or_demo_city)
+from tscm.bench.machine import MachineProfile, probe_machine
+from tscm.bench.matching import MatchingData, bench_matching, default_matching_configs, synthetic_matching_data
+from tscm.bench.mining import benchmark_mining, format_mining
+from tscm.bench.training import bench_training
+from tscm.data.formats import load_placeset
+from tscm.data.synthetic import resolve_data
 from tscm.errors import TscmError
+from tscm.evaluation.extract import InputSpec, describe_placeset
+from tscm.fileio import write_json_atomic, write_text_atomic
+from tscm.threads import limit_threads
 
 PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training", "streaming")
 DEFAULT_PARTS = ("extraction", "matching", "city")
@@ -112,10 +128,6 @@ def feasible_configs(num_db: int, dim: int) -> list[MatchingConfig]:
     lists are cut to about one per 39 vectors (faiss' advice), and IVF-PQ is left out under
     PQ_MIN_TRAIN vectors (faiss' minimum for its 256-centroid codebooks).
     """
-    from dataclasses import replace
-
-    from tscm.bench.matching import default_matching_configs
-
     configs = []
     for config in default_matching_configs(num_db):
         params = dict(config.params)
@@ -146,11 +158,7 @@ def _label(backend: str, params: dict) -> str:
 
 
 def _environment(threads: int) -> dict:
-    import os
-    import platform
-
     import faiss
-    import torch
 
     return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
@@ -160,14 +168,6 @@ def _environment(threads: int) -> dict:
 
 def _city_data(settings: BenchSettings, print_fn: Callable[[str], None]):
     """MatchingData of the synthetic city's database and queries described by the chosen model, and its description."""
-    import numpy as np
-
-    from tscm.bench.extraction import model_and_meta
-    from tscm.bench.matching import MatchingData
-    from tscm.data.formats import load_placeset
-    from tscm.data.synthetic import resolve_data
-    from tscm.evaluation.extract import InputSpec, describe_placeset
-
     root = resolve_data(f"synthetic:{settings.city}", progress=False)
     placeset = load_placeset(root, split=settings.city_split)
     model, meta = model_and_meta(settings.checkpoint or "student-tiny")
@@ -267,16 +267,10 @@ def markdown_report(report: dict) -> str:
 
 
 def _machine_line(machine: dict) -> str:
-    from tscm.bench.machine import MachineProfile
-
     return MachineProfile(**machine).line()
 
 
 def _gpu_extraction(settings: BenchSettings, gpu: dict, print_fn) -> list[dict]:
-    from dataclasses import asdict
-
-    from tscm.bench import gpu as gpu_bench
-
     onnx_reason = gpu_bench.onnx_cuda_reason()
     if onnx_reason:
         gpu["notes"].append(f"ONNX Runtime CUDA rows skipped: {onnx_reason}")
@@ -344,14 +338,6 @@ def _gpu_markdown(gpu: dict | None) -> list[str]:
 def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
               print_fn: Callable[[str], None] = print) -> dict:
     """Run the chosen parts, print their tables, and write bench.json / bench.md to `out_dir`; returns the report."""
-    from dataclasses import asdict
-
-    from tscm.fileio import write_json_atomic, write_text_atomic
-    from tscm.threads import limit_threads
-
-    from tscm.bench import gpu as gpu_bench
-    from tscm.bench.machine import probe_machine
-
     settings.check()
     report: dict = {"settings": asdict(settings), "environment": _environment(settings.threads)}
     small = dict(matmul_size=512, copy_mb=32, repeats=2) if settings.quick else {}
@@ -377,10 +363,6 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
     if "mining" in settings.parts:
         report["mining"] = _mining(settings, print_fn)
     if "training" in settings.parts:
-        from dataclasses import asdict as as_dict
-
-        from tscm.bench.training import bench_training
-
         rounds = 1 if settings.quick else 3
         report["training"] = [as_dict(row) for row in bench_training(
             settings.training_presets, threads=settings.threads, steps=settings.training_steps, rounds=rounds,
@@ -399,17 +381,11 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
 
 
 def _calibration(settings: BenchSettings) -> list:
-    from tscm.bench.extraction import NEEDS_CALIBRATION, calibration_images
-
     needed = any(runtime in NEEDS_CALIBRATION for runtime in settings.runtimes)
     return calibration_images(settings.accuracy_data, 64) if needed else []
 
 
 def _extraction(settings: BenchSettings, print_fn, peak_gflops: float | None = None) -> list[dict]:
-    from dataclasses import asdict
-
-    from tscm.bench.extraction import bench_extraction
-
     calibration = _calibration(settings)
     print_fn(f"extraction: {settings.threads} threads, ms per image; speed-up and descriptor cosine vs eager float32"
              + (f"; int8 calibrated on {len(calibration)} images" if calibration else ""))
@@ -421,10 +397,6 @@ def _extraction(settings: BenchSettings, print_fn, peak_gflops: float | None = N
 
 
 def _accuracy(settings: BenchSettings, print_fn) -> list[dict]:
-    from dataclasses import asdict
-
-    from tscm.bench.extraction import bench_accuracy, placeset_or_demo_city
-
     placeset = placeset_or_demo_city(settings.accuracy_data, settings.accuracy_split)
     rows = bench_accuracy(settings.checkpoint, placeset, settings.runtimes, threads=settings.threads,
                           calibration_paths=_calibration(settings), print_fn=print_fn)
@@ -432,10 +404,6 @@ def _accuracy(settings: BenchSettings, print_fn) -> list[dict]:
 
 
 def _matching(settings: BenchSettings, report: dict, print_fn, bandwidth_gb_s: float | None = None) -> list[dict]:
-    from dataclasses import asdict
-
-    from tscm.bench.matching import bench_matching, synthetic_matching_data
-
     datasets = []
     if "matching" in settings.parts:
         for size in settings.sizes:
@@ -469,8 +437,6 @@ def _matching(settings: BenchSettings, report: dict, print_fn, bandwidth_gb_s: f
 
 
 def _mining(settings: BenchSettings, print_fn) -> dict:
-    from tscm.bench.mining import benchmark_mining, format_mining
-
     result = benchmark_mining(settings.mining_db, settings.mining_queries, settings.dim if settings.quick else 2048,
                               settings.mining_loop_queries, "float32", settings.seed)
     print_fn(format_mining(result))

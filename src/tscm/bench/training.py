@@ -14,11 +14,16 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
 
+from tscm.config import load_config
+from tscm.losses import TupleDescriptors, build_preset
+from tscm.models.presets import build_model, get_preset, model_role, multiply_adds_per_image
 from tscm.threads import limit_threads
+from tscm.train.trainer import build_optimizer, to_fast_layout
 
 DEFAULT_PRESETS = ("teacher-tiny", "student-tiny")
 
@@ -38,21 +43,12 @@ class TrainingRow:
 
 def demo_batch(preset: str) -> tuple[int, int]:
     """(tuples per batch, negatives per tuple) with which the demo trains `preset`'s role."""
-    from tscm.config import load_config
-    from tscm.models.presets import get_preset, model_role
-
     role = model_role(get_preset(preset))
     config = load_config("demo_teacher" if role == "teacher" else "demo_student", kind=role)
     return config.train.batch_size, config.mining.num_negatives
 
 
 def _step_function(preset: str, tuples: int, negatives: int, seed: int) -> tuple[Callable[[], None], int, int]:
-    from types import SimpleNamespace
-
-    from tscm.losses import TupleDescriptors, build_preset
-    from tscm.models.presets import build_model, multiply_adds_per_image
-    from tscm.train.trainer import build_optimizer, to_fast_layout
-
     torch.manual_seed(seed)
     model = build_model(preset)
     macs = multiply_adds_per_image(model)

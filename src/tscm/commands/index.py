@@ -8,7 +8,7 @@ from tscm.commands.bag_options import add_bag_arguments, bag_selection
 
 NAME = "index"
 HELP = "build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint"
-# Mirrors of tscm.deploy.retrieval.index.BACKENDS and tscm.inference.onnx_export.RUNTIMES, so that building the CLI imports neither faiss nor torch.
+# Mirrors of tscm.deploy.retrieval.index.BACKENDS and tscm.inference.runtimes.RUNTIMES, so that building the CLI imports neither faiss nor torch.
 BACKENDS = ("auto", "flat", "pca-flat", "ivfpq", "hnsw")
 RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 

@@ -13,7 +13,9 @@ import numpy as np
 
 from tscm.data.formats.ground_truth_npz import is_placeholder_path
 from tscm.data.formats.rosbag import is_bag_frame_path
+from tscm.data.images import MIN_USEFUL_SIDE, load_rgb
 from tscm.data.places import PlaceSet, default_radius
+from tscm.errors import TscmError
 
 # Images decode at reduced scale: every compressed byte is still read, so truncation shows, at a
 # fraction of the cost of a full decode.
@@ -27,9 +29,6 @@ def image_problem(path: Path) -> str | None:
     Images are read by the loader every command uses (tscm.data.images), so what passes here is
     what the models see.
     """
-    from tscm.data.images import MIN_USEFUL_SIDE, load_rgb
-    from tscm.errors import TscmError
-
     if not is_bag_frame_path(path):  # a bag frame is no file of its own: the loader finds it in its bag
         try:
             os.stat(path)

@@ -126,10 +126,9 @@ def _padded(rows: Sequence[np.ndarray], width: int | None = None) -> np.ndarray:
 
 # Mining reads the distances of ~num_random + num_negatives + a few positives per query. Up to this
 # many database images per needed distance, one matrix product with the whole database is cheaper
-# than gathering the needed rows (random 8 KB reads, latency-bound): measured here, the product cost
-# 2.6 ms per query at 50k × 2048 and gathering 1,010 rows 2.4 ms, so the crossover is near 50. At
-# Pittsburgh30k size (10k database) the product wins; at Pittsburgh250k it would compute 25× the
-# distances mining reads.
+# than gathering the needed rows (random reads, latency-bound); the crossover, near 50, comes from
+# `tscm bench`'s mining rows. At Pittsburgh30k size (10k database) the product wins; at
+# Pittsburgh250k it would compute 25× the distances mining reads.
 DENSE_MINING_RATIO = 48
 GATHER_QUERIES = 4  # queries whose candidate rows are gathered at once (4 × 1,000 × 2048 × 4 B = 33 MB)
 
@@ -156,8 +155,8 @@ def _distance_function(queries: np.ndarray, db: np.ndarray, db_sq_norms: np.ndar
         out = np.empty(rows.shape, dtype=np.float32)
         for start in range(0, len(rows), GATHER_QUERIES):
             block = slice(start, start + GATHER_QUERIES)
-            # einsum, not a batched matmul: on the shared 2-core CPU BLAS matrix-vector products over
-            # the gathered rows took 3× longer (thread spin-up per call).
+            # einsum, not a batched matmul: BLAS matrix-vector products over the gathered rows pay a
+            # thread spin-up per call.
             dots = np.einsum("gkd,gd->gk", db[rows[block]], queries[block])
             out[block] = query_sq_norms[block, None] + db_sq_norms[rows[block]] - 2.0 * dots
         return np.sqrt(np.maximum(out, 0.0))

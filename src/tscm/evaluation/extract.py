@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
+from tscm.data.formats import is_placeholder_path
+from tscm.data.images import as_rgb, check_input_spec, eval_transform
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
@@ -31,7 +35,6 @@ class InputSpec:
     def of(cls, source: Any) -> InputSpec:
         """From checkpoint metadata (a mapping) or a model config (an object with those attributes)."""
         get = source.get if isinstance(source, Mapping) else lambda name: getattr(source, name)
-        from tscm.data.images import check_input_spec
 
         size, mean, std = get("image_size"), get("mean"), get("std")
         check_input_spec(size, mean, std)
@@ -59,8 +62,6 @@ class _ImageItems:
         return len(self.images)
 
     def __getitem__(self, position: int):
-        from tscm.data.images import as_rgb, eval_transform
-
         try:
             rgb = as_rgb(self.images[position])
         except TscmError as error:
@@ -92,8 +93,6 @@ def describe_images(
     through `report`); "fail" raises TscmError naming the image, followed by `bad_image_hint` (the
     advice of the commands that have --on-bad-image; "" where there is no such option).
     """
-    import torch
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     if on_bad_image not in BAD_IMAGE_POLICIES:
@@ -153,8 +152,6 @@ def extract_descriptors(model, paths: Sequence[Any], spec: InputSpec, **options:
 
 def describe_placeset(model, spec: InputSpec, placeset: PlaceSet, **options: Any) -> tuple[np.ndarray, np.ndarray]:
     """(database, query) descriptors of a data set's images, in the PlaceSet's order."""
-    from tscm.data.formats import is_placeholder_path
-
     if any(is_placeholder_path(p) for p in placeset.db_paths + placeset.query_paths):
         raise TscmError(f"{placeset.name}/{placeset.split}: the data set does not name its images, so a model "
                         "cannot describe them; give descriptors instead (--descriptors)")

@@ -9,10 +9,18 @@ from typing import Sequence
 
 import numpy as np
 
+from tscm.config import check_device
+from tscm.data.formats import is_placeholder_path
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
-from tscm.evaluation.recall import DEFAULT_NS, EvalResult, check_descriptors, check_ns, evaluate_descriptors, evaluate_ranking
+from tscm.evaluation.extract import InputSpec, describe_placeset
+from tscm.evaluation.ranking import Ranking, squared_distances
+from tscm.evaluation.recall import (DEFAULT_NS, EvalResult, check_descriptors, check_ns, evaluate_descriptors,
+                                    evaluate_ranking)
+from tscm.evaluation.sequence import DEFAULT_SPEEDS, sequence_ranking, traversal_order
 from tscm.fileio import atomic_path, check_outputs, real_path, stat_regular, write_json_atomic
+from tscm.inference.runtimes import make_extractor
+from tscm.models.checkpoint import load_checkpoint
 
 
 def load_descriptor_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -42,9 +50,6 @@ def save_descriptor_file(path: str | Path, db: np.ndarray, queries: np.ndarray) 
 def evaluate_sequences(placeset: PlaceSet, db, queries, length: int, radius: float | None = None,
                        ns: Sequence[int] = DEFAULT_NS, speeds: Sequence[float] | None = None) -> EvalResult:
     """Recall@N and precision-recall when each query is scored by its last `length` queries along the route."""
-    from tscm.evaluation.ranking import Ranking, squared_distances
-    from tscm.evaluation.sequence import DEFAULT_SPEEDS, sequence_ranking, traversal_order
-
     ns = check_ns(ns)
     db, queries = check_descriptors(placeset, db, queries)
     db_order, query_order = traversal_order(placeset)
@@ -62,8 +67,6 @@ def evaluate_sequences(placeset: PlaceSet, db, queries, length: int, radius: flo
 
 def data_set_warnings(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray) -> list[str]:
     """What makes a result meaningless although it computes: queries that are database images."""
-    from tscm.data.formats import is_placeholder_path
-
     warnings = []
     paths = [p for p in placeset.query_paths if not is_placeholder_path(p)]
     if paths:
@@ -113,7 +116,6 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
     if not (isinstance(num_workers, int) and num_workers >= 0):
         raise TscmError(f"--num-workers: expected a number of processes ≥ 0 (0: load in this process), got {num_workers!r}")
     ns = check_ns(ns)
-    from tscm.config import check_device
 
     check_device(device)
     radius = placeset.check_radius(radius, "--radius") if radius is not None else None
@@ -123,13 +125,9 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
         raise TscmError(f"--save-descriptors {save_descriptors}: expected a file name ending in .npz (the format "
                         "--descriptors reads)")
     if checkpoint:
-        from tscm.evaluation.extract import InputSpec, describe_placeset
-        from tscm.models.checkpoint import load_checkpoint
-
         if Path(checkpoint).suffix.lower() == ".onnx":  # an exported model runs in ONNX Runtime, on the CPU
             if device != "cpu":
                 raise TscmError(f"--device {device}: an exported .onnx model runs on the CPU (ONNX Runtime); drop --device")
-            from tscm.inference.runtimes import make_extractor
 
             model, meta = make_extractor(checkpoint, "onnx")
         else:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tscm.data.places import PlaceSet, default_radius, radius_text
 from tscm.errors import TscmError
+from tscm.evaluation.precision_recall import pr_from_ranking, pr_summary
 from tscm.evaluation.ranking import Ranking, descriptor_matrix, first_hit_rank, rank_exact
 
 DEFAULT_NS = (1, 5, 10, 20)
@@ -186,8 +187,6 @@ def _centred_if_wide(db: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, n
 def evaluate_ranking(placeset: PlaceSet, ranking: Ranking, radius: float | None = None,
                      ns: Sequence[int] = DEFAULT_NS) -> EvalResult:
     """Recall@N and precision-recall of a ranking (single frames or sequences) of the PlaceSet's queries."""
-    from tscm.evaluation.precision_recall import pr_from_ranking, pr_summary
-
     if radius is None:
         radius = default_radius(placeset.unit)
     radius = placeset.check_radius(radius)

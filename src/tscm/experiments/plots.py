@@ -14,8 +14,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from tscm.data.images import load_rgb
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
+from tscm.evaluation.precision_recall import pr_from_ranking, pr_summary
 from tscm.evaluation.ranking import rank_exact
 from tscm.evaluation.recall import recall_from_ranking
 from tscm.fileio import atomic_path
@@ -234,8 +236,6 @@ def _offset_text(placeset: PlaceSet, query: int, database: int) -> str:
 
 
 def _show_image(ax, image_path: Path, thumb_px: int, frame_colour: str) -> None:
-    from tscm.data.images import load_rgb
-
     image = load_rgb(image_path)
     # Small images (e.g. 64×32 route frames) are scaled up, so a grid cell is not a dot.
     scale = thumb_px / max(image.size)
@@ -314,8 +314,6 @@ def plot_precision_recall(path: str | Path, retrievals: Mapping[str, Retrieval],
                           subtitle: str) -> Path:
     """Precision against recall over the top-1 distance (every query; tscm.evaluation.precision_recall)."""
     from matplotlib.figure import Figure
-
-    from tscm.evaluation.precision_recall import pr_from_ranking, pr_summary
 
     fig = Figure(figsize=(7, 4.8), dpi=120)
     ax = fig.add_subplot()

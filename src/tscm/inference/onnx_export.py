@@ -13,9 +13,11 @@ model made a descriptor without the checkpoint. The runtimes that run exported m
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,11 @@ import torch
 from torch import nn
 
 from tscm import __version__
+from tscm.data.images import ImageListDataset
 from tscm.errors import TscmError, excerpt
 from tscm.fileio import atomic_path, check_header, parse_json
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
+from tscm.models.checkpoint import load_checkpoint
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "descriptors"
@@ -58,16 +62,12 @@ DEFAULT_CALIBRATION_IMAGES = 64
 
 def require_onnx() -> None:
     """TscmError with the install hint unless onnx, onnxruntime and onnxscript are importable (the `onnx` extra)."""
-    import importlib.util
-
     missing = [name for name in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise TscmError(f"ONNX export and runtimes need {', '.join(missing)}: pip install 'tscm[onnx]'")
 
 
 def load_checkpoint_folder(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    from tscm.models.checkpoint import load_checkpoint
-
     path = Path(checkpoint)
     if not path.is_dir():
         raise TscmError(f"{path} is not a checkpoint directory (expected a folder with model.safetensors and meta.json)")
@@ -96,8 +96,6 @@ def _trace_to_onnx(model: nn.Module, example: torch.Tensor, opset: int, exporter
         )
         return program.model_proto
     if exporter == "torchscript":
-        import warnings
-
         buffer = io.BytesIO()
         with warnings.catch_warnings():
             # The legacy exporter announces its deprecation and warns that the shape checks are traced as
@@ -320,8 +318,8 @@ def export_onnx(
 
 # ONNX Runtime graph transformers tscm's sessions leave out. QDQ propagation moves the QuantizeLinear
 # that follows student-paper's float32 stem (convolution, ReLU, max-pool) above the max-pool, which
-# then runs on uint8 in a kernel ~50× slower than the float32 one (12 of 49 ms per image, one
-# thread); without it the int8 student took 39 ms, and teacher-paper's int8 time did not change.
+# then runs on uint8 in a kernel far slower than the float32 one (a quarter of the int8 student's
+# time); without it the int8 student is faster, and teacher-paper's int8 time does not change.
 # Float32 graphs have no QDQ nodes and are unaffected. Recorded in exported files' metadata
 # (`onnxruntime_disabled_optimizers`) for deployments that build their own sessions.
 DISABLED_OPTIMIZERS = ("QDQPropagationTransformer",)
@@ -331,9 +329,8 @@ def session_options(threads: int | None = None) -> Any:
     """ONNX Runtime options: all graph optimisations, `threads` intra-op threads (None: runtime default).
 
     Intra-op threads do not spin while waiting for work: on a shared CPU a spinning pool competes
-    with the other processes for the cores it waits on (student-paper, 2 threads, a busy 2-core
-    machine: 141 → 87 ms per int8 image, 243 → 153 ms float32); on an idle machine waking the
-    threads costs microseconds per operator.
+    with the other processes for the cores it waits on (a third slower per image on a busy machine,
+    `tscm bench` shows it); on an idle machine waking the threads costs microseconds per operator.
     """
     import onnxruntime as ort
 
@@ -386,8 +383,6 @@ class _CalibrationImages:
     """ONNX Runtime calibration reader: eval-transformed images in batches."""
 
     def __init__(self, paths: Sequence[str | Path], meta: dict[str, Any], batch_size: int = 8) -> None:
-        from tscm.data.images import ImageListDataset
-
         self.dataset = ImageListDataset(paths, meta["image_size"], meta["mean"], meta["std"])
         self.batch_size = batch_size
         self.batches = self._batches()

@@ -13,6 +13,8 @@ space and search an index built with the float32 model.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,17 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.ao.quantization import quantize_dynamic
 
-from tscm.inference.onnx_export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    export_model,
-    load_checkpoint_folder,
-    parse_metadata,
-    require_onnx,
-    make_session,
-)
 from tscm.errors import TscmError
+from tscm.inference.onnx_export import (INPUT_NAME, OUTPUT_NAME, export_model, load_checkpoint_folder, make_session,
+                                        parse_metadata, require_onnx)
 
 RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 
@@ -80,11 +76,6 @@ class AutocastDescriptorModel(nn.Module):
 
 def quantize_linear_int8(model: nn.Module) -> nn.Module:
     """A copy of `model` whose Linear layers use int8 weights with dynamically quantised activations."""
-    import copy
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
     with warnings.catch_warnings():
         # torch.ao.quantization and quantized tensors are deprecated in favour of torchao (not a dependency).
         warnings.simplefilter("ignore", DeprecationWarning)

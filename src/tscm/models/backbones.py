@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from tscm.errors import TscmError
+from tscm.models.efficientnet_lite import EfficientNetLiteTrunk
+from tscm.models.torch_files import load_weights_only
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,8 +84,6 @@ class CnnTrunk(nn.Module):
     def __init__(self, config: CnnConfig, pretrained: bool = False) -> None:
         super().__init__()
         if config.library == "efficientnet-lite":
-            from tscm.models.efficientnet_lite import EfficientNetLiteTrunk
-
             self.body = EfficientNetLiteTrunk(config.arch, config.last_stage, pretrained=pretrained)
             self.out_channels = self.body.out_channels
             self.num_halvings = self.body.num_halvings
@@ -213,21 +215,15 @@ def _copy_matching(module: nn.Module, own: dict[str, torch.Tensor], state: dict[
 
 def read_weights_file(path: str) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a weights-only torch file (a nested 'state_dict'/'model' is unwrapped)."""
-    from pathlib import Path
-
     file = Path(path)
     if not file.is_file():
         raise TscmError(f"backbone weights file {file} does not exist")
     if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             state = load_file(str(file))
         except Exception as error:  # safetensors raises its own types for damaged headers
             raise TscmError(f"backbone weights file {file} could not be read as safetensors ({error})") from None
     else:
-        from tscm.models.torch_files import load_weights_only
-
         state = load_weights_only(file, "backbone weights file")
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

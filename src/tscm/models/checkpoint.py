@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tscm import __version__
 from tscm.errors import TscmError, excerpt
 from tscm.fileio import atomic_path, check_header, read_json, write_json_atomic
+from tscm.models.presets import build_model, config_from_dict, config_to_dict
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -62,10 +65,6 @@ def save_checkpoint(
     teacher_fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Write `model`'s weights and metadata into directory `path`; returns the metadata written."""
-    from safetensors.torch import save_file
-
-    from tscm.models.presets import config_to_dict
-
     if getattr(model, "config", config) != config:
         raise TscmError(f"save_checkpoint: the config given for {path} differs from the model's own config")
     directory = Path(path)
@@ -140,11 +139,6 @@ def load_checkpoint(path: str | Path, expected_preset: str | None = None,
     Refuses edited metadata (see BEHAVIOUR_FIELDS), weights from another save, and, when given, a
     preset or role other than expected.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from tscm.models.presets import build_model, config_from_dict
-
     meta = read_metadata(path)
     check_metadata(meta, f"{Path(path) / META_FILE}")
     if expected_role is not None and meta.get("role") != expected_role:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tscm.errors import TscmError
+from tscm.models.torch_files import load_weights_only
 
 BATCH_NORM_EPS = 1e-3
 BATCH_NORM_MOMENTUM = 0.01
@@ -253,8 +254,6 @@ def imagenet_weights_path(variant: str) -> Path:
 
 def read_imagenet_weights(variant: str) -> dict[str, torch.Tensor]:
     """The variant's published state dict, with the key names of efficientnet_lite_pytorch."""
-    from tscm.models.torch_files import load_weights_only
-
     path = imagenet_weights_path(variant)
     state = load_weights_only(path, "EfficientNet-Lite weights")
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):

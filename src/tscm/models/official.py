@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from tscm.errors import TscmError
+from tscm.models.presets import build_model
+from tscm.models.torch_files import load_weights_only
 
 ROLES = ("teacher", "student")
 
@@ -88,7 +90,6 @@ def read_published_file(path: str | Path) -> dict:
     file = Path(path)
     if not file.is_file():
         raise TscmError(f"published checkpoint {file} does not exist")
-    from tscm.models.torch_files import load_weights_only
 
     data = load_weights_only(file, "published checkpoint")
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
@@ -168,8 +169,6 @@ def _published_names(native_keys: list[str], role: str) -> list[str]:
 
 def load_official_with_report(path: str | Path, role: str) -> tuple[nn.Module, ImportReport]:
     """Like `load_official`, also returning what became of every published key."""
-    from tscm.models.presets import build_model
-
     if role not in ROLES:
         raise TscmError(f"role must be 'teacher' or 'student', got {role!r}")
     data = read_published_file(path)

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from tscm.models.backbones import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, CnnConfig, CnnTrunk
+from tscm.models.backbones import CnnConfig, CnnTrunk, IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD
 from tscm.models.layers import GeM, l2_normalize, standardize_per_image
+from tscm.models.presets import get_preset
 from tscm.models.teacher import check_image_size
 
 
@@ -61,8 +62,6 @@ class PooledTrunk(nn.Module):
 def off_the_shelf_trunk(preset: str, pretrained: bool = True, standardize_input: bool = False) -> PooledTrunk:
     """A teacher or student preset's CNN trunk (same architecture, cut and input size) with its ImageNet
     weights and GeM, untrained, in eval mode: the floor that training has to beat."""
-    from tscm.models.presets import get_preset
-
     config = get_preset(preset)
     model = PooledTrunk(config.cnn, config.image_size, pretrained, gem_p=config.gem_p,
                         standardize_input=standardize_input, name=f"{config.name}-trunk-imagenet")

@@ -8,10 +8,12 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Union
 
+import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from tscm.errors import TscmError
-from tscm.models.backbones import LITE_MEAN, LITE_STD, CnnConfig, VitConfig, load_cnn_backbone_state, read_weights_file
+from tscm.models.backbones import CnnConfig, LITE_MEAN, LITE_STD, VitConfig, load_cnn_backbone_state, read_weights_file
 from tscm.models.student import Student, StudentConfig
 from tscm.models.teacher import Teacher, TeacherConfig
 
@@ -280,9 +282,6 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 def multiply_adds_per_image(model: nn.Module) -> int:
     """Multiply-adds of one forward pass on one image of the model's input size (FLOPs / 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     height, width = model.config.image_size
     was_training = model.training
     model.eval()

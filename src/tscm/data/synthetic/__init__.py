@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tscm.data.synthetic.city import PRESETS, ensure_synthetic_city
 from tscm.errors import TscmError
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -25,7 +26,6 @@ def resolve_data(data: str | os.PathLike, *, seed: int = 0, cache_dir: str | os.
         if not text or not path.exists():
             raise TscmError(f"data {text!r}: no such file or folder (or use synthetic:<preset>, e.g. synthetic:demo)")
         return path
-    from tscm.data.synthetic.city import PRESETS, ensure_synthetic_city
 
     preset = text[len(SYNTHETIC_PREFIX):] or "demo"
     if preset not in PRESETS:

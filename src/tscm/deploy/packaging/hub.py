@@ -28,8 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from tscm.data.images import as_rgb, eval_transform
 from tscm.errors import TscmError
+from tscm.evaluation.extract import InputSpec, describe_images
 from tscm.fileio import atomic_path
+from tscm.models.checkpoint import load_checkpoint
 
 ROLES = ("student", "teacher")
 WEIGHTS_FILE = "model.safetensors"
@@ -55,8 +58,6 @@ class DescriptorTransform:
         self.std = tuple(float(s) for s in std)
 
     def __call__(self, image: Any) -> torch.Tensor:
-        from tscm.data.images import as_rgb, eval_transform
-
         return eval_transform(as_rgb(image), self.image_size, self.mean, self.std)
 
     def __repr__(self) -> str:
@@ -87,8 +88,6 @@ class HubModel(nn.Module):
 
     def describe(self, images: Sequence[Any], batch_size: int = 16) -> np.ndarray:
         """N×D float32 L2-normalised descriptors of `images` (paths, PIL images or uint8 arrays), in order."""
-        from tscm.evaluation.extract import InputSpec, describe_images
-
         if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "mode"):
             images = [images]  # one image given on its own
         spec = InputSpec.of(self.meta)
@@ -101,8 +100,6 @@ class HubModel(nn.Module):
 def load_model(checkpoint: str | Path | None, role: str, *, sha256: str | None = None,
                device: str | torch.device | None = None, progress: bool = True) -> HubModel:
     """The `role` model of `checkpoint` (folder, hf:// id or URL; see the module doc), in eval mode."""
-    from tscm.models.checkpoint import load_checkpoint
-
     if role not in ROLES:
         raise TscmError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     if checkpoint is None or str(checkpoint) == "":

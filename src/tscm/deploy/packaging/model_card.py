@@ -26,12 +26,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import yaml
 
+from tscm.data.places import radius_text
 from tscm.deploy.packaging.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_sha256, is_remote, resolve_checkpoint
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path, check_header, read_json, write_text_atomic
+from tscm.evaluation.recall import protocol_label
 from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
+from tscm.fileio import atomic_path, check_header, read_json, write_text_atomic
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
+from tscm.models.checkpoint import load_checkpoint
+from tscm.threads import limit_threads
 
 TIMED_BATCHES = (1, 16)
 TIMING_BUDGET_S = 2.0  # per batch size
@@ -192,7 +197,6 @@ def _metric_args(dataset: dict[str, Any]) -> dict[str, Any]:
 def model_index(name: str, result: MatchedResult) -> list[dict[str, Any]]:
     """The `model-index` front-matter block (Hugging Face's evaluation-results metadata)."""
     dataset = result.dataset
-    from tscm.data.places import radius_text
 
     radius = radius_text(dataset.get("radius"), dataset.get("unit"))
     metrics = [{"type": f"recall@{n}", "name": f"Recall@{n} ({radius})", "value": round(result.recall[n], 2),
@@ -225,8 +229,6 @@ def model_index(name: str, result: MatchedResult) -> list[dict[str, Any]]:
 
 
 def front_matter(name: str, meta: dict[str, Any], license_id: str, result: MatchedResult | None) -> str:
-    import yaml
-
     data: dict[str, Any] = {
         "license": license_id,
         "library_name": "tscm",
@@ -243,9 +245,6 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 
 def _results_section(result: MatchedResult) -> list[str]:
-    from tscm.data.places import radius_text
-    from tscm.evaluation.recall import protocol_label
-
     dataset = result.dataset
     entry = result.entry
     pr = entry.get("pr") or {}
@@ -377,9 +376,6 @@ def write_model_card(checkpoint: str | Path, out: str | Path, *, results: str | 
                      repo_id: str | None = None, sha256: str | None = None, timing: bool = True,
                      threads: int | None = None, progress: bool = True) -> Card:
     """Write the publishable folder `out` for `checkpoint` (see the module doc); returns what was written."""
-    from tscm.models.checkpoint import load_checkpoint
-    from tscm.threads import limit_threads
-
     if threads is not None and threads < 1:
         raise TscmError(f"--threads: expected a number of threads ≥ 1, got {threads}")
     if not license_id or any(c.isspace() for c in license_id):

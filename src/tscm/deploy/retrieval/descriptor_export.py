@@ -27,6 +27,7 @@ as `PlaceRecognizer.observe` searches).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from tscm.deploy.retrieval.map_builder import data_set_rows, folder_images
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError, excerpt
 from tscm.fileio import atomic_group, atomic_path, check_outputs, write_text_atomic
+from tscm.inference.onnx_export import calibration_subset
+from tscm.threads import limit_threads
 
 H5_FORMAT = "tscm-global-descriptors"
 H5_FORMAT_VERSION = 1
@@ -66,8 +71,6 @@ class ImageSet:
 def list_images(source: str | Path, role: str = "database", split: str | None = None) -> ImageSet:
     """The images of a folder (recursive, sorted; other files counted in `what`) or a data-set file's
     `role` images ("database" or "query") of `split`, by default of every split the file holds."""
-    from tscm.deploy.retrieval.map_builder import data_set_rows, folder_images
-
     path = Path(source)
     if not path.exists():
         raise TscmError(f"{path}: no such folder or file")
@@ -241,10 +244,6 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
     checked against the inputs before any image is described, and the files are written together:
     a failure keeps every previous file."""
     import sys
-
-    from tscm.inference.onnx_export import calibration_subset
-    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
-    from tscm.threads import limit_threads
 
     require_h5py()
     out = Path(out)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
 
 from tscm.deploy.retrieval.index_backends import BACKENDS
 from tscm.deploy.retrieval.pca import array_sha256
@@ -30,12 +32,10 @@ METADATA_KEY = "tscm_index"
 
 def write_index_file(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write `arrays` with `meta` (plus format name and version, and every array's SHA-256) atomically."""
-    from safetensors.numpy import save_file
-
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **meta,
             "sha256": {name: array_sha256(array) for name, array in arrays.items()}}
     with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
+        safetensors.numpy.save_file(arrays, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
 
 
 def finite_number(value: Any) -> bool:
@@ -44,8 +44,6 @@ def finite_number(value: Any) -> bool:
 
 def read_index_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of an index file (backend, params, count, memory, fingerprint...) without its arrays."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise TscmError(f"{path}: no such index file")
@@ -71,8 +69,6 @@ def read_index_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def read_index_arrays(path: str | Path, meta: dict[str, Any]) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="np") as handle:
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}

@@ -20,14 +20,25 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch.distributed as dist
 
+from tscm.data.formats import ALL_SPLITS, is_placeholder_path, load_placeset
+from tscm.data.formats.rosbag import is_bag_path
+from tscm.data.formats.utm_folder import parse_utm_name
+from tscm.deploy.retrieval.index import PlaceIndex
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer, index_model_meta
 from tscm.distributed import ProcessGroup
 from tscm.errors import TscmError
+from tscm.inference.onnx_export import calibration_subset
+from tscm.models.checkpoint import read_metadata
+from tscm.threads import limit_threads
+from tscm.train.runtime import start_runtime, stop_runtime
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -50,8 +61,6 @@ def parse_params(items: list[str]) -> dict:
 def folder_images(folder: Path) -> tuple[list[Path], str]:
     """The images below `folder` (recursive, sorted; IMAGE_SUFFIXES) and a note counting the other files
     left out by type ("" when none), so that a .webp or .gif is never dropped without a word."""
-    from collections import Counter
-
     paths, others = [], Counter()
     for path in sorted(folder.rglob("*")):
         if not path.is_file():
@@ -77,8 +86,6 @@ def data_set_rows(path: Path, role: str = "database", split: str | None = None, 
     """(PlaceSet, its `role` images) of a data-set file or ROS bag: the rows of `split`, or by default every
     split the file holds (the PlaceSet's split then names them, e.g. "train+test"); `bag` (a
     tscm.data.formats.BagSelection) chooses a bag's topics and frames."""
-    from tscm.data.formats import ALL_SPLITS, is_placeholder_path, load_placeset
-
     placeset = load_placeset(path, split=split or ALL_SPLITS, bag=bag)
     paths = list(placeset.db_paths if role == "database" else placeset.query_paths)
     if not paths:
@@ -93,8 +100,6 @@ def image_list(source: str | Path, split: str | None = None,
     """(paths, positions or None, description, position unit "m" or "frame") of the images to index from a
     folder, a data-set file (its database rows of `split`, by default of every split it holds) or a ROS
     bag (`bag`: a tscm.data.formats.BagSelection choosing its topics and frames)."""
-    from tscm.data.formats.rosbag import is_bag_path
-
     path = Path(source)
     try:
         os.stat(path)
@@ -107,7 +112,6 @@ def image_list(source: str | Path, split: str | None = None,
                 "frame" if placeset.unit == "frame" else "m")
     if split is not None:
         raise TscmError(f"--split {split}: a folder of images has no splits; give a data-set file (CSV, .mat)")
-    from tscm.data.formats.utm_folder import parse_utm_name
 
     paths, note = folder_images(path)
     coordinates = []
@@ -150,8 +154,6 @@ def build_map(checkpoint: str | Path, images: str | Path, out: str | Path, *, ba
     Under torchrun the work is sharded over the processes (module doc); only rank 0 writes `out`, and
     the other ranks return a BuiltMap with `index` None.
     """
-    import os
-
     params = dict(params or {})
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise TscmError(f"--batch-size: expected a positive integer, got {batch_size!r}")
@@ -190,9 +192,6 @@ def _check_out(out, images, paths: list[Path], checkpoint) -> None:
 
 def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str, Any]) -> None:
     """Refuse bad --param values before any image is described (the checks PlaceIndex.create makes)."""
-    from tscm.deploy.retrieval.index import PlaceIndex
-    from tscm.models.checkpoint import read_metadata
-
     if backend == "auto" or not Path(checkpoint).is_dir():
         return  # auto picks its own parameters; an ONNX file's dimension is known once it is loaded
     PlaceIndex.create(backend, int(read_metadata(checkpoint)["descriptor_dim"]), **params)  # an empty index: cheap
@@ -201,10 +200,6 @@ def _check_backend_params(checkpoint: str | Path, backend: str, params: dict[str
 def _describe(checkpoint, paths, *, runtime, threads, batch_size, on_bad_image, report, progress,
               calibration_paths=None):
     """(recognizer, Described, seconds) for `paths` with the model of `checkpoint`."""
-    from tscm.inference.onnx_export import calibration_subset
-    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
-    from tscm.threads import limit_threads
-
     if calibration_paths is None:
         calibration_paths = calibration_subset(paths) if runtime == "onnx-int8" else []
     with limit_threads(torch=threads):
@@ -221,10 +216,6 @@ def _write_index(checkpoint, fingerprint: str, meta: dict[str, Any], descriptors
                  paths: list[Path], xy: np.ndarray | None, out, backend: str, params: dict[str, Any],
                  skipped: list[tuple[str, str]], extract_s: float, rank: int = 0, world_size: int = 1,
                  unit: str = "m") -> BuiltMap:
-    from tscm.deploy.retrieval.index import PlaceIndex
-    from tscm.deploy.retrieval.recognizer import index_model_meta
-    from tscm.threads import limit_threads
-
     tic = time.perf_counter()
     with limit_threads(blas=1):  # PCA fitting: see tscm.threads
         index = PlaceIndex.build(
@@ -246,12 +237,6 @@ def batch_shard(count: int, batch_size: int, rank: int, world_size: int) -> rang
 def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_size, threads, on_bad_image,
                    report, split=None, bag=None) -> BuiltMap:
     """build_map under torchrun: each rank describes its share of whole batches, rank 0 merges and writes."""
-    import json
-
-    import torch.distributed as dist
-
-    from tscm.train.runtime import start_runtime, stop_runtime
-
     owned = not dist.is_initialized()
     runtime_info = start_runtime("cpu", "off")  # descriptors are made on the CPU; gloo carries the shares
     group = ProcessGroup(runtime_info.rank, runtime_info.world_size)
@@ -269,8 +254,6 @@ def _build_sharded(checkpoint, images, out, *, backend, params, runtime, batch_s
         share = batch_shard(len(paths), batch_size, rank, world)
         if rank == 0:
             say(f"indexing {description}, sharded over {world} processes ({len(share)} images on rank 0)")
-        from tscm.inference.onnx_export import calibration_subset
-
         calibration = calibration_subset(paths) if runtime == "onnx-int8" else []  # every rank: the same int8 model
         local = mask = recognizer = None
         skipped: list[tuple[str, str]] = []

@@ -21,13 +21,15 @@ def checkpoint(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", "student-tiny", seed=0)
 
 
-def route_descriptors(num, dim, seed):
-    """Unit descriptors along a route: each a small step from the previous, with look-alike stretches."""
+def route_descriptors(num, dim, seed, look_alikes=True):
+    """Unit descriptors along a route: each a small step from the previous; with `look_alikes`, the
+    second half of the route looks like the first."""
     rng = np.random.default_rng(seed)
     steps = rng.normal(size=(num, dim)).astype(np.float32)
     walk = np.cumsum(0.3 * steps, axis=0) + rng.normal(size=dim)
-    walk[num // 2:] = walk[: num - num // 2] + 0.2 * rng.normal(size=(num - num // 2, dim))  # the route seen twice
-    return walk / np.linalg.norm(walk, axis=1, keepdims=True)
+    if look_alikes:
+        walk[num // 2:] = walk[: num - num // 2] + 0.2 * rng.normal(size=(num - num // 2, dim))
+    return (walk / np.linalg.norm(walk, axis=1, keepdims=True)).astype(np.float32)
 
 
 def plain_decision(index, descriptor, searchable, rule, xy=None):
@@ -67,9 +69,10 @@ def test_search_decides_as_the_plain_full_row_does(checkpoint, score, unit, excl
 
 def test_observe_with_consistency_decides_as_a_plain_loop(checkpoint, monkeypatch):
     recognizer = PlaceRecognizer.from_checkpoint(checkpoint, backend="flat")
-    first = route_descriptors(150, recognizer.dim, seed=3)
+    first = route_descriptors(150, recognizer.dim, seed=3, look_alikes=False)
     rng = np.random.default_rng(4)
-    revisit = first[20:100] + 0.1 * rng.normal(size=(80, recognizer.dim)).astype(np.float32)  # the loop closes
+    noise = 0.2 / np.sqrt(recognizer.dim)  # a fifth of a unit descriptor's length
+    revisit = first[20:100] + noise * rng.normal(size=(80, recognizer.dim)).astype(np.float32)  # the loop closes
     stream = np.concatenate([first, revisit])
     monkeypatch.setattr(recognizer, "describe_one", lambda image, **kw: np.asarray(image, dtype=np.float32)[None])
     recognizer.add_descriptors(first[:1], [0], times=[0.0])  # the first frame: the map exists, a threshold can be set

@@ -30,8 +30,10 @@ import numpy as np
 from tscm.errors import TscmError
 
 SCORE_NAMES = ("distance", "ratio", "normalised")
-# The score decisions use unless told otherwise: the best on the validation splits measured
-# (Nordland val, 10-frame sequences and single frames; README "Loop closure").
+# The score decisions use unless told otherwise (and the tie-breaker of `index calibrate --score auto`,
+# which keeps the best on the calibration split): on Nordland (a student-lite's descriptors, measured
+# outside tscm with a plain diagonal sequence score) a 99 % val threshold on the ratio of 10-frame
+# sequences gave 98.3 % precision at 74.5 % recall on test, where the top-1 distance's fell to 83 %.
 DEFAULT_SCORE = "ratio"
 # Exclusion zone of `ratio`, per unit: ±5 frames (a SeqSLAM-style window; a sequence's neighbours
 # along the route score almost as well as it does), 50 m (twice the community's 25 m match

@@ -64,9 +64,9 @@ def choose_threshold(index, db: np.ndarray, queries: np.ndarray, placeset: Place
     decisions = index_decisions(index, db, queries, placeset, sequence_length=sequence_length, radius=radius,
                                 exclusion=exclusion, names=names)
     where = f"{placeset.name}/{placeset.split}"
-    chosen, reasons, compared = {}, {}, {}
+    chosen, reasons, compared, curves = {}, {}, {}, {}
     for name in names:
-        curve = pr_curve(decisions.scores.scores[name], decisions.correct, decisions.has_match)
+        curve = curves[name] = pr_curve(decisions.scores.scores[name], decisions.correct, decisions.has_match)
         try:
             chosen[name] = calibrate_bounded(curve, target_precision, bound=bound, confidence=confidence, where=where)
             compared[name] = chosen[name].recall
@@ -81,7 +81,7 @@ def choose_threshold(index, db: np.ndarray, queries: np.ndarray, placeset: Place
     best = max(chosen, key=lambda name: (chosen[name].recall, name == DEFAULT_SCORE))
     result = chosen[best]
     return {
-        "distance": result.threshold,  # the threshold on the score (the key of earlier releases)
+        "distance": _between_scores(curves[best].thresholds, result.threshold),  # the key of earlier releases
         "score": best,
         "exclusion": decisions.scores.exclusion,
         "bound": result.bound,
@@ -99,6 +99,16 @@ def choose_threshold(index, db: np.ndarray, queries: np.ndarray, placeset: Place
         "unit": placeset.unit,
         "num_queries": int(len(queries)),
     }
+
+
+def _between_scores(thresholds: np.ndarray, chosen: float) -> float:
+    """Halfway from the chosen score to the next larger one of the split (the chosen one if it is the largest).
+
+    The split's decisions are the same; a query whose score the deployed recognizer computes a
+    rounding error apart (another summation order) is not flipped by a threshold that sits on its score.
+    """
+    above = thresholds[thresholds > chosen]
+    return float(chosen if above.size == 0 else (chosen + float(above[0])) / 2)
 
 
 def calibrate(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, **settings: Any) -> dict[str, Any]:

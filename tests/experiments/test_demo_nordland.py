@@ -11,6 +11,7 @@ import pytest
 from helpers.weights import require_weights
 
 from tscm import cli
+from tscm.experiments.common import RECOMMENDED_LOSS
 
 SECTIONS = {"train": range(1, 41), "val": range(1901, 1921), "test": range(2301, 2331)}
 
@@ -40,7 +41,8 @@ def test_demo_on_a_nordland_slice_reports_in_frames(nordland_slice, tmp_path):
     assert settings["unit"] == "frame" and settings["teacher_config"] == "nordland_teacher"
     assert results["dataset"]["unit"] == "frame"
     names = {row["name"] for row in results["models"]}
-    assert {"teacher", "student-tscm", "student-baseline", "raw-pixels", "imagenet-trunk"} <= names
+    assert {"teacher", "student-tscm", f"student-{RECOMMENDED_LOSS}", "student-baseline", "raw-pixels",
+            "imagenet-trunk"} <= names
     text = (out / "results.md").read_text()
     assert "frame" in text and " m " not in text.replace("ms", "")
     assert (out / "retrieval_student-tscm.png").is_file()  # the retrieval grid on real frames

@@ -146,12 +146,12 @@ def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence
 
     seconds = traversal.seconds
     rows: list[LoopClosureRow] = []
-    matcher = held = None
+    matcher = None
+    held = None  # sequences: every frame's descriptor in the search space, sized on the first frame
     if sequence > 1:
         from tscm.evaluation.sequence import SequenceMatcher
 
         matcher = SequenceMatcher(sequence, max(len(traversal), 1))
-        held = None  # sized on the first frame, in the search space
     tic = time.perf_counter()
     frames = tqdm(iter_bag_images(traversal), total=len(traversal), desc="loop closure", unit="frame",
                   disable=None if progress else True)

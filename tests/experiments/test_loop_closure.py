@@ -57,3 +57,16 @@ def test_consistency_entries_filter_the_test_acceptances():
         assert e["threshold"] == plain["threshold"] and e["test_accepted"] == accepted.sum()
         assert e["test_false_positives"] == (accepted & ~decisions.correct).sum()
     assert plain["test_accepted"] >= filtered[0]["test_accepted"] >= filtered[1]["test_accepted"]
+
+
+def test_the_raw_distance_transfer_counts_accepted_queries():
+    from tscm.experiments.loop_closure import threshold_transfer
+
+    val = aliased_route(400, seed=0)
+    test = aliased_route(400, seed=1, split="test")
+    plain = threshold_transfer(val, test, None, target_precision=0.9, sequence_length=3)
+    assert plain["reached"]
+    entry = next(e for e in decision_transfers(val, test, None, lengths=(3,), target_precision=0.9, scores=["distance"],
+                                               bounds=["none"]))
+    assert isinstance(plain["test_accepted"], int) and plain["test_accepted"] == entry["test_accepted"]
+    assert plain["test_false_positives"] == entry["test_false_positives"]

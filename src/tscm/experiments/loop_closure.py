@@ -59,7 +59,7 @@ def threshold_transfer(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
     return {"target_precision": target_precision, "sequence_length": sequence_length, "reached": True,
             "threshold": entry["distance"], "val_precision": entry["precision"], "val_recall": entry["recall"],
             "test_precision": measured["precision"], "test_recall": measured["recall"],
-            "test_accepted": measured["accepted"], "test_false_positives": measured["fp"]}
+            "test_accepted": measured["accepted_count"], "test_false_positives": measured["fp"]}
 
 
 def transfer_rows(name: str, transfers: Sequence[dict[str, Any]]) -> list[list[str]]:

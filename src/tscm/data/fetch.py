@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 from tscm.errors import TscmError
+from tscm.fileio import read_json
 
 MARKER = ".tscm-fetch.json"  # written last into a verified folder: name, source, file count, list digest
 _CHUNK = 1 << 20
@@ -131,9 +132,9 @@ def checksum_digest(sums: Mapping[str, str]) -> str:
 # ---- the folder -------------------------------------------------------------------------------------
 def is_verified_copy(folder: Path, name: str, sums: Mapping[str, str]) -> bool:
     """Whether `folder` was written by a fetch of `name` against exactly this checksum list."""
-    try:
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    try:  # the bounded reader: a FIFO or huge file in place of the marker is refused, not read
+        marker = read_json(folder / MARKER, "fetch marker")
+    except (TscmError, OSError):
         return False
     return (isinstance(marker, dict) and marker.get("name") == name
             and marker.get("checksums_sha256") == checksum_digest(sums)

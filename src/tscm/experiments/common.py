@@ -17,6 +17,7 @@ from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import EvalResult, evaluate_descriptors
 from tscm.experiments.report import ModelResult, SeedMeasurement
+from tscm.machine import median_ms, time_turns
 from tscm.threads import all_threads
 
 TRAIN_DIR = "train"
@@ -279,24 +280,20 @@ def matching_ms_per_query(db: np.ndarray, queries: np.ndarray, k: int = max(CURV
 
 
 def forward_ms_per_image(model, spec, paths: Sequence[Path], device: str, repeats: int = 5) -> float:
-    """The model alone (no image decoding) on one batch of test images, ms per image (best of `repeats`)."""
+    """The model alone (no image decoding) on one batch of test images, ms per image (median of `repeats`
+    calls after one untimed call, through the one timer `tscm.machine.time_turns`)."""
     import torch
 
     from tscm.data.images import ImageListDataset
 
     dataset = ImageListDataset(paths, spec.image_size, spec.mean, spec.std)
     batch = torch.stack([dataset[i] for i in range(len(dataset))]).to(device)
+    synchronize = (lambda: torch.cuda.synchronize(batch.device)) if batch.device.type == "cuda" else None
     model.eval()
-    times = []
     with torch.inference_mode():
-        model(batch)  # warm-up
-        for _ in range(repeats):
-            started = time.perf_counter()
-            model(batch)
-            if batch.device.type == "cuda":
-                torch.cuda.synchronize(batch.device)
-            times.append(time.perf_counter() - started)
-    return 1000.0 * min(times) / len(paths)
+        times = time_turns({"model": lambda: model(batch)}, cycles=1, calls_per_block=repeats,
+                           synchronize=synchronize)["model"]
+    return median_ms(times, per=len(paths))
 
 
 def chance_recall_at_1(placeset: PlaceSet, radius: float | None) -> float:

@@ -262,21 +262,16 @@ def count_parameters(model) -> int:
 
 
 def matching_ms_per_query(db: np.ndarray, queries: np.ndarray, k: int = max(CURVE_NS), repeats: int = 5) -> float:
-    """Exact L2 search (faiss flat) of all queries in one batch, ms per query (best of `repeats`:
-    the CPU may be shared, and the fastest run is the closest to the search's own cost)."""
+    """Exact L2 search (faiss flat) of all queries in one batch, ms per query (median of `repeats` calls
+    after one untimed call that allocates, through the one timer `tscm.machine.time_turns`)."""
     import faiss
 
     index = faiss.IndexFlatL2(db.shape[1])
     index.add(np.ascontiguousarray(db, dtype=np.float32))
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, len(db))
-    index.search(queries[:1], k)  # first call allocates; not the steady state
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        index.search(queries, k)
-        times.append(time.perf_counter() - started)
-    return 1000.0 * min(times) / len(queries)
+    times = time_turns({"search": lambda: index.search(queries, k)}, cycles=1, calls_per_block=repeats)["search"]
+    return median_ms(times, per=len(queries))
 
 
 def forward_ms_per_image(model, spec, paths: Sequence[Path], device: str, repeats: int = 5) -> float:

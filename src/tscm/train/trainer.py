@@ -1,7 +1,7 @@
 """The training loop shared by teacher training and distillation.
 
 One epoch: the train queries in a seeded order (`BatchPlan`), cut into mining chunks; before a
-chunk the descriptor cache is refreshed when due and tuples are mined (`DescriptorCaches`); the
+chunk the descriptor cache is refreshed when due and tuples are mined (`TrainingCaches`); the
 tuples are cut into global batches, each process training on its share. After the epoch: LR
 schedule step, validation Recall@1 (val split only), early stopping, best checkpoint. A resumable
 `last` checkpoint (`RunCheckpoints`) is written every `train.checkpoint_every_steps` steps and at
@@ -43,7 +43,7 @@ from tscm.evaluation.recall import evaluate_descriptors
 from tscm.fileio import write_json_atomic
 from tscm.losses import TupleDescriptors
 from tscm.train.batching import BatchPlan
-from tscm.train.caches import DescriptorCaches
+from tscm.train.caches import TrainingCaches
 from tscm.train.checkpoints import RunCheckpoints
 from tscm.train.metrics_log import MetricsLog
 from tscm.train.runtime import Runtime, rng_state, set_rng_state
@@ -130,7 +130,7 @@ class Trainer:
         outputs = config.distill.teacher_outputs
         self.teacher_from_cache = needs_teacher and (outputs == "cache" or (outputs == "auto" and not self.augmenter.active))
         self.teach_images = config.distill.teach_images if getattr(self.loss_fn, "reads_extra_images", False) else 0
-        self.caches = DescriptorCaches(config, self.rt, job.train_set, self.raw_model, job.spec, self.teacher,
+        self.caches = TrainingCaches(config, self.rt, job.train_set, self.raw_model, job.spec, self.teacher,
                                        job.teacher_spec, self.teacher_from_cache)
         self.plan = BatchPlan(job.train_set.num_queries, config.train.seed, config.train.max_queries_per_epoch,
                               config.mining.refresh_every_queries, config.train.batch_size, self.rt.world_size,

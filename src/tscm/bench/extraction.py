@@ -33,7 +33,7 @@ from torch import nn
 from tscm.bench.machine import gflops_fraction
 from tscm.data.formats import load_placeset
 from tscm.data.places import default_radius
-from tscm.data.synthetic import resolve_data
+from tscm.data.synthetic import resolve_path_or_synthetic
 from tscm.errors import TscmError
 from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.evaluation.ranking import rank_exact
@@ -262,4 +262,4 @@ def calibration_images(data: str | None, count: int) -> list[Path]:
 
 
 def placeset_or_demo_city(data: str | None, split: str) -> Any:
-    return load_placeset(resolve_data(data or "synthetic:demo"), split=split)
+    return load_placeset(resolve_path_or_synthetic(data or "synthetic:demo"), split=split)

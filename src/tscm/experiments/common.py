@@ -119,11 +119,11 @@ def resolve_data(options: RunOptions) -> Path:
     """The data set's folder: a path, a synthetic city (generated on first use), or a named public data set
     (`nordland`: fetched and checked on first use, cached beside the synthetic cities)."""
     from tscm.data.fetch import is_named_dataset, resolve_named_dataset
-    from tscm.data.synthetic import resolve_data as resolve
+    from tscm.data.synthetic import resolve_path_or_synthetic
 
     if is_named_dataset(options.data):
         return resolve_named_dataset(options.data, cache_dir=options.cache_dir, progress=options.progress)
-    return resolve(options.data, cache_dir=options.cache_dir, progress=options.progress)
+    return resolve_path_or_synthetic(options.data, cache_dir=options.cache_dir, progress=options.progress)
 
 
 # ----- training ---------------------------------------------------------------------------------

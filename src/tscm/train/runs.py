@@ -16,7 +16,7 @@ from torch import nn
 from tscm.config import TrainConfig
 from tscm.data.formats import load_placeset
 from tscm.data.places import PlaceSet
-from tscm.data.synthetic import is_synthetic_spec, resolve_data
+from tscm.data.synthetic import is_synthetic_spec, resolve_path_or_synthetic
 from tscm.errors import TscmError
 from tscm.evaluation.extract import InputSpec
 from tscm.losses import DISTILLATION_PRESETS, build_preset, parse_weights
@@ -62,10 +62,10 @@ def load_training_data(config: TrainConfig, runtime: Runtime) -> tuple[PlaceSet,
         raise TscmError("config: data.path is empty; give a data set (--set data.path=DIR) or synthetic:demo")
     # One process generates the city; the others wait and then find it cached.
     if runtime.is_main or not is_synthetic_spec(data.path):
-        root = resolve_data(data.path, seed=data.synthetic_seed, progress=config.train.progress)
+        root = resolve_path_or_synthetic(data.path, seed=data.synthetic_seed, progress=config.train.progress)
     runtime.barrier()
     if not runtime.is_main and is_synthetic_spec(data.path):
-        root = resolve_data(data.path, seed=data.synthetic_seed, progress=False)
+        root = resolve_path_or_synthetic(data.path, seed=data.synthetic_seed, progress=False)
     name = data.name or None
     if data.val_split == "test":
         raise TscmError("config: data.val_split is the test split; model selection must use a validation split")

@@ -444,7 +444,7 @@ def load_config(
     return config
 
 
-def config_from_dict(mapping: dict[str, Any], where: str = "config") -> TrainConfig:
+def train_config_from_dict(mapping: dict[str, Any], where: str = "config") -> TrainConfig:
     """Rebuild a config from `to_dict()` output (e.g. a run's saved config.yaml)."""
     config = TrainConfig()
     apply_mapping(config, mapping, where)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tscm.cli import build_parser
-from tscm.config import TrainConfig, config_from_dict, load_config, shipped_presets
+from tscm.config import TrainConfig, load_config, shipped_presets, train_config_from_dict
 from tscm.errors import TscmError
 from tscm.commands.training_options import overrides_from_args
 
@@ -84,7 +84,7 @@ def test_kind_mismatch_is_an_error():
 
 def test_resolved_config_round_trips_through_yaml():
     config = load_config("demo_student", ["train.lr=2.5e-4", "run.name=x"])
-    again = config_from_dict(yaml.safe_load(config.to_yaml()))
+    again = train_config_from_dict(yaml.safe_load(config.to_yaml()))
     assert again == config
     assert again != TrainConfig()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -442,7 +444,7 @@ def load_config(
     return config
 
 
-def config_from_dict(mapping: dict[str, Any], where: str = "config") -> TrainConfig:
+def train_config_from_dict(mapping: dict[str, Any], where: str = "config") -> TrainConfig:
     """Rebuild a config from `to_dict()` output (e.g. a run's saved config.yaml)."""
     config = TrainConfig()
     apply_mapping(config, mapping, where)
@@ -452,8 +454,6 @@ def config_from_dict(mapping: dict[str, Any], where: str = "config") -> TrainCon
 
 def check_device(name: str, what: str = "--device") -> str:
     """`name` if it is a torch device this machine has (cpu, cuda, cuda:N), else TscmError naming it."""
-    import re
-
     if name == "cpu":
         return name
     if not re.fullmatch(r"cuda(:\d+)?", str(name)):
@@ -506,8 +506,6 @@ def check_option_limits(options: Any) -> None:
 
 def np_integer() -> type:
     """NumPy's integer base type when NumPy is loaded (a seed read from a file may be one), else int."""
-    import sys
-
     numpy = sys.modules.get("numpy")
     return numpy.integer if numpy is not None else int
 

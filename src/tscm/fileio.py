@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import errno
 import json
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -31,8 +33,6 @@ def write_error(path: Path, error: BaseException) -> TscmError | None:
     if isinstance(error, OSError):
         code = error.errno
     elif type(error).__name__ == "SafetensorError":
-        import re
-
         found = re.search(r"code: (\d+)|os error (\d+)", str(error))
         code = int(found.group(1) or found.group(2)) if found else None
     if code not in DISK_ERRNOS:
@@ -147,8 +147,6 @@ def exchange_paths(first: str | os.PathLike, second: str | os.PathLike) -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes
-
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):  # a libc without the wrapper (glibc < 2.28, some others)

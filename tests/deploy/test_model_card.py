@@ -11,7 +11,7 @@ import yaml
 
 from tscm import cli
 from tscm.deploy.packaging import hub
-from tscm.deploy.packaging.model_card import match_result, read_results_file, write_model_card
+from tscm.deploy.packaging.model_card import match_result, read_card_results, write_model_card
 from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError
 from tscm.experiments.report import DatasetInfo, ModelResult, SeedMeasurement, build_results
@@ -104,9 +104,9 @@ def test_results_matched_by_fingerprint_name_or_refused(tmp_path) -> None:
     checkpoint = write_checkpoint(tmp_path / "elsewhere" / "ckpt", "student-tiny", seed=0)
     fingerprint = load_checkpoint(checkpoint)[1]["fingerprint"]
     meta = {"fingerprint": fingerprint, "role": "student"}
-    by_fingerprint = read_results_file(write_run(tmp_path / "a", student_extra={"fingerprint": fingerprint}))
+    by_fingerprint = read_card_results(write_run(tmp_path / "a", student_extra={"fingerprint": fingerprint}))
     assert match_result(by_fingerprint, meta, checkpoint).how == "fingerprint"
-    document = read_results_file(write_run(tmp_path / "b"))
+    document = read_card_results(write_run(tmp_path / "b"))
     with pytest.raises(TscmError, match="no model entry records this checkpoint.*--model, one of: teacher, student-tscm"):
         match_result(document, meta, checkpoint)
     named = match_result(document, meta, checkpoint, "student-tscm")
@@ -117,7 +117,7 @@ def test_results_matched_by_fingerprint_name_or_refused(tmp_path) -> None:
         match_result(document, meta, checkpoint, "teacher")
     # several seeds: the recorded path picks this checkpoint's seed
     seeded = write_checkpoint(tmp_path / "c" / "train" / "student-tscm-seed1", "student-tiny", seed=0)
-    several = read_results_file(write_run(tmp_path / "c", two_seeds=True))
+    several = read_card_results(write_run(tmp_path / "c", two_seeds=True))
     matched = match_result(several, meta, seeded)
     assert matched.how == "checkpoint path" and matched.seed_index == 1 and matched.recall["1"] == 37.0
     assert "seed 1" in matched.note

@@ -198,14 +198,14 @@ def test_ablation_rows_summarise_their_seeds(demo_run, cache, tmp_path):
 
 
 def test_data_argument_takes_a_path_or_a_synthetic_preset(tmp_path):
-    from tscm.data.synthetic import resolve_data
+    from tscm.data.synthetic import resolve_path_or_synthetic
     from tscm.errors import TscmError
 
-    assert resolve_data(str(tmp_path)) == tmp_path
+    assert resolve_path_or_synthetic(str(tmp_path)) == tmp_path
     with pytest.raises(TscmError, match="no such file or folder"):
-        resolve_data(str(tmp_path / "missing"))
+        resolve_path_or_synthetic(str(tmp_path / "missing"))
     with pytest.raises(TscmError, match="unknown synthetic preset 'nowhere'"):
-        resolve_data("synthetic:nowhere", cache_dir=str(tmp_path))
+        resolve_path_or_synthetic("synthetic:nowhere", cache_dir=str(tmp_path))
 
 
 def test_chance_level_is_the_mean_share_of_true_matches():

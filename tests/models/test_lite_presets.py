@@ -12,7 +12,7 @@ import torch
 from helpers.weights import require_weights
 
 from tscm.errors import TscmError
-from tscm.models import build_model, config_from_dict, config_to_dict, get_preset, list_presets
+from tscm.models import build_model, get_preset, list_presets, model_config_from_dict, model_config_to_dict
 from tscm.models.backbones import LITE_MEAN, LITE_STD, CnnConfig
 from tscm.models.pooled_trunk import PooledTrunk, off_the_shelf_trunk
 from tscm.models.presets import LITE_DESCRIPTOR_DIM, multiply_adds_per_image, parameter_counts
@@ -32,7 +32,7 @@ def test_lite_presets_listed_and_round_trip() -> None:
         assert config.name == name and config.description
         assert config.cnn.library == "efficientnet-lite"
         assert (config.mean, config.std) == (LITE_MEAN, LITE_STD)
-        assert config_from_dict(config_to_dict(config)) == config
+        assert model_config_from_dict(model_config_to_dict(config)) == config
 
 
 def test_lite_presets_shapes_and_descriptor_dims(lite_models) -> None:

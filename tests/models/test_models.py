@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from tscm.errors import TscmError
-from tscm.models import build_model, config_from_dict, config_to_dict, get_preset, list_presets
+from tscm.models import build_model, get_preset, list_presets, model_config_from_dict, model_config_to_dict
 from tscm.models.presets import multiply_adds_per_image, parameter_counts
 
 
@@ -132,11 +132,11 @@ def test_wrong_input_size_is_a_clear_error(name: str) -> None:
 def test_config_round_trips_through_dict() -> None:
     for name in list_presets():
         config = get_preset(name)
-        assert config_from_dict(config_to_dict(config)) == config
-    data = config_to_dict(get_preset("student-tiny"))
+        assert model_config_from_dict(model_config_to_dict(config)) == config
+    data = model_config_to_dict(get_preset("student-tiny"))
     data["cnn"]["bogus"] = 1
     with pytest.raises(TscmError, match=r"config\.cnn has unknown fields \['bogus'\]"):
-        config_from_dict(data)
+        model_config_from_dict(data)
 
 
 def test_backbone_weights_files_load_into_the_backbone_they_fit(tmp_path) -> None:
@@ -209,16 +209,16 @@ def test_tiny_presets_keep_the_legacy_hidden1_init(name: str) -> None:
 
 def test_configs_saved_before_vlad_init_load_with_the_legacy_init() -> None:
     for name in list_presets():
-        data = config_to_dict(get_preset(name))
+        data = model_config_to_dict(get_preset(name))
         del data["vlad_init"]
-        config = config_from_dict(data)
+        config = model_config_from_dict(data)
         assert config.vlad_init == "legacy"
         with torch.device("meta"):
             build_model(config)
-    data = config_to_dict(get_preset("student-tiny"))
+    data = model_config_to_dict(get_preset("student-tiny"))
     data["vlad_init"] = "xavier"
     with pytest.raises(TscmError, match="vlad_init"):
-        build_model(config_from_dict(data))
+        build_model(model_config_from_dict(data))
 
 
 class _Recorder:

@@ -17,7 +17,7 @@ from tscm.data.synthetic.city import ensure_synthetic_city
 from tscm.data.tuples import flat_image_paths
 from tscm.evaluation.extract import InputSpec, extract_descriptors
 from tscm.models import build_model
-from tscm.train.caches import DescriptorCaches, describe_decoded
+from tscm.train.caches import TrainingCaches, describe_decoded
 from tscm.train.runtime import start_runtime, stop_runtime
 from tscm.train.trainer import build_optimizer, match_state_layout, to_fast_layout
 from tscm.train.training_state import load_training_state, save_training_state
@@ -88,7 +88,7 @@ def test_partial_mining_refresh_mines_the_same_tuples(city):
         queries = np.array([1, 3, 4])
         mined = []
         for partial in (False, True):
-            caches = DescriptorCaches(config, runtime, train_set, model, spec, None, None, False)
+            caches = TrainingCaches(config, runtime, train_set, model, spec, None, None, False)
             caches.refresh(0, 0, progress=False, queries=queries if partial else None)
             mined.append(caches.mine(queries))
         full, part = mined

@@ -63,6 +63,13 @@ def test_missing_training_state_is_a_clear_error(tmp_path):
         load_training_state(tmp_path)
 
 
+def test_training_state_json_nested_too_deeply_is_refused(tmp_path):
+    save_training_state(tmp_path, {"step": 1})
+    (tmp_path / "training_state.json").write_text("[" * 100 + "]" * 100, encoding="utf-8")
+    with pytest.raises(TscmError, match="unreadable training state.*nested deeper"):
+        load_training_state(tmp_path)
+
+
 def test_tuple_layout_matches_a_plain_reference():
     mined = [
         MinedTuple(3, 10, np.array([5, 6, 7])),

@@ -33,7 +33,7 @@ from torch import nn
 from tscm.bench.machine import gflops_fraction
 from tscm.data.formats import load_placeset
 from tscm.data.places import default_radius
-from tscm.data.synthetic import resolve_data
+from tscm.data.synthetic import resolve_path_or_synthetic
 from tscm.errors import TscmError
 from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.evaluation.ranking import rank_exact
@@ -42,7 +42,7 @@ from tscm.inference.onnx_export import calibration_subset, export_graphs, rowwis
 from tscm.inference.runtimes import OnnxDescriptorModel, RUNTIMES, RUNTIME_PRECISION, runtime_model
 from tscm.machine import median_ms, time_turns
 from tscm.models.checkpoint import load_checkpoint, model_fingerprint
-from tscm.models.presets import build_model, config_to_dict, list_presets, multiply_adds_per_image
+from tscm.models.presets import build_model, list_presets, model_config_to_dict, multiply_adds_per_image
 from tscm.threads import limit_threads
 
 REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
@@ -82,7 +82,7 @@ def model_and_meta(source: str) -> tuple[nn.Module, dict[str, Any]]:
     model = build_model(source).eval()
     config = model.config
     meta = {
-        "preset": source, "role": model.role, "config": config_to_dict(config),
+        "preset": source, "role": model.role, "config": model_config_to_dict(config),
         "descriptor_dim": int(model.descriptor_dim), "image_size": list(config.image_size),
         "mean": list(config.mean), "std": list(config.std), "fingerprint": model_fingerprint(model),
     }
@@ -262,4 +262,4 @@ def calibration_images(data: str | None, count: int) -> list[Path]:
 
 
 def placeset_or_demo_city(data: str | None, split: str) -> Any:
-    return load_placeset(resolve_data(data or "synthetic:demo"), split=split)
+    return load_placeset(resolve_path_or_synthetic(data or "synthetic:demo"), split=split)

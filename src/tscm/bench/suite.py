@@ -35,7 +35,7 @@ from tscm.bench.matching import MatchingData, bench_matching, default_matching_c
 from tscm.bench.mining import benchmark_mining, format_mining
 from tscm.bench.training import bench_training
 from tscm.data.formats import load_placeset
-from tscm.data.synthetic import resolve_data
+from tscm.data.synthetic import resolve_path_or_synthetic
 from tscm.errors import TscmError
 from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.fileio import write_json_atomic, write_text_atomic
@@ -168,7 +168,7 @@ def _environment(threads: int) -> dict:
 
 def _city_data(settings: BenchSettings, print_fn: Callable[[str], None]):
     """MatchingData of the synthetic city's database and queries described by the chosen model, and its description."""
-    root = resolve_data(f"synthetic:{settings.city}", progress=False)
+    root = resolve_path_or_synthetic(f"synthetic:{settings.city}", progress=False)
     placeset = load_placeset(root, split=settings.city_split)
     model, meta = model_and_meta(settings.checkpoint or "student-tiny")
     described_by = (f"checkpoint {settings.checkpoint} ({meta['preset']})" if settings.checkpoint

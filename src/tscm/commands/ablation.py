@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from tscm.commands.run_options import add_run_arguments, options_from_args
+from tscm.errors import TscmError
 
 NAME = "ablation"
 HELP = ("The distillation ablation on any data set: the same student trained with each loss (no distillation, "
@@ -11,8 +15,6 @@ HELP = ("The distillation ablation on any data set: the same student trained wit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tscm.commands.run_options import add_run_arguments
-
     add_run_arguments(parser, NAME, "synthetic:ablation")
     parser.add_argument("--rows", nargs="+", default=["all"], metavar="SET|PRESET",
                         help="row sets (classic, paper = the published variants + STUN, all) or loss presets; "
@@ -24,14 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tscm.commands.run_options import options_from_args
     from tscm.experiments.ablation import run_ablation
 
     options = options_from_args(args, NAME)
     if args.teacher:
-        from tscm.errors import TscmError
         from tscm.models.checkpoint import read_metadata
 
         meta = read_metadata(args.teacher)

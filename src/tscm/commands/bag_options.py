@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_bag_arguments(parser: argparse.ArgumentParser, *, query_bag: bool = False) -> None:
@@ -23,8 +24,6 @@ def add_bag_arguments(parser: argparse.ArgumentParser, *, query_bag: bool = Fals
 
 def bag_selection(args: argparse.Namespace):
     """The BagSelection the options name, or None when none is given."""
-    from pathlib import Path
-
     from tscm.data.formats.rosbag import BagSelection
 
     query = getattr(args, "query_bag", None)

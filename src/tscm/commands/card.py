@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.errors import TscmError
+
 NAME = "card"
 HELP = ("write a publishable folder for a checkpoint: model.safetensors and meta.json (byte-identical copies) and a "
         "README.md model card (Hugging Face front matter with model-index, Recall@N/PR from a run's results.json, "
@@ -35,7 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tscm.deploy.packaging.hub import hub_id_url
     from tscm.deploy.packaging.model_card import write_model_card
-    from tscm.errors import TscmError
 
     if (args.checkpoint is None) == (args.from_hub is None):
         raise TscmError("give either CKPT or --from-hub USER/NAME (one of them)")

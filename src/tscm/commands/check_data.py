@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from tscm.commands.bag_options import add_bag_arguments, bag_selection
-import os
+from tscm.errors import TscmError
 
 NAME = "check-data"
 HELP = "Validate a data set (any supported format): counts, area, coverage, duplicates, missing or unreadable images."
@@ -28,8 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tscm.data.checks import check_placeset
     from tscm.data.formats import load_placeset
-
-    from tscm.errors import TscmError
 
     if args.workers < 1:
         raise TscmError(f"--workers: expected a number of threads ≥ 1, got {args.workers}")

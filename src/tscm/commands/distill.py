@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.commands.training_options import add_training_arguments, overrides_from_args, print_result
+from tscm.config import load_config
+from tscm.errors import TscmError
+
 NAME = "distill"
 HELP = "train a student by cross-metric distillation from a frozen teacher checkpoint"
 DEFAULT_CONFIG = "demo_student"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tscm.commands.training_options import add_training_arguments
-
     parser.add_argument(
         "--teacher",
         metavar="CKPT",
@@ -22,9 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.config import load_config
-    from tscm.errors import TscmError
-    from tscm.commands.training_options import overrides_from_args, print_result
     from tscm.train.runs import distill, resume_run
 
     overrides = overrides_from_args(args)

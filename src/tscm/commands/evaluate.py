@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tscm.commands.bag_options import add_bag_arguments, bag_selection
+from tscm.errors import TscmError
 
 NAME = "evaluate"
 HELP = ("Recall@N (exact L2 search) and precision-recall of descriptors or a checkpoint on a data set; the radius is "
@@ -35,8 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tscm.data.formats import load_placeset
     from tscm.evaluation.protocol import evaluate_data_set
-
-    from tscm.errors import TscmError
 
     placeset = load_placeset(args.data, split=args.split, name=args.name, bag=bag_selection(args))
     if placeset.num_queries == 0:

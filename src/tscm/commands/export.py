@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from tscm.errors import TscmError
+from tscm.fileio import check_outputs
 
 NAME = "export"
 # Mirrors of tscm.inference.onnx_export's constants, so that building the CLI does not import torch (a test keeps them equal).
@@ -37,9 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from tscm.errors import TscmError
     from tscm.inference.onnx_export import calibration_subset, export_onnx
 
     calibration = []
@@ -59,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
         calibration = calibration_subset(placeset.db_paths, args.calibration_images)
     elif args.calibration is not None:
         raise TscmError("--calibration is only used with --precision int8 or auto")
-    from tscm.fileio import check_outputs
 
     inputs = {"the checkpoint": [Path(args.checkpoint)], "a calibration image": calibration}
     if args.calibration is not None and Path(args.calibration).is_file():

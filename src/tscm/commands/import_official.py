@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from tscm.errors import TscmError
 
 NAME = "import-official"
 HELP = "Import a published TSCM checkpoint (*.pth.tar) as a native checkpoint directory."
@@ -16,12 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tscm.models.checkpoint import save_checkpoint
     from tscm.models.official import load_official_with_report
-
-    from tscm.errors import TscmError
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):

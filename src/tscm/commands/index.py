@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from tscm.commands.bag_options import add_bag_arguments, bag_selection
+from tscm.errors import TscmError
 
 NAME = "index"
 HELP = "build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint"
@@ -69,10 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    import math
-
     from tscm.deploy.retrieval.calibration import calibrate_index_file
-    from tscm.errors import TscmError
 
     # Checked here, in the user's units (percent, frames), before anything is described.
     if not (math.isfinite(args.target_precision) and 0 < args.target_precision <= 100):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from tscm.errors import TscmError
 
 NAME = "info"
 HELP = "Describe a model checkpoint directory or a preset: parameters per part, descriptor dim, input size, MACs."
@@ -14,8 +17,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tscm.models.checkpoint import load_checkpoint
     from tscm.models.presets import build_model, list_presets, multiply_adds_per_image, parameter_counts
 
@@ -28,8 +29,6 @@ def run(args: argparse.Namespace) -> int:
         model = build_model(args.model)
         source = f"preset {args.model}"
     else:
-        from tscm.errors import TscmError
-
         raise TscmError(f"{args.model!r} is neither a checkpoint directory nor a preset ({', '.join(list_presets())})")
     config = model.config
     counts = parameter_counts(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tscm.commands.bag_options import add_bag_arguments
+from tscm.errors import TscmError
 
 NAME = "loop-closure"
 HELP = ("Loop closures within one robot traversal (a ROS bag's camera topic): every frame is matched against the "
@@ -33,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tscm.data.formats.rosbag import read_bag_traversal
-    from tscm.errors import TscmError
     from tscm.experiments.traversal_loop_closure import check_rerun, run_loop_closure
 
     if args.threads is not None and args.threads < 1:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from tscm.errors import TscmError
 
 NAME = "query"
 HELP = "print the top-k known places (id, path, distance, coordinates) of images, searched in a place index"
@@ -46,10 +50,6 @@ def _place_json(place, unit: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-
-    from tscm.errors import TscmError
     from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 
     if args.k < 1:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from tscm.config import TrainConfig, check_device, check_seeds, load_config, parse_override, set_value
+from tscm.errors import TscmError
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, kind: str, default_data: str) -> None:
@@ -32,17 +36,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, kind: str, default_data: 
 
 
 def options_from_args(args: argparse.Namespace, kind: str):
-    from pathlib import Path
-
-    from tscm.errors import TscmError
     from tscm.experiments.common import RunOptions, default_run_dir
 
     for flag, value, least in (("--epochs", args.epochs, 1), ("--max-queries", args.max_queries, 1),
                                ("--threads", args.threads, 0), ("--batch-size", args.batch_size, 1)):
         if value is not None and value < least:
             raise TscmError(f"{flag}: expected an integer ≥ {least}, got {value}")
-    from tscm.config import TrainConfig, check_device, check_seeds, load_config, parse_override, set_value
-
     check_device(args.device)
     check_seeds(args.seeds)
     # Everything the runs will use is checked now, before the run folder exists: a mistake found after
@@ -70,10 +69,7 @@ def options_from_args(args: argparse.Namespace, kind: str):
 
 def _check_data(data: str) -> None:
     """A data set that exists, or a known synthetic preset (generated later, on first use)."""
-    from pathlib import Path
-
     from tscm.data.synthetic import SYNTHETIC_PREFIX, is_synthetic_spec
-    from tscm.errors import TscmError
 
     if is_synthetic_spec(data):
         from tscm.data.synthetic.city import PRESETS

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.config import check_seed
+from tscm.errors import TscmError
+
 NAME = "synth"
 HELP = "Generate the procedural synthetic city (Pittsburgh .mat layout, JPEG images) into OUT."
 
@@ -39,9 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.config import check_seed
     from tscm.data.synthetic.city import generate_synthetic_city, resolve_config
-    from tscm.errors import TscmError
 
     check_seed(args.seed, "--seed")
     if args.workers is not None and args.workers < 1:

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.commands.training_options import add_training_arguments, overrides_from_args, print_result
+from tscm.config import load_config
+from tscm.errors import TscmError
+
 NAME = "train-teacher"
 HELP = "train a teacher network with triplet loss and hard-negative mining"
 DEFAULT_CONFIG = "demo_teacher"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tscm.commands.training_options import add_training_arguments
-
     add_training_arguments(parser, DEFAULT_CONFIG)
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.config import load_config
-    from tscm.errors import TscmError
-    from tscm.commands.training_options import overrides_from_args, print_result
     from tscm.train.runs import resume_run, train_teacher
 
     overrides = overrides_from_args(args)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tscm.errors import TscmError
+
 NAME = "visualize"
 HELP = "Redraw a run's pictures (Recall@N curves, retrieval grids, maps) from its saved descriptors."
 
@@ -18,7 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tscm.data.formats import load_placeset
-    from tscm.errors import TscmError
     from tscm.experiments.plots import draw_run_pictures
     from tscm.experiments.report import descriptor_path, load_descriptors, read_results
 

@@ -17,6 +17,7 @@ from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import EvalResult, evaluate_descriptors
 from tscm.experiments.report import ModelResult, SeedMeasurement
+from tscm.machine import median_ms, time_turns
 from tscm.threads import all_threads
 
 TRAIN_DIR = "train"
@@ -118,11 +119,11 @@ def resolve_data(options: RunOptions) -> Path:
     """The data set's folder: a path, a synthetic city (generated on first use), or a named public data set
     (`nordland`: fetched and checked on first use, cached beside the synthetic cities)."""
     from tscm.data.fetch import is_named_dataset, resolve_named_dataset
-    from tscm.data.synthetic import resolve_data as resolve
+    from tscm.data.synthetic import resolve_path_or_synthetic
 
     if is_named_dataset(options.data):
         return resolve_named_dataset(options.data, cache_dir=options.cache_dir, progress=options.progress)
-    return resolve(options.data, cache_dir=options.cache_dir, progress=options.progress)
+    return resolve_path_or_synthetic(options.data, cache_dir=options.cache_dir, progress=options.progress)
 
 
 # ----- training ---------------------------------------------------------------------------------
@@ -261,42 +262,33 @@ def count_parameters(model) -> int:
 
 
 def matching_ms_per_query(db: np.ndarray, queries: np.ndarray, k: int = max(CURVE_NS), repeats: int = 5) -> float:
-    """Exact L2 search (faiss flat) of all queries in one batch, ms per query (best of `repeats`:
-    the CPU may be shared, and the fastest run is the closest to the search's own cost)."""
+    """Exact L2 search (faiss flat) of all queries in one batch, ms per query (median of `repeats` calls
+    after one untimed call that allocates, through the one timer `tscm.machine.time_turns`)."""
     import faiss
 
     index = faiss.IndexFlatL2(db.shape[1])
     index.add(np.ascontiguousarray(db, dtype=np.float32))
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, len(db))
-    index.search(queries[:1], k)  # first call allocates; not the steady state
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        index.search(queries, k)
-        times.append(time.perf_counter() - started)
-    return 1000.0 * min(times) / len(queries)
+    times = time_turns({"search": lambda: index.search(queries, k)}, cycles=1, calls_per_block=repeats)["search"]
+    return median_ms(times, per=len(queries))
 
 
 def forward_ms_per_image(model, spec, paths: Sequence[Path], device: str, repeats: int = 5) -> float:
-    """The model alone (no image decoding) on one batch of test images, ms per image (best of `repeats`)."""
+    """The model alone (no image decoding) on one batch of test images, ms per image (median of `repeats`
+    calls after one untimed call, through the one timer `tscm.machine.time_turns`)."""
     import torch
 
     from tscm.data.images import ImageListDataset
 
     dataset = ImageListDataset(paths, spec.image_size, spec.mean, spec.std)
     batch = torch.stack([dataset[i] for i in range(len(dataset))]).to(device)
+    synchronize = (lambda: torch.cuda.synchronize(batch.device)) if batch.device.type == "cuda" else None
     model.eval()
-    times = []
     with torch.inference_mode():
-        model(batch)  # warm-up
-        for _ in range(repeats):
-            started = time.perf_counter()
-            model(batch)
-            if batch.device.type == "cuda":
-                torch.cuda.synchronize(batch.device)
-            times.append(time.perf_counter() - started)
-    return 1000.0 * min(times) / len(paths)
+        times = time_turns({"model": lambda: model(batch)}, cycles=1, calls_per_block=repeats,
+                           synchronize=synchronize)["model"]
+    return median_ms(times, per=len(paths))
 
 
 def chance_recall_at_1(placeset: PlaceSet, radius: float | None) -> float:

@@ -14,7 +14,6 @@ errors). Run directory layout:
 from __future__ import annotations
 
 import math
-import re
 import sys
 import zipfile
 from dataclasses import dataclass, field
@@ -28,16 +27,14 @@ from tscm import __version__
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import protocol_label
-from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
-from tscm.fileio import atomic_path, check_header, read_json, write_json_atomic, write_text_atomic
+from tscm.evaluation.results_format import (MODEL_NAME_PATTERN, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON, ROLES,
+                                           read_results_file)
+from tscm.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 RESULTS_MD = "results.md"
 DESCRIPTOR_DIR = "descriptors"
-ROLES = ("teacher", "student", "reference")
 TABLE_NS = (1, 5, 10)
 PR_KEYS = ("average_precision", "recall_at_100_precision", "f1_max")
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 @dataclass
@@ -206,7 +203,7 @@ def format_comparison(c: Mapping[str, Any]) -> str:
 
 def check_model_name(name: str) -> str:
     """Model names become file names (descriptors/<name>.npz), so keep them plain."""
-    if not _SAFE_NAME.match(name):
+    if not MODEL_NAME_PATTERN.match(name):
         raise TscmError(f"model name {name!r}: use letters, digits, '.', '_', '+' or '-' (it names a file)")
     return name
 
@@ -270,43 +267,7 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RESULTS_JSON
     if not path.is_file():
         raise TscmError(f"{path}: no results.json here (expected a run directory written by tscm demo/ablation)")
-    results = read_json(path, "results file")
-    check_header(results, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, str(path), ("dataset", "models"))
-    check_results_fields(results, str(path))
-    return results
-
-
-# What the readers of results.json (visualize, the reports) use; an edited or partial file is refused naming the field.
-_DATASET_FIELDS = {"path": str, "name": str, "split": str, "num_db": int, "num_queries": int, "num_queries_evaluated": int}
-
-
-def check_results_fields(results: Mapping[str, Any], where: str) -> None:
-    """The fields of results.json that readers rely on exist with the right types; else TscmError naming the field."""
-    dataset = results["dataset"]
-    if not isinstance(dataset, dict):
-        raise TscmError(f"{where}: field 'dataset' must be a JSON object, got {type(dataset).__name__}")
-    for name, kind in _DATASET_FIELDS.items():
-        value = dataset.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise TscmError(f"{where}: field 'dataset.{name}' must be {'a string' if kind is str else 'an integer'}, "
-                            f"got {value!r}")
-    unit = dataset.get("unit", "m")
-    if unit not in ("m", "frame", "explicit"):
-        raise TscmError(f"{where}: field 'dataset.unit' must be m, frame or explicit, got {unit!r}")
-    radius = dataset.get("radius")
-    if unit != "explicit" and not (isinstance(radius, (int, float)) and not isinstance(radius, bool)
-                                   and math.isfinite(radius) and radius >= 0):
-        raise TscmError(f"{where}: field 'dataset.radius' must be a finite distance ≥ 0, got {radius!r}")
-    models = results["models"]
-    if not isinstance(models, list):
-        raise TscmError(f"{where}: field 'models' must be a list, got {type(models).__name__}")
-    for position, model in enumerate(models):
-        if not isinstance(model, dict):
-            raise TscmError(f"{where}: models[{position}] must be a JSON object, got {type(model).__name__}")
-        if not isinstance(model.get("name"), str) or not _SAFE_NAME.match(model["name"]):
-            raise TscmError(f"{where}: models[{position}].name must be a plain model name, got {model.get('name')!r}")
-        if model.get("role") not in ROLES:
-            raise TscmError(f"{where}: models[{position}].role must be one of {', '.join(ROLES)}, got {model.get('role')!r}")
+    return read_results_file(path)
 
 
 def descriptor_path(run_dir: str | Path, name: str) -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tscm.models.official import load_official
-from tscm.models.presets import build_model, config_from_dict, config_to_dict, get_preset, list_presets
+from tscm.models.presets import build_model, get_preset, list_presets, model_config_from_dict, model_config_to_dict
 from tscm.models.student import Student, StudentConfig
 from tscm.models.teacher import Teacher, TeacherConfig
 
@@ -13,9 +13,9 @@ __all__ = [
     "Teacher",
     "TeacherConfig",
     "build_model",
-    "config_from_dict",
-    "config_to_dict",
     "get_preset",
     "list_presets",
     "load_official",
+    "model_config_from_dict",
+    "model_config_to_dict",
 ]

@@ -21,7 +21,7 @@ from torch import nn
 from tscm import __version__
 from tscm.errors import TscmError, excerpt
 from tscm.fileio import atomic_path, check_header, read_json, write_json_atomic
-from tscm.models.presets import build_model, config_from_dict, config_to_dict
+from tscm.models.presets import build_model, model_config_from_dict, model_config_to_dict
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -72,7 +72,7 @@ def save_checkpoint(
     if directory.exists() and not directory.is_dir():
         raise TscmError(f"checkpoint path {directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    config_dict = config_to_dict(config)
+    config_dict = model_config_to_dict(config)
     state = {}
     storages: set[int] = set()
     for name, tensor in model.state_dict().items():
@@ -147,7 +147,7 @@ def load_checkpoint(path: str | Path, expected_preset: str | None = None,
         raise TscmError(f"{path}: holds a {meta.get('role')} model, expected a {expected_role}")
     if expected_preset is not None and meta["preset"] != expected_preset:
         raise TscmError(f"checkpoint {path} holds preset {excerpt(meta['preset'])}, expected {expected_preset!r}")
-    config = config_from_dict(meta["config"])
+    config = model_config_from_dict(meta["config"])
     try:
         with torch.device("meta"):  # no random initialisation: every tensor comes from the file
             model = build_model(config)

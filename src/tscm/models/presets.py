@@ -194,13 +194,13 @@ def model_role(config: ModelConfig) -> str:
     return "teacher" if isinstance(config, TeacherConfig) else "student"
 
 
-def config_to_dict(config: ModelConfig) -> dict[str, Any]:
+def model_config_to_dict(config: ModelConfig) -> dict[str, Any]:
     """JSON-ready dict of a config, with its role."""
     return {"role": model_role(config), **dataclasses.asdict(config)}
 
 
-def config_from_dict(data: dict[str, Any]) -> ModelConfig:
-    """Inverse of `config_to_dict`; unknown fields are a TscmError, missing ones take their defaults
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Inverse of `model_config_to_dict`; unknown fields are a TscmError, missing ones take their defaults
     (configs saved before a field existed, e.g. `vlad_init`, load as built then)."""
     data = dict(data)
     role = data.pop("role", None)

@@ -26,7 +26,7 @@ from tscm.evaluation.extract import InputSpec, extract_descriptors
 from tscm.train.runtime import Runtime
 
 
-class DescriptorCaches:
+class TrainingCaches:
     """The run's teacher and mining caches, the miner, and the tuples they give."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime, train_set: PlaceSet, model: nn.Module, spec: InputSpec,

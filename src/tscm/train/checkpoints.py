@@ -16,6 +16,7 @@ from typing import Any, Callable
 from torch import nn
 
 from tscm.errors import TscmError
+from tscm.models.checkpoint import load_checkpoint
 from tscm.train.training_state import load_training_state, save_training_state
 
 SaveModel = Callable[[Path, nn.Module, dict], None]
@@ -102,8 +103,6 @@ class RunCheckpoints:
         A damaged `last/` falls back to `last.prev/`, and `warn` says so; with neither intact the
         message names each folder and what was wrong with it.
         """
-        from tscm.models.checkpoint import load_checkpoint
-
         problems = []
         for candidate in (existing_folder(self.last_dir), existing_folder(self.previous_dir)):
             if candidate is None:

@@ -14,13 +14,20 @@ from typing import Iterable
 from torch import nn
 
 from tscm.config import TrainConfig
+from tscm.data.formats import load_placeset
 from tscm.data.places import PlaceSet
+from tscm.data.synthetic import is_synthetic_spec, resolve_path_or_synthetic
 from tscm.errors import TscmError
 from tscm.evaluation.extract import InputSpec
+from tscm.losses import DISTILLATION_PRESETS, build_preset, parse_weights
+from tscm.models import build_model
+from tscm.models.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
 from tscm.threads import limit_threads
+from tscm.train.checkpoints import RunCheckpoints
 from tscm.train.run_folder import current_command_line, load_run_config, open_run_dir
 from tscm.train.runtime import Runtime, seed_everything, start_runtime, stop_runtime
-from tscm.train.trainer import RunResult, Trainer, TrainingJob
+from tscm.train.step_timing import time_distillation_steps
+from tscm.train.trainer import TRAINING_STATE_FORMAT, RunResult, Trainer, TrainingJob
 
 # Settings a resumed run may change; anything else would make it a different run.
 RESUME_OVERRIDABLE = ("train.epochs", "train.patience", "train.progress", "train.threads", "train.device",
@@ -28,8 +35,6 @@ RESUME_OVERRIDABLE = ("train.epochs", "train.patience", "train.progress", "train
 
 
 def build_loss_for(config: TrainConfig) -> nn.Module:
-    from tscm.losses import DISTILLATION_PRESETS, build_preset, parse_weights
-
     name = config.loss.preset
     if name not in DISTILLATION_PRESETS:
         raise TscmError(f"config: loss.preset must be one of {', '.join(DISTILLATION_PRESETS)}, got {name!r}")
@@ -52,18 +57,15 @@ def pretrained_backbones(config: TrainConfig) -> bool | set[str]:
 
 def load_training_data(config: TrainConfig, runtime: Runtime) -> tuple[PlaceSet, PlaceSet]:
     """The train and validation PlaceSets; `synthetic:<preset>` generates the built-in city once."""
-    from tscm.data.formats import load_placeset
-    from tscm.data.synthetic import is_synthetic_spec, resolve_data
-
     data = config.data
     if not data.path:
         raise TscmError("config: data.path is empty; give a data set (--set data.path=DIR) or synthetic:demo")
     # One process generates the city; the others wait and then find it cached.
     if runtime.is_main or not is_synthetic_spec(data.path):
-        root = resolve_data(data.path, seed=data.synthetic_seed, progress=config.train.progress)
+        root = resolve_path_or_synthetic(data.path, seed=data.synthetic_seed, progress=config.train.progress)
     runtime.barrier()
     if not runtime.is_main and is_synthetic_spec(data.path):
-        root = resolve_data(data.path, seed=data.synthetic_seed, progress=False)
+        root = resolve_path_or_synthetic(data.path, seed=data.synthetic_seed, progress=False)
     name = data.name or None
     if data.val_split == "test":
         raise TscmError("config: data.val_split is the test split; model selection must use a validation split")
@@ -75,17 +77,12 @@ def load_training_data(config: TrainConfig, runtime: Runtime) -> tuple[PlaceSet,
 
 
 def _load_teacher(teacher_checkpoint: str | Path) -> tuple[nn.Module, InputSpec, str]:
-    from tscm.models.checkpoint import load_checkpoint
-
     teacher, meta = load_checkpoint(teacher_checkpoint, expected_role="teacher")
     return teacher, InputSpec.of(teacher.config), meta["fingerprint"]
 
 
 def _run(config: TrainConfig, teacher_checkpoint: str | Path | None, resume: str | Path | None,
          command_line: str | None) -> RunResult:
-    from tscm.models import build_model
-    from tscm.models.checkpoint import model_fingerprint, save_checkpoint
-
     command_line = command_line or current_command_line()
     runtime = start_runtime(config.train.device, config.train.amp)
     try:
@@ -123,8 +120,6 @@ def _run(config: TrainConfig, teacher_checkpoint: str | Path | None, resume: str
                                   teacher_fingerprint=teacher_fp, resume_from=Path(resume) if resume is not None else None)
                 trainer = Trainer(job)
                 if config.kind == "student" and config.distill.time_steps and resume is None:
-                    from tscm.train.step_timing import time_distillation_steps
-
                     time_distillation_steps(trainer, config.distill.time_steps)
                 result = trainer.run()
             result.metrics["model_fingerprint"] = model_fingerprint(model)
@@ -136,9 +131,6 @@ def _run(config: TrainConfig, teacher_checkpoint: str | Path | None, resume: str
 def check_resume(run_dir: Path, config: TrainConfig, teacher_fingerprint: str | None) -> None:
     """Refuse a resume that cannot continue (no intact checkpoint, another kind, a replaced teacher)
     before the run folder is touched; the trainer repeats these checks when it restores."""
-    from tscm.train.checkpoints import RunCheckpoints
-    from tscm.train.trainer import TRAINING_STATE_FORMAT
-
     folder, _, state = RunCheckpoints(run_dir, save_model=None).load_last(lambda text: None)
     if state.get("format") != TRAINING_STATE_FORMAT:
         raise TscmError(f"{folder}: training state format {state.get('format')!r}; this tscm resumes format "

@@ -19,6 +19,7 @@ import torch
 from tscm.data.tuples import TupleBatchDataset
 from tscm.errors import TscmError
 from tscm.fileio import write_json_atomic
+from tscm.losses import build_preset
 from tscm.train.runtime import rng_state, set_rng_state
 
 MODES = (
@@ -30,8 +31,6 @@ MODES = (
 
 def time_distillation_steps(trainer, steps: int) -> dict[str, Any]:
     """Median milliseconds per step for each mode; printed and written to step_timing.json."""
-    from tscm.losses import build_preset
-
     if trainer.teacher is None:
         raise TscmError("distill.time_steps: timing distillation needs a teacher (--teacher CKPT)")
     config = trainer.config

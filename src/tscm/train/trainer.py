@@ -1,7 +1,7 @@
 """The training loop shared by teacher training and distillation.
 
 One epoch: the train queries in a seeded order (`BatchPlan`), cut into mining chunks; before a
-chunk the descriptor cache is refreshed when due and tuples are mined (`DescriptorCaches`); the
+chunk the descriptor cache is refreshed when due and tuples are mined (`TrainingCaches`); the
 tuples are cut into global batches, each process training on its share. After the epoch: LR
 schedule step, validation Recall@1 (val split only), early stopping, best checkpoint. A resumable
 `last` checkpoint (`RunCheckpoints`) is written every `train.checkpoint_every_steps` steps and at
@@ -30,6 +30,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from tscm.config import TrainConfig
 from tscm.data.augment import Augmenter
@@ -37,9 +39,11 @@ from tscm.data.places import PlaceSet
 from tscm.data.tuples import TupleArrays, TupleBatch, TupleBatchDataset, flat_image_paths, scatter_to_layout
 from tscm.errors import TscmError
 from tscm.evaluation.extract import InputSpec
+from tscm.evaluation.recall import evaluate_descriptors
 from tscm.fileio import write_json_atomic
+from tscm.losses import TupleDescriptors
 from tscm.train.batching import BatchPlan
-from tscm.train.caches import DescriptorCaches
+from tscm.train.caches import TrainingCaches
 from tscm.train.checkpoints import RunCheckpoints
 from tscm.train.metrics_log import MetricsLog
 from tscm.train.runtime import Runtime, rng_state, set_rng_state
@@ -106,8 +110,6 @@ class Trainer:
         self.raw_model = to_fast_layout(job.model.to(self.device), self.device)
         self.model: nn.Module = self.raw_model
         if self.rt.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.raw_model, device_ids=device_ids, find_unused_parameters=True)
         self.teacher = to_fast_layout(job.teacher.to(self.device), self.device).eval() if job.teacher is not None else None
@@ -128,7 +130,7 @@ class Trainer:
         outputs = config.distill.teacher_outputs
         self.teacher_from_cache = needs_teacher and (outputs == "cache" or (outputs == "auto" and not self.augmenter.active))
         self.teach_images = config.distill.teach_images if getattr(self.loss_fn, "reads_extra_images", False) else 0
-        self.caches = DescriptorCaches(config, self.rt, job.train_set, self.raw_model, job.spec, self.teacher,
+        self.caches = TrainingCaches(config, self.rt, job.train_set, self.raw_model, job.spec, self.teacher,
                                        job.teacher_spec, self.teacher_from_cache)
         self.plan = BatchPlan(job.train_set.num_queries, config.train.seed, config.train.max_queries_per_epoch,
                               config.mining.refresh_every_queries, config.train.batch_size, self.rt.world_size,
@@ -186,8 +188,6 @@ class Trainer:
         """The loss of one batch at `step` (default: the run's next step), with the run's loss and teacher
         source unless given: the tuples' images and the step's teaching images, one augmented view each,
         read by the student and (per batch) by the teacher."""
-        from tscm.losses import TupleDescriptors
-
         loss_fn = self.loss_fn if loss_fn is None else loss_fn
         from_cache = self.teacher_from_cache if teacher_from_cache is None else teacher_from_cache
         step = self.global_step if step is None else step
@@ -323,8 +323,6 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """Recall@N of the model on the validation split (radius in the split's unit)."""
-        from tscm.evaluation.recall import evaluate_descriptors
-
         val = self.job.val_set
         flat = self.caches.describe(self.raw_model, self.job.spec, self.val_images, self.config.eval.batch_size,
                                     self.progress)
@@ -366,7 +364,6 @@ class Trainer:
         return self._finish(stopped)
 
     def _epochs(self) -> str:
-        from torch.utils.data import DataLoader
         from tqdm import tqdm
 
         config, t = self.config, self.config.train

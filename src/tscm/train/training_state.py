@@ -8,7 +8,6 @@ their state by int: such dicts are stored as key/value pairs). `unpack_state` in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path, write_json_atomic
+from tscm.fileio import atomic_path, read_json, write_json_atomic
 
 _TENSOR = "__tensor__"
 _ARRAY = "__ndarray__"
@@ -88,8 +87,10 @@ def load_training_state(folder: Path) -> dict[str, Any]:
     if not json_path.is_file() or not tensor_path.is_file():
         raise TscmError(f"{folder}: no training state ({STATE_JSON} + {STATE_TENSORS}); not a resumable checkpoint")
     try:
-        structure = json.loads(json_path.read_text(encoding="utf-8"))
+        structure = read_json(json_path, "training state")
         tensors = load_file(str(tensor_path))
         return unpack_state(structure, tensors)
+    except TscmError as error:  # the JSON out of bounds or not JSON: the message names the file
+        raise TscmError(f"{folder}: unreadable training state ({error})") from None
     except Exception as error:  # safetensors, JSON and a damaged structure raise their own types
         raise TscmError(f"{folder}: unreadable training state ({type(error).__name__}: {error})") from None

@@ -16,8 +16,8 @@ def is_synthetic_spec(data: str) -> bool:
     return str(data).startswith(SYNTHETIC_PREFIX)
 
 
-def resolve_data(data: str | os.PathLike, *, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True) -> Path:
+def resolve_path_or_synthetic(data: str | os.PathLike, *, seed: int = 0,
+                              cache_dir: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """The path of a data set: `synthetic:<preset>` generates the built-in city on first use (cached
     in `cache_dir`, default ~/.cache/tscm) and reuses it after; anything else must exist."""
     text = str(data)

@@ -32,8 +32,8 @@ from tscm.data.places import radius_text
 from tscm.deploy.packaging.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_sha256, is_remote, resolve_checkpoint
 from tscm.errors import TscmError
 from tscm.evaluation.recall import protocol_label
-from tscm.evaluation.results_format import RESULTS_FORMAT, RESULTS_FORMAT_VERSION, RESULTS_JSON
-from tscm.fileio import atomic_path, check_header, read_json, write_text_atomic
+from tscm.evaluation.results_format import RESULTS_JSON, read_results_file
+from tscm.fileio import atomic_path, write_text_atomic
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
 from tscm.models.checkpoint import load_checkpoint
 from tscm.threads import limit_threads
@@ -74,19 +74,14 @@ class Card:
 # ---- results.json -----------------------------------------------------------------------------------
 
 
-def read_results_file(path: str | Path) -> dict[str, Any]:
+def read_card_results(path: str | Path) -> dict[str, Any]:
+    """The results file named by `--results` (the file, or the run folder holding it), with its path in `_file`."""
     file = Path(path)
     if file.is_dir():
         file = file / RESULTS_JSON
     if not file.is_file():
         raise TscmError(f"--results {path}: no such file (expected a run's results.json)")
-    document = read_json(file, "results file")
-    check_header(document, RESULTS_FORMAT, RESULTS_FORMAT_VERSION, str(file), ("dataset", "models"))
-    if not isinstance(document["models"], list) or not all(isinstance(m, dict) and "name" in m for m in document["models"]):
-        raise TscmError(f"{file}: field 'models' must be a list of model entries with a 'name'")
-    dataset = document["dataset"]
-    if not isinstance(dataset, dict) or "unit" not in dataset or "radius" not in dataset:
-        raise TscmError(f"{file}: field 'dataset' must name the ground truth's 'radius' and 'unit'")
+    document = read_results_file(file)
     document["_file"] = str(file)
     return document
 
@@ -387,7 +382,7 @@ def write_model_card(checkpoint: str | Path, out: str | Path, *, results: str | 
         raise TscmError(f"--out {destination}: is a file; give a folder to write the card into")
     result = None
     if results is not None:
-        document = read_results_file(results)
+        document = read_card_results(results)
         result = match_result(document, meta, None if is_remote(checkpoint) else folder, model_name)
     elif model_name is not None:
         raise TscmError("--model names an entry of --results; give --results RUN/results.json too")

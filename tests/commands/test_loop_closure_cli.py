@@ -163,6 +163,7 @@ def test_an_out_folder_that_is_an_input_is_refused_before_the_bag_is_read(setup,
     cases = [
         (bags["ros1"], checkpoint, f"--out {checkpoint}: is the --checkpoint input"),
         (bags["sqlite3"], bags["sqlite3"], f"--out {bags['sqlite3']}: is the bag"),
+        (next(bags["mcap"].glob("*.mcap")), bags["mcap"], f"--out {bags['mcap']}: is the bag's folder"),
         (bags["ros1"], linked, f"--out {linked / 'loop_closures.csv'}: is the bag"),
         (bags["ros1"], hard, f"--out {hard / 'trajectory.png'}: is the bag"),
         (bags["ros1"], bags["ros1"], f"--out {bags['ros1']}: is a file"),

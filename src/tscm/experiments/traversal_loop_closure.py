@@ -143,6 +143,8 @@ def check_loop_closure_outputs(bag: str | Path, checkpoint: str | Path, out: str
     if rerun is not None:
         check_rerun(rerun)
     inputs = {"the bag": bag, "the --checkpoint input": checkpoint, "the --index input": index}
+    if (Path(bag).parent / "metadata.yaml").is_file():  # a ROS 2 bag's storage file named: its folder is the bag
+        inputs["the bag's folder"] = Path(bag).parent
     check_output_folder("--out", out, (CSV_NAME, TRAJECTORY_PICTURE, STAMP_PICTURE), inputs, {"--rerun": rerun})
 
 

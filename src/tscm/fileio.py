@@ -304,18 +304,19 @@ def _writable_ancestor(path: Path) -> tuple[Path | None, str | None]:
     return ancestor, None
 
 
-def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
+def check_outputs(outputs: Mapping[str, str | os.PathLike | None] | Iterable[tuple[str, str | os.PathLike | None]],
                   inputs: Mapping[str, str | os.PathLike | Iterable[str | os.PathLike] | None] = {}) -> None:
     """Refuse, before any work, output paths a command could not write or must not: a folder, a FIFO or
     device, an unresolvable path, one of the command's inputs (same resolved path or same file: a hard
     link), the same file named twice, or a path whose nearest existing folder is a file or not writable.
 
-    `outputs` maps the option (e.g. "--json") to its path (None: not asked for); `inputs` maps what an
+    `outputs` maps the option (e.g. "--json") to its path (None: not asked for), or lists (option, path)
+    pairs where one option names several files (the files of an output folder); `inputs` maps what an
     input is (e.g. "the data set") to its file(s); a folder stands for the files directly in it.
     """
     seen: dict[tuple, str] = {}
     existing = []
-    for option, target in outputs.items():
+    for option, target in (outputs.items() if isinstance(outputs, Mapping) else outputs):
         if target is None or target == "":
             continue
         path = Path(target)
@@ -348,3 +349,33 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None],
             option, path = hit
             raise TscmError(f"{option} {path}: is {role} ({file}), an input of this command; "
                             "writing there would destroy it, give another file")
+
+
+def check_output_folder(option: str, folder: str | os.PathLike, names: Iterable[str],
+                        inputs: Mapping[str, str | os.PathLike | Iterable[str | os.PathLike] | None] = {},
+                        others: Mapping[str, str | os.PathLike | None] = {}) -> None:
+    """Refuse, before any work, an output folder a command could not write into or must not: a path that
+    is a file, FIFO or device, a dangling link, one of the command's input folders itself (a checkpoint or
+    a bag folder: same resolved path or same inode), or a folder where one of the files `names` it will
+    hold is refused by `check_outputs` (a folder, an input, not writable). `others` are the command's
+    other outputs, checked with them (none may be the same file as one in the folder)."""
+    path = Path(folder)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        info = None
+        if path.is_symlink():  # a dangling link: the folder would be made somewhere else, or not at all
+            raise TscmError(f"{option} {path}: is a symbolic link to a missing folder; give a plain folder name")
+    except OSError as error:
+        raise TscmError(f"{option} {path}: cannot be resolved ({error.strerror or error})") from None
+    if info is not None and not stat.S_ISDIR(info.st_mode):
+        kind = "a file" if stat.S_ISREG(info.st_mode) else file_kind(info.st_mode)
+        raise TscmError(f"{option} {path}: is {kind}; give a folder to write into")
+    if info is not None:
+        for role, value in inputs.items():
+            for item in [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else value:
+                if Path(item).is_dir() and (_identity(Path(item)) == (info.st_dev, info.st_ino)
+                                            or real_path(item) == real_path(path)):
+                    raise TscmError(f"{option} {path}: is {role} ({item}), an input of this command; "
+                                    "writing into it would mix outputs with it, give another folder")
+    check_outputs([*((option, path / name) for name in names), *others.items()], inputs)

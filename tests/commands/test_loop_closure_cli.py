@@ -142,3 +142,57 @@ def test_rerun_recording_or_a_clear_message_without_the_package(setup, tmp_path,
         return
     assert code == 0, err
     assert target.stat().st_size > 0 and not list(tmp_path.glob(".run.rrd*"))
+
+
+def snapshot(*paths: Path) -> dict[Path, bytes]:
+    """The bytes of every file at or below `paths`."""
+    files = [f for p in paths for f in ([p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file()))]
+    return {f: f.read_bytes() for f in files}
+
+
+def test_an_out_folder_that_is_an_input_is_refused_before_the_bag_is_read(setup, tmp_path, capsys):
+    """The checkpoint's or the ROS 2 bag's own folder, a folder whose loop_closures.csv or picture is a link
+    to the bag, and a --rerun file named as one of the folder's files: one line each, nothing changed."""
+    bags, checkpoint = setup
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "loop_closures.csv").symlink_to(bags["ros1"])
+    hard = tmp_path / "hard"
+    hard.mkdir()
+    (hard / "trajectory.png").hardlink_to(bags["ros1"])
+    cases = [
+        (bags["ros1"], checkpoint, f"--out {checkpoint}: is the --checkpoint input"),
+        (bags["sqlite3"], bags["sqlite3"], f"--out {bags['sqlite3']}: is the bag"),
+        (next(bags["mcap"].glob("*.mcap")), bags["mcap"], f"--out {bags['mcap']}: is the bag's folder"),
+        (bags["ros1"], linked, f"--out {linked / 'loop_closures.csv'}: is the bag"),
+        (bags["ros1"], hard, f"--out {hard / 'trajectory.png'}: is the bag"),
+        (bags["ros1"], bags["ros1"], f"--out {bags['ros1']}: is a file"),
+    ]
+    before = snapshot(checkpoint, *bags.values(), linked, hard)
+    for bag, out, expected in cases:
+        code, _, err = tscm(capsys, "loop-closure", bag, "--checkpoint", checkpoint, "--out", out, "--no-progress")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (out, err)
+    assert snapshot(checkpoint, *bags.values(), linked, hard) == before
+    assert sorted(p.name for p in linked.iterdir()) == ["loop_closures.csv"]
+
+
+def test_the_csv_and_its_picture_are_written_together_or_not_at_all(setup, tmp_path, capsys, monkeypatch):
+    """A full disk while the picture is written keeps the earlier run's CSV: never a new table beside an
+    old picture."""
+    from tscm.experiments import traversal_loop_closure
+
+    bags, checkpoint = setup
+    out = tmp_path / "out"
+    argv = ("loop-closure", bags["ros1"], "--checkpoint", checkpoint, "--out", out, "--no-progress", "--threads", "1")
+    assert tscm(capsys, *argv, "--exclude-recent", "2")[0] == 0
+    before = snapshot(out)
+
+    def full_disk(folder, traversal, rows):
+        raise OSError(28, "No space left on device", str(folder / "trajectory.png"))
+
+    monkeypatch.setattr(traversal_loop_closure, "plot_loop_closures", full_disk)
+    code, _, err = tscm(capsys, *argv, "--exclude-recent", "0")  # other matches: a different CSV
+    assert code == 2 and "No space left" in err, err
+    assert snapshot(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["loop_closures.csv", "trajectory.png"]

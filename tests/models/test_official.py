@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.model_files import write_checkpoint
 from tscm.cli import main
 from tscm.errors import TscmError
 from tscm.models import load_official
@@ -280,3 +281,21 @@ def test_cli_import_writes_a_native_checkpoint(student_file: Path, student_state
     torch.testing.assert_close(model.proj.weight, student_state["backboneS.linear0.weight"])
     assert main(["import-official", str(student_file), "--role", "teacher", "--out", str(tmp_path / "x")]) == 2
     assert "use role 'student'" in capsys.readouterr().err
+
+
+def test_cli_import_over_a_checkpoint_writes_both_files_or_neither(student_file: Path, tmp_path: Path, capsys,
+                                                                     monkeypatch) -> None:
+    """--overwrite with a full disk at meta.json keeps the old checkpoint whole (not new weights beside old
+    metadata, which no command would load)."""
+    import tscm.models.checkpoint as checkpoint_module
+
+    out = write_checkpoint(tmp_path / "out", "student-tiny", 0)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint_module, "write_json_atomic", full_disk)
+    assert main(["import-official", str(student_file), "--role", "student", "--out", str(out), "--overwrite"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before

@@ -399,3 +399,36 @@ def test_a_huge_count_option_is_refused_before_work(words, named, tmp_path, caps
     outcome = tscm(capsys, *argv)
     short(assert_refused(outcome, argv[0], named, "at most"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+
+
+# bench's count options: each outside its range is refused before the machine is even measured, naming the
+# option, the value and the range it accepts.
+BENCH_COUNTS = [
+    (["matching", "--sizes", "1000", str(10**9)], "--sizes", str(10**9), "2..10000000"),
+    (["matching", "--sizes", "1"], "--sizes", "1", "2..10000000"),
+    (["matching", "--queries", "0"], "--queries", "0", "1..1000000"),
+    (["matching", "--queries", "9" * 40], "--queries", "9" * 40, "1..1000000"),
+    (["matching", "--single", "-1"], "--single", "-1", "1..1000000"),
+    (["matching", "--dim", str(2**20)], "--dim", str(2**20), "2..65536"),
+    (["matching", "--rounds", "0"], "--rounds", "0", "1..1000"),
+    (["extraction", "--cycles", str(10**6)], "--cycles", str(10**6), "1..1000"),
+    (["extraction", "--calls", "0"], "--calls", "0", "1..100000"),
+    (["mining", "--mining-db", "12"], "--mining-db", "12", "13..1000000"),
+    (["mining", "--mining-queries", str(10**8)], "--mining-queries", str(10**8), "1..1000000"),
+    (["training", "--training-steps", "0"], "--training-steps", "0", "1..100000"),
+    (["matching", "--seed", "-1"], "--seed", "-1", "0..4294967295"),
+    (["extraction", "--budget", "1e12"], "--budget", "1e+12", "86400"),
+    (["matching", "--sizes", "2000000", "--dim", "4096"], "--sizes 2000000 with --dim 4096", "30.5 GiB", "size × dim"),
+    (["mining", "--mining-db", "1000000", "--mining-queries", "1000000"], "--mining-db 1000000", "--mining-queries",
+     "≤ 268435456"),
+]
+
+
+@pytest.mark.parametrize("words, option, value, accepted", BENCH_COUNTS,
+                         ids=[f"{option} {value[:12]}" for _, option, value, _ in BENCH_COUNTS])
+def test_a_bench_count_out_of_range_is_refused_before_work(words, option, value, accepted, tmp_path, capsys,
+                                                           stop_before_work):
+    out = tmp_path / "bench"
+    outcome = tscm(capsys, "bench", *words, "--no-gpu", "--out", out)
+    short(assert_refused(outcome, "bench", f"{option}:" if " " not in option else option, value, accepted))
+    assert not out.exists()

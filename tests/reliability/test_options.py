@@ -196,8 +196,8 @@ def test_ablation_refuses_an_unknown_row_and_a_missing_teacher(small_root, tmp_p
 
 BENCH = [
     pytest.param(["--threads", "-1"], ["--threads", "≥ 1"], id="--threads -1"),
-    pytest.param(["--sizes", "0"], ["--sizes", "positive"], id="--sizes 0"),
-    pytest.param(["--queries", "-5"], ["--queries", "positive"], id="--queries -5"),
+    pytest.param(["--sizes", "0"], ["--sizes", "0", "2.."], id="--sizes 0"),
+    pytest.param(["--queries", "-5"], ["--queries", "-5", "1.."], id="--queries -5"),
     pytest.param(["--batch-sizes", "0"], ["--batch-sizes", "0"], id="--batch-sizes 0"),
     pytest.param(["--radius", "nan"], ["--radius", "nan"], id="--radius nan"),
     pytest.param(["--budget", "-1"], ["--budget", "-1"], id="--budget -1"),

@@ -16,9 +16,10 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from reliability.support import (Snapshot, assert_no_traceback, assert_refused, image_set, make_fifo, tscm,
-                                 write_image, write_manifest)
+from reliability.support import (Snapshot, assert_no_traceback, assert_refused, image_set, make_fifo, previous_output,
+                                 tscm, write_image, write_manifest)
 
 
 @pytest.fixture
@@ -282,3 +283,117 @@ def test_a_line_break_in_a_file_name_is_refused_not_misaligned(name, tmp_path, c
     outcome = tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student"], "--images", folder, "--out", out)
     assert_refused(outcome, "export-descriptors", "line break", "rename")
     assert not out.parent.exists()
+
+
+# ----- commands that write into a folder: card, import-official, bench ---------------------------------
+
+
+def link(kind: str, target, path):
+    """`path` made a second name for `target`: a symbolic or a hard link."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target) if kind == "symlink" else os.link(target, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["same", "symlink"])
+def test_card_refuses_the_checkpoints_own_folder(kind, student, tmp_path, capsys):
+    """The card's copies and README.md would go into the checkpoint being carded."""
+    out = student if kind == "same" else link("symlink", student, tmp_path / "card")
+    before = Snapshot(student)
+    outcome = tscm(capsys, "card", student, "--out", out, "--no-timing")
+    assert_refused(outcome, "card", f"--out {out}", "the checkpoint", "input")
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+@pytest.mark.parametrize("name", ["model.safetensors", "meta.json"])
+def test_card_refuses_a_folder_whose_file_is_the_checkpoints(name, kind, student, tmp_path, capsys):
+    out = tmp_path / "card"
+    other = link(kind, student / name, out / name)
+    before = Snapshot(student, out)
+    outcome = tscm(capsys, "card", student, "--out", out, "--no-timing")
+    assert_refused(outcome, "card", f"--out {other}", "the checkpoint", "input")
+    before.assert_unchanged()
+
+
+def test_card_refuses_to_write_its_readme_over_the_results_file(student, tmp_path, capsys):
+    out = tmp_path / "card"
+    results = out / "README.md"
+    before = previous_output(results, b'{"format": "tscm-results"}\n')
+    outcome = tscm(capsys, "card", student, "--out", out, "--results", results, "--no-timing")
+    assert_refused(outcome, "card", "README.md", "--results", "input")
+    before.assert_unchanged()
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"]
+
+
+@pytest.mark.parametrize("case, make, named", [
+    ("a file", lambda tmp: previous_output(tmp / "card").paths[0], "is a file"),
+    ("a FIFO", lambda tmp: make_fifo(tmp / "card"), "FIFO"),
+    ("through a file", lambda tmp: previous_output(tmp / "plain").paths[0] / "card", "Not a directory"),
+], ids=["a file", "a FIFO", "through a file"])
+def test_card_refuses_an_out_it_cannot_write_into(case, make, named, checkpoints, tmp_path, capsys):
+    out = make(tmp_path)
+    before = Snapshot(*tmp_path.iterdir())
+    outcome = tscm(capsys, "card", checkpoints["student"], "--out", out, "--no-timing")
+    assert_refused(outcome, "card", "--out", named)
+    before.assert_unchanged()
+
+
+def test_card_writes_its_three_files_together_or_none(checkpoints, tmp_path, capsys, monkeypatch):
+    """A full disk while writing README.md keeps the earlier card whole: not the other model's weights
+    beside the first model's card."""
+    from tscm.deploy.packaging import model_card
+
+    out = tmp_path / "card"
+    assert tscm(capsys, "card", checkpoints["student"], "--out", out, "--no-timing").code == 0
+    before = Snapshot(out)
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(model_card, "write_text_atomic", full_disk)
+    outcome = tscm(capsys, "card", checkpoints["student_other"], "--out", out, "--no-timing")
+    assert_refused(outcome, "card", "README.md", "No space left")
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize("kind", ["same", "symlink", "hardlink"])
+@pytest.mark.parametrize("name", ["model.safetensors", "meta.json"])
+def test_import_official_refuses_an_out_whose_file_is_the_published_checkpoint(name, kind, checkpoints, tmp_path,
+                                                                               capsys):
+    """`import-official out/model.safetensors --out out --overwrite` would replace the file it imports."""
+    out = tmp_path / "out"
+    shutil.copytree(checkpoints["student"], out)
+    published = out / name if kind == "same" else tmp_path / "p.pth.tar"
+    published.unlink(missing_ok=True)
+    torch.save({"state_dict": {}}, published)
+    if kind != "same":
+        (out / name).unlink()
+        link(kind, published, out / name)
+    before = Snapshot(out, published)
+    outcome = tscm(capsys, "import-official", published, "--role", "student", "--out", out, "--overwrite")
+    assert_refused(outcome, "import-official", f"--out {out / name}", "the published checkpoint", "input")
+    before.assert_unchanged()
+
+
+def test_import_official_refuses_an_out_that_is_a_fifo(tmp_path, capsys):
+    published = tmp_path / "p.pth.tar"
+    torch.save({"state_dict": {}}, published)
+    out = make_fifo(tmp_path / "out")
+    outcome = tscm(capsys, "import-official", published, "--role", "student", "--out", out)
+    assert_refused(outcome, "import-official", "--out", "FIFO")
+
+
+@pytest.mark.parametrize("case, make, named", [
+    ("a file", lambda tmp, ck: previous_output(tmp / "bench").paths[0], "is a file"),
+    ("the --checkpoint folder", lambda tmp, ck: ck, "the --checkpoint input"),
+    ("bench.json a link to the checkpoint's weights",
+     lambda tmp, ck: link("symlink", ck / "model.safetensors", tmp / "bench" / "bench.json").parent, "the --checkpoint input"),
+], ids=["a file", "the --checkpoint folder", "bench.json a link to the weights"])
+def test_bench_checks_its_out_folder_before_work(case, make, named, student, tmp_path, capsys, stop_before_work):
+    """bench writes bench.json and bench.md after the whole run: a bad --out used to fail only then."""
+    out = make(tmp_path, student)
+    before = Snapshot(student, *tmp_path.iterdir())
+    outcome = tscm(capsys, "bench", "matching", "--quick", "--no-gpu", "--checkpoint", student, "--out", out)
+    assert_refused(outcome, "bench", "--out", named)
+    before.assert_unchanged()

@@ -36,14 +36,30 @@ from tscm.bench.mining import benchmark_mining, format_mining
 from tscm.bench.training import bench_training
 from tscm.data.formats import load_placeset
 from tscm.data.synthetic import resolve_path_or_synthetic
-from tscm.errors import TscmError
+from tscm.config import check_seed
+from tscm.errors import TscmError, excerpt
 from tscm.evaluation.extract import InputSpec, describe_placeset
-from tscm.fileio import write_json_atomic, write_text_atomic
+from tscm.fileio import atomic_group, check_output_folder, write_json_atomic, write_text_atomic
 from tscm.threads import limit_threads
 
 PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training", "streaming")
 DEFAULT_PARTS = ("extraction", "matching", "city")
+BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
 PQ_MIN_TRAIN = 39 * 256  # faiss warns below 39 training points per centroid; PQ codebooks have 256
+# Accepted range of every count option (lowest, highest), by settings field; `--OPTION` is the field with
+# dashes. Beyond the highest a value is a slip of the keyboard that would take hours or all the memory
+# before anything failed; below the lowest the part has nothing to measure (mining needs two places of
+# 12 headings for a negative: 13 database images).
+COUNT_RANGES = {
+    "sizes": (2, 10_000_000), "queries": (1, 1_000_000), "single": (1, 1_000_000), "dim": (2, 65_536),
+    "rounds": (1, 1000), "cycles": (1, 1000), "calls": (1, 100_000),
+    "mining_db": (13, 1_000_000), "mining_queries": (1, 1_000_000), "training_steps": (1, 100_000),
+}
+MAX_BUDGET_S = 86_400.0  # --budget: seconds of timing per model and batch size; a day is surely a slip
+# Descriptor values a synthetic database may hold (size × dim): 4 GiB of float32 (the default 250000 × 2048
+# is half of it); mining generates in float64 with temporaries, so its place set gets a quarter.
+MAX_SYNTHETIC_VALUES = 1 << 30
+MAX_MINING_VALUES = 1 << 28
 
 
 @dataclass
@@ -105,18 +121,30 @@ class BenchSettings:
             raise TscmError(f"bench parts {list(self.parts)}: expected some of {', '.join(PARTS)}")
         if self.threads < 1:
             raise TscmError(f"--threads: expected a number ≥ 1, got {self.threads}")
-        if self.rounds < 1:
-            raise TscmError(f"--rounds: expected a number ≥ 1, got {self.rounds}")
-        if any(size < 2 for size in self.sizes) or self.queries < 1 or self.dim < 2:
-            raise TscmError(f"--sizes, --queries, --dim: expected positive sizes, got {self.sizes}, {self.queries}, {self.dim}")
+        check_seed(self.seed, "--seed")
+        for name, (lowest, highest) in COUNT_RANGES.items():
+            value = getattr(self, name)
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                if not lowest <= item <= highest:
+                    raise TscmError(f"--{name.replace('_', '-')}: expected an integer in {lowest}..{highest}, "
+                                    f"got {excerpt(item)}")
+        if not self.sizes:
+            raise TscmError("--sizes: expected at least one database size")
         if not self.batch_sizes or any(size < 1 for size in self.batch_sizes):
-            raise TscmError(f"--batch-sizes: expected positive batch sizes, got {self.batch_sizes}")
+            raise TscmError(f"--batch-sizes: expected positive batch sizes, got {excerpt(self.batch_sizes)}")
         if not (math.isfinite(self.radius) and self.radius > 0):
             raise TscmError(f"--radius: expected a positive finite distance, got {self.radius:g}")
-        if not (math.isfinite(self.budget) and self.budget > 0):
-            raise TscmError(f"--budget: expected a positive finite number of seconds, got {self.budget:g}")
-        if self.cycles < 1 or self.calls < 1:
-            raise TscmError(f"--cycles, --calls: expected numbers ≥ 1, got {self.cycles}, {self.calls}")
+        if not (math.isfinite(self.budget) and 0 < self.budget <= MAX_BUDGET_S):
+            raise TscmError(f"--budget: expected seconds in (0, {MAX_BUDGET_S:g}], got {self.budget:g}")
+        if "matching" in self.parts and max(self.sizes) * self.dim > MAX_SYNTHETIC_VALUES:
+            raise TscmError(f"--sizes {max(self.sizes)} with --dim {self.dim}: "
+                            f"{max(self.sizes) * self.dim * 4 / 2**30:.1f} GiB of descriptors; expected size × dim "
+                            f"≤ {MAX_SYNTHETIC_VALUES} (4 GiB)")
+        mining_dim = self.dim if self.quick else 2048  # what _mining generates
+        if "mining" in self.parts and (self.mining_db + self.mining_queries) * mining_dim > MAX_MINING_VALUES:
+            raise TscmError(f"--mining-db {self.mining_db} with --mining-queries {self.mining_queries}: "
+                            f"{(self.mining_db + self.mining_queries) * mining_dim} descriptor values at dim "
+                            f"{mining_dim}; expected (database + queries) × dim ≤ {MAX_MINING_VALUES}")
         if "accuracy" in self.parts and not self.checkpoint:
             raise TscmError("bench part 'accuracy' needs --checkpoint CKPT (the model whose runtimes are compared)")
 
@@ -339,6 +367,11 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
               print_fn: Callable[[str], None] = print) -> dict:
     """Run the chosen parts, print their tables, and write bench.json / bench.md to `out_dir`; returns the report."""
     settings.check()
+    if out_dir is not None:  # checked now, not after an hour of timing
+        models = [model for model in settings.models if Path(model).exists()]
+        check_output_folder("--out", out_dir, (BENCH_JSON, BENCH_MD), {
+            "the --checkpoint input": settings.checkpoint, "the --accuracy-data input": settings.accuracy_data,
+            "a --models checkpoint": models})
     report: dict = {"settings": asdict(settings), "environment": _environment(settings.threads)}
     small = dict(matmul_size=512, copy_mb=32, repeats=2) if settings.quick else {}
     machine = probe_machine(settings.threads, **small)
@@ -374,8 +407,9 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
             preset=settings.streaming_preset, map_sizes=settings.streaming_sizes, frames=settings.streaming_frames,
             threads=settings.threads, seed=settings.seed, print_fn=print_fn)]
     if out_dir is not None:
-        write_json_atomic(Path(out_dir) / "bench.json", report)
-        write_text_atomic(Path(out_dir) / "bench.md", markdown_report(report))
+        with atomic_group():
+            write_json_atomic(Path(out_dir) / BENCH_JSON, report)
+            write_text_atomic(Path(out_dir) / BENCH_MD, markdown_report(report))
         print_fn(f"wrote {Path(out_dir) / 'bench.json'} and {Path(out_dir) / 'bench.md'}")
     return report
 

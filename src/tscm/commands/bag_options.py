@@ -1,5 +1,5 @@
 """Command-line options that choose what of a ROS bag is read (shared by `check-data`, `evaluate`,
-`index build` and `loop-closure`; not a command itself)."""
+`index build`, `index calibrate` and `loop-closure`; not a command itself)."""
 
 from __future__ import annotations
 

@@ -19,11 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.models.checkpoint import save_checkpoint
+    from tscm.fileio import atomic_group, check_output_folder
+    from tscm.models.checkpoint import META_FILE, WEIGHTS_FILE, save_checkpoint
     from tscm.models.official import load_official_with_report
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
+    # Before the published file is read: --out is a folder (or new), not the input, and its files writable.
+    check_output_folder("--out", out, (WEIGHTS_FILE, META_FILE), {"the published checkpoint": args.checkpoint})
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise TscmError(f"--out {out}: exists and is not an empty folder; choose a new folder or pass --overwrite")
     model, report = load_official_with_report(args.checkpoint, args.role)
     extra = {
@@ -34,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         "published_keys_aliased": len(report.aliases),
         "published_keys_dropped": len(report.dropped),
     }
-    meta = save_checkpoint(args.out, model, model.config, extra=extra)
+    with atomic_group():  # weights and metadata together: a failure keeps an --overwrite'd checkpoint whole
+        meta = save_checkpoint(args.out, model, model.config, extra=extra)
     print(
         f"imported {args.role} from {args.checkpoint}: {len(report.mapped)} keys mapped, "
         f"{len(report.aliases)} aliases resolved, {len(report.dropped)} unused keys dropped"

@@ -9,7 +9,8 @@ from tscm.commands.bag_options import add_bag_arguments, bag_selection
 from tscm.errors import TscmError
 
 NAME = "index"
-HELP = "build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint"
+HELP = ("build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint; "
+        "calibrate its acceptance threshold on a validation set or a pair of ROS bags")
 # Mirrors of tscm.deploy.retrieval.index.BACKENDS and tscm.inference.runtimes.RUNTIMES, so that building the CLI imports neither faiss nor torch.
 BACKENDS = ("auto", "flat", "pca-flat", "ivfpq", "hnsw")
 RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
@@ -48,8 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="Calibrate the index's acceptance threshold on a validation split with ground truth (the model "
                     "recorded in the index describes it), for a target precision; store it in the index file.")
     calibrate.add_argument("--index", required=True, metavar="MAP", help="index file (rewritten with the threshold)")
-    calibrate.add_argument("--data", required=True, help="data set with ground truth (e.g. the Nordland folder)")
-    calibrate.add_argument("--split", default="val", help="split to calibrate on (default: val; never test)")
+    calibrate.add_argument("--data", required=True,
+                           help="data set with ground truth (e.g. the Nordland folder), or a ROS bag whose frames are "
+                                "the database, with --query-bag for the queries (ground truth by position)")
+    calibrate.add_argument("--split", default="val",
+                           help="split to calibrate on (default: val; never test; with a bag it only labels the frames)")
     calibrate.add_argument("--target-precision", type=float, default=99.0, help="percent (default: 99)")
     calibrate.add_argument("--sequence", type=int, default=1, metavar="L",
                            help="calibrate the score of L-frame sequences (query_sequence) instead of single frames")
@@ -68,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--json", default=None, metavar="OUT",
                            help="also write the calibration (threshold, score, target, calibration and measured "
                                 "precision and recall as fractions) to this JSON file")
+    add_bag_arguments(calibrate, query_bag=True)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -83,7 +88,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     report = calibrate_index_file(args.index, args.data, split=args.split, target_precision=args.target_precision / 100,
                                   sequence_length=args.sequence, radius=args.radius, measure_split=args.measure,
                                   checkpoint=args.checkpoint, score=args.score, bound=args.bound,
-                                  confidence=args.confidence / 100, json_path=args.json)
+                                  confidence=args.confidence / 100, json_path=args.json, bag=bag_selection(args))
     entry = report["threshold"]
     what = "single frames" if entry["sequence_length"] == 1 else f"sequences of {entry['sequence_length']} frames"
     bound = (f", {100 * entry['confidence']:g} % lower bound {100 * entry['precision_bound']:.1f} %"

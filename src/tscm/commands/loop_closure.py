@@ -34,12 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tscm.data.formats.rosbag import read_bag_traversal
-    from tscm.experiments.traversal_loop_closure import check_rerun, run_loop_closure
+    from tscm.experiments.traversal_loop_closure import check_loop_closure_outputs, run_loop_closure
 
     if args.threads is not None and args.threads < 1:
         raise TscmError(f"--threads: expected a number of threads ≥ 1, got {args.threads}")
-    if args.rerun is not None:
-        check_rerun(args.rerun)  # before the bag is read
+    # before the bag is read
+    check_loop_closure_outputs(args.bag, args.checkpoint, args.out, index=args.index, rerun=args.rerun)
     traversal = read_bag_traversal(args.bag, args.topic, args.position_topic, args.every)
     print(traversal.describe())
     result = run_loop_closure(traversal, args.checkpoint, args.out, exclude_recent=args.exclude_recent,

@@ -39,7 +39,7 @@ import numpy as np
 
 from tscm.data.formats.rosbag import BagTraversal, iter_bag_images, stamp_text
 from tscm.errors import TscmError
-from tscm.fileio import atomic_path, write_text_atomic
+from tscm.fileio import atomic_group, atomic_path, check_output_folder, write_text_atomic
 
 CSV_NAME = "loop_closures.csv"
 CSV_COLUMNS = ("query_stamp", "match_stamp", "score", "accepted", "query_index", "match_index", "confidence",
@@ -112,10 +112,7 @@ def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str |
     if not (isinstance(sequence, int) and sequence >= 1):
         raise TscmError(f"--sequence: expected a number of frames ≥ 1, got {sequence!r}")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise TscmError(f"--out {out}: is a file; give a folder")
-    if rerun is not None:
-        check_rerun(rerun)  # before any work
+    check_loop_closure_outputs(traversal.bag, checkpoint, out, index=index, rerun=rerun)  # before any work
     threshold = empty = None
     with limit_threads(torch=threads):
         if index is not None:
@@ -131,11 +128,24 @@ def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str |
             if recorder is not None:
                 _abandon_rerun(recorder)
             raise
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = write_loop_closure_csv(out / CSV_NAME, traversal, rows)
-    picture = plot_loop_closures(out, traversal, rows)
+    with atomic_group():  # the table and its picture together, or neither
+        csv_path = write_loop_closure_csv(out / CSV_NAME, traversal, rows)
+        picture = plot_loop_closures(out, traversal, rows)
     rerun_path = None if recorder is None else _finish_rerun(recorder, traversal, rows)
     return LoopClosureRun(traversal, rows, csv_path, picture, threshold, elapsed, rerun_path)
+
+
+def check_loop_closure_outputs(bag: str | Path, checkpoint: str | Path, out: str | Path, *,
+                               index: str | Path | None = None, rerun: str | Path | None = None) -> None:
+    """Refuse, before the bag is read, an --out folder that is a file, the bag's or the checkpoint's own
+    folder, or whose files (the CSV and either picture) are inputs or cannot be written; and a --rerun
+    file that is a folder, an input or one of those files."""
+    if rerun is not None:
+        check_rerun(rerun)
+    inputs = {"the bag": bag, "the --checkpoint input": checkpoint, "the --index input": index}
+    if (Path(bag).parent / "metadata.yaml").is_file():  # a ROS 2 bag's storage file named: its folder is the bag
+        inputs["the bag's folder"] = Path(bag).parent
+    check_output_folder("--out", out, (CSV_NAME, TRAJECTORY_PICTURE, STAMP_PICTURE), inputs, {"--rerun": rerun})
 
 
 def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence: int, threshold: dict | None,

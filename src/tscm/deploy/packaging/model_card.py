@@ -33,7 +33,7 @@ from tscm.deploy.packaging.hub import CARD_FILE, META_FILE, WEIGHTS_FILE, file_s
 from tscm.errors import TscmError
 from tscm.evaluation.recall import protocol_label
 from tscm.evaluation.results_format import RESULTS_JSON, read_results_file
-from tscm.fileio import atomic_path, write_text_atomic
+from tscm.fileio import atomic_group, atomic_path, check_output_folder, write_text_atomic
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
 from tscm.models.checkpoint import load_checkpoint
 from tscm.threads import limit_threads
@@ -359,11 +359,21 @@ def render_card(name: str, meta: dict[str, Any], *, params: int, sha256: str, me
     return "\n".join(lines)
 
 
-def _copy_exact(source: Path, destination: Path) -> None:
-    if destination.exists() and destination.resolve() == source.resolve():
-        return
+def _check_card_folder(destination: Path, inputs: dict[str, Any]) -> None:
+    """--out is checked before any download, timing or copy: a folder (or a new one) that is not the
+    checkpoint's own, whose three files are not inputs and can be written."""
+    check_output_folder("--out", destination, (WEIGHTS_FILE, META_FILE, CARD_FILE), inputs)
+
+
+def _copy_exact(source: Path, destination: Path) -> tuple[str, int]:
+    """Copy `source` to `destination` (atomically; inside a group, moved with the group) and return the
+    copy's SHA-256 and size, refusing a copy that differs from the source."""
     with atomic_path(destination) as tmp:
         shutil.copyfile(source, tmp)
+        digest = file_sha256(tmp)
+        if digest != file_sha256(source):
+            raise TscmError(f"{destination}: the copy differs from {source} (changed while copying?)")
+        return digest, tmp.stat().st_size
 
 
 def write_model_card(checkpoint: str | Path, out: str | Path, *, results: str | Path | None = None,
@@ -375,11 +385,14 @@ def write_model_card(checkpoint: str | Path, out: str | Path, *, results: str | 
         raise TscmError(f"--threads: expected a number of threads ≥ 1, got {threads}")
     if not license_id or any(c.isspace() for c in license_id):
         raise TscmError(f"--license {license_id!r}: expected a license identifier such as mit or apache-2.0")
-    folder = resolve_checkpoint(checkpoint, sha256, progress=progress)
-    model, meta = load_checkpoint(folder)
     destination = Path(out)
-    if destination.exists() and not destination.is_dir():
-        raise TscmError(f"--out {destination}: is a file; give a folder to write the card into")
+    results_file = None if results is None else Path(results) / RESULTS_JSON if Path(results).is_dir() else Path(results)
+    inputs = {"the --results file": results_file}
+    _check_card_folder(destination, {**inputs, "the checkpoint": None if is_remote(checkpoint) else checkpoint})
+    folder = resolve_checkpoint(checkpoint, sha256, progress=progress)
+    if is_remote(checkpoint):  # now the fetched folder is known
+        _check_card_folder(destination, {**inputs, "the fetched checkpoint": folder})
+    model, meta = load_checkpoint(folder)
     result = None
     if results is not None:
         document = read_card_results(results)
@@ -393,18 +406,13 @@ def write_model_card(checkpoint: str | Path, out: str | Path, *, results: str | 
         with limit_threads(torch=threads):
             machine = machine_description()
             timings = time_model(model, meta["image_size"])
-    destination.mkdir(parents=True, exist_ok=True)
-    _copy_exact(folder / WEIGHTS_FILE, destination / WEIGHTS_FILE)
-    _copy_exact(folder / META_FILE, destination / META_FILE)
-    digest = file_sha256(destination / WEIGHTS_FILE)
-    meta_digest = file_sha256(destination / META_FILE)
-    if digest != file_sha256(folder / WEIGHTS_FILE) or meta_digest != file_sha256(folder / META_FILE):
-        raise TscmError(f"{destination}: the copied files differ from {folder}'s (changed while copying?)")
     params = sum(p.numel() for p in model.parameters())
-    text = front_matter(name, meta, license_id, result) + "\n" + render_card(
-        name, meta, params=params, sha256=digest, meta_sha256=meta_digest,
-        size_bytes=(destination / WEIGHTS_FILE).stat().st_size,
-        meta_size_bytes=(destination / META_FILE).stat().st_size, timings=timings, machine=machine, result=result,
-        license_id=license_id, repo_id=repo_id)
-    write_text_atomic(destination / CARD_FILE, text)
+    with atomic_group():  # the three files together, or none: a failure keeps the folder as it was
+        digest, size = _copy_exact(folder / WEIGHTS_FILE, destination / WEIGHTS_FILE)
+        meta_digest, meta_size = _copy_exact(folder / META_FILE, destination / META_FILE)
+        text = front_matter(name, meta, license_id, result) + "\n" + render_card(
+            name, meta, params=params, sha256=digest, meta_sha256=meta_digest, size_bytes=size,
+            meta_size_bytes=meta_size, timings=timings, machine=machine, result=result, license_id=license_id,
+            repo_id=repo_id)
+        write_text_atomic(destination / CARD_FILE, text)
     return Card(destination, digest, meta_digest, meta, params, timings, result, name)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from tscm.data.formats.rosbag import BagSelection
 from tscm.data.places import PlaceSet, default_radius
 from tscm.errors import TscmError
 from tscm.evaluation.calibration import DEFAULT_BOUND, DEFAULT_CONFIDENCE, calibrate_bounded
@@ -165,24 +166,35 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
                          sequence_length: int = 1, radius: float | None = None, measure_split: str | None = None,
                          checkpoint: str | None = None, batch_size: int = 32, score: str = AUTO_SCORE,
                          bound: str = DEFAULT_BOUND, confidence: float = DEFAULT_CONFIDENCE,
-                         json_path: str | None = None) -> dict[str, Any]:
+                         json_path: str | None = None, bag: BagSelection | None = None) -> dict[str, Any]:
     """Calibrate the index file's threshold on `data`/`split` with the model recorded in the index and, with
     `measure_split`, measure it there; only then save the index (atomically, once) and, with
-    `json_path`, the calibration_report. A failure anywhere writes nothing."""
-    from tscm.data.formats import load_placeset
+    `json_path`, the calibration_report. A failure anywhere writes nothing.
+
+    `data` may be a ROS bag: its frames are the validation database and `bag.query_bag`'s frames the
+    queries (ground truth by position, as `tscm evaluate` takes bags); `split` then only labels them."""
+    from tscm.data.formats import is_bag_path, load_placeset
     from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.evaluation.extract import InputSpec, describe_placeset
 
     if split == "test":
         raise TscmError("--split test: calibrate on a validation split; the test split is for measuring (--measure test)")
-    check_outputs({"--json": json_path}, {"the --index input": [index_path], "the --data input": [data]})
+    if measure_split is not None and is_bag_path(data):
+        raise TscmError(f"--measure {measure_split}: a bag pair has no other split to measure on; measure the "
+                        "threshold on another pair of traversals with tscm loop-closure --index or tscm evaluate")
+    query_bag = None if bag is None else bag.query_bag
+    check_outputs({"--json": json_path}, {"the --index input": [index_path], "the --data input": [data],
+                                          "the --query-bag input": query_bag})
     if score != AUTO_SCORE:
         check_score_name(score)
     recognizer = PlaceRecognizer.load(index_path, checkpoint, batch_size=batch_size)
     spec = InputSpec.of(recognizer.meta)
 
     def described(which: str):
-        placeset = load_placeset(data, split=which)
+        placeset = load_placeset(data, split=which, bag=bag)
+        if not placeset.query_paths:
+            hint = " (a bag alone is a map: give the query traversal with --query-bag BAG)" if is_bag_path(data) else ""
+            raise TscmError(f"{data}: no queries to calibrate on{hint}")
         return (placeset, *describe_placeset(recognizer.extractor, spec, placeset, batch_size=batch_size, progress=True))
 
     placeset, db, queries = described(split)

@@ -98,6 +98,32 @@ def test_a_calibrated_index_decides_and_sequences_score_the_last_frames(setup, t
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("score, threshold", [("ratio", 0.05), ("normalised", 0.0)])
+def test_sequences_decide_by_the_score_their_threshold_was_calibrated_for(setup, tmp_path, capsys, score, threshold):
+    """A sequence threshold on the ratio or the (signed) normalised score is applied to that score of the
+    sequence row, not compared with the raw sequence distance."""
+    bags, checkpoint = setup
+    bag = bags["mcap"]
+    code, _, err = tscm(capsys, "index", "build", "--checkpoint", checkpoint, "--bag", bag, "--backend", "flat",
+                        "--out", tmp_path / "map.idx")
+    assert code == 0, err
+    index = PlaceIndex.load(tmp_path / "map.idx")
+    index.set_threshold({"distance": threshold, "score": score, "exclusion": 1.0, "unit": "frame",
+                         "sequence_length": 2, "target_precision": 0.99, "precision": 1.0, "recall": 1.0,
+                         "calibrated_on": "test"})
+    index.save(tmp_path / "map.idx")
+    code, _, err = tscm(capsys, "loop-closure", bag, "--checkpoint", checkpoint, "--out", tmp_path / "seq",
+                        "--index", tmp_path / "map.idx", "--sequence", "2", "--exclude-recent", "2", "--no-progress",
+                        "--threads", "1")
+    assert code == 0, err
+    rows = read_rows(tmp_path / "seq" / "loop_closures.csv")
+    for k in (1, 2):  # revisits continuing a sequence through places 0, 1, 2: distance 0, far below the rest
+        row = rows[FRAMES - REVISITS + k]
+        assert int(row["match_index"]) == k and row["accepted"] == "true"
+        assert 0.5 < float(row["confidence"]) <= 1.0  # beyond the threshold on the confident side
+
+
+@pytest.mark.slow
 def test_without_positions_the_picture_plots_stamps(setup, tmp_path, capsys):
     bags, checkpoint = setup
     code, _, err = tscm(capsys, "loop-closure", bags["ros1"], "--checkpoint", checkpoint, "--out", tmp_path,

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from tscm.data.formats.rosbag import BagTraversal, iter_bag_images, stamp_text
+from tscm.evaluation.decision import DecisionRule, decide_row
 from tscm.errors import TscmError
 from tscm.fileio import atomic_group, atomic_path, check_output_folder, write_text_atomic
 
@@ -176,7 +177,8 @@ def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence
                 descriptor = project(descriptor)
             if held is None:
                 held = np.zeros((len(traversal), descriptor.shape[1]), dtype=np.float32)
-            row = _sequence_row(matcher, held, position, descriptor[0], seconds, exclude_recent, threshold)
+            row = _sequence_row(matcher, held, position, descriptor[0], seconds, exclude_recent, threshold,
+                                traversal.xy)
         rows.append(row)
         if recorder is not None:
             _log_frame(recorder, traversal, position, image, row)
@@ -191,7 +193,7 @@ def _row_of_place(position: int, place) -> LoopClosureRow:
 
 
 def _sequence_row(matcher, held: np.ndarray, position: int, descriptor: np.ndarray, seconds: np.ndarray,
-                  exclude_recent: float, threshold: dict | None) -> LoopClosureRow:
+                  exclude_recent: float, threshold: dict | None, xy: np.ndarray | None = None) -> LoopClosureRow:
     """The best earlier frame by the sequence score over the last L frames (module doc)."""
     held[position] = descriptor
     row = np.full(len(held), FARTHEST_SQUARED, dtype=np.float32)
@@ -199,18 +201,26 @@ def _sequence_row(matcher, held: np.ndarray, position: int, descriptor: np.ndarr
         difference = held[:position] - descriptor
         row[:position] = np.einsum("ij,ij->i", difference, difference)
     scores = matcher.push(row)
-    allowed = np.flatnonzero(seconds[:position] <= seconds[position] - exclude_recent)
-    if allowed.size == 0:
+    # Frames come in stamp order, so the frames old enough to match are a prefix of the map.
+    allowed = int(np.searchsorted(seconds[:position], seconds[position] - exclude_recent, side="right"))
+    if allowed == 0:
         return LoopClosureRow(position, None, None, False, None)
-    best = int(allowed[np.argmin(scores[allowed])])  # ties: the earliest frame
-    score = float(scores[best])
+    candidates = scores[:allowed]
+    best = int(np.argmin(candidates))  # ties: the earliest frame
+    score = float(candidates[best])
     if threshold is None:
         return LoopClosureRow(position, best, score, False, None)
-    from tscm.evaluation.precision_recall import confidence as confidence_of
-
-    limit = float(threshold["distance"])
-    confidence = float(confidence_of(np.asarray([max(score, 0.0)]), limit)[0])
-    return LoopClosureRow(position, best, score, score <= limit, confidence)
+    # The threshold is for its own decision score (distance, ratio or normalised), computed over the
+    # frames that may match, as `tscm index calibrate` computed it over its map.
+    rule = DecisionRule.of(threshold)
+    positions = None
+    if rule.score == "ratio" and rule.unit == "m":
+        if xy is None:
+            raise TscmError("the threshold's 'ratio' score compares places in metres, but this traversal has no "
+                            "positions; give --position-topic, or calibrate on frame-ordered data")
+        positions = xy[:allowed]
+    value = decide_row(rule, candidates, best, positions)
+    return LoopClosureRow(position, best, score, rule.accepts(value), rule.confidence(value))
 
 
 # ---- outputs ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from helpers.model_files import write_checkpoint
 
 from tscm.data.places import PlaceSet
-from tscm.deploy.retrieval.calibration import calibrate, index_scores, measure
+from tscm.deploy.retrieval.calibration import calibrate, index_scores, measure, pick_score
 from tscm.deploy.retrieval.index import PlaceIndex
 from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError
@@ -151,3 +151,14 @@ def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(recognizer_parts,
     assert revisit[0].time == 3.0  # back at frame 3: the loop closes there
     with pytest.raises(TscmError, match="exclude_recent"):
         recognizer.observe(places[0], time=41.0, exclude_recent=-1)
+
+
+def test_auto_keeps_the_default_score_unless_another_beats_it_by_more_than_noise():
+    # 300 queries: two binomial standard errors at 90 % recall ≈ 3.5 points.
+    assert pick_score({"distance": 0.05, "ratio": 0.903, "normalised": 0.917}, 300) == "ratio"
+    assert pick_score({"distance": 0.05, "ratio": 0.80, "normalised": 0.917}, 300) == "normalised"
+    # With many more queries the same 1.4-point lead is beyond noise.
+    assert pick_score({"ratio": 0.903, "normalised": 0.917}, 30_000) == "normalised"
+    # Without the default among the reachable scores: the highest recall.
+    assert pick_score({"distance": 0.2, "normalised": 0.5}, 300) == "normalised"
+    assert pick_score({"ratio": 0.9, "normalised": 0.9}, 300) == "ratio"

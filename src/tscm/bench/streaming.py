@@ -10,7 +10,8 @@ Two pipelines of `PlaceRecognizer`, one frame at a time on the bench threads:
   describe, search (nearest hits and the decision score), decision (threshold and consistency),
   add (the frame joins the map).
 
-Maps of 1k, 10k and 100k entries are synthetic unit descriptors along a random walk (the back-end
+Each runtime (default: eager `torch` and `onnx` Runtime, whose single-image call costs far less) is timed
+in turn. Maps of 1k, 10k and 100k entries are synthetic unit descriptors along a random walk (the back-end
 `auto` picks for that size: exact flat, PCA + flat, HNSW); the frames are PNG files of the
 model's input shape's aspect, written once. Each row gives the median ms per frame of every stage,
 its share of the total, and frames per second (1000 / the sum of the stage medians).
@@ -25,6 +26,8 @@ from typing import Callable
 
 import numpy as np
 
+from tscm.errors import TscmError
+
 PIPELINES = ("sequence", "observe")
 STAGES = {"sequence": ("decode", "describe", "search", "sequence", "decision"),
           "observe": ("decode", "describe", "search", "decision", "add")}
@@ -35,6 +38,7 @@ class StreamingRow:
     pipeline: str
     map_size: int
     backend: str
+    runtime: str
     frames: int
     stage_ms: dict[str, float]  # median ms per frame of each stage
     share: dict[str, float]  # each stage's fraction of the total
@@ -66,18 +70,20 @@ def write_frames(folder: Path, count: int, size: tuple[int, int], seed: int) -> 
     return paths
 
 
-def _row(pipeline: str, size: int, backend: str, per_frame: list[dict[str, float]], settings: dict) -> StreamingRow:
+def _row(pipeline: str, size: int, backend: str, runtime: str, per_frame: list[dict[str, float]],
+         settings: dict) -> StreamingRow:
     stage_ms = {stage: 1e3 * float(np.median([t.get(stage, 0.0) for t in per_frame])) for stage in STAGES[pipeline]}
     total = sum(stage_ms.values())
     share = {stage: (value / total if total > 0 else 0.0) for stage, value in stage_ms.items()}
-    return StreamingRow(pipeline, size, backend, len(per_frame), stage_ms, share, total,
+    return StreamingRow(pipeline, size, backend, runtime, len(per_frame), stage_ms, share, total,
                         1e3 / total if total > 0 else float("inf"), settings)
 
 
 def bench_streaming(*, preset: str = "student-lite", map_sizes=(1000, 10_000, 100_000), frames: int = 200,
                     sequence_length: int = 10, consistency: int = 3, threads: int = 2, frame_size=(64, 32),
-                    seed: int = 0, print_fn: Callable[[str], None] = print) -> list[StreamingRow]:
-    """Per-frame stage costs of both pipelines at each map size (module docstring)."""
+                    seed: int = 0, runtimes=("torch", "onnx"), print_fn: Callable[[str], None] = print) -> list[StreamingRow]:
+    """Per-frame stage costs of both pipelines at each map size and runtime (module docstring); a runtime
+    whose package is missing is left out with a printed line."""
     from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.models import build_model
     from tscm.models.checkpoint import save_checkpoint
@@ -96,33 +102,44 @@ def bench_streaming(*, preset: str = "student-lite", map_sizes=(1000, 10_000, 10
                  f"row; median ms per frame per stage (share), frames/s = 1000 / sum; ratio score, "
                  f"L = {sequence_length}, consistency over {consistency} frames")
         with limit_threads(torch=threads, faiss=threads):
-            for size in map_sizes:
-                recognizer = PlaceRecognizer.from_checkpoint(checkpoint, threads=threads)
-                map_descriptors = route_descriptors(size, recognizer.dim, seed + size)
-                recognizer.add_descriptors(map_descriptors, np.arange(size), times=np.arange(size, dtype=np.float64))
-                for length in (1, sequence_length):
-                    recognizer.index.set_threshold({"distance": 0.9, "score": "ratio", "exclusion": 5.0,
-                                                    "unit": "frame", "sequence_length": length})
-                backend = recognizer.index.backend
-                per_frame = []
-                for path in images:
-                    timings: dict[str, float] = {}
-                    recognizer.query_sequence(path, 1, length=sequence_length, consistency=consistency, timings=timings)
-                    per_frame.append(timings)
-                rows.append(_row("sequence", size, backend, per_frame[len(per_frame) // 10:], settings))
-                per_frame = []
-                for i, path in enumerate(images):
-                    timings = {}
-                    recognizer.observe(path, time=float(size + i), exclude_recent=20, consistency=consistency,
-                                       timings=timings)
-                    per_frame.append(timings)
-                rows.append(_row("observe", size, backend, per_frame[len(per_frame) // 10:], settings))
-                for row in rows[-2:]:
-                    print_fn(format_row(row))
+            for runtime in runtimes:
+                for size in map_sizes:
+                    try:
+                        recognizer = PlaceRecognizer.from_checkpoint(checkpoint, runtime=runtime, threads=threads)
+                    except TscmError as error:  # e.g. onnxruntime not installed
+                        print_fn(f"  {runtime}: left out ({error})")
+                        break
+                    rows += _time_map(recognizer, size, runtime, images, sequence_length, consistency, seed, settings)
+                    for row in rows[-2:]:
+                        print_fn(format_row(row))
+    return rows
+
+
+def _time_map(recognizer, size: int, runtime: str, images: list[Path], sequence_length: int, consistency: int,
+              seed: int, settings: dict) -> list[StreamingRow]:
+    """The `sequence` and `observe` rows of one map size with one recognizer."""
+    map_descriptors = route_descriptors(size, recognizer.dim, seed + size)
+    recognizer.add_descriptors(map_descriptors, np.arange(size), times=np.arange(size, dtype=np.float64))
+    for length in (1, sequence_length):
+        recognizer.index.set_threshold({"distance": 0.9, "score": "ratio", "exclusion": 5.0,
+                                        "unit": "frame", "sequence_length": length})
+    backend = recognizer.index.backend
+    per_frame = []
+    for path in images:
+        timings: dict[str, float] = {}
+        recognizer.query_sequence(path, 1, length=sequence_length, consistency=consistency, timings=timings)
+        per_frame.append(timings)
+    rows = [_row("sequence", size, backend, runtime, per_frame[len(per_frame) // 10:], settings)]
+    per_frame = []
+    for i, path in enumerate(images):
+        timings = {}
+        recognizer.observe(path, time=float(size + i), exclude_recent=20, consistency=consistency, timings=timings)
+        per_frame.append(timings)
+    rows.append(_row("observe", size, backend, runtime, per_frame[len(per_frame) // 10:], settings))
     return rows
 
 
 def format_row(row: StreamingRow) -> str:
     stages = ", ".join(f"{stage} {ms:.3f} ({100 * row.share[stage]:.0f} %)" for stage, ms in row.stage_ms.items())
-    return (f"  {row.pipeline:<8} map {row.map_size:>7,} ({row.backend}): {row.total_ms:.2f} ms/frame, "
+    return (f"  {row.pipeline:<8} {row.runtime:<5} map {row.map_size:>7,} ({row.backend}): {row.total_ms:.2f} ms/frame, "
             f"{row.frames_per_s:,.0f} frames/s; {stages}")

@@ -105,13 +105,14 @@ class BenchSettings:
     streaming_preset: str = "student-lite"
     streaming_sizes: list[int] = field(default_factory=lambda: [1000, 10_000, 100_000])
     streaming_frames: int = 200
+    streaming_runtimes: list[str] = field(default_factory=lambda: ["torch", "onnx"])
 
     @classmethod
     def quick_settings(cls, **overrides: Any) -> BenchSettings:
         values = dict(sizes=[1000], queries=40, single=10, dim=512, models=["student-tiny"], runtimes=["torch", "torch-int8"],
                       batch_sizes=[1, 4], cycles=1, calls=2, city="tiny", mining_db=600, mining_queries=120,
                       mining_loop_queries=30, training_steps=2, streaming_preset="student-tiny",
-                      streaming_sizes=[300], streaming_frames=12, quick=True)
+                      streaming_sizes=[300], streaming_frames=12, streaming_runtimes=["torch"], quick=True)
         values.update(overrides)
         return cls(**values)
 
@@ -285,10 +286,10 @@ def markdown_report(report: dict) -> str:
                   "identical to the batched ones.", ""]
     if report.get("streaming"):
         lines += ["## Streaming, ms per frame by stage (share)", "",
-                  "| pipeline | map | back-end | stages | ms/frame | frames/s |", "|---|---:|---|---|---:|---:|"]
+                  "| pipeline | runtime | map | back-end | stages | ms/frame | frames/s |", "|---|---|---:|---|---|---:|---:|"]
         for row in report["streaming"]:
             stages = ", ".join(f"{stage} {ms:.3f} ({100 * row['share'][stage]:.0f} %)" for stage, ms in row["stage_ms"].items())
-            lines.append(f"| {row['pipeline']} | {row['map_size']:,} | {row['backend']} | {stages} | "
+            lines.append(f"| {row['pipeline']} | {row.get('runtime', 'torch')} | {row['map_size']:,} | {row['backend']} | {stages} | "
                          f"{row['total_ms']:.2f} | {row['frames_per_s']:,.0f} |")
         lines.append("")
     return "\n".join(lines)
@@ -405,7 +406,7 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
 
         report["streaming"] = [asdict(row) for row in bench_streaming(
             preset=settings.streaming_preset, map_sizes=settings.streaming_sizes, frames=settings.streaming_frames,
-            threads=settings.threads, seed=settings.seed, print_fn=print_fn)]
+            threads=settings.threads, seed=settings.seed, runtimes=settings.streaming_runtimes, print_fn=print_fn)]
     if out_dir is not None:
         with atomic_group():
             write_json_atomic(Path(out_dir) / BENCH_JSON, report)

@@ -157,12 +157,18 @@ def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence
 
     seconds = traversal.seconds
     rows: list[LoopClosureRow] = []
-    matcher = None
+    matcher = rule = zone_xy = None
     held = None  # sequences: every frame's descriptor in the search space, sized on the first frame
     if sequence > 1:
         from tscm.evaluation.sequence import SequenceMatcher
 
         matcher = SequenceMatcher(sequence, max(len(traversal), 1))
+        rule = None if threshold is None else DecisionRule.of(threshold)
+        if rule is not None and rule.score == "ratio" and rule.unit == "m":
+            if traversal.xy is None:
+                raise TscmError("the threshold's 'ratio' score compares places in metres, but this traversal has "
+                                "no positions; give --position-topic, or calibrate on frame-ordered data")
+            zone_xy = traversal.xy
     tic = time.perf_counter()
     frames = tqdm(iter_bag_images(traversal), total=len(traversal), desc="loop closure", unit="frame",
                   disable=None if progress else True)
@@ -177,8 +183,7 @@ def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence
                 descriptor = project(descriptor)
             if held is None:
                 held = np.zeros((len(traversal), descriptor.shape[1]), dtype=np.float32)
-            row = _sequence_row(matcher, held, position, descriptor[0], seconds, exclude_recent, threshold,
-                                traversal.xy)
+            row = _sequence_row(matcher, held, position, descriptor[0], seconds, exclude_recent, rule, zone_xy)
         rows.append(row)
         if recorder is not None:
             _log_frame(recorder, traversal, position, image, row)
@@ -193,8 +198,10 @@ def _row_of_place(position: int, place) -> LoopClosureRow:
 
 
 def _sequence_row(matcher, held: np.ndarray, position: int, descriptor: np.ndarray, seconds: np.ndarray,
-                  exclude_recent: float, threshold: dict | None, xy: np.ndarray | None = None) -> LoopClosureRow:
-    """The best earlier frame by the sequence score over the last L frames (module doc)."""
+                  exclude_recent: float, rule: DecisionRule | None, zone_xy: np.ndarray | None) -> LoopClosureRow:
+    """The best earlier frame by the sequence score over the last L frames (module doc), decided by `rule`'s
+    own score (distance, ratio or normalised) over the frames that may match, as `tscm index calibrate`
+    computed it over its map; `zone_xy` places the frames for a ratio whose exclusion zone is in metres."""
     held[position] = descriptor
     row = np.full(len(held), FARTHEST_SQUARED, dtype=np.float32)
     if position:
@@ -208,18 +215,9 @@ def _sequence_row(matcher, held: np.ndarray, position: int, descriptor: np.ndarr
     candidates = scores[:allowed]
     best = int(np.argmin(candidates))  # ties: the earliest frame
     score = float(candidates[best])
-    if threshold is None:
+    if rule is None:
         return LoopClosureRow(position, best, score, False, None)
-    # The threshold is for its own decision score (distance, ratio or normalised), computed over the
-    # frames that may match, as `tscm index calibrate` computed it over its map.
-    rule = DecisionRule.of(threshold)
-    positions = None
-    if rule.score == "ratio" and rule.unit == "m":
-        if xy is None:
-            raise TscmError("the threshold's 'ratio' score compares places in metres, but this traversal has no "
-                            "positions; give --position-topic, or calibrate on frame-ordered data")
-        positions = xy[:allowed]
-    value = decide_row(rule, candidates, best, positions)
+    value = decide_row(rule, candidates, best, None if zone_xy is None else zone_xy[:allowed])
     return LoopClosureRow(position, best, score, rule.accepts(value), rule.confidence(value))
 
 

@@ -183,6 +183,32 @@ def test_a_ground_truth_of_shared_references_is_refused_in_bounded_memory(tmp_pa
     short(assert_refused(outcome, "check-data", "ground_truth_new.npy", "row 0", "ref index"))
 
 
+def rows_sharing_one_list(num_rows: int, length: int) -> np.ndarray:
+    """Every row [i, L] names the same list L of `length` zeros: the pickle holds L once, the rows list
+    num_rows × length matches."""
+    shared = [0] * length
+    rows = np.empty((num_rows, 2), dtype=object)
+    for i in range(num_rows):
+        rows[i] = [i, shared]
+    return rows
+
+
+@pytest.mark.parametrize("num_rows, length", [(1200, 10_000), (3000, 1_000_000)], ids=["12-million", "3-billion"])
+def test_a_ground_truth_whose_rows_share_one_list_is_refused_by_its_count(num_rows, length, tmp_path, capsys):
+    """Matches are counted before any is read: a small file that repeats one list in every row (12 million
+    matches once took seconds and a gigabyte in all, 3 billion would never end) is refused at once."""
+    root = tmp_path / "vpr"
+    write_image(root / "ref" / "0.jpg")
+    (root / "query").mkdir()
+    for i in range(num_rows):  # the reader only lists the queries; the refusal comes before any is opened
+        (root / "query" / f"{i:05d}.jpg").touch()
+    np.save(root / "ground_truth_new.npy", rows_sharing_one_list(num_rows, length), allow_pickle=True)
+    assert os.path.getsize(root / "ground_truth_new.npy") < 4 * length + 20 * num_rows
+    message = short(assert_refused(tscm(capsys, "check-data", root), "check-data", "ground_truth_new.npy",
+                                   "more than 10000000 matches"))
+    assert "repeat" in message
+
+
 def test_a_ground_truth_nested_200000_deep_is_refused(tmp_path, capsys):
     root = vpr_bench(tmp_path / "vpr", payload=deep_pickle())
     short(assert_refused(tscm(capsys, "check-data", root), "check-data", "ground_truth_new.npy"))

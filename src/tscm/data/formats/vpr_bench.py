@@ -43,6 +43,9 @@ GROUND_TRUTH_FILE = "ground_truth_new.npy"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Far above a real ground truth (a few bytes per match), far below what would exhaust memory.
 MAX_GROUND_TRUTH_BYTES = 256 << 20
+# Matches listed in all rows together. A pickle can name one list from every row (a memo reference costs
+# two bytes), so a small file can list billions; a real ground truth lists a few per query.
+MAX_GROUND_TRUTH_MATCHES = 10_000_000
 # What pickled NumPy arrays refer to, under the module names NumPy 1.x and 2.x write. Nothing
 # here runs code from the file: _reconstruct makes an empty ndarray, scalar a number from bytes.
 _ALLOWED_GLOBALS = {
@@ -144,11 +147,24 @@ def _rows(array: np.ndarray, npy_path: Path) -> list[tuple[object, object]]:
     )
 
 
+def _check_match_count(rows: list[tuple[object, object]], npy_path: Path) -> None:
+    """Refuse rows that list more than MAX_GROUND_TRUTH_MATCHES matches together, counted before any is
+    read (rows sharing one list would otherwise expand it once per row)."""
+    total = 0
+    for row, (_, refs) in enumerate(rows):
+        sized = isinstance(refs, (list, tuple)) or (isinstance(refs, np.ndarray) and refs.ndim >= 1)
+        total += len(refs) if sized else 1  # len only: converting a list could expand what it nests
+        if total > MAX_GROUND_TRUTH_MATCHES:
+            raise TscmError(f"{npy_path}: rows 0..{row} list more than {MAX_GROUND_TRUTH_MATCHES} matches in all "
+                            "(rows that share one list repeat it); a ground truth lists each query's true matches")
+
+
 def read_ground_truth(npy_path: Path, num_queries: int, num_db: int) -> list[np.ndarray]:
     """Each query's true matches (ref indices), in query order, from `ground_truth_new.npy`."""
     rows = _rows(load_npy_without_code(npy_path), npy_path)
     if len(rows) != num_queries:
         raise TscmError(f"{npy_path}: {len(rows)} rows for {num_queries} query images (one row per query expected)")
+    _check_match_count(rows, npy_path)
     matches: list[np.ndarray | None] = [None] * num_queries
     for row, (query, refs) in enumerate(rows):
         query = _index(query, npy_path, row, "query index", num_queries)

@@ -167,6 +167,31 @@ def test_calibrate_measures_before_it_writes_the_index(index_file, small, tmp_pa
     assert "no acceptance threshold" in tscm(capsys, "query", "--index", index, query).err
 
 
+CALIBRATE_JSON_TARGETS = [  # (id, the file --json names, relative to the checkpoint or data folder; extra words)
+    ("the recorded checkpoint's meta.json", "ck", "meta.json", []),
+    ("the --checkpoint's weights", "ck", "model.safetensors", ["--checkpoint", "{ck}"]),
+    ("a validation database image", "data", "database/000/000000_pitch1_yaw1.jpg", []),
+    ("a query image of the --measure split", "data", "query/q/000001_pitch1_yaw3.jpg", ["--measure", "test"]),
+]
+
+
+@pytest.mark.parametrize("kind", ["same", "symlink"])
+@pytest.mark.parametrize("case, base, relative, extra", CALIBRATE_JSON_TARGETS, ids=[c[0] for c in CALIBRATE_JSON_TARGETS])
+def test_calibrate_refuses_a_json_that_is_the_model_or_an_image(case, base, relative, extra, kind, student, small,
+                                                                tmp_path, capsys):
+    """The model the index records and the images of every split read were once overwritten with rc 0."""
+    root = small.parent.parent
+    index = tmp_path / "map.idx"
+    assert tscm(capsys, "index", "build", "--checkpoint", student, "--images", small, "--out", index).code == 0
+    target = {"ck": student, "data": root}[base] / relative
+    out = alias(kind, target, tmp_path / "aliases")
+    before = Snapshot(root, student, index)
+    argv = ["index", "calibrate", "--index", index, "--data", root, "--bound", "none", "--target-precision", 50,
+            "--json", out, *(w.format(ck=student) for w in extra)]
+    assert_refused(tscm(capsys, *argv), "index", str(out), "input", target.name)
+    before.assert_unchanged()
+
+
 # ----- what is read, said --------------------------------------------------------------------------
 
 

@@ -186,7 +186,7 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
 
     `data` may be a ROS bag: its frames are the validation database and `bag.query_bag`'s frames the
     queries (ground truth by position, as `tscm evaluate` takes bags); `split` then only labels them."""
-    from tscm.data.formats import is_bag_path, load_placeset
+    from tscm.data.formats import is_bag_path, is_placeholder_path, load_placeset
     from tscm.deploy.retrieval.recognizer import PlaceRecognizer
     from tscm.evaluation.extract import InputSpec, describe_placeset
 
@@ -196,22 +196,33 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
         raise TscmError(f"--measure {measure_split}: a bag pair has no other split to measure on; measure the "
                         "threshold on another pair of traversals with tscm loop-closure --index or tscm evaluate")
     query_bag = None if bag is None else bag.query_bag
-    check_outputs({"--json": json_path}, {"the --index input": [index_path], "the --data input": [data],
-                                          "the --query-bag input": query_bag})
+    inputs = {"the --index input": [index_path], "the --data input": [data], "the --query-bag input": query_bag}
+    check_outputs({"--json": json_path}, inputs)
     if score != AUTO_SCORE:
         check_score_name(score)
     recognizer = PlaceRecognizer.load(index_path, checkpoint, batch_size=batch_size)
     spec = InputSpec.of(recognizer.meta)
 
-    def described(which: str):
+    def loaded(which: str) -> PlaceSet:
         placeset = load_placeset(data, split=which, bag=bag)
         if not placeset.query_paths:
             hint = " (a bag alone is a map: give the query traversal with --query-bag BAG)" if is_bag_path(data) else ""
             raise TscmError(f"{data}: no queries to calibrate on{hint}")
+        return placeset
+
+    calibration_set = loaded(split)
+    measure_set = loaded(measure_split) if measure_split else None
+    # Again with every file read known: the model (recorded in the index or given) and each split's images.
+    images = [p for s in (calibration_set, measure_set) if s is not None for p in s.db_paths + s.query_paths
+              if not is_placeholder_path(p)]
+    check_outputs({"--json": json_path}, {**inputs, "the model's checkpoint": [recognizer.source],
+                                          "an image of the data set": images})
+
+    def described(placeset: PlaceSet):
         return (placeset, *describe_placeset(recognizer.extractor, spec, placeset, batch_size=batch_size, progress=True))
 
-    placeset, db, queries = described(split)
-    measured_set = described(measure_split) if measure_split else None  # read before any work is kept
+    placeset, db, queries = described(calibration_set)
+    measured_set = described(measure_set) if measure_set is not None else None  # read before any work is kept
     entry = choose_threshold(recognizer.index, db, queries, placeset, target_precision=target_precision,
                              sequence_length=sequence_length, radius=radius, score=score, bound=bound,
                              confidence=confidence)

@@ -287,6 +287,64 @@ def test_a_folders_files_of_other_types_are_counted(command, tmp_path, checkpoin
     assert "3 images in" in said and "left out 3 file(s) of other types (2 .gif, 1 .webp)" in said, said
 
 
+def _entry_that_is_not_a_file(folder, kind):
+    """An entry named like an image that no command may open as one: (path, the words that count it)."""
+    path = folder / f"z-{kind}.jpg"
+    if kind == "fifo":
+        make_fifo(path)
+        return "1 named pipe (FIFO)"
+    if kind == "dangling-link":
+        path.symlink_to(folder / "nowhere.jpg")
+    else:  # a symbolic link loop
+        path.symlink_to(folder / "z-loop-2.jpg")
+        (folder / "z-loop-2.jpg").symlink_to(path)
+        return "2 link that leads nowhere"
+    return "1 link that leads nowhere"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dangling-link", "loop"])
+@pytest.mark.parametrize("command", ["index", "export-descriptors"])
+def test_a_folders_entries_that_are_not_files_are_counted(command, kind, tmp_path, checkpoints, capsys):
+    """A FIFO or a broken link named .jpg in a folder was left out without a word."""
+    folder = tmp_path / "photos"
+    for i in range(2):
+        write_image(folder / f"{i}.jpg", seed=i)
+    counted = _entry_that_is_not_a_file(folder, kind)
+    if command == "index":
+        outcome = tscm(capsys, "index", "build", "--checkpoint", checkpoints["student"], "--images", folder,
+                       "--out", tmp_path / "map.idx")
+        said = outcome.out
+    else:
+        outcome = tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student"], "--images", folder,
+                       "--out", tmp_path / "x.h5")
+        said = outcome.err
+    assert_no_traceback(outcome)
+    assert outcome.code == 0, outcome.err
+    assert "2 images in" in said and f"of other types ({counted})" in said, said
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop"])
+@pytest.mark.parametrize("command, option", [("index", "--images"), ("export-descriptors", "--images"),
+                                             ("export-descriptors", "--queries")])
+def test_a_data_source_that_is_a_fifo_or_a_loop_is_named(command, option, kind, data, checkpoints, tmp_path, capsys):
+    """A FIFO given as the images was read as an empty folder ("no images found in the folder")."""
+    manifest, _, _ = data
+    source = tmp_path / "source.csv"
+    if kind == "fifo":
+        make_fifo(source)
+    else:
+        source.symlink_to(tmp_path / "other.csv")
+        (tmp_path / "other.csv").symlink_to(source)
+    images, queries = (source, None) if option == "--images" else (manifest, source)
+    words = (["index", "build"] if command == "index" else ["export-descriptors"]) + [
+        "--checkpoint", checkpoints["student"], "--images", images, "--out", tmp_path / "out.bin"]
+    if queries is not None:
+        words += ["--queries", queries]
+    named = "named pipe (FIFO)" if kind == "fifo" else "symbolic links"
+    assert_refused(tscm(capsys, *words), words[0], "source.csv", named, absent=["no images"])
+    assert not (tmp_path / "out.bin").exists()
+
+
 def test_a_folder_of_only_other_types_names_them(tmp_path, checkpoints, capsys):
     from PIL import Image
 

@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tscm.deploy.retrieval.map_builder import data_set_rows, folder_images
+from tscm.deploy.retrieval.map_builder import check_data_source, data_set_rows, folder_images
 from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError, excerpt
 from tscm.fileio import atomic_group, atomic_path, check_outputs, write_text_atomic
@@ -72,8 +72,7 @@ def list_images(source: str | Path, role: str = "database", split: str | None = 
     """The images of a folder (recursive, sorted; other files counted in `what`) or a data-set file's
     `role` images ("database" or "query") of `split`, by default of every split the file holds."""
     path = Path(source)
-    if not path.exists():
-        raise TscmError(f"{path}: no such folder or file")
+    check_data_source(path)
     if path.is_dir():
         if split is not None:
             raise TscmError(f"--split {split}: {path} is a folder of images, which has no splits; give a data-set file")

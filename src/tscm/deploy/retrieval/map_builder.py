@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ from tscm.deploy.retrieval.index import PlaceIndex
 from tscm.deploy.retrieval.recognizer import PlaceRecognizer, index_model_meta
 from tscm.distributed import ProcessGroup
 from tscm.errors import TscmError
+from tscm.fileio import file_kind
 from tscm.inference.onnx_export import calibration_subset
 from tscm.models.checkpoint import read_metadata
 from tscm.threads import limit_threads
@@ -64,6 +66,8 @@ def folder_images(folder: Path) -> tuple[list[Path], str]:
     paths, others = [], Counter()
     for path in sorted(folder.rglob("*")):
         if not path.is_file():
+            if not path.is_dir():  # a FIFO, socket or device, or a link that leads nowhere: said, never opened
+                others[_not_a_file(path)] += 1
             continue
         suffix = path.suffix.lower()
         if suffix in IMAGE_SUFFIXES:
@@ -76,6 +80,26 @@ def folder_images(folder: Path) -> tuple[list[Path], str]:
     note = (f"; left out {sum(others.values())} file(s) of other types ({_counted(others)}): only "
             f"{', '.join(IMAGE_SUFFIXES)} are read") if others else ""
     return paths, note
+
+
+def _not_a_file(path: Path) -> str:
+    """What a folder entry that is neither a regular file nor a folder is, in a few words."""
+    try:
+        return file_kind(os.stat(path).st_mode).removeprefix("a ")
+    except OSError:
+        return "link that leads nowhere"
+
+
+def check_data_source(path: Path) -> None:
+    """Refuse a data source that is neither a folder nor a regular file (a FIFO would read as an empty
+    folder) or that cannot be resolved, naming what it is."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        reason = "no such folder or file" if isinstance(error, FileNotFoundError) else (error.strerror or str(error))
+        raise TscmError(f"{path}: {reason}") from None
+    if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        raise TscmError(f"{path}: is {file_kind(info.st_mode)}; give a folder of images or a data-set file")
 
 
 def _counted(counts) -> str:
@@ -101,11 +125,7 @@ def image_list(source: str | Path, split: str | None = None,
     folder, a data-set file (its database rows of `split`, by default of every split it holds) or a ROS
     bag (`bag`: a tscm.data.formats.BagSelection choosing its topics and frames)."""
     path = Path(source)
-    try:
-        os.stat(path)
-    except OSError as error:
-        reason = "no such folder or file" if isinstance(error, FileNotFoundError) else (error.strerror or str(error))
-        raise TscmError(f"{path}: {reason}") from None
+    check_data_source(path)
     if path.is_file() or is_bag_path(path):
         placeset, paths = data_set_rows(path, "database", split, bag)
         return (paths, placeset.db_xy, f"{len(paths)} database images of {path} (split {placeset.split})",

@@ -248,6 +248,46 @@ def test_synth_keeps_a_folder_that_is_not_a_city(tmp_path, capsys):
     before.assert_unchanged()
 
 
+SYNTH_LINKS = [  # (id, make OUT in a folder, what the message names)
+    ("a symbolic link loop", lambda d: _linked(d / "out", d / "out2", d / "out"), "Too many levels of symbolic links"),
+    ("a dangling link", lambda d: _linked(d / "out", d / "nowhere"), "symbolic link to a missing folder"),
+    ("a path through a file", lambda d: previous_output(d / "file", b"mine\n") and d / "file" / "out", "Not a directory"),
+]
+
+
+def _linked(link, target, back=None):
+    link.symlink_to(target)
+    if back is not None:
+        target.symlink_to(back)
+    return link
+
+
+@pytest.mark.parametrize("case, make, named", SYNTH_LINKS, ids=[c[0] for c in SYNTH_LINKS])
+def test_synth_refuses_an_out_it_cannot_create_before_rendering(case, make, named, tmp_path, capsys):
+    """A loop or dangling link as OUT failed only after the whole city was rendered ("....partial: Not a
+    directory")."""
+    folder = tmp_path / "here"
+    folder.mkdir()
+    out = make(folder)
+    before = Snapshot(folder)
+    assert_refused(tscm(capsys, "synth", out, "--preset", "tiny"), "synth", str(out), named, absent=["partial"])
+    before.assert_unchanged()
+    assert not [p.name for p in folder.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.slow
+def test_synth_into_a_link_to_an_empty_folder_writes_the_city_there(tmp_path, capsys):
+    """The city used to replace the link itself, leaving the old link behind as a hidden .partial entry."""
+    target = tmp_path / "disk" / "city"
+    target.mkdir(parents=True)
+    link = tmp_path / "city-link"
+    link.symlink_to(target)
+    outcome = tscm(capsys, "synth", link, "--preset", "tiny", "--workers", 1)
+    assert outcome.code == 0, outcome.err
+    assert link.is_symlink() and (target / "synth.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["city-link", "disk"]
+
+
 def test_synth_overwrite_keeps_the_users_files_in_a_city(city, tmp_path, capsys):
     import shutil
 

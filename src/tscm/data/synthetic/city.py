@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from tscm.data.synthetic.render import Camera, Conditions, Street, hsv_to_rgb, make_street, render
 from tscm.errors import TscmError
-from tscm.fileio import DISK_ERRNOS, atomic_path, exchange_paths, read_json, write_json_atomic
+from tscm.fileio import DISK_ERRNOS, atomic_path, check_output_folder, exchange_paths, read_json, real_path, write_json_atomic
 
 SPLITS = ("train", "val", "test")
 FORMAT = "tscm-synthetic-city"
@@ -386,6 +386,9 @@ def generate_synthetic_city(out_dir: str | os.PathLike, preset: str = "demo", se
     _check(config)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise TscmError(f"workers: expected a number of rendering processes ≥ 1, got {workers!r}")
+    check_output_folder("OUT", out_dir, ())  # a dangling link or a loop would fail only after the rendering
+    # A link to a folder: the city goes where it leads (the swap into place would replace the link itself).
+    out_dir = real_path(out_dir)
     if out_dir.parent.is_dir():
         _recover_retired(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

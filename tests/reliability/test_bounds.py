@@ -294,6 +294,53 @@ def test_a_data_argument_that_is_a_symlink_loop(command, tmp_path, capsys, check
     assert not (tmp_path / "map.idx").exists()
 
 
+def _not_regular(path, kind):
+    """Replace the file at `path` (if any) by a FIFO or a symbolic link loop."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    if kind == "fifo":
+        make_fifo(path)
+    else:
+        path.symlink_to(path.with_name("loop-other"))
+        path.with_name("loop-other").symlink_to(path.name)
+    return path
+
+
+# (id, the command words with {ck} {idx} {run} {csv} {root} placeholders, which file becomes a FIFO or loop)
+NOT_REGULAR_INPUTS = [
+    ("query --index", ["query", "--index", "{idx}", "{image}"], "idx"),
+    ("index calibrate --index", ["index", "calibrate", "--index", "{idx}", "--data", "{root}"], "idx"),
+    ("evaluate, the checkpoint's meta.json", ["evaluate", "{csv}", "--checkpoint", "{ck}"], "meta"),
+    ("evaluate, the checkpoint's weights", ["evaluate", "{csv}", "--checkpoint", "{ck}"], "weights"),
+    ("export, the checkpoint's weights", ["export", "{ck}", "--onnx", "{tmp}/m.onnx"], "weights"),
+    ("visualize, results.json", ["visualize", "{run}"], "results"),
+    ("card --results", ["card", "{ck}", "--out", "{tmp}/card", "--results", "{run}/results.json"], "results"),
+]
+
+
+@pytest.mark.parametrize("kind, named", [("fifo", "named pipe (FIFO)"), ("loop", "Too many levels of symbolic links")])
+@pytest.mark.parametrize("case, words, target", NOT_REGULAR_INPUTS, ids=[c[0] for c in NOT_REGULAR_INPUTS])
+def test_an_input_file_that_is_a_fifo_or_a_loop_is_named_as_such(case, words, target, kind, named, student, small,
+                                                                  index_file, tmp_path, capsys):
+    """They were called missing ("no such index file", "not a tscm checkpoint directory (no meta.json)"),
+    which sends a user looking for a file that is there."""
+    manifest, _, _ = image_set(tmp_path / "set")
+    index = tmp_path / "map.idx"
+    shutil.copy(index_file, index)
+    run = tmp_path / "run"
+    run.mkdir()
+    files = {"idx": index, "meta": student / "meta.json", "weights": student / "model.safetensors",
+             "results": run / "results.json"}
+    bad = _not_regular(files[target], kind)
+    argv = [w.format(ck=student, idx=index, run=run, csv=manifest, root=small.parent.parent, tmp=tmp_path,
+                     image=manifest.parent / "q" / "000.jpg") for w in words]
+    with fifo_released_after(bad):
+        outcome = tscm(capsys, *argv)
+    command = argv[0]
+    short(assert_refused(outcome, command, str(bad), named, absent=["no such", "no meta.json", "has no"]))
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "card").exists()
+
+
 # ----- numbers out of range -------------------------------------------------------------------------
 
 FRAMES = [("1e400-digits", "1" + "0" * 400), ("2**70", str(2**70)), ("5000-digits", "9" * 5000), ("-10**12", "-" + "1" + "0" * 12)]

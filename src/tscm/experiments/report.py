@@ -265,7 +265,7 @@ def write_results(run_dir: str | Path, results: Mapping[str, Any]) -> tuple[Path
 def read_results(run_dir: str | Path) -> dict[str, Any]:
     """Read and check <run>/results.json."""
     path = Path(run_dir) / RESULTS_JSON
-    if not path.is_file():
+    if not path.is_symlink() and not path.exists():  # a FIFO or a loop there is named by the reader
         raise TscmError(f"{path}: no results.json here (expected a run directory written by tscm demo/ablation)")
     return read_results_file(path)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from tscm import __version__
 from tscm.errors import TscmError, excerpt
-from tscm.fileio import atomic_path, check_header, read_json, write_json_atomic
+from tscm.fileio import atomic_path, check_header, read_json, stat_regular, write_json_atomic
 from tscm.models.presets import build_model, model_config_from_dict, model_config_to_dict
 
 WEIGHTS_FILE = "model.safetensors"
@@ -110,7 +110,7 @@ def save_checkpoint(
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The checkpoint's meta.json, checked for format and required fields."""
     file = Path(path) / META_FILE
-    if not file.is_file():
+    if not file.is_symlink() and not file.exists():  # a FIFO or a loop there is named by read_json
         raise TscmError(f"{path} is not a tscm checkpoint directory (no {META_FILE})")
     meta = read_json(file, "checkpoint metadata")
     required = ("preset", "config", "descriptor_dim", "image_size", "mean", "std", "fingerprint")
@@ -154,8 +154,9 @@ def load_checkpoint(path: str | Path, expected_preset: str | None = None,
     except (TypeError, ValueError, AttributeError) as error:  # a field of the wrong type or size
         raise TscmError(f"{Path(path) / META_FILE}: field 'config' does not describe a buildable model ({error})") from None
     weights = Path(path) / WEIGHTS_FILE
-    if not weights.is_file():
+    if not weights.is_symlink() and not weights.exists():
         raise TscmError(f"checkpoint {path} has no {WEIGHTS_FILE}")
+    stat_regular(weights, "weights file")  # a FIFO would block the reader forever
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as error:

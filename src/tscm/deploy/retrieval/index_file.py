@@ -23,7 +23,7 @@ from safetensors import safe_open
 from tscm.deploy.retrieval.index_backends import BACKENDS
 from tscm.deploy.retrieval.pca import array_sha256
 from tscm.errors import TscmError, excerpt
-from tscm.fileio import atomic_path, check_header, parse_json
+from tscm.fileio import atomic_path, check_header, parse_json, stat_regular
 
 FORMAT_NAME = "tscm-place-index"
 FORMAT_VERSION = 1
@@ -45,8 +45,9 @@ def finite_number(value: Any) -> bool:
 def read_index_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of an index file (backend, params, count, memory, fingerprint...) without its arrays."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_symlink() and not path.exists():
         raise TscmError(f"{path}: no such index file")
+    stat_regular(path, "index file")  # a FIFO, folder or link loop, named as such
     try:
         with safe_open(str(path), framework="np") as handle:
             header = handle.metadata() or {}

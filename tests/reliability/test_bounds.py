@@ -420,6 +420,25 @@ def test_float64_descriptors_beyond_float32_are_refused(small, tmp_path, capsys)
     short(assert_refused(tscm(capsys, "evaluate", small, "--descriptors", path), "evaluate", "huge.npz", "float32"))
 
 
+@pytest.mark.parametrize("value, pairs", [("-5", None), (str(10**30), 0), (str(2**63), 0), ("1", 3)])
+def test_export_descriptors_exclude_recent_of_any_size(value, pairs, tmp_path, checkpoints, capsys):
+    """10**30 frames once raised OverflowError after every image was described; -5 was refused only then."""
+    folder = tmp_path / "frames"
+    for i in range(4):
+        write_image(folder / f"{i:03d}.jpg", seed=i)
+    out, pairs_file = tmp_path / "x.h5", tmp_path / "pairs.txt"
+    outcome = tscm(capsys, "export-descriptors", "--checkpoint", checkpoints["student"], "--images", folder,
+                   "--out", out, "--pairs", pairs_file, "--exclude-recent", value)
+    if pairs is None:
+        assert_refused(outcome, "export-descriptors", "--exclude-recent", value)
+        assert "describing" not in outcome.err, outcome.err  # refused before any image was read
+        assert not out.exists() and not pairs_file.exists()
+    else:
+        assert_no_traceback(outcome)
+        assert outcome.code == 0, outcome.err
+        assert len(pairs_file.read_text(encoding="utf-8").splitlines()) == pairs
+
+
 # ----- images as displayed --------------------------------------------------------------------------
 
 

@@ -129,6 +129,10 @@ def retrieval_pairs(queries: np.ndarray, database: np.ndarray, k: int, *, same_s
         return []
     q_frames = np.arange(len(queries)) if query_frames is None else np.asarray(query_frames)
     d_frames = np.arange(num_db) if db_frames is None else np.asarray(db_frames)
+    if exclude_recent is not None:
+        # capped just past the frames' span (the same pairs), so a huge N cannot overflow int64
+        span = int(max(q_frames.max(), d_frames.max())) - int(min(q_frames.min(), d_frames.min())) + 1
+        recent = min(exclude_recent, span)
     db_norms = np.einsum("ij,ij->i", database, database, dtype=np.float64)
     take = min(k, num_db)
     pairs: list[tuple[int, int]] = []
@@ -142,7 +146,7 @@ def retrieval_pairs(queries: np.ndarray, database: np.ndarray, k: int, *, same_s
             if exclude_recent is None:
                 distances[frames == d_frames[None, :]] = np.inf
             else:
-                distances[d_frames[None, :] >= frames - exclude_recent] = np.inf
+                distances[d_frames[None, :] >= frames - recent] = np.inf
         if take < num_db:
             partition = np.argpartition(distances, take - 1, axis=1)[:, :take]
         for row in range(len(chunk)):
@@ -256,6 +260,8 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
         raise TscmError(f"-k: expected a positive number of pairs per query, got {k!r}")
     if exclude_recent is not None and pairs is None:
         raise TscmError("--exclude-recent shapes the pairs file; give --pairs PAIRS.txt too")
+    if exclude_recent is not None and not (isinstance(exclude_recent, int) and exclude_recent >= 0):
+        raise TscmError(f"--exclude-recent: expected a number of frames ≥ 0, got {excerpt(exclude_recent)}")
     say = report or (lambda line: print(line, file=sys.stderr))
     database = list_images(images, "database", split)
     same = queries is None or (Path(queries).is_dir() and os.path.abspath(queries) == os.path.abspath(images))

@@ -439,6 +439,27 @@ def test_export_descriptors_exclude_recent_of_any_size(value, pairs, tmp_path, c
         assert len(pairs_file.read_text(encoding="utf-8").splitlines()) == pairs
 
 
+@pytest.mark.parametrize("length", [str(2 * 10**9), str(10**30)])
+def test_a_sequence_longer_than_the_traversal_scores_as_the_whole_traversal(length, tmp_path, checkpoints, capsys):
+    """--sequence 2e9 once tried to allocate 74 GB; 10**30 raised OverflowError. A path cannot reach before
+    the first query, so any length past the queries scores as the whole traversal."""
+    for i in range(4):
+        write_image(tmp_path / f"db{i}.jpg", seed=i)
+    for i in range(3):
+        write_image(tmp_path / f"q{i}.jpg", seed=20 + i)
+    manifest = write_manifest(tmp_path / "frames.csv", [(f"db{i}.jpg", i, "database") for i in range(4)]
+                              + [(f"q{i}.jpg", i, "query") for i in range(3)], header="path,frame,role")
+    results = {}
+    for given in ("3", length):
+        out = tmp_path / f"seq-{len(given)}.json"
+        outcome = tscm(capsys, "evaluate", manifest, "--checkpoint", checkpoints["student"], "--sequence", given,
+                       "--json", out)
+        assert_no_traceback(outcome)
+        assert outcome.code == 0, outcome.err
+        results[given] = json.loads(out.read_text(encoding="utf-8"))["recall"]
+    assert results["3"] == results[length]
+
+
 # ----- images as displayed --------------------------------------------------------------------------
 
 

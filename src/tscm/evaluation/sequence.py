@@ -100,11 +100,14 @@ def sequence_scores(distances, length: int, speeds: Sequence[float] = DEFAULT_SP
                     contrast_window: int | None = None) -> np.ndarray:
     """Q×N float32 sequence scores of every query against every database frame (module docstring)."""
     length = _check_length(length)
-    offsets = _path_offsets(speeds, length)
     d = _distance_matrix(distances)
     if _check_contrast_window(contrast_window) is not None:
         d = local_contrast(d, contrast_window)
     num_q, num_db = d.shape
+    # A path never reaches further back than the first query, so a longer length scores the same (and a
+    # huge one would allocate offsets that go unused, or overflow).
+    length = min(length, max(num_q, 1))
+    offsets = _path_offsets(speeds, length)
     row_means = d.mean(axis=1, keepdims=True)  # the score of a path point outside the database
     # How many frames each query's paths have: q + 1 for the first queries, then L.
     frames = np.minimum(np.arange(num_q) + 1, length).astype(np.float32)[:, None]

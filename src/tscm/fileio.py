@@ -217,6 +217,22 @@ def _json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+class _RepeatedKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's dict; a key given twice is refused (json keeps the last one without a word)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _RepeatedKey(key)
+        obj[key] = value
+    return obj
+
+
 def parse_json(text: str | bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """JSON from `text`, nested at most `max_depth` deep; a TscmError naming `where` otherwise (with a
     short excerpt at most, never the document)."""
@@ -226,10 +242,13 @@ def parse_json(text: str | bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -
         except UnicodeDecodeError as error:
             raise TscmError(f"{where}: not UTF-8 JSON (byte {error.start})") from None
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_object_without_repeats)
     except RecursionError:
         value = None
         deep = True
+    except _RepeatedKey as repeated:
+        raise TscmError(f"{where}: the key {excerpt(repeated.key)} appears twice in one object (which one counts "
+                        "would be a guess); not a file tscm wrote") from None
     except ValueError as error:  # JSONDecodeError, or an integer of more digits than Python converts
         position = f" at line {error.lineno}, column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
         reason = error.msg if isinstance(error, json.JSONDecodeError) else excerpt(str(error)).strip("'\"")

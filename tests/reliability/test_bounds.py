@@ -103,6 +103,9 @@ JSON_CASES = [
     ("deep-object", lambda meta: '{"a": ' * 70 + "1" + "}" * 70, ["meta.json", "nested deeper"]),
     ("integer-of-5000-digits", lambda meta: '{"format_version": ' + "9" * 5000 + "}", ["meta.json", "not valid JSON"]),
     ("not-utf8", lambda meta: b'{"preset": "\xff"}', ["meta.json", "UTF-8"]),
+    # json keeps the last of a repeated key without a word, as YAML once did
+    ("repeated-key", lambda meta: json.dumps(meta)[:-1] + ', "descriptor_dim": 7}', ["meta.json", "'descriptor_dim'",
+                                                                                    "twice"]),
 ]
 
 
@@ -123,16 +126,28 @@ def test_a_results_json_nested_too_deeply_is_refused(tmp_path, capsys):
     short(assert_refused(tscm(capsys, "visualize", run), "visualize", "results.json", "nested"))
 
 
-@pytest.mark.parametrize("header", ["deep", "huge-int"])
+@pytest.mark.parametrize("header", ["deep", "huge-int", "repeated-key"])
 def test_an_index_header_that_nests_or_overflows_is_refused(header, index_file, small, tmp_path, capsys):
+    from safetensors import safe_open
     from safetensors.numpy import load_file, save_file
 
     index = tmp_path / "map.idx"
-    text = DEEP_JSON if header == "deep" else '{"format": "tscm-place-index", "count": ' + "9" * 5000 + "}"
+    with safe_open(str(index_file), framework="np") as handle:
+        real = handle.metadata()["tscm_index"]
+    text = {"deep": DEEP_JSON, "huge-int": '{"format": "tscm-place-index", "count": ' + "9" * 5000 + "}",
+            "repeated-key": real[:-1] + ', "count": 1}'}[header]
     save_file(load_file(str(index_file)), str(index), metadata={"tscm_index": text})
     image = small.parent.parent / "query" / "q" / "000000_pitch1_yaw1.jpg"
     message = short(assert_refused(tscm(capsys, "query", "--index", index, image), "query", "map.idx", "index metadata"))
-    assert ("nested" if header == "deep" else "not valid JSON") in message
+    assert {"deep": "nested", "huge-int": "not valid JSON", "repeated-key": "'count' appears twice"}[header] in message
+
+
+def test_a_results_json_with_a_repeated_key_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text('{"format": "tscm-results", "format_version": 2, "models": [], "models": []}',
+                                      encoding="utf-8")
+    short(assert_refused(tscm(capsys, "visualize", run), "visualize", "results.json", "'models'", "twice"))
 
 
 # ----- VPR-Bench ground truth -----------------------------------------------------------------------

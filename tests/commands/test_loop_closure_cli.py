@@ -222,3 +222,18 @@ def test_the_csv_and_its_picture_are_written_together_or_not_at_all(setup, tmp_p
     assert code == 2 and "No space left" in err, err
     assert snapshot(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["loop_closures.csv", "trajectory.png"]
+
+
+@pytest.mark.parametrize("length", [str(2 * 10**9), str(10**30)])
+def test_a_sequence_longer_than_the_traversal_scores_as_the_whole_traversal(length, setup, tmp_path, capsys):
+    """--sequence 2e9 once allocated a 2e9-row history (and 10**30 overflowed): no frame looks back past the
+    first, so any length past the traversal gives the CSV of the whole traversal's length."""
+    bags, checkpoint = setup
+    texts = {}
+    for given in (str(FRAMES), length):
+        out = tmp_path / f"seq-{len(given)}"
+        code, _, err = tscm(capsys, "loop-closure", bags["mcap"], "--checkpoint", checkpoint, "--out", out,
+                            "--sequence", given, "--exclude-recent", "2", "--no-progress", "--threads", "1")
+        assert code == 0 and "Traceback" not in err, err
+        texts[given] = (out / "loop_closures.csv").read_text()
+    assert texts[str(FRAMES)] == texts[length]

@@ -162,7 +162,8 @@ def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence
     if sequence > 1:
         from tscm.evaluation.sequence import SequenceMatcher
 
-        matcher = SequenceMatcher(sequence, max(len(traversal), 1))
+        # no frame looks back past the first: a longer L scores the same, and a huge one would not fit in memory
+        matcher = SequenceMatcher(min(sequence, max(len(traversal), 1)), max(len(traversal), 1))
         rule = None if threshold is None else DecisionRule.of(threshold)
         if rule is not None and rule.score == "ratio" and rule.unit == "m":
             if traversal.xy is None:

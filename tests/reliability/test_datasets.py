@@ -30,6 +30,16 @@ CSV_CASES = [
     ("no-queries", "path,east,north,role\ndb/000.jpg,1,2,database\n", ["set.csv", "role 'query'"]),
     ("too-many-cells", "path,east,north,role\ndb/000.jpg,1,2,database,extra\n", ["set.csv line 2", "more values"]),
     ("header-only", "path,east,north,role\n", ["set.csv", "no rows"]),
+    # numbers a float cannot hold, in every numeric column
+    ("coordinate-1e400", "path,east,north,role\ndb/000.jpg,1e400,2,database\nq/000.jpg,1,2,query\n",
+     ["set.csv line 2", "'east'", "finite"]),
+    ("coordinate-of-400-digits", "path,east,north,role\ndb/000.jpg,1,%s,database\nq/000.jpg,1,2,query\n" % ("9" * 400),
+     ["set.csv line 2", "'north'", "finite"]),
+    ("heading-1e999", "path,east,north,role,heading\ndb/000.jpg,1,2,database,1e999\nq/000.jpg,1,2,query,0\n",
+     ["set.csv line 2", "'heading'", "finite"]),
+    ("timestamp-of-5000-digits", "path,east,north,role,timestamp\ndb/000.jpg,1,2,database,%s\nq/000.jpg,1,2,query,0\n"
+     % ("9" * 5000), ["set.csv line 2", "'timestamp'", "..."]),
+    ("frame-1e300", "path,frame,role\ndb/000.jpg,1e300,database\nq/000.jpg,1,query\n", ["set.csv line 2", "'frame'", "integer"]),
 ]
 
 

@@ -498,6 +498,26 @@ def test_exif_orientation_is_applied_by_every_command(tmp_path, checkpoints):
     assert np.array_equal(upright, sideways)
 
 
+@pytest.mark.parametrize("orientation", [0, 9, 65535])
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_an_exif_orientation_outside_1_to_8_leaves_the_pixels_as_stored(orientation, suffix, tmp_path):
+    """Values the EXIF standard does not define are ignored, never a traceback (held, untested)."""
+    from PIL import Image
+
+    from tscm.data.images import load_rgb
+
+    pixels = np.full((30, 20, 3), 128, np.uint8)
+    pixels[:10] = 0  # a dark band on top: a rotation would move it
+    stored = Image.fromarray(pixels)
+    exif = stored.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"odd{suffix}"
+    stored.save(path, exif=exif.tobytes(), **({"quality": 100} if suffix == ".jpg" else {}))
+    loaded = np.asarray(load_rgb(path))
+    assert loaded.shape == pixels.shape
+    assert loaded[:10].mean() < 20 < 100 < loaded[10:].mean()
+
+
 def test_no_traceback_for_a_value_that_cannot_be_printed(tmp_path, capsys):
     """An override whose value is 5000 digits long is quoted as an excerpt."""
     outcome = tscm(capsys, "train-teacher", "--set", f"run.output_dir={tmp_path}", "--set", "train.lr=" + "9" * 5000)

@@ -108,6 +108,10 @@ class TrainSettings:
     batchnorm: str = _setting(
         "batch", "batch norms while training: batch statistics, or frozen running statistics", choices=("batch", "frozen")
     )
+    frozen_trunk_stages: int = _setting(
+        0, "stem and first N stages of the CNN trunk kept at their initial (ImageNet) weights; the backward pass stops "
+        "before them (0: train the whole trunk)"
+    )
     checkpoint_every_steps: int = _setting(100, "write the resumable last checkpoint every N steps (and each epoch)")
     stop_after_steps: int = _setting(0, "simulate a crash: stop without saving after N steps in total (0: off)")
     progress: bool = _setting(True, "show tqdm progress bars")
@@ -491,11 +495,11 @@ def check_seeds(values: Iterable[Any] | None, what: str = "--seeds") -> None:
 # Upper bounds of the count options every command shares (by their argparse names): beyond them a value is
 # a slip of the keyboard, and it would start that many threads or processes, or put that many images in
 # one batch, before anything failed. Lower bounds are each command's own (0 or 1, with its meaning).
-OPTION_LIMITS = {"threads": 1024, "workers": 256, "num_workers": 256, "batch_size": 1 << 16, "batch_sizes": 1 << 16}
+OPTION_LIMITS = {"threads": 1024, "jobs": 64, "workers": 256, "num_workers": 256, "batch_size": 1 << 16, "batch_sizes": 1 << 16}
 
 
 def check_option_limits(options: Any) -> None:
-    """Refuse a count option (OPTION_LIMITS: threads, workers, batch sizes) above its bound, naming it; `options`
+    """Refuse a count option (OPTION_LIMITS: threads, jobs, workers, batch sizes) above its bound, naming it; `options`
     is an argparse Namespace (or anything with those attributes)."""
     for name, limit in OPTION_LIMITS.items():
         value = getattr(options, name, None)
@@ -561,6 +565,7 @@ def validate(config: TrainConfig) -> None:
     need(t.checkpoint_every_steps >= 1, f"train.checkpoint_every_steps must be ≥ 1, got {t.checkpoint_every_steps}")
     need(t.stop_after_steps >= 0, f"train.stop_after_steps must be ≥ 0, got {t.stop_after_steps}")
     need(t.threads >= 0, f"train.threads must be ≥ 0, got {t.threads}")
+    need(t.frozen_trunk_stages >= 0, f"train.frozen_trunk_stages must be ≥ 0, got {t.frozen_trunk_stages}")
     need(0 <= t.seed <= MAX_SEED, f"train.seed must be an integer in 0..{MAX_SEED}, got {excerpt(t.seed)}")
     need(0 <= config.data.synthetic_seed <= MAX_SEED,
          f"data.synthetic_seed must be an integer in 0..{MAX_SEED}, got {excerpt(config.data.synthetic_seed)}")

@@ -20,6 +20,7 @@ from tscm.errors import TscmError
 from tscm.models import build_model
 from tscm.train import runs as session
 from tscm.train.runs import distill, resume_run, train_teacher
+from tscm.train.runtime import seed_everything
 
 TINY = [
     "train.max_queries_per_epoch=8",
@@ -224,3 +225,21 @@ def test_augmented_distillation_with_teaching_images_resumes_exactly(city, tmp_p
     # Augmentation on: the teacher cannot come from the cache of unaugmented images.
     with pytest.raises(TscmError, match="teacher_outputs=per_batch"):
         load_config("demo_student", ["augment.strength=1", "distill.teacher_outputs=cache"])
+
+
+def test_frozen_trunk_stages_keep_their_weights_and_the_rest_learns(city, tmp_path):
+    overrides = tiny_overrides(city, tmp_path, "frozen", "train.epochs=1", "loss.preset=none",
+                               "mining.descriptors=student", "train.frozen_trunk_stages=2")
+    config = load_config("demo_student", overrides)
+    seed_everything(config.train.seed)
+    initial = build_model(config.model.preset)  # the run builds its model from the same seed
+    result = distill(config)
+    trained, _ = load_checkpoint(result.last_checkpoint)
+    before, after = initial.cnn.stages(), trained.cnn.stages()
+    for index, (old, new) in enumerate(zip(before, after)):
+        same = all(torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters()))
+        assert same == (index <= 2), f"stage {index} (0 = stem): unchanged={same}"
+    with pytest.raises(TscmError, match="frozen_trunk_stages: expected 0..3"):
+        distill(load_config("demo_student", tiny_overrides(city, tmp_path, "too-many", "train.epochs=1",
+                                                           "loss.preset=none", "mining.descriptors=student",
+                                                           "train.frozen_trunk_stages=4")))

@@ -108,6 +108,12 @@ class Trainer:
         self.rt = job.runtime
         self.device = self.rt.device
         self.raw_model = to_fast_layout(job.model.to(self.device), self.device)
+        if config.train.frozen_trunk_stages:
+            trunk = getattr(self.raw_model, "cnn", None)
+            if trunk is None:
+                raise TscmError(f"train.frozen_trunk_stages={config.train.frozen_trunk_stages}: this model has no CNN "
+                                "trunk to freeze; use 0")
+            trunk.freeze_leading_stages(config.train.frozen_trunk_stages)
         self.model: nn.Module = self.raw_model
         if self.rt.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None

@@ -46,7 +46,8 @@ def plain_precision_recall(distances, top1, positives, threshold):
 def test_calibrated_threshold_reaches_its_precision_in_the_index_space(backend, params):
     val, db, queries = route(200, seed=0, noise=0.5)
     index = PlaceIndex.build(db, backend=backend, **params)
-    entry = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none")
+    # matched queries only: precision over the split's own queries, as a plain loop computes it
+    entry = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none", unseen=False)
     assert entry["precision"] >= 0.9 and entry["space"] == index.space() and entry["sequence_length"] == 1
     assert entry["score"] == "distance" and entry["precision_bound"] == entry["precision"]
     # the stored distance is in the same space as index.search: check it with a plain loop there
@@ -64,7 +65,8 @@ def test_threshold_transfers_and_travels_through_the_index_file(tmp_path):
     val, val_db, val_queries = route(200, seed=1, noise=0.6)
     test, test_db, test_queries = route(200, seed=2, noise=0.6, split="test")
     index = PlaceIndex.build(test_db, backend="flat")  # the deployment map: the test route's database
-    entry = calibrate(index, val_db, val_queries, val, target_precision=0.9, score="distance", bound="none")
+    entry = calibrate(index, val_db, val_queries, val, target_precision=0.9, score="distance", bound="none",
+                      unseen=False)
     transfer = measure(index, test_db, test_queries, test)
     scores, top1 = index_scores(index, test_db, test_queries, test)
     precision, recall = plain_precision_recall(scores, top1, test.positives(1.0), entry["distance"])
@@ -86,6 +88,26 @@ def test_unreachable_precision_stores_nothing():
     with pytest.raises(TscmError, match=r"no decision score .* needs at least 59 correct accepted matches"):
         calibrate(index, db, queries, val, target_precision=0.95)  # every score, with the confidence bound
     assert index.thresholds == []
+
+
+def test_by_default_precision_also_counts_each_query_with_its_place_cut_out():
+    val, db, queries = route(200, seed=0, noise=0.5)
+    index = PlaceIndex.build(db, backend="flat")
+    plain = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none", unseen=False)
+    entry = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none")
+    assert entry["unseen"] is True and plain["unseen"] is False
+    assert entry["distance"] <= plain["distance"] and entry["recall"] <= plain["recall"]
+    # a plain loop: each query's twin is its nearest database frame more than ±1 + 5 frames from its matches
+    result = index.search(queries, len(db))
+    tp = fp = 0
+    for q, matches in enumerate(val.positives(1.0)):
+        top1, d = result.indices[q, 0], result.distances[q, 0]
+        if d <= entry["distance"]:
+            tp, fp = (tp + 1, fp) if top1 in set(matches.tolist()) else (tp, fp + 1)
+        if len(matches):
+            kept = [k for k, j in enumerate(result.indices[q]) if all(abs(j - m) > 5 for m in matches)]
+            fp += bool(kept) and result.distances[q, kept[0]] <= entry["distance"]
+    assert tp / (tp + fp) == pytest.approx(entry["precision"]) and tp / (tp + fp) >= 0.9
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,7 @@ def test_index_calibrate_measures_then_writes_the_index_and_json_once(checkpoint
     assert report["calibration"]["split"] == "val" and report["calibration"]["precision_bound"] >= 0.9
     assert 0 <= report["calibration"]["recall"] <= 1 and report["calibration"]["precision"] >= 0.9
     measured = report["measured"]
-    assert set(measured) == {"split", "precision", "recall", "accepted", "false_positives"}
+    assert set(measured) == {"split", "precision", "recall", "accepted", "false_positives", "unseen_accepted"}
     assert measured["split"] == "test" and all(0 <= measured[k] <= 1 for k in measured if k != "split")
     stored = PlaceRecognizer.load(tmp_path / "map.idx").index.threshold(1)
     assert stored["distance"] == report["threshold"] and stored["score"] == report["score"]

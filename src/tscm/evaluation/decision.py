@@ -143,6 +143,17 @@ class SplitDecisions:
     has_match: np.ndarray  # Q bool: the query has a true match
     query_order: np.ndarray  # the queries in route order (for temporal consistency); the given order if unknown
     route_position: np.ndarray  # Q float: each top-1's position along the database route
+    unseen: dict[str, np.ndarray] | None = None  # the queries' never-seen twins (tscm.evaluation.unseen), if asked
+
+    def curve_inputs(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, correct, has_match) of the queries under score `name`, followed by their never-seen twins
+        when there are any (every accepted twin is a false closure; a twin left without entries is skipped)."""
+        values = self.scores.scores[name]
+        if self.unseen is None:
+            return values, self.correct, self.has_match
+        twins = self.unseen[name][~np.isnan(self.unseen[name])]
+        no = np.zeros(len(twins), dtype=bool)
+        return np.concatenate([values, twins]), np.concatenate([self.correct, no]), np.concatenate([self.has_match, no])
 
 
 def split_decisions(placeset, db, queries, *, sequence_length: int = 1, radius: float | None = None,

@@ -19,7 +19,7 @@ from tscm.evaluation.extract import InputSpec, extract_descriptors
 from tscm.models import build_model
 from tscm.train.caches import TrainingCaches, describe_decoded
 from tscm.train.runtime import start_runtime, stop_runtime
-from tscm.train.trainer import build_optimizer, match_state_layout, to_fast_layout
+from tscm.train.optim import build_optimizer, match_state_layout, to_fast_layout
 from tscm.train.training_state import load_training_state, save_training_state
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

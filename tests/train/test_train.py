@@ -191,7 +191,7 @@ def test_early_stopping_on_validation_recall(city, tmp_path):
 
 
 def test_teaching_keys_cover_every_image_each_pass_and_the_schedule():
-    from tscm.train.trainer import distillation_factor, teaching_keys
+    from tscm.train.schedule import distillation_factor, teaching_keys
 
     count, per_step = 10, 4
     drawn = np.concatenate([teaching_keys(3, count, per_step, step) for step in range(5)])  # two passes

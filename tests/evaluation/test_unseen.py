@@ -49,3 +49,19 @@ def test_counting_twins_makes_the_threshold_refuse_places_never_seen():
     accepted = scores <= strict.threshold
     assert (accepted & correct).sum() / accepted.sum() >= 0.95  # precision over queries and twins together
     assert len(scores) == 2 * len(queries) and not correct[len(queries):].any() and not has_match[len(queries):].any()
+
+
+def test_single_frame_twins_equal_the_scores_of_each_shortened_row():
+    from tscm.evaluation.decision import decision_scores, route_positions
+    from tscm.evaluation.ranking import squared_distances
+
+    placeset, db, queries = aliased_route(50, seed=3)
+    twins = unseen_scores(placeset, db, queries, sequence_length=1, radius=1.0, exclusion=2.0)
+    positions, _ = route_positions(placeset)
+    places = place_entries(placeset, 1.0, 2.0)
+    for q in range(len(queries)):
+        kept = np.setdiff1d(np.arange(len(db)), places[q])
+        row = squared_distances(queries[q:q + 1], db[kept])
+        expected = decision_scores(row, positions[kept], 2.0).scores
+        for name, values in expected.items():
+            assert twins[name][q] == pytest.approx(values[0], rel=1e-4, abs=1e-6), (q, name)

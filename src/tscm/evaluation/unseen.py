@@ -18,7 +18,15 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from tscm.data.places import default_radius
-from tscm.evaluation.decision import SCORE_NAMES, decision_scores, route_positions
+from tscm.evaluation.decision import (
+    CHUNK_ENTRIES,
+    SCORE_NAMES,
+    best_outside_zone,
+    decision_scores,
+    ratio_of,
+    route_positions,
+    z_scores,
+)
 from tscm.evaluation.ranking import squared_distances
 from tscm.evaluation.sequence import sequence_scores, traversal_order
 
@@ -46,27 +54,52 @@ def unseen_scores(placeset, db, queries, *, sequence_length: int, radius: float 
     db = np.asarray(db, dtype=np.float32)
     queries = np.asarray(queries, dtype=np.float32)
     places = place_entries(placeset, radius, exclusion)
-    out = {name: np.full(len(queries), np.nan) for name in names}
     if sequence_length == 1:
-        windows = [np.array([q]) for q in range(len(queries))]
-        db_order = np.arange(len(db))
-    else:
-        db_order, query_order = traversal_order(placeset)
-        windows = [None] * len(queries)
-        for rank, q in enumerate(query_order):  # the query and the frames before it along the route
-            windows[q] = query_order[max(0, rank - sequence_length + 1): rank + 1]
+        return _single_frame_twins(db, queries, places, positions, exclusion, names)
+    out = {name: np.full(len(queries), np.nan) for name in names}
+    db_order, query_order = traversal_order(placeset)
+    windows: list = [None] * len(queries)
+    for rank, q in enumerate(query_order):  # the query and the frames before it along the route
+        windows[q] = query_order[max(0, rank - sequence_length + 1): rank + 1]
     for q, window in enumerate(windows):
         removed = np.unique(np.concatenate([places[w] for w in window]))
         kept = db_order[~np.isin(db_order, removed)]  # route order, the place cut out
         if removed.size == 0 or kept.size == 0:
             continue
-        distances = squared_distances(queries[window], db[kept])
-        row = distances[-1:] if sequence_length == 1 else sequence_scores(distances, sequence_length)[-1:]
-        scores = decision_scores(row, positions[kept], exclusion, names)
+        rows = sequence_scores(squared_distances(queries[window], db[kept]), sequence_length)[-1:]
+        scores = decision_scores(rows, positions[kept], exclusion, names)
         for name in names:
             out[name][q] = scores.scores[name][0]
     return out
 
+
+def _single_frame_twins(db, queries, places, positions, exclusion, names) -> dict[str, np.ndarray]:
+    """The single-frame twins a block of queries at a time: each row's place set to inf (absent), then the
+    decision scores over the entries left, as `decision_scores` computes them on the shortened row."""
+    out = {name: np.full(len(queries), np.nan) for name in names}
+    step = max(1, CHUNK_ENTRIES // max(len(db) * positions.shape[1], 1))
+    for start in range(0, len(queries), step):
+        stop = min(start + step, len(queries))
+        rows = squared_distances(queries[start:stop], db).astype(np.float64)
+        removed = np.zeros(rows.shape, dtype=bool)
+        for row, q in enumerate(range(start, stop)):
+            removed[row, places[q]] = True
+        twin = removed.any(axis=1) & ~removed.all(axis=1)
+        rows[removed] = np.inf
+        top1 = rows.argmin(axis=1)
+        best = rows[np.arange(len(rows)), top1]
+        values = {"distance": best}
+        if "ratio" in names:
+            values["ratio"] = ratio_of(best, best_outside_zone(rows, top1, positions, exclusion))
+        if "normalised" in names:
+            kept = ~removed
+            count = np.maximum(kept.sum(axis=1), 1)
+            mean = np.where(kept, rows, 0.0).sum(axis=1) / count
+            std = np.sqrt(np.where(kept, (rows - mean[:, None]) ** 2, 0.0).sum(axis=1) / count)
+            values["normalised"] = z_scores(best, mean, std)
+        for name in names:
+            out[name][start:stop] = np.where(twin, values[name], np.nan)
+    return out
 
 def with_unseen(decisions, placeset, db, queries, *, sequence_length: int, radius: float | None):
     """`decisions` (a SplitDecisions of these queries) with their never-seen twins under the same scores."""

@@ -88,7 +88,9 @@ def test_a_huge_settings_file_is_not_read(tmp_path, capsys):
 
 def test_a_plain_settings_file_still_works(tmp_path):
     """The strict loader reads what tscm writes and ships: every preset, and a run's resolved config."""
-    from tscm.config import load_config, load_yaml, shipped_presets
+    from tscm.config import load_config
+    from tscm.config.loading import shipped_presets
+    from tscm.config.yaml_text import load_yaml
 
     for preset in shipped_presets():
         config = load_config(preset)

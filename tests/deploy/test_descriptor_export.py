@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from tscm import cli
-from tscm.deploy.retrieval.descriptor_export import export_descriptors, read_hloc_h5, require_h5py, retrieval_pairs
+from tscm.deploy.retrieval.descriptor_export import (ExtractionOptions, RetrievalPairs, export_descriptors, read_hloc_h5,
+                                                     require_h5py, retrieval_pairs)
 from tscm.errors import TscmError
 from tscm.models.checkpoint import load_checkpoint
 
@@ -64,7 +65,8 @@ def test_sequence_export_reads_back_like_hloc(checkpoint, tmp_path) -> None:
     paths = write_images(root / "cam0", 6, seed=1) + write_images(root / "cam1", 5, seed=2)  # sorted: cam0, then cam1
     out = tmp_path / "out" / "global-feats.h5"
     pairs = tmp_path / "out" / "pairs.txt"
-    done = export_descriptors(checkpoint, root, out, pairs=pairs, k=3, batch_size=4)
+    done = export_descriptors(checkpoint, root, out, pairs=RetrievalPairs(pairs, k=3),
+                              extraction=ExtractionOptions(batch_size=4))
     names = [p.relative_to(root).as_posix() for p in paths]
     expected = reference(checkpoint, paths)
 
@@ -95,7 +97,7 @@ def test_loop_closure_pairs_leave_out_recent_frames(checkpoint, tmp_path) -> Non
     write_images(root, 9, seed=3)
     out = tmp_path / "feats.h5"
     pairs = tmp_path / "loops.txt"
-    export_descriptors(checkpoint, root, out, pairs=pairs, k=2, exclude_recent=3)
+    export_descriptors(checkpoint, root, out, pairs=RetrievalPairs(pairs, k=2, exclude_recent=3))
     names = (tmp_path / "feats.database.txt").read_text().splitlines()
     array = np.load(tmp_path / "feats.database.npy")
     nearest = brute_force(array, array, 2, lambda i, j: j < i - 3)
@@ -110,7 +112,7 @@ def test_separate_queries_share_one_root(checkpoint, tmp_path) -> None:
     q_paths = write_images(data / "query", 3, seed=5, prefix="q")
     out = tmp_path / "feats.h5"
     pairs = tmp_path / "pairs.txt"
-    done = export_descriptors(checkpoint, data / "db", out, queries=data / "query", pairs=pairs, k=2)
+    done = export_descriptors(checkpoint, data / "db", out, queries=data / "query", pairs=RetrievalPairs(pairs, k=2))
     assert done.root == data and not done.same_sequence
     stored = read_hloc_h5(out)
     assert sorted(stored) == [f"db/f{i:03d}.png" for i in range(5)] + [f"query/q{i:03d}.png" for i in range(3)]
@@ -122,7 +124,8 @@ def test_separate_queries_share_one_root(checkpoint, tmp_path) -> None:
     nearest = brute_force(queries, database, 2, lambda i, j: True)
     assert hloc_pairs(pairs) == [(f"query/q{i:03d}.png", f"db/f{j:03d}.png") for i in range(3) for j in nearest[i]]
     with pytest.raises(TscmError, match="same ordered sequence"):
-        export_descriptors(checkpoint, data / "db", out, queries=data / "query", pairs=pairs, exclude_recent=1)
+        export_descriptors(checkpoint, data / "db", out, queries=data / "query",
+                           pairs=RetrievalPairs(pairs, exclude_recent=1))
 
 
 def test_manifest_images_outside_the_root_and_names_with_spaces(checkpoint, tmp_path) -> None:
@@ -141,7 +144,7 @@ def test_manifest_images_outside_the_root_and_names_with_spaces(checkpoint, tmp_
     write_images(spaced, 2, seed=8, prefix="frame ")
     export_descriptors(checkpoint, spaced, tmp_path / "b.h5")  # fine without a pairs file
     with pytest.raises(TscmError, match="white space"):
-        export_descriptors(checkpoint, spaced, tmp_path / "b.h5", pairs=tmp_path / "b.txt")
+        export_descriptors(checkpoint, spaced, tmp_path / "b.h5", pairs=RetrievalPairs(tmp_path / "b.txt"))
 
 
 def test_pairs_are_exact_with_ties_to_the_lower_row() -> None:

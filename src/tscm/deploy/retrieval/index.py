@@ -45,6 +45,15 @@ def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+def _read_only(array: np.ndarray | None) -> np.ndarray | None:
+    """A view of `array` that callers cannot write through (None stays None)."""
+    if array is None:
+        return None
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 class _GrowingRows:
     """Rows appended batch by batch into a buffer with room to spare (its capacity doubles), so a map
     that grows by one entry per frame copies O(1) rows per add, not every row so far."""
@@ -141,9 +150,7 @@ class PlaceIndex:
     @property
     def ids(self) -> np.ndarray:
         """The image ids of the entries, in the order they were added (read-only view)."""
-        view = self._ids.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._ids)
 
     def entry(self, position: int) -> dict[str, Any]:
         """What the index knows of the entry at `position` (order of adding): id, xy, path, time."""
@@ -157,20 +164,12 @@ class PlaceIndex:
     @property
     def coordinates(self) -> np.ndarray | None:
         """Each entry's coordinates (N×2 metres, read-only view), if the map was given them."""
-        if self._xy is None:
-            return None
-        view = self._xy.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._xy)
 
     @property
     def times(self) -> np.ndarray | None:
         """Each entry's time (frame number or seconds, read-only view), if the map was given them."""
-        if self._times is None:
-            return None
-        view = self._times.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._times)
 
     @property
     def search_dim(self) -> int:

@@ -222,6 +222,7 @@ def test_augmented_distillation_with_teaching_images_resumes_exactly(city, tmp_p
         load_config("demo_student", ["augment.strength=1", "distill.teacher_outputs=cache"])
 
 
+@pytest.mark.slow
 def test_frozen_trunk_stages_keep_their_weights_and_the_rest_learns(city, tmp_path):
     overrides = tiny_overrides(city, tmp_path, "frozen", "train.epochs=1", "loss.preset=none",
                                "mining.descriptors=student", "train.frozen_trunk_stages=2")

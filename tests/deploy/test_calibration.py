@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.model_files import write_checkpoint
 
 from tscm.data.places import PlaceSet
 from tscm.deploy.retrieval.calibration import calibrate, index_scores, measure, pick_score
@@ -110,14 +109,8 @@ def test_by_default_precision_also_counts_each_query_with_its_place_cut_out():
     assert tp / (tp + fp) == pytest.approx(entry["precision"]) and tp / (tp + fp) >= 0.9
 
 
-@pytest.fixture(scope="module")
-def recognizer_parts(tmp_path_factory):
-    checkpoint = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", "student-tiny", seed=0)
-    return checkpoint
-
-
-def test_recognizer_accepts_and_gives_confidence_from_the_index_file(recognizer_parts, tmp_path):
-    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+def test_recognizer_accepts_and_gives_confidence_from_the_index_file(tiny_student, tmp_path):
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
     rng = np.random.default_rng(4)
     db = rng.normal(size=(50, recognizer.dim)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
@@ -138,8 +131,8 @@ def test_recognizer_accepts_and_gives_confidence_from_the_index_file(recognizer_
         assert place.confidence == pytest.approx(threshold / (threshold + place.distance))
 
 
-def test_query_sequence_resolves_a_route_single_frames_cannot(recognizer_parts, monkeypatch):
-    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+def test_query_sequence_resolves_a_route_single_frames_cannot(tiny_student, monkeypatch):
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
     rng = np.random.default_rng(5)
     patterns = rng.normal(size=(4, recognizer.dim)).astype(np.float32)
     labels = rng.integers(0, 4, size=60)
@@ -157,8 +150,8 @@ def test_query_sequence_resolves_a_route_single_frames_cannot(recognizer_parts, 
     assert sequence_hits == len(truth) - 8 and single_hits <= 5
 
 
-def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(recognizer_parts, monkeypatch):
-    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(tiny_student, monkeypatch):
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
     rng = np.random.default_rng(6)
     places = rng.normal(size=(30, recognizer.dim)).astype(np.float32)
     monkeypatch.setattr(recognizer, "describe_one", lambda image, **kw: np.asarray(image, dtype=np.float32)[None])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tscm.config import TrainConfig, check_device, check_seeds, load_config, parse_override, set_value
+from tscm.config import TrainConfig, load_config
+from tscm.config.loading import parse_override, set_value
+from tscm.config.option_checks import check_device, check_seeds
 from tscm.errors import TscmError
 
 

@@ -12,7 +12,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tscm.config import TrainConfig, load_config, parse_override, set_value, validate
+from tscm.config import TrainConfig, load_config
+from tscm.config.loading import parse_override, set_value
+from tscm.config.sections import validate
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import EvalResult, evaluate_descriptors

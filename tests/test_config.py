@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from tscm.cli import build_parser
-from tscm.config import TrainConfig, load_config, shipped_presets, train_config_from_dict
+from tscm.config import TrainConfig, load_config, train_config_from_dict
+from tscm.config.loading import shipped_presets
 from tscm.errors import TscmError
 from tscm.commands.training_options import overrides_from_args
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 
 from tscm import __version__
-from tscm.config import check_option_limits
+from tscm.config.option_checks import check_option_limits
 from tscm.errors import TscmError
 
 # Sub-command modules under tscm.commands, in the order `tscm --help` lists them.

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tscm import cli
 from tscm.bench.matching import MatchingRow, format_matching_row, synthetic_matching_data
-from tscm.models.checkpoint import read_metadata, save_checkpoint
+from tscm.models.checkpoint import read_metadata
 from tscm.deploy.retrieval.index import PlaceIndex, read_index_metadata
-from tscm.models import build_model
 
 
 def write_jpeg(path: Path, seed: int) -> Path:
@@ -25,16 +23,10 @@ def write_jpeg(path: Path, seed: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("ckpt")
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = build_model("student-tiny")
-        save_checkpoint(folder / f"student{seed}", model, model.config)
-        paths.append(folder / f"student{seed}")
-    return paths[0], paths[1]
+@pytest.fixture
+def checkpoints(tiny_student, tiny_student_other) -> tuple[Path, Path]:
+    """Two untrained student-tiny checkpoints with different weights (tests/conftest.py)."""
+    return tiny_student, tiny_student_other
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +127,7 @@ def test_plain_folder_has_no_coordinates_and_backend_params_apply(checkpoints, t
     assert place["id"] == 4 and place["east"] is None and place["north"] is None
 
 
+@pytest.mark.slow
 def test_cli_bad_input_errors(checkpoints, utm_folder, tmp_path, capsys) -> None:
     checkpoint, other = checkpoints
     (tmp_path / "empty").mkdir()
@@ -161,6 +154,7 @@ def test_cli_bad_input_errors(checkpoints, utm_folder, tmp_path, capsys) -> None
     assert code == 2 and "junk.idx" in err
 
 
+@pytest.mark.slow
 def test_bench_quick_numbers_are_consistent(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("TSCM_CACHE", str(tmp_path / "cache"))
     code, out, _ = tscm(capsys, "bench", "--quick", "--queries", 30, "--out", tmp_path / "bench")

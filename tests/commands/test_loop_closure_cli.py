@@ -203,6 +203,7 @@ def test_an_out_folder_that_is_an_input_is_refused_before_the_bag_is_read(setup,
     assert sorted(p.name for p in linked.iterdir()) == ["loop_closures.csv"]
 
 
+@pytest.mark.slow
 def test_the_csv_and_its_picture_are_written_together_or_not_at_all(setup, tmp_path, capsys, monkeypatch):
     """A full disk while the picture is written keeps the earlier run's CSV: never a new table beside an
     old picture."""

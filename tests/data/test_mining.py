@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tscm.bench.mining import eligible_negatives, mine_per_query_loop, structured_places
-from tscm.config import MiningSettings
+from tscm.config.sections import MiningSettings
 from tscm.data.mining import DescriptorCache, Miner
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError

@@ -35,6 +35,7 @@ def test_real_positives_stay_inside_the_section(nordland_root):
     assert [list(p) for p in ps.positives(0)][:3] == [[0], [1], [2]]
 
 
+@pytest.mark.slow
 def test_real_manifest_reads_like_the_folder(nordland_root, tmp_path):
     manifest = write_nordland_manifest(nordland_root, tmp_path / "nordland.csv")
     with open(manifest, newline="") as handle:

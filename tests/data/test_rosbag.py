@@ -14,10 +14,10 @@ from helpers.bag_files import FORMATS, BagContent, Frame, loop_route, distinct_i
 from helpers.model_files import write_checkpoint  # noqa: E402
 from tscm import cli  # noqa: E402
 from tscm.data.formats import BagSelection, load_placeset  # noqa: E402
-from tscm.data.formats.rosbag import (  # noqa: E402
-    bag_frame_path, is_bag_frame_path, iter_bag_images, local_metres, parse_bag_frame_path, read_bag_frame,
-    read_bag_traversal, stamp_text,
+from tscm.data.formats.bag_frames import (  # noqa: E402
+    bag_frame_path, is_bag_frame_path, parse_bag_frame_path, read_bag_frame, stamp_text,
 )
+from tscm.data.formats.rosbag import iter_bag_images, local_metres, read_bag_traversal  # noqa: E402
 from tscm.data.images import load_rgb  # noqa: E402
 from tscm.deploy.retrieval.index import PlaceIndex  # noqa: E402
 from tscm.errors import TscmError  # noqa: E402

@@ -162,7 +162,7 @@ def test_other_seed_gives_another_city(tiny_city: tuple[Path, float], tmp_path: 
     assert repeated == 0
 
 
-@pytest.mark.parametrize("preset", ["demo", "pitts30k-scale"])
+@pytest.mark.parametrize("preset", ["demo", pytest.param("pitts30k-scale", marks=pytest.mark.slow)])
 def test_splits_are_geographically_disjoint(preset: str) -> None:
     config = PRESETS[preset]
     plans = _plans(config, seed=0)

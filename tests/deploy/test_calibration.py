@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.model_files import write_checkpoint
 
 from tscm.data.places import PlaceSet
 from tscm.deploy.retrieval.calibration import calibrate, index_scores, measure, pick_score
@@ -46,7 +45,8 @@ def plain_precision_recall(distances, top1, positives, threshold):
 def test_calibrated_threshold_reaches_its_precision_in_the_index_space(backend, params):
     val, db, queries = route(200, seed=0, noise=0.5)
     index = PlaceIndex.build(db, backend=backend, **params)
-    entry = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none")
+    # matched queries only: precision over the split's own queries, as a plain loop computes it
+    entry = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none", unseen=False)
     assert entry["precision"] >= 0.9 and entry["space"] == index.space() and entry["sequence_length"] == 1
     assert entry["score"] == "distance" and entry["precision_bound"] == entry["precision"]
     # the stored distance is in the same space as index.search: check it with a plain loop there
@@ -64,7 +64,8 @@ def test_threshold_transfers_and_travels_through_the_index_file(tmp_path):
     val, val_db, val_queries = route(200, seed=1, noise=0.6)
     test, test_db, test_queries = route(200, seed=2, noise=0.6, split="test")
     index = PlaceIndex.build(test_db, backend="flat")  # the deployment map: the test route's database
-    entry = calibrate(index, val_db, val_queries, val, target_precision=0.9, score="distance", bound="none")
+    entry = calibrate(index, val_db, val_queries, val, target_precision=0.9, score="distance", bound="none",
+                      unseen=False)
     transfer = measure(index, test_db, test_queries, test)
     scores, top1 = index_scores(index, test_db, test_queries, test)
     precision, recall = plain_precision_recall(scores, top1, test.positives(1.0), entry["distance"])
@@ -88,14 +89,28 @@ def test_unreachable_precision_stores_nothing():
     assert index.thresholds == []
 
 
-@pytest.fixture(scope="module")
-def recognizer_parts(tmp_path_factory):
-    checkpoint = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", "student-tiny", seed=0)
-    return checkpoint
+def test_by_default_precision_also_counts_each_query_with_its_place_cut_out():
+    val, db, queries = route(200, seed=0, noise=0.5)
+    index = PlaceIndex.build(db, backend="flat")
+    plain = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none", unseen=False)
+    entry = calibrate(index, db, queries, val, target_precision=0.9, score="distance", bound="none")
+    assert entry["unseen"] is True and plain["unseen"] is False
+    assert entry["distance"] <= plain["distance"] and entry["recall"] <= plain["recall"]
+    # a plain loop: each query's twin is its nearest database frame more than ±1 + 5 frames from its matches
+    result = index.search(queries, len(db))
+    tp = fp = 0
+    for q, matches in enumerate(val.positives(1.0)):
+        top1, d = result.indices[q, 0], result.distances[q, 0]
+        if d <= entry["distance"]:
+            tp, fp = (tp + 1, fp) if top1 in set(matches.tolist()) else (tp, fp + 1)
+        if len(matches):
+            kept = [k for k, j in enumerate(result.indices[q]) if all(abs(j - m) > 5 for m in matches)]
+            fp += bool(kept) and result.distances[q, kept[0]] <= entry["distance"]
+    assert tp / (tp + fp) == pytest.approx(entry["precision"]) and tp / (tp + fp) >= 0.9
 
 
-def test_recognizer_accepts_and_gives_confidence_from_the_index_file(recognizer_parts, tmp_path):
-    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+def test_recognizer_accepts_and_gives_confidence_from_the_index_file(tiny_student, tmp_path):
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
     rng = np.random.default_rng(4)
     db = rng.normal(size=(50, recognizer.dim)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
@@ -116,8 +131,8 @@ def test_recognizer_accepts_and_gives_confidence_from_the_index_file(recognizer_
         assert place.confidence == pytest.approx(threshold / (threshold + place.distance))
 
 
-def test_query_sequence_resolves_a_route_single_frames_cannot(recognizer_parts, monkeypatch):
-    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+def test_query_sequence_resolves_a_route_single_frames_cannot(tiny_student, monkeypatch):
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
     rng = np.random.default_rng(5)
     patterns = rng.normal(size=(4, recognizer.dim)).astype(np.float32)
     labels = rng.integers(0, 4, size=60)
@@ -135,8 +150,8 @@ def test_query_sequence_resolves_a_route_single_frames_cannot(recognizer_parts, 
     assert sequence_hits == len(truth) - 8 and single_hits <= 5
 
 
-def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(recognizer_parts, monkeypatch):
-    recognizer = PlaceRecognizer.from_checkpoint(recognizer_parts, backend="flat")
+def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(tiny_student, monkeypatch):
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
     rng = np.random.default_rng(6)
     places = rng.normal(size=(30, recognizer.dim)).astype(np.float32)
     monkeypatch.setattr(recognizer, "describe_one", lambda image, **kw: np.asarray(image, dtype=np.float32)[None])

@@ -11,18 +11,13 @@ import torch
 from PIL import Image
 
 from tscm import cli
-from tscm.deploy.retrieval.descriptor_export import export_descriptors, read_hloc_h5, require_h5py, retrieval_pairs
+from tscm.deploy.retrieval.descriptor_export import (ExtractionOptions, RetrievalPairs, export_descriptors, read_hloc_h5,
+                                                     require_h5py, retrieval_pairs)
 from tscm.errors import TscmError
 from tscm.models.checkpoint import load_checkpoint
 
-from helpers.model_files import write_checkpoint
 
 h5py = pytest.importorskip("h5py")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", "student-tiny", seed=0)
 
 
 def write_images(folder: Path, count: int, seed: int, prefix: str = "f") -> list[Path]:
@@ -59,21 +54,22 @@ def brute_force(queries: np.ndarray, database: np.ndarray, k: int, allowed) -> l
     return result
 
 
-def test_sequence_export_reads_back_like_hloc(checkpoint, tmp_path) -> None:
+def test_sequence_export_reads_back_like_hloc(tiny_student, tmp_path) -> None:
     root = tmp_path / "seq"
     paths = write_images(root / "cam0", 6, seed=1) + write_images(root / "cam1", 5, seed=2)  # sorted: cam0, then cam1
     out = tmp_path / "out" / "global-feats.h5"
     pairs = tmp_path / "out" / "pairs.txt"
-    done = export_descriptors(checkpoint, root, out, pairs=pairs, k=3, batch_size=4)
+    done = export_descriptors(tiny_student, root, out, pairs=RetrievalPairs(pairs, k=3),
+                              extraction=ExtractionOptions(batch_size=4))
     names = [p.relative_to(root).as_posix() for p in paths]
-    expected = reference(checkpoint, paths)
+    expected = reference(tiny_student, paths)
 
     stored = read_hloc_h5(out)
     assert sorted(stored) == sorted(names)  # hloc's list_h5_names: every dataset's parent group
     with h5py.File(out, "r") as handle:  # hloc's pairs_from_retrieval: hfile[name]["global_descriptor"]
         got = np.stack([handle[name]["global_descriptor"].__array__() for name in names])
         assert handle["cam0/f000.png"]["image_size"][()].tolist() == [50, 36]
-        assert handle.attrs["model_fingerprint"] == load_checkpoint(checkpoint)[1]["fingerprint"]
+        assert handle.attrs["model_fingerprint"] == load_checkpoint(tiny_student)[1]["fingerprint"]
         assert handle.attrs["tscm_format"] == "tscm-global-descriptors" and handle.attrs["descriptor_dim"] == 256
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert got.dtype == np.float32
@@ -90,12 +86,12 @@ def test_sequence_export_reads_back_like_hloc(checkpoint, tmp_path) -> None:
     assert done.num_pairs == 33
 
 
-def test_loop_closure_pairs_leave_out_recent_frames(checkpoint, tmp_path) -> None:
+def test_loop_closure_pairs_leave_out_recent_frames(tiny_student, tmp_path) -> None:
     root = tmp_path / "seq"
     write_images(root, 9, seed=3)
     out = tmp_path / "feats.h5"
     pairs = tmp_path / "loops.txt"
-    export_descriptors(checkpoint, root, out, pairs=pairs, k=2, exclude_recent=3)
+    export_descriptors(tiny_student, root, out, pairs=RetrievalPairs(pairs, k=2, exclude_recent=3))
     names = (tmp_path / "feats.database.txt").read_text().splitlines()
     array = np.load(tmp_path / "feats.database.npy")
     nearest = brute_force(array, array, 2, lambda i, j: j < i - 3)
@@ -104,28 +100,29 @@ def test_loop_closure_pairs_leave_out_recent_frames(checkpoint, tmp_path) -> Non
     assert all(names.index(db) < names.index(q) - 3 for q, db in expected) and len(expected) == 2 * 4 + 1  # frames 4..8
 
 
-def test_separate_queries_share_one_root(checkpoint, tmp_path) -> None:
+def test_separate_queries_share_one_root(tiny_student, tmp_path) -> None:
     data = tmp_path / "data"
     db_paths = write_images(data / "db", 5, seed=4)
     q_paths = write_images(data / "query", 3, seed=5, prefix="q")
     out = tmp_path / "feats.h5"
     pairs = tmp_path / "pairs.txt"
-    done = export_descriptors(checkpoint, data / "db", out, queries=data / "query", pairs=pairs, k=2)
+    done = export_descriptors(tiny_student, data / "db", out, queries=data / "query", pairs=RetrievalPairs(pairs, k=2))
     assert done.root == data and not done.same_sequence
     stored = read_hloc_h5(out)
     assert sorted(stored) == [f"db/f{i:03d}.png" for i in range(5)] + [f"query/q{i:03d}.png" for i in range(3)]
     queries = np.load(tmp_path / "feats.queries.npy")
     database = np.load(tmp_path / "feats.database.npy")
-    np.testing.assert_allclose(queries, reference(checkpoint, q_paths), atol=1e-5)
-    np.testing.assert_allclose(database, reference(checkpoint, db_paths), atol=1e-5)
+    np.testing.assert_allclose(queries, reference(tiny_student, q_paths), atol=1e-5)
+    np.testing.assert_allclose(database, reference(tiny_student, db_paths), atol=1e-5)
     assert (tmp_path / "feats.queries.txt").read_text().splitlines() == [f"query/q{i:03d}.png" for i in range(3)]
     nearest = brute_force(queries, database, 2, lambda i, j: True)
     assert hloc_pairs(pairs) == [(f"query/q{i:03d}.png", f"db/f{j:03d}.png") for i in range(3) for j in nearest[i]]
     with pytest.raises(TscmError, match="same ordered sequence"):
-        export_descriptors(checkpoint, data / "db", out, queries=data / "query", pairs=pairs, exclude_recent=1)
+        export_descriptors(tiny_student, data / "db", out, queries=data / "query",
+                           pairs=RetrievalPairs(pairs, exclude_recent=1))
 
 
-def test_manifest_images_outside_the_root_and_names_with_spaces(checkpoint, tmp_path) -> None:
+def test_manifest_images_outside_the_root_and_names_with_spaces(tiny_student, tmp_path) -> None:
     outside = write_images(tmp_path / "elsewhere", 2, seed=6)
     folder = tmp_path / "set"
     inside = write_images(folder / "db", 2, seed=7)
@@ -133,15 +130,15 @@ def test_manifest_images_outside_the_root_and_names_with_spaces(checkpoint, tmp_
     rows = [f"{inside[0].relative_to(folder)},0,0,database", f"{outside[0]},5,0,database", f"{inside[1].relative_to(folder)},0,1,query"]
     manifest.write_text("path,east,north,role\n" + "\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(TscmError, match="lies outside the image root .*--root"):
-        export_descriptors(checkpoint, manifest, tmp_path / "a.h5")
-    done = export_descriptors(checkpoint, manifest, tmp_path / "a.h5", root=tmp_path)
+        export_descriptors(tiny_student, manifest, tmp_path / "a.h5")
+    done = export_descriptors(tiny_student, manifest, tmp_path / "a.h5", root=tmp_path)
     assert sorted(read_hloc_h5(tmp_path / "a.h5")) == ["elsewhere/f000.png", "set/db/f000.png"]
     assert done.num_db == 2
     spaced = tmp_path / "spaced"
     write_images(spaced, 2, seed=8, prefix="frame ")
-    export_descriptors(checkpoint, spaced, tmp_path / "b.h5")  # fine without a pairs file
+    export_descriptors(tiny_student, spaced, tmp_path / "b.h5")  # fine without a pairs file
     with pytest.raises(TscmError, match="white space"):
-        export_descriptors(checkpoint, spaced, tmp_path / "b.h5", pairs=tmp_path / "b.txt")
+        export_descriptors(tiny_student, spaced, tmp_path / "b.h5", pairs=RetrievalPairs(tmp_path / "b.txt"))
 
 
 def test_pairs_are_exact_with_ties_to_the_lower_row() -> None:
@@ -168,19 +165,19 @@ def test_missing_h5py_says_how_to_install(monkeypatch) -> None:
         require_h5py()
 
 
-def test_command(checkpoint, tmp_path, capsys) -> None:
+def test_command(tiny_student, tmp_path, capsys) -> None:
     root = tmp_path / "seq"
     write_images(root, 4, seed=9)
     out = tmp_path / "feats.h5"
-    assert cli.main(["export-descriptors", "--checkpoint", str(checkpoint), "--images", str(root), "--out", str(out),
+    assert cli.main(["export-descriptors", "--checkpoint", str(tiny_student), "--images", str(root), "--out", str(out),
                      "--pairs", str(tmp_path / "pairs.txt"), "-k", "2", "--exclude-recent", "0"]) == 0
     printed = capsys.readouterr().out
     assert "4 images, 256-d global_descriptor" in printed and "5 pairs" in printed
     assert len(hloc_pairs(tmp_path / "pairs.txt")) == 5  # frame 1: one older frame, frames 2 and 3: two each
-    assert cli.main(["export-descriptors", "--checkpoint", str(checkpoint), "--images", str(tmp_path / "none"),
+    assert cli.main(["export-descriptors", "--checkpoint", str(tiny_student), "--images", str(tmp_path / "none"),
                      "--out", str(out)]) == 2
     assert "no such folder" in capsys.readouterr().err
-    assert cli.main(["export-descriptors", "--checkpoint", str(checkpoint), "--images", str(root), "--out", str(out),
+    assert cli.main(["export-descriptors", "--checkpoint", str(tiny_student), "--images", str(root), "--out", str(out),
                      "--exclude-recent", "2"]) == 2
     assert "give --pairs" in capsys.readouterr().err
 

@@ -17,19 +17,8 @@ from tscm.deploy.packaging import hub
 from tscm.errors import TscmError
 from tscm.models.checkpoint import load_checkpoint
 
-from helpers.model_files import write_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", "student-tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "teacher", "teacher-tiny", seed=0)
 
 
 @pytest.fixture()
@@ -51,12 +40,12 @@ def images(folder: Path, count: int = 3) -> list[Path]:
     return paths
 
 
-def test_torch_hub_load_local_student(student, tmp_path) -> None:
-    model = torch.hub.load(str(REPOSITORY), "tscm_student", source="local", checkpoint=str(student))
+def test_torch_hub_load_local_student(tiny_student, tmp_path) -> None:
+    model = torch.hub.load(str(REPOSITORY), "tscm_student", source="local", checkpoint=str(tiny_student))
     assert not model.training
     assert model.role == "student" and model.descriptor_dim == 256
     paths = images(tmp_path / "images")
-    reference, meta = load_checkpoint(student)
+    reference, meta = load_checkpoint(tiny_student)
     assert model.fingerprint == meta["fingerprint"]
     batch = torch.stack([model.transform(p) for p in paths])
     assert batch.shape == (3, 3, *meta["image_size"])
@@ -74,12 +63,12 @@ def test_torch_hub_load_local_student(student, tmp_path) -> None:
         np.testing.assert_allclose(model(batch).numpy(), expected, atol=1e-6)
 
 
-def test_torch_hub_role_must_match(student, teacher) -> None:
+def test_torch_hub_role_must_match(tiny_student, tiny_teacher) -> None:
     with pytest.raises(TscmError, match="holds a teacher model, expected a student"):
-        torch.hub.load(str(REPOSITORY), "tscm_student", source="local", checkpoint=str(teacher))
+        torch.hub.load(str(REPOSITORY), "tscm_student", source="local", checkpoint=str(tiny_teacher))
     with pytest.raises(TscmError, match="holds a student model, expected a teacher"):
-        torch.hub.load(str(REPOSITORY), "tscm_teacher", source="local", checkpoint=str(student))
-    model = torch.hub.load(str(REPOSITORY), "tscm_teacher", source="local", checkpoint=str(teacher))
+        torch.hub.load(str(REPOSITORY), "tscm_teacher", source="local", checkpoint=str(tiny_student))
+    model = torch.hub.load(str(REPOSITORY), "tscm_teacher", source="local", checkpoint=str(tiny_teacher))
     assert model.role == "teacher" and not model.training
 
 
@@ -97,19 +86,19 @@ def test_hubconf_lists_entry_points_and_dependencies(tmp_path) -> None:
     assert all(importlib.util.find_spec(name) is not None for name in module.dependencies)
 
 
-def test_bad_sources_are_named(student, tmp_path) -> None:
+def test_bad_sources_are_named(tiny_student, tmp_path) -> None:
     with pytest.raises(TscmError, match="pass checkpoint=PATH"):
         hub.load_model(None, "student")
     with pytest.raises(TscmError, match="no such checkpoint folder; for a Hugging Face model repository write hf://"):
         hub.load_model("someone/tscm-student", "student")
     with pytest.raises(TscmError, match="is a file"):
-        hub.load_model(student / "meta.json", "student")
+        hub.load_model(tiny_student / "meta.json", "student")
     with pytest.raises(TscmError, match="SHA-256 is"):
-        hub.load_model(student, "student", sha256="0" * 64)
+        hub.load_model(tiny_student, "student", sha256="0" * 64)
     with pytest.raises(TscmError, match="expected a SHA-256"):
-        hub.load_model(student, "student", sha256="abc")
-    digest = hub.file_sha256(student / "model.safetensors")
-    assert hub.load_model(student, "student", sha256=f"sha256:{digest.upper()}").role == "student"
+        hub.load_model(tiny_student, "student", sha256="abc")
+    digest = hub.file_sha256(tiny_student / "model.safetensors")
+    assert hub.load_model(tiny_student, "student", sha256=f"sha256:{digest.upper()}").role == "student"
 
 
 def test_hub_ids_and_urls() -> None:
@@ -127,12 +116,12 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture()
-def served_card(student, tmp_path):
+def served_card(tiny_student, tmp_path):
     """A `tscm card` folder served over HTTP on the loopback interface."""
     from tscm.deploy.packaging.model_card import write_model_card
 
     card = tmp_path / "site" / "published"
-    write_model_card(student, card, timing=False)
+    write_model_card(tiny_student, card, timing=False)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(tmp_path / "site")))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -143,10 +132,10 @@ def served_card(student, tmp_path):
         server.server_close()
 
 
-def test_remote_folder_checked_against_card_and_cached(served_card, hub_dir, student) -> None:
+def test_remote_folder_checked_against_card_and_cached(served_card, hub_dir, tiny_student) -> None:
     url, card, server = served_card
     model = torch.hub.load(str(REPOSITORY), "tscm_student", source="local", checkpoint=url, progress=False)
-    assert model.fingerprint == load_checkpoint(student)[1]["fingerprint"]
+    assert model.fingerprint == load_checkpoint(tiny_student)[1]["fingerprint"]
     cached = hub.cache_folder(hub.folder_url(url))
     assert cached.parent.parent == hub_dir
     assert (cached / "model.safetensors").read_bytes() == (card / "model.safetensors").read_bytes()
@@ -173,7 +162,8 @@ def test_offline_download_says_what_to_do(hub_dir) -> None:
         hub.load_model(url, "student", sha256="2" * 64, progress=False)
 
 
-def test_hubconf_uses_its_own_checkout(student, tmp_path) -> None:
+@pytest.mark.slow
+def test_hubconf_uses_its_own_checkout(tiny_student, tmp_path) -> None:
     """torch.hub downloads a repository without installing it: hubconf.py imports the checkout's src/tscm."""
     import shutil
     import subprocess
@@ -185,7 +175,7 @@ def test_hubconf_uses_its_own_checkout(student, tmp_path) -> None:
     shutil.copy(REPOSITORY / "hubconf.py", checkout / "hubconf.py")
     script = ("import torch, sys; m = torch.hub.load(sys.argv[1], 'tscm_student', source='local', checkpoint=sys.argv[2]); "
               "import tscm; print(tscm.__file__); print(m.descriptor_dim)")
-    done = subprocess.run([sys.executable, "-c", script, str(checkout), str(student)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", script, str(checkout), str(tiny_student)], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     where, dim = done.stdout.split()

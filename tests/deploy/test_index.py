@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-import tscm.deploy.retrieval.index as index_module
 import tscm.deploy.retrieval.index_file as index_file_module
+import tscm.deploy.retrieval.index_search as index_search
 from tscm.errors import TscmError
 from tscm.deploy.retrieval.index import PlaceIndex, read_index_metadata, recommended_config
 
@@ -316,7 +316,7 @@ def test_single_query_returns_exactly_what_the_batch_returns(tied_data, name):
             np.testing.assert_array_equal(alone.indices[0], batched.indices[row])
             np.testing.assert_array_equal(alone.distances[0], batched.distances[row])  # bitwise, not close
         # Other batch sizes, below and above the one-thread limit, give the same rows too.
-        for size in (2, index_module.SINGLE_THREAD_BELOW, 25):
+        for size in (2, index_search.SINGLE_THREAD_BELOW, 25):
             part = index.search(queries[:size], k)
             np.testing.assert_array_equal(part.indices, batched.indices[:size])
             np.testing.assert_array_equal(part.distances, batched.distances[:size])

@@ -51,6 +51,7 @@ def run(tmp_path) -> tuple[Path, Path]:
     return checkpoint, write_run(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_card_folder_is_a_checkpoint_with_front_matter(run, tmp_path) -> None:
     checkpoint, results = run
     out = tmp_path / "card"

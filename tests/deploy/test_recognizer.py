@@ -13,7 +13,6 @@ from tscm.errors import TscmError
 from tscm.deploy.retrieval.index import PlaceIndex
 from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 
-from helpers.model_files import write_checkpoint
 
 
 def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -28,16 +27,6 @@ def write_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
         Image.fromarray(pixels).save(path, quality=95)
         paths.append(path)
     return paths
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "student", "student-tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def other_checkpoint(tmp_path_factory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "other", "student-tiny", seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +55,14 @@ def unit_rows(count: int, dim: int, seed: int) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def test_streaming_add_and_query_match_brute_force(checkpoint, images) -> None:
-    recognizer = PlaceRecognizer.from_checkpoint(checkpoint, batch_size=2)
+def test_streaming_add_and_query_match_brute_force(tiny_student, images) -> None:
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, batch_size=2)
     xy = np.arange(len(images) * 2, dtype=np.float64).reshape(-1, 2) * 10.0
     recognizer.add(images[:3], xy=xy[:3])
     recognizer.add(images[3:6], xy=xy[3:6])  # a second add continues the ids: 3, 4, 5
     assert recognizer.count == 6
-    database = reference_descriptors(checkpoint, images[:6])
-    query = reference_descriptors(checkpoint, images[6:7])
+    database = reference_descriptors(tiny_student, images[:6])
+    query = reference_descriptors(tiny_student, images[6:7])
     distances = squared_distances(query, database)[0]
     order = np.argsort(distances, kind="stable")
     places = recognizer.query(images[6], k=4)
@@ -88,8 +77,8 @@ def test_streaming_add_and_query_match_brute_force(checkpoint, images) -> None:
     assert len(own) == 6 and own[0].id == 2 and own[0].distance < 1e-6
 
 
-def test_pil_images_and_arrays_give_the_same_places_as_paths(checkpoint, images) -> None:
-    recognizer = PlaceRecognizer.from_checkpoint(checkpoint)
+def test_pil_images_and_arrays_give_the_same_places_as_paths(tiny_student, images) -> None:
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student)
     recognizer.add(images[:5])
     by_path = recognizer.query(images[6], k=3)
     with Image.open(images[6]) as image:
@@ -103,8 +92,8 @@ def test_pil_images_and_arrays_give_the_same_places_as_paths(checkpoint, images)
     assert recognizer.query(pil, k=1)[0].id == 100 and recognizer.query(pil, k=1)[0].path is None
 
 
-def test_save_load_round_trip_keeps_results_and_numbering(checkpoint, images, tmp_path) -> None:
-    recognizer = PlaceRecognizer.from_checkpoint(checkpoint)
+def test_save_load_round_trip_keeps_results_and_numbering(tiny_student, images, tmp_path) -> None:
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student)
     recognizer.add(images[:5], xy=np.ones((5, 2)) * np.arange(5)[:, None], ids=[10, 11, 12, 13, 14])
     before = recognizer.query(images[6], k=5)
     recognizer.save(tmp_path / "map.idx")
@@ -117,18 +106,18 @@ def test_save_load_round_trip_keeps_results_and_numbering(checkpoint, images, tm
         loaded.rebuild()
 
 
-def test_another_models_checkpoint_is_refused(checkpoint, other_checkpoint, images, tmp_path) -> None:
-    recognizer = PlaceRecognizer.from_checkpoint(checkpoint)
+def test_another_models_checkpoint_is_refused(tiny_student, tiny_student_other, images, tmp_path) -> None:
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student)
     recognizer.add(images[:2])
     recognizer.save(tmp_path / "map.idx")
     with pytest.raises(TscmError, match="fingerprint"):
-        PlaceRecognizer.load(tmp_path / "map.idx", other_checkpoint)
+        PlaceRecognizer.load(tmp_path / "map.idx", tiny_student_other)
     with pytest.raises(TscmError, match="fingerprint"):
-        PlaceRecognizer.from_checkpoint(other_checkpoint, index=recognizer.index)
+        PlaceRecognizer.from_checkpoint(tiny_student_other, index=recognizer.index)
 
 
-def test_bad_input_errors(checkpoint, images, tmp_path) -> None:
-    recognizer = PlaceRecognizer.from_checkpoint(checkpoint)
+def test_bad_input_errors(tiny_student, images, tmp_path) -> None:
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student)
     with pytest.raises(TscmError, match="empty"):
         recognizer.query(images[0])
     with pytest.raises(TscmError, match="empty"):
@@ -184,6 +173,7 @@ def test_training_backend_waits_for_enough_descriptors_then_matches_a_direct_bui
     assert [[p.id for p in row] for row in recognizer.search(queries, k=3)] == retrained.ids.tolist()
 
 
+@pytest.mark.slow
 def test_auto_backend_follows_the_recommendation_as_the_map_grows() -> None:
     from tscm.deploy.retrieval.index import recommended_config
 

@@ -15,7 +15,7 @@ def test_each_row_is_the_val_threshold_measured_on_test(tmp_path):
     val = aliased_route(400, seed=0)
     test = aliased_route(400, seed=1, split="test")
     entries = decision_transfers(val, test, None, lengths=(1, 3), target_precision=0.9)
-    assert len(entries) == 2 * len(SCORE_NAMES) * 2
+    assert len(entries) == 2 * len(SCORE_NAMES) * 3  # lengths × scores × calibrations
     assert all(e["reached"] for e in entries if e["score"] == "ratio")
     for e in (e for e in entries if e["reached"]):
         decisions = split_decisions(test[0], test[1], test[2], sequence_length=e["sequence_length"])
@@ -48,7 +48,7 @@ def test_consistency_entries_filter_the_test_acceptances():
     val = aliased_route(300, seed=4)
     test = aliased_route(300, seed=5, split="test")
     entries = decision_transfers(val, test, None, lengths=(3,), target_precision=0.9, scores=("ratio",),
-                                 bounds=("none",), consistency=(2, 4))
+                                 calibrations=(("none", False),), consistency=(2, 4))
     plain, *filtered = entries
     decisions = split_decisions(*test, sequence_length=3)
     passed = decisions.scores.scores["ratio"] <= plain["threshold"]
@@ -67,6 +67,6 @@ def test_the_raw_distance_transfer_counts_accepted_queries():
     plain = threshold_transfer(val, test, None, target_precision=0.9, sequence_length=3)
     assert plain["reached"]
     entry = next(e for e in decision_transfers(val, test, None, lengths=(3,), target_precision=0.9, scores=["distance"],
-                                               bounds=["none"]))
+                                               calibrations=[("none", False)]))
     assert isinstance(plain["test_accepted"], int) and plain["test_accepted"] == entry["test_accepted"]
     assert plain["test_false_positives"] == entry["test_false_positives"]

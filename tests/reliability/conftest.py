@@ -1,5 +1,6 @@
-"""Fixtures of the reliability suite: one tiny city, tiny checkpoints, a small data set and index,
-two short training runs; all made once per session and copied by the tests that damage them."""
+"""Fixtures of the reliability suite: tiny checkpoints, a small data set and index, two short training runs
+(the tiny city and the checkpoints themselves come from tests/conftest.py); all made once per session and
+copied by the tests that damage them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 
 from tscm import cli
 
-from helpers.model_files import write_checkpoint
 from helpers.placeset_files import write_pittsburgh
 from reliability.support import training_args
 
@@ -21,14 +21,6 @@ def marker(tmp_path) -> Path:
     path = tmp_path / "PAYLOAD-RAN"
     yield path
     assert not path.exists(), "a pickle payload was executed"
-
-
-@pytest.fixture(scope="session")
-def city(tmp_path_factory) -> Path:
-    """The tiny synthetic city (48 database images and 24 queries per split, 64 px)."""
-    from tscm.data.synthetic.city import ensure_synthetic_city
-
-    return ensure_synthetic_city("tiny", seed=0, cache_dir=tmp_path_factory.mktemp("city"), progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -50,14 +42,9 @@ def small(small_root, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """Untrained tiny checkpoints: two students with different weights and a teacher."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    return {
-        "student": write_checkpoint(folder / "student", "student-tiny", 0),
-        "student_other": write_checkpoint(folder / "student_other", "student-tiny", 1),
-        "teacher": write_checkpoint(folder / "teacher", "teacher-tiny", 0),
-    }
+def checkpoints(tiny_student, tiny_student_other, tiny_teacher) -> dict[str, Path]:
+    """Untrained tiny checkpoints (tests/conftest.py): two students with different weights and a teacher."""
+    return {"student": tiny_student, "student_other": tiny_student_other, "teacher": tiny_teacher}
 
 
 @pytest.fixture

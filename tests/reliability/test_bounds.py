@@ -50,7 +50,12 @@ YAML_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case, text, named", YAML_CASES, ids=[c[0] for c in YAML_CASES])
+SLOW_YAML_CASES = {"alias-bomb"}  # read by a memory-bounded child process: seconds
+
+
+@pytest.mark.parametrize("case, text, named", [
+    pytest.param(*case, id=case[0], marks=pytest.mark.slow if case[0] in SLOW_YAML_CASES else ()) for case in YAML_CASES
+])
 def test_a_settings_file_that_expands_repeats_or_nests_is_refused(case, text, named, tmp_path, capsys):
     config = tmp_path / "settings.yaml"
     config.write_text(text, encoding="utf-8")
@@ -88,7 +93,9 @@ def test_a_huge_settings_file_is_not_read(tmp_path, capsys):
 
 def test_a_plain_settings_file_still_works(tmp_path):
     """The strict loader reads what tscm writes and ships: every preset, and a run's resolved config."""
-    from tscm.config import load_config, load_yaml, shipped_presets
+    from tscm.config import load_config
+    from tscm.config.loading import shipped_presets
+    from tscm.config.yaml_text import load_yaml
 
     for preset in shipped_presets():
         config = load_config(preset)
@@ -191,6 +198,7 @@ def deep_pickle(depth: int = 200_000) -> bytes:
     return array[:start] + b"](K\x00" + deep + b"K\x01]K\x01ae" + array[marker + len(b"(NNNNe"):]
 
 
+@pytest.mark.slow
 def test_a_ground_truth_of_shared_references_is_refused_in_bounded_memory(tmp_path):
     root = vpr_bench(tmp_path / "vpr", rows=shared_reference_rows())
     assert os.path.getsize(root / "ground_truth_new.npy") < 2000

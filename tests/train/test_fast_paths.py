@@ -13,21 +13,15 @@ from PIL import Image
 from tscm.config import load_config
 from tscm.data.formats import load_placeset
 from tscm.data.images import DecodedImages, eval_transform, load_rgb
-from tscm.data.synthetic.city import ensure_synthetic_city
 from tscm.data.tuples import flat_image_paths
 from tscm.evaluation.extract import InputSpec, extract_descriptors
 from tscm.models import build_model
 from tscm.train.caches import TrainingCaches, describe_decoded
 from tscm.train.runtime import start_runtime, stop_runtime
-from tscm.train.trainer import build_optimizer, match_state_layout, to_fast_layout
+from tscm.train.optim import build_optimizer, match_state_layout, to_fast_layout
 from tscm.train.training_state import load_training_state, save_training_state
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@pytest.fixture(scope="module")
-def city(tmp_path_factory) -> Path:
-    return ensure_synthetic_city("tiny", seed=0, cache_dir=tmp_path_factory.mktemp("city"), progress=False)
 
 
 def _images(folder: Path, sizes) -> list[Path]:

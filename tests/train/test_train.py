@@ -12,14 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers.model_files import write_checkpoint
 from tscm import cli
-from tscm.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from tscm.models.checkpoint import load_checkpoint, read_metadata
 from tscm.config import load_config
-from tscm.data.synthetic.city import ensure_synthetic_city
 from tscm.errors import TscmError
 from tscm.models import build_model
 from tscm.train import runs as session
 from tscm.train.runs import distill, resume_run, train_teacher
+from tscm.train.runtime import seed_everything
 
 TINY = [
     "train.max_queries_per_epoch=8",
@@ -38,11 +39,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def city(tmp_path_factory) -> Path:
-    return ensure_synthetic_city("tiny", seed=0, cache_dir=tmp_path_factory.mktemp("city"), progress=False)
-
-
 def tiny_overrides(city: Path, out: Path, name: str, *extra: str) -> list[str]:
     return [f"data.path={city}", f"run.output_dir={out}", f"run.name={name}", *TINY, *extra]
 
@@ -59,11 +55,7 @@ def steps_csv(run_dir: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def teacher_checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny teacher: distillation mechanics need a frozen teacher, not a good one."""
-    torch.manual_seed(7)
-    teacher = build_model("teacher-tiny")
-    path = tmp_path_factory.mktemp("teacher") / "teacher"
-    save_checkpoint(path, teacher, teacher.config)
-    return path
+    return write_checkpoint(tmp_path_factory.mktemp("teacher") / "teacher", "teacher-tiny", seed=7)
 
 
 def test_killed_run_resumes_to_the_same_weights(city, tmp_path):
@@ -107,6 +99,7 @@ def test_resume_refuses_settings_that_change_the_run(city, tmp_path):
         resume_run(tmp_path, [])
 
 
+@pytest.mark.slow
 def test_teacher_descriptors_from_the_cache_equal_running_the_teacher(city, tmp_path, teacher_checkpoint, capsys):
     results = {}
     for name, extra in (
@@ -143,6 +136,7 @@ def test_student_baseline_needs_no_teacher(city, tmp_path):
         distill(load_config("demo_student", tiny_overrides(city, tmp_path, "needs", "train.epochs=1")))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_after_keeping_the_last_good_state(city, tmp_path, monkeypatch):
     real_build = session.build_loss_for
 
@@ -172,6 +166,7 @@ def test_non_finite_loss_stops_after_keeping_the_last_good_state(city, tmp_path,
     assert all(torch.isfinite(t).all() for t in weights(tmp_path / "nan" / "last").values())
 
 
+@pytest.mark.slow
 def test_early_stopping_on_validation_recall(city, tmp_path):
     # lr so small nothing changes: validation R@1 never improves after epoch 1
     overrides = tiny_overrides(
@@ -190,7 +185,7 @@ def test_early_stopping_on_validation_recall(city, tmp_path):
 
 
 def test_teaching_keys_cover_every_image_each_pass_and_the_schedule():
-    from tscm.train.trainer import distillation_factor, teaching_keys
+    from tscm.train.schedule import distillation_factor, teaching_keys
 
     count, per_step = 10, 4
     drawn = np.concatenate([teaching_keys(3, count, per_step, step) for step in range(5)])  # two passes
@@ -205,6 +200,7 @@ def test_teaching_keys_cover_every_image_each_pass_and_the_schedule():
     assert {distillation_factor(step, 0, 1.0, 14) for step in range(14)} == {1.0}
 
 
+@pytest.mark.slow
 def test_augmented_distillation_with_teaching_images_resumes_exactly(city, tmp_path, teacher_checkpoint):
     extra = ("loss.preset=listwise+regression", "augment.strength=1", "distill.teach_images=5",
              "distill.warmup_steps=2", "mining.descriptors=student", "train.batch_size=2",
@@ -224,3 +220,22 @@ def test_augmented_distillation_with_teaching_images_resumes_exactly(city, tmp_p
     # Augmentation on: the teacher cannot come from the cache of unaugmented images.
     with pytest.raises(TscmError, match="teacher_outputs=per_batch"):
         load_config("demo_student", ["augment.strength=1", "distill.teacher_outputs=cache"])
+
+
+@pytest.mark.slow
+def test_frozen_trunk_stages_keep_their_weights_and_the_rest_learns(city, tmp_path):
+    overrides = tiny_overrides(city, tmp_path, "frozen", "train.epochs=1", "loss.preset=none",
+                               "mining.descriptors=student", "train.frozen_trunk_stages=2")
+    config = load_config("demo_student", overrides)
+    seed_everything(config.train.seed)
+    initial = build_model(config.model.preset)  # the run builds its model from the same seed
+    result = distill(config)
+    trained, _ = load_checkpoint(result.last_checkpoint)
+    before, after = initial.cnn.stages(), trained.cnn.stages()
+    for index, (old, new) in enumerate(zip(before, after)):
+        same = all(torch.equal(a, b) for a, b in zip(old.parameters(), new.parameters()))
+        assert same == (index <= 2), f"stage {index} (0 = stem): unchanged={same}"
+    with pytest.raises(TscmError, match="frozen_trunk_stages: expected 0..3"):
+        distill(load_config("demo_student", tiny_overrides(city, tmp_path, "too-many", "train.epochs=1",
+                                                           "loss.preset=none", "mining.descriptors=student",
+                                                           "train.frozen_trunk_stages=4")))

@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from tscm.config import MiningSettings
+from tscm.config.sections import MiningSettings
 from tscm.data.mining import DescriptorCache, MinedTuple, Miner
 from tscm.data.places import PlaceSet
 

@@ -36,7 +36,7 @@ from tscm.bench.mining import benchmark_mining, format_mining
 from tscm.bench.training import bench_training
 from tscm.data.formats import load_placeset
 from tscm.data.synthetic import resolve_path_or_synthetic
-from tscm.config import check_seed
+from tscm.config.option_checks import check_seed
 from tscm.errors import TscmError, excerpt
 from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.fileio import atomic_group, check_output_folder, write_json_atomic, write_text_atomic

@@ -23,7 +23,7 @@ from tscm.config import load_config
 from tscm.losses import TupleDescriptors, build_preset
 from tscm.models.presets import build_model, get_preset, model_role, multiply_adds_per_image
 from tscm.threads import limit_threads
-from tscm.train.trainer import build_optimizer, to_fast_layout
+from tscm.train.optim import build_optimizer, to_fast_layout
 
 DEFAULT_PRESETS = ("teacher-tiny", "student-tiny")
 

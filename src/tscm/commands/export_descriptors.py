@@ -41,12 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.deploy.retrieval.descriptor_export import export_descriptors
+    from tscm.deploy.retrieval.descriptor_export import ExtractionOptions, RetrievalPairs, export_descriptors
 
-    done = export_descriptors(args.checkpoint, args.images, args.out, queries=args.queries, pairs=args.pairs, k=args.k,
-                              exclude_recent=args.exclude_recent, root=args.root, runtime=args.runtime,
-                              batch_size=args.batch_size, threads=args.threads, on_bad_image=args.on_bad_image,
-                              split=args.split)
+    pairs = RetrievalPairs(args.pairs, args.k, args.exclude_recent)
+    extraction = ExtractionOptions(args.runtime, args.batch_size, args.threads, args.on_bad_image)
+    done = export_descriptors(args.checkpoint, args.images, args.out, queries=args.queries, split=args.split,
+                              root=args.root, pairs=pairs, extraction=extraction)
     sets = f"{done.num_db} images" if done.same_sequence else f"{done.num_db} database + {done.num_queries} query images"
     print(f"wrote {done.h5}: {sets}, {done.dim}-d global_descriptor per image, names relative to {done.root}")
     print("wrote " + ", ".join(str(p) for p in [*done.arrays, *done.names]))

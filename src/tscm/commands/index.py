@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 "(default) or the plain precision of the calibration split (none)")
     calibrate.add_argument("--confidence", type=float, default=95.0,
                            help="confidence of the lower bound on precision, percent (default: 95)")
+    calibrate.add_argument("--unseen", action=argparse.BooleanOptionalAction, default=True,
+                           help="count each query's never-seen twin too (the query scored with its place cut out of "
+                                "the database; accepting it is a false closure), so the threshold also refuses places "
+                                "the map lacks, as on a robot's first pass (default: on; --no-unseen calibrates on "
+                                "matched queries only, as earlier tscm did)")
     calibrate.add_argument("--json", default=None, metavar="OUT",
                            help="also write the calibration (threshold, score, target, calibration and measured "
                                 "precision and recall as fractions) to this JSON file")
@@ -88,18 +93,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     report = calibrate_index_file(args.index, args.data, split=args.split, target_precision=args.target_precision / 100,
                                   sequence_length=args.sequence, radius=args.radius, measure_split=args.measure,
                                   checkpoint=args.checkpoint, score=args.score, bound=args.bound,
-                                  confidence=args.confidence / 100, json_path=args.json, bag=bag_selection(args))
+                                  confidence=args.confidence / 100, json_path=args.json, bag=bag_selection(args),
+                                  unseen=args.unseen)
     entry = report["threshold"]
     what = "single frames" if entry["sequence_length"] == 1 else f"sequences of {entry['sequence_length']} frames"
     bound = (f", {100 * entry['confidence']:g} % lower bound {100 * entry['precision_bound']:.1f} %"
              if entry["bound"] != "none" else "")
     print(f"threshold {entry['distance']:.6g} on score {entry['score']} ({what}, {entry['space']['backend']} space) "
           f"calibrated on {entry['calibrated_on']}: precision {100 * entry['precision']:.1f} %{bound} "
-          f"(target {100 * entry['target_precision']:g} %), recall {100 * entry['recall']:.1f} %; written to {args.index}")
+          f"(target {100 * entry['target_precision']:g} %{', never-seen twins counted' if entry.get('unseen') else ''}), "
+          f"recall {100 * entry['recall']:.1f} %; written to {args.index}")
     if "measured" in report:
         m = report["measured"]
         print(f"on {m['measured_on']}: precision {100 * m['precision']:.1f} %, recall {100 * m['recall']:.1f} % "
-              f"({m['accepted_count']} accepted, {m['false_positive_count']} false, of {m['num_queries']} queries)")
+              f"({m['accepted_count']} accepted, {m['false_positive_count']} false, of {m['num_queries']} queries)"
+              + (f"; never-seen twins accepted: {100 * m['unseen_accepted']:.1f} % of {m['unseen_count']}"
+                 if m.get("unseen_accepted") is not None else ""))
     if args.json:
         print(f"wrote {args.json}")
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tscm.config import TrainConfig, check_device, check_seeds, load_config, parse_override, set_value
+from tscm.config import TrainConfig, load_config
+from tscm.config.loading import parse_override, set_value
+from tscm.config.option_checks import check_device, check_seeds
 from tscm.errors import TscmError
 
 
@@ -25,6 +27,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, kind: str, default_data: 
                         help="a mechanics check in seconds (1 epoch, 8 queries, tiny mining; one seed unless --seeds "
                              "is given); numbers mean nothing")
     parser.add_argument("--threads", type=int, default=2, help="torch/faiss CPU threads (default: 2; 0: library default)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="training runs at once, each in its own process with threads/jobs threads (default: 2 on "
+                             "the CPU with --threads 2 or more, else 1); a run's numbers depend on its threads, not on "
+                             "what runs beside it")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default: cpu)")
     parser.add_argument("--cache-dir", default=None, help="where synthetic cities are cached (default: $TSCM_CACHE or ~/.cache/tscm)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch when describing the test split")
@@ -39,7 +45,8 @@ def options_from_args(args: argparse.Namespace, kind: str):
     from tscm.experiments.common import RunOptions, default_run_dir
 
     for flag, value, least in (("--epochs", args.epochs, 1), ("--max-queries", args.max_queries, 1),
-                               ("--threads", args.threads, 0), ("--batch-size", args.batch_size, 1)):
+                               ("--threads", args.threads, 0), ("--jobs", args.jobs, 1),
+                               ("--batch-size", args.batch_size, 1)):
         if value is not None and value < least:
             raise TscmError(f"{flag}: expected an integer ≥ {least}, got {value}")
     check_device(args.device)
@@ -61,10 +68,16 @@ def options_from_args(args: argparse.Namespace, kind: str):
     return RunOptions(
         out=Path(args.out) if args.out else default_run_dir(kind), data=args.data, name=args.name,
         seeds=seeds, epochs=args.epochs, max_queries=args.max_queries, quick=args.quick,
-        threads=args.threads, device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
+        threads=args.threads, jobs=args.jobs or default_jobs(args.threads, args.device), device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
         progress=not args.no_progress, teacher_config=args.teacher_config, student_config=args.student_config,
         overrides=list(args.overrides),
     )
+
+
+def default_jobs(threads: int, device: str) -> int:
+    """Two runs side by side on a CPU with two or more threads (tiny batches keep one thread per run busier than
+    two threads in one run); one elsewhere."""
+    return 2 if device == "cpu" and threads >= 2 else 1
 
 
 def _check_data(data: str) -> None:

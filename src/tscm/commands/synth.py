@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tscm.config import check_seed
+from tscm.config.option_checks import check_seed
 from tscm.errors import TscmError
 
 NAME = "synth"

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from tscm.config import all_keys, shipped_presets
+from tscm.config.loading import shipped_presets
+from tscm.config.sections import all_keys
 
 _DEST_PREFIX = "setting__"
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from tscm.data.formats.ground_truth_npz import is_placeholder_path
-from tscm.data.formats.rosbag import is_bag_frame_path
+from tscm.data.formats.bag_frames import is_bag_frame_path
 from tscm.data.images import MIN_USEFUL_SIDE, load_rgb
 from tscm.data.places import PlaceSet, default_radius
 from tscm.errors import TscmError

@@ -7,7 +7,7 @@ are accepted with values in [0, 1]. Anything else is refused with a message nami
 never clipped silently (Pillow's plain `convert("RGB")` turns 16-bit images white). Images are
 turned upright by their EXIF orientation, as viewers show them; only regular files are opened (a
 FIFO or device would block, a symbolic link loop is reported as unreadable). A frame of a ROS bag
-has a virtual path, `BAG#TOPIC@RECEIVE_NS` (tscm.data.formats.rosbag): it is decoded from the bag
+has a virtual path, `BAG#TOPIC@RECEIVE_NS` (tscm.data.formats.bag_frames): it is decoded from the bag
 in memory and scaled by the same rules.
 """
 
@@ -91,7 +91,7 @@ def load_rgb(path: str | Path, draft: tuple[int, int] | None = None) -> Image.Im
     `draft` lets JPEG decoding work at reduced scale (every byte is still read, so truncation shows).
     """
     if "#" in str(path):  # maybe a bag frame (module doc); imported here, so ordinary paths never load it
-        from tscm.data.formats.rosbag import is_bag_frame_path, read_bag_frame
+        from tscm.data.formats.bag_frames import is_bag_frame_path, read_bag_frame
 
         if is_bag_frame_path(path):
             return _to_8bit(read_bag_frame(path), str(path))

@@ -1,6 +1,6 @@
 """Descriptor cache and NetVLAD-style hard-negative mining, batched over queries with matrix products.
 
-Settings are `tscm.config.MiningSettings`; radii are in the data set's unit (metres or frames), and a
+Settings are `tscm.config.sections.MiningSettings`; radii are in the data set's unit (metres or frames), and a
 set with explicit ground truth uses its listed matches instead. For each query: the positive is
 chosen among its true matches within the positive radius (`positive_rule`: "descriptor", published:
 nearest in descriptor space; "heading": the same among views whose heading differs by at most
@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tscm.config import MiningSettings, check_mining
+from tscm.config.sections import MiningSettings, check_mining
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 

@@ -71,8 +71,9 @@ def _positions(positions, num_db: int) -> np.ndarray:
     return array
 
 
-def _best_outside(rows: np.ndarray, top1: np.ndarray, positions: np.ndarray, exclusion: float) -> np.ndarray:
-    """Per row, the smallest entry farther than `exclusion` from the row's top-1 position (inf if none)."""
+def best_outside_zone(rows: np.ndarray, top1: np.ndarray, positions: np.ndarray, exclusion: float) -> np.ndarray:
+    """Per row, the smallest entry farther than `exclusion` from the row's top-1 position (inf if none; entries
+    that are inf count as absent)."""
     offsets = positions[None, :, :] - positions[top1][:, None, :]
     outside = np.einsum("qnp,qnp->qn", offsets, offsets) > exclusion * exclusion
     return np.where(outside, rows, np.inf).min(axis=1)
@@ -86,7 +87,7 @@ def ratio_of(best: np.ndarray, competitor: np.ndarray) -> np.ndarray:
     return np.divide(best, competitor, out=np.ones_like(best), where=defined)
 
 
-def _z_scores(best: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def z_scores(best: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.divide(best - mean, std, out=np.zeros_like(best), where=std > 0)
 
 
@@ -128,9 +129,9 @@ def decision_scores(rows, positions, exclusion: float, names: Sequence[str] = SC
         if "distance" in out:
             out["distance"][start:start + step] = best
         if "ratio" in out:
-            out["ratio"][start:start + step] = ratio_of(best, _best_outside(block, best_index, positions, exclusion))
+            out["ratio"][start:start + step] = ratio_of(best, best_outside_zone(block, best_index, positions, exclusion))
         if "normalised" in out:
-            out["normalised"][start:start + step] = _z_scores(best, block.mean(axis=1), block.std(axis=1))
+            out["normalised"][start:start + step] = z_scores(best, block.mean(axis=1), block.std(axis=1))
     return DecisionScores(top1, out, exclusion)
 
 
@@ -143,6 +144,17 @@ class SplitDecisions:
     has_match: np.ndarray  # Q bool: the query has a true match
     query_order: np.ndarray  # the queries in route order (for temporal consistency); the given order if unknown
     route_position: np.ndarray  # Q float: each top-1's position along the database route
+    unseen: dict[str, np.ndarray] | None = None  # the queries' never-seen twins (tscm.evaluation.unseen), if asked
+
+    def curve_inputs(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, correct, has_match) of the queries under score `name`, followed by their never-seen twins
+        when there are any (every accepted twin is a false closure; a twin left without entries is skipped)."""
+        values = self.scores.scores[name]
+        if self.unseen is None:
+            return values, self.correct, self.has_match
+        twins = self.unseen[name][~np.isnan(self.unseen[name])]
+        no = np.zeros(len(twins), dtype=bool)
+        return np.concatenate([values, twins]), np.concatenate([self.correct, no]), np.concatenate([self.has_match, no])
 
 
 def split_decisions(placeset, db, queries, *, sequence_length: int = 1, radius: float | None = None,
@@ -276,7 +288,7 @@ def decide_from_hits(rule: DecisionRule, hit_rows: np.ndarray, hit_scores: np.nd
 def best_outside_window(row: np.ndarray, top1: int, window: float) -> float:
     """The smallest entry of `row` more than `window` places from `top1`, positions being 0..N-1 (inf if none).
 
-    The zone is a contiguous stretch of the row, so two reductions replace `_best_outside`'s
+    The zone is a contiguous stretch of the row, so two reductions replace `best_outside_zone`'s
     distance to every position (what the streaming path does for maps along a route).
     """
     reach = int(np.floor(window))  # |j − top1| > window ⟺ |j − top1| > ⌊window⌋ for whole j
@@ -297,8 +309,8 @@ def decide_row(rule: DecisionRule, row, top1: int | None = None, positions: np.n
         if positions is None:
             competitor = np.array([best_outside_window(row, top1, rule.exclusion)])
         else:
-            competitor = _best_outside(row[None, :].astype(np.float64), np.array([top1]), _positions(positions, len(row)),
+            competitor = best_outside_zone(row[None, :].astype(np.float64), np.array([top1]), _positions(positions, len(row)),
                                        rule.exclusion)
         return float(ratio_of(np.array([best]), competitor)[0])
     full = row.astype(np.float64)
-    return float(_z_scores(np.array([best]), np.array([full.mean()]), np.array([full.std()]))[0])
+    return float(z_scores(np.array([best]), np.array([full.mean()]), np.array([full.std()]))[0])

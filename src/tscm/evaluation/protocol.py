@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tscm.config import check_device
+from tscm.config.option_checks import check_device
 from tscm.data.formats import is_placeholder_path
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError

@@ -12,7 +12,7 @@ weights too: a 2×2 (tuples × checkpoint) that shows what moves the numbers. Ea
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,12 +29,12 @@ from tscm.experiments.common import (
     recipe_for,
     resolve_data,
     say,
-    train_student_run,
     train_teacher_run,
     training_config,
     training_summary,
 )
 from tscm.experiments.report import binomial_stderr_points, format_table
+from tscm.experiments.training_pool import TrainingTask, run_tasks, threads_per_job
 from tscm.fileio import write_json_atomic
 
 DEFAULT_DATA = "synthetic:ablation"
@@ -169,24 +169,30 @@ def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher
     grid_cells: dict[str, dict[str, list[float]]] = {}
     results: dict[str, Any] = {}
     minings = MINING_GRID if grid else MINING_GRID[:1]
+    jobs = min(options.jobs, len(seeds) * len(minings))
+    share = replace(options, threads=threads_per_job(options.threads, jobs), progress=options.progress and jobs == 1)
     for number, row in enumerate(settings_rows, start=1):
         measured, walls, extras = [], [], []
         cells: dict[str, list[float]] = {}
+        log(f"[row {number}/{len(settings_rows)}] {row.label}: {len(seeds) * len(minings)} runs, {jobs} at a time")
+        tasks = [TrainingTask(run_name(row, mining, seed), "student",
+                              training_config(student_config, "student", share, data_root, run_dir,
+                                              run_name(row, mining, seed), seed, loss=row.preset,
+                                              mining_descriptors=mining, fixed_steps=True),
+                              command, teacher=teacher)
+                 for seed in seeds for mining in minings]
+        trained_runs = run_tasks(tasks, jobs, on_start=lambda task: log(f"  start {task.name}"),
+                                 on_finish=lambda task, trained: log(f"  done  {task.name} ({trained.wall_s:.0f} s)"))
         for seed in seeds:
             for mining in minings:
-                log(f"[row {number}/{len(settings_rows)}, seed {seed}, {mining}-mined tuples] {row.label}")
-                suffix = "" if mining == MINING_GRID[0] else "-teacher-mined"
-                config = training_config(student_config, "student", options, data_root, run_dir,
-                                         f"{row.model_name}{suffix}-seed{seed}", seed, loss=row.preset,
-                                         mining_descriptors=mining, fixed_steps=True)
-                trained = train_student_run(config, teacher, command)
+                trained = trained_runs[run_name(row, mining, seed)]
                 best = measure_checkpoint(trained.checkpoint, test_set, recipe.radii, options)
                 cells.setdefault(f"{mining}/best", []).append(best.main.recall[1])
                 if grid:
                     last = measure_checkpoint(trained.last_checkpoint, test_set, recipe.radii, options)
                     cells.setdefault(f"{mining}/last", []).append(last.main.recall[1])
-                log(f"  R@1 {best.main.recall[1]:.1f} % (best on val), {trained.metrics.get('steps')} steps, "
-                    f"{trained.wall_s:.0f} s")
+                log(f"  {run_name(row, mining, seed)}: R@1 {best.main.recall[1]:.1f} % (best on val), "
+                    f"{trained.metrics.get('steps')} steps, {trained.wall_s:.0f} s")
                 if mining == MINING_GRID[0]:
                     measured.append(best)
                     walls.append(trained.wall_s)
@@ -210,6 +216,11 @@ def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher
     print(format_table(results))
     log(f"wrote {run_dir / 'results.json'} and {run_dir / 'results.md'}; {time.perf_counter() - started:.0f} s in all")
     return results
+
+
+def run_name(row: AblationSetting, mining: str, seed: int) -> str:
+    """The training run's folder name: the row, `-teacher-mined` for the grid's teacher-mined tuples, the seed."""
+    return f"{row.model_name}{'' if mining == MINING_GRID[0] else '-teacher-mined'}-seed{seed}"
 
 
 GRID_TITLE = "Tuples × checkpoint: test R@1, mean ± standard error over seeds"
@@ -253,5 +264,6 @@ def _notes(finished, rows, test_set, radii, options: RunOptions, complete: bool)
         notes.append(f"Test split: {evaluated} evaluated queries; one run's binomial standard error at R@1 ≈ "
                      f"{binomial_stderr_points(first, evaluated):.1f} points (row '{finished[0].name}'); chance level "
                      f"(random ranking) R@1 {chance_recall_at_1(test_set, main):.1f} %.")
-    notes.append(f"Timings with {options.threads} thread(s) on {options.device}.")
+    notes.append(f"Timings with {options.threads} thread(s) on {options.device}; training runs {options.jobs} at a time, "
+                 f"{threads_per_job(options.threads, options.jobs) or 'the default'} thread(s) each.")
     return notes

@@ -12,7 +12,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tscm.config import TrainConfig, load_config, parse_override, set_value, validate
+from tscm.config import TrainConfig, load_config
+from tscm.config.loading import parse_override, set_value
+from tscm.config.sections import validate
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import EvalResult, evaluate_descriptors
@@ -65,6 +67,7 @@ class RunOptions:
     max_queries: int | None = None  # train queries per epoch (None: the preset's)
     quick: bool = False
     threads: int = 2
+    jobs: int = 1  # training runs at once, each with threads // jobs threads (tscm.experiments.training_pool)
     device: str = "cpu"
     cache_dir: str | None = None
     batch_size: int = 64  # images per batch when describing the test split
@@ -82,7 +85,7 @@ class RunOptions:
     def command_line(self, kind: str, extra: Sequence[str] = ()) -> str:
         """`tscm <kind>` with every knob spelled out, so the run can be repeated exactly."""
         parts = ["tscm", kind, "--data", self.data, "--out", str(self.out), "--threads", str(self.threads),
-                 "--device", self.device, "--batch-size", str(self.batch_size), "--seeds", *map(str, self.seeds)]
+                 "--jobs", str(self.jobs), "--device", self.device, "--batch-size", str(self.batch_size), "--seeds", *map(str, self.seeds)]
         for flag, value in (("--name", self.name), ("--epochs", self.epochs), ("--max-queries", self.max_queries),
                             ("--cache-dir", self.cache_dir), ("--teacher-config", self.teacher_config),
                             ("--student-config", self.student_config)):

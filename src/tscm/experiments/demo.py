@@ -9,7 +9,7 @@ every knob), train/<model>/ (each training run with its config.yaml and checkpoi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,11 +28,10 @@ from tscm.experiments.common import (
     recipe_for,
     resolve_data,
     say,
-    train_student_run,
-    train_teacher_run,
     training_config,
     training_summary,
 )
+from tscm.experiments.training_pool import TrainingTask, run_tasks, threads_per_job
 from tscm.fileio import write_json_atomic
 
 DEFAULT_DATA = "synthetic:demo"
@@ -125,20 +124,45 @@ def student_arms(recommended_loss: str) -> list[StudentArm]:
     return arms
 
 
-def train_students(arms: list[StudentArm], seeds: list[int], student_config: str, options: RunOptions,
-                   data_root: Path, run_dir: Path, teacher: Path, command: str, test_set, radii,
-                   log: Callable[[str], None]) -> dict[str, list[StudentRun]]:
-    """Every arm for every seed (seed by seed, so a partial run still compares arms on the same seeds)."""
-    runs: dict[str, list[StudentRun]] = {arm.name: [] for arm in arms}
-    for number, seed in enumerate(seeds, start=1):
-        for arm in arms:
-            log(f"[4/5] seed {seed} ({number}/{len(seeds)}): {arm.name} ({arm.note})")
-            config = training_config(student_config, "student", options, data_root, run_dir, f"{arm.name}-seed{seed}",
+TEACHER_TASK = "teacher"
+
+
+def training_tasks(arms: list[StudentArm], seeds: list[int], teacher_config: str, student_config: str,
+                   options: RunOptions, data_root: Path, run_dir: Path, command: str) -> list[TrainingTask]:
+    """The teacher, the arms that need no teacher (they train beside it), then the distilled arms, seed by seed;
+    every run with its share of the threads (`--jobs`)."""
+    share = replace(options, threads=threads_per_job(options.threads, options.jobs),
+                    progress=options.progress and options.jobs == 1)
+    tasks = [TrainingTask(TEACHER_TASK, "teacher", training_config(teacher_config, "teacher", share, data_root, run_dir,
+                                                                   TEACHER_TASK, seeds[0]), command)]
+    ordered = sorted(arms, key=lambda arm: arm.needs_teacher)  # stable: the arms' own order within each group
+    for arm in ordered:
+        for seed in seeds:
+            config = training_config(student_config, "student", share, data_root, run_dir, f"{arm.name}-seed{seed}",
                                      seed, loss=arm.loss)
-            trained = train_student_run(config, teacher if arm.needs_teacher else None, command)
-            measured = measure_checkpoint(trained.checkpoint, test_set, radii, options)
-            runs[arm.name].append(StudentRun(seed, trained, measured))
-            log(f"  {arm.name} seed {seed}: R@1 {measured.main.recall[1]:.1f} % ({trained.wall_s:.0f} s)")
+            tasks.append(TrainingTask(f"{arm.name}-seed{seed}", "student", config, command,
+                                      TEACHER_TASK if arm.needs_teacher else None))
+    return tasks
+
+
+def train_all(tasks: list[TrainingTask], options: RunOptions, log: Callable[[str], None]) -> dict[str, TrainedModel]:
+    jobs = min(options.jobs, len(tasks))
+    log(f"[3/5] training {len(tasks)} runs, {jobs} at a time, "
+        f"{threads_per_job(options.threads, options.jobs) or 'default'} thread(s) each")
+    return run_tasks(tasks, jobs, on_start=lambda task: log(f"  start {task.name}"),
+                     on_finish=lambda task, trained: log(f"  done  {task.name} ({trained.wall_s:.0f} s)"))
+
+
+def measure_students(arms: list[StudentArm], seeds: list[int], trained: dict[str, TrainedModel], test_set, radii,
+                     options: RunOptions, log: Callable[[str], None]) -> dict[str, list[StudentRun]]:
+    """Every student on the test split, one after another with all the threads (so timings are not shared)."""
+    runs: dict[str, list[StudentRun]] = {arm.name: [] for arm in arms}
+    for seed in seeds:
+        for arm in arms:
+            run = trained[f"{arm.name}-seed{seed}"]
+            measured = measure_checkpoint(run.checkpoint, test_set, radii, options)
+            runs[arm.name].append(StudentRun(seed, run, measured))
+            log(f"  {arm.name} seed {seed}: R@1 {measured.main.recall[1]:.1f} % (trained in {run.wall_s:.0f} s)")
     return runs
 
 
@@ -182,16 +206,17 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
     off_the_shelf = measure_off_the_shelf(student_config, test_set, recipe.radii, options)
     if off_the_shelf is not None:
         log(f"  the student's ImageNet trunk + GeM, untrained: R@1 {off_the_shelf.main.recall[1]:.1f} %")
+    tic_training = time.perf_counter()
 
-    log(f"[3/5] training the teacher (seed {seeds[0]})")
-    teacher = train_teacher_run(training_config(teacher_config, "teacher", options, data_root, run_dir, "teacher",
-                                                seeds[0]), command)
+    tasks = training_tasks(arms, seeds, teacher_config, student_config, options, data_root, run_dir, command)
+    trained = train_all(tasks, options, log)
+    teacher = trained[TEACHER_TASK]
     wall["teacher"] = teacher.wall_s
+    wall["training"] = time.perf_counter() - tic_training
+    log("[4/5] measuring every model on the test split")
     teacher_measured = measure_checkpoint(teacher.checkpoint, test_set, recipe.radii, options)
-    log(f"  teacher: R@1 {teacher_measured.main.recall[1]:.1f} % ({teacher.wall_s:.0f} s)")
-
-    students = train_students(arms, seeds, student_config, options, data_root, run_dir, teacher.checkpoint, command,
-                              test_set, recipe.radii, log)
+    log(f"  teacher: R@1 {teacher_measured.main.recall[1]:.1f} % (trained in {teacher.wall_s:.0f} s)")
+    students = measure_students(arms, seeds, trained, test_set, recipe.radii, options, log)
     for name, runs in students.items():
         for run in runs:
             wall[f"{name}-seed{run.seed}"] = run.trained.wall_s
@@ -247,5 +272,6 @@ def demo_notes(arms: list[StudentArm], seeds: list[int], test_set, main, options
            "(what a user gets for free)."] if has_trunk else []),
         "AP = average precision and R@100%P = recall at 100 % precision over the top-1 distance of every query "
         "(queries without a true match count as possible false positives).",
-        f"Timings on this machine with {options.threads} thread(s), device {options.device}.",
+        f"Timings on this machine with {options.threads} thread(s), device {options.device}; training runs "
+        f"{options.jobs} at a time with {threads_per_job(options.threads, options.jobs) or 'the default'} thread(s) each.",
     ]

@@ -12,6 +12,7 @@ import numpy as np
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import evaluate_descriptors
+from tscm.evaluation.unseen import unseen_accepted, with_unseen
 
 SEQUENCE_LENGTHS = (1, 5, 10, 20)
 
@@ -49,7 +50,8 @@ def threshold_transfer(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
     try:
         # Today's rule: the top-1 distance, chosen by the split's plain precision (decision_transfers has the others).
         entry = calibrate(val_index, val_db, val_queries, val_set, target_precision=target_precision,
-                          sequence_length=sequence_length, radius=radius, score="distance", bound="none")
+                          sequence_length=sequence_length, radius=radius, score="distance", bound="none",
+                          unseen=False)
     except TscmError as error:
         return {"target_precision": target_precision, "sequence_length": sequence_length, "reached": False,
                 "reason": str(error)}
@@ -107,21 +109,27 @@ def uncertainty_comparison(checkpoint: str | Path, placeset: PlaceSet, radius: f
     return {name: pr_summary(pr_curve(score, correct, has_match))["average_precision"] for name, score in scores.items()}
 
 
-DECISION_HEADER = ["Model", "L", "score", "bound", "target P %", "val threshold", "val P %", "val bound %", "val R %",
-                   "test P %", "test R %", "test bound %", "test"]
+DECISION_HEADER = ["Model", "L", "score", "bound", "never-seen", "target P %", "val threshold", "val P %", "val bound %",
+                   "val R %", "test P %", "test R %", "test bound %", "test never-seen acc %", "test"]
+# (precision bound, count never-seen twins) of each calibration the demo compares
+CALIBRATIONS = (("clopper-pearson", False), ("none", False), ("none", True))
 
 
 def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple[PlaceSet, np.ndarray, np.ndarray],
                        radius: float | None, *, lengths: Sequence[int] = (1, 10), target_precision: float = 0.99,
-                       scores: Sequence[str] | None = None, bounds: Sequence[str] = ("clopper-pearson", "none"),
+                       scores: Sequence[str] | None = None,
+                       calibrations: Sequence[tuple[str, bool]] = CALIBRATIONS,
                        confidence: float = 0.95, consistency: Sequence[int] = ()) -> list[dict[str, Any]]:
-    """One entry per sequence length × decision score × precision bound: the threshold calibrated on val
-    (exact search) for `target_precision`, and the precision and recall it gives on test.
+    """One entry per sequence length × decision score × calibration (precision bound, and whether precision
+    counts the val queries' never-seen twins, tscm.evaluation.unseen): the threshold calibrated on val (exact
+    search) for `target_precision`, and the precision and recall it gives on test, with the share of test's
+    never-seen twins it accepts (false closures at places the map lacks).
 
-    Each entry: `sequence_length`, `score`, `bound`, `target_precision`, `reached`, and either
+    Each entry: `sequence_length`, `score`, `bound`, `unseen`, `target_precision`, `reached`, and either
     `reason` (why val gives no threshold) or `threshold`, `val_precision`, `val_precision_bound`,
     `val_recall`, `val_accepted`, `test_precision`, `test_recall`, `test_precision_bound` (the same
-    bound over test's accepted queries), `test_accepted`, `test_false_positives` (fractions and counts).
+    bound over test's accepted queries), `test_accepted`, `test_false_positives` (fractions and counts),
+    `test_unseen_accepted` (a fraction of test's twins).
     Each k in `consistency` adds the same entries with `consistency` = k: on test a query is accepted
     only when it and the k − 1 queries before it along the route passed on a consistent progression
     (tscm.evaluation.consistency; the val threshold is the same).
@@ -135,13 +143,17 @@ def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
     test_set, test_db, test_queries = test
     entries = []
     for length in lengths:
-        on_val = split_decisions(val_set, val_db, val_queries, sequence_length=length, radius=radius)
-        on_test = split_decisions(test_set, test_db, test_queries, sequence_length=length, radius=radius)
+        on_val = with_unseen(split_decisions(val_set, val_db, val_queries, sequence_length=length, radius=radius),
+                             val_set, val_db, val_queries, sequence_length=length, radius=radius)
+        on_test = with_unseen(split_decisions(test_set, test_db, test_queries, sequence_length=length, radius=radius),
+                              test_set, test_db, test_queries, sequence_length=length, radius=radius)
         for score in scores or SCORE_NAMES:
-            curve = pr_curve(on_val.scores.scores[score], on_val.correct, on_val.has_match)
-            for bound in bounds:
+            for bound, unseen in calibrations:
+                inputs = on_val.curve_inputs(score) if unseen else (on_val.scores.scores[score], on_val.correct,
+                                                                     on_val.has_match)
+                curve = pr_curve(*inputs)
                 entry: dict[str, Any] = {"sequence_length": int(length), "score": score, "bound": bound,
-                                         "target_precision": target_precision}
+                                         "unseen": unseen, "target_precision": target_precision}
                 try:
                     chosen = calibrate_bounded(curve, target_precision, bound=bound, confidence=confidence,
                                                where=f"{val_set.name}/{val_set.split}")
@@ -166,7 +178,8 @@ def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
                                     "test_precision": tp / num_accepted if num_accepted else 1.0,
                                     "test_recall": tp / int(on_test.has_match.sum()),
                                     "test_precision_bound": test_bound, "test_accepted": num_accepted,
-                                    "test_false_positives": num_accepted - tp})
+                                    "test_false_positives": num_accepted - tp,
+                                    "test_unseen_accepted": unseen_accepted(on_test, score, chosen.threshold)})
     return entries
 
 
@@ -175,17 +188,19 @@ def decision_rows(name: str, entries: Sequence[dict[str, Any]]) -> list[list[str
     rows = []
     for e in entries:
         length = str(e["sequence_length"]) + (f", {e['consistency']} consistent" if e.get("consistency") else "")
-        start = [name, length, e["score"], e["bound"], f"{100 * e['target_precision']:g}"]
+        start = [name, length, e["score"], e["bound"], "counted" if e.get("unseen") else "-",
+                 f"{100 * e['target_precision']:g}"]
         if not e["reached"]:
             needed = ""
             if "needs at least" in e["reason"]:
                 needed = ": needs ≥ " + e["reason"].split("needs at least ")[1].split(" ")[0] + " correct accepted"
-            rows.append(start + ["-"] * 7 + ["not reachable on val" + needed])
+            rows.append(start + ["-"] * 8 + ["not reachable on val" + needed])
             continue
         rows.append(start + [f"{e['threshold']:.4g}", f"{100 * e['val_precision']:.1f}",
                              f"{100 * e['val_precision_bound']:.1f}", f"{100 * e['val_recall']:.1f}",
                              f"{100 * e['test_precision']:.1f}", f"{100 * e['test_recall']:.1f}",
                              f"{100 * e['test_precision_bound']:.1f}",
+                             "-" if e.get("test_unseen_accepted") is None else f"{100 * e['test_unseen_accepted']:.1f}",
                              f"{e['test_false_positives']} false of {e['test_accepted']} accepted"])
     return rows
 

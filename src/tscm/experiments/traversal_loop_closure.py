@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from tscm.data.formats.rosbag import BagTraversal, iter_bag_images, stamp_text
+from tscm.data.formats.bag_frames import stamp_text
+from tscm.data.formats.rosbag import BagTraversal, iter_bag_images
 from tscm.evaluation.decision import DecisionRule, decide_row
 from tscm.errors import TscmError
 from tscm.fileio import atomic_group, atomic_path, check_output_folder, write_text_atomic

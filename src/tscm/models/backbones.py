@@ -133,6 +133,26 @@ class CnnTrunk(nn.Module):
             )
         raise TscmError(f"cnn.library must be 'torchvision', 'timm' or 'efficientnet-lite', got {config.library!r}")
 
+    def stages(self) -> list[nn.Module]:
+        """The trunk in stages, input first: the stem, then each stage (EfficientNet-Lite's MBConv stages, ResNet's
+        layer1..)."""
+        if isinstance(self.body, EfficientNetLiteTrunk):
+            return [self.body.stem, *self.body.stages]
+        stem = [module for name, module in self.body.named_children() if not name.startswith("layer")]
+        return [nn.ModuleList(stem), *(module for name, module in self.body.named_children() if name.startswith("layer"))]
+
+    def freeze_leading_stages(self, count: int) -> None:
+        """Keep the stem and the first `count` stages at their current weights: their parameters get no gradient,
+        so the backward pass ends before them (the early layers' generic filters, the costliest part of a small
+        trunk's backward on the CPU)."""
+        stages = self.stages()
+        if not 0 <= count < len(stages):
+            raise TscmError(f"train.frozen_trunk_stages: expected 0..{len(stages) - 1} for this trunk "
+                            f"({len(stages) - 1} stages after its stem), got {count}")
+        for stage in stages[: count + 1 if count else 0]:
+            for parameter in stage.parameters():
+                parameter.requires_grad_(False)
+
     def output_size(self, height: int, width: int) -> tuple[int, int, int]:
         """(channels, h, w) of the feature map for an H×W input."""
         if hasattr(self.body, "output_size"):

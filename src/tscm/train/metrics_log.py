@@ -91,3 +91,19 @@ class MetricsLog:
         self.flush()
         if self.writer is not None:
             self.writer.close()
+
+
+class NullLog:
+    """Non-main processes log nothing."""
+
+    def log_step(self, *args, **kwargs) -> None:
+        pass
+
+    def log_epoch(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from tscm.config import TrainConfig, apply_mapping, load_yaml, parse_override, read_yaml_text, set_value, validate
+from tscm.config import TrainConfig
+from tscm.config.loading import apply_mapping, parse_override, set_value
+from tscm.config.sections import validate
+from tscm.config.yaml_text import load_yaml, read_yaml_text
 from tscm.errors import TscmError
 from tscm.fileio import write_text_atomic
 from tscm.train.runtime import Runtime

@@ -45,8 +45,10 @@ from tscm.losses import TupleDescriptors
 from tscm.train.batching import BatchPlan
 from tscm.train.caches import TrainingCaches
 from tscm.train.checkpoints import RunCheckpoints
-from tscm.train.metrics_log import MetricsLog
+from tscm.train.metrics_log import MetricsLog, NullLog
+from tscm.train.optim import batchnorm_mode, build_optimizer, freeze_trunk_stages, match_state_layout, to_fast_layout
 from tscm.train.runtime import Runtime, rng_state, set_rng_state
+from tscm.train.schedule import distillation_factor, teaching_keys
 from tscm.train.views import ImageViews, TrainViews
 
 TRAINING_STATE_FORMAT = 2
@@ -91,14 +93,6 @@ class Interrupted(TscmError):
     exit_code = 130
 
 
-def batchnorm_mode(model: nn.Module, mode: str) -> None:
-    """`frozen`: batch norms use their running statistics while training (affine still learnt)."""
-    if mode == "frozen":
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
 class Trainer:
     """Runs one TrainingJob: mining, steps, validation, checkpoints; `run()` returns a RunResult."""
 
@@ -108,6 +102,7 @@ class Trainer:
         self.rt = job.runtime
         self.device = self.rt.device
         self.raw_model = to_fast_layout(job.model.to(self.device), self.device)
+        freeze_trunk_stages(self.raw_model, config.train.frozen_trunk_stages)
         self.model: nn.Module = self.raw_model
         if self.rt.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -340,7 +335,7 @@ class Trainer:
             tensorboard=self.config.run.tensorboard and self.rt.is_main,
             resume_step=self.global_step if resumed else None,
             resume_epoch=self.position["epoch"] if resumed else None,
-        ) if self.rt.is_main else _NullLog()
+        ) if self.rt.is_main else NullLog()
         self.caches.ensure_teacher_cache(self.progress)
         if not resumed:
             untrained = self.validate()
@@ -495,84 +490,3 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(text)
-
-
-def teaching_keys(seed: int, count: int, per_step: int, step: int) -> np.ndarray:
-    """Keys `per_step` teaching images of `step` out of `count` train images: consecutive slices of a seeded
-    permutation, a new one each pass, so every image is taught once per pass. A function of the step alone,
-    so a resumed run draws the same images."""
-    if per_step == 0 or count == 0:
-        return np.zeros(0, dtype=np.int64)
-    first, last = step * per_step, (step + 1) * per_step
-    keys = []
-    for turn in range(first // count, (last - 1) // count + 1):
-        order = np.random.default_rng([seed, 0x7EAC, turn]).permutation(count)
-        keys.append(order[max(first - turn * count, 0) : min(last - turn * count, count)])
-    return np.concatenate(keys).astype(np.int64)
-
-
-def distillation_factor(step: int, warmup_steps: int, final_weight: float, planned_steps: int) -> float:
-    """The factor on the distillation terms at `step` (0-based): a linear rise over `warmup_steps`, then a
-    linear move from 1 to `final_weight` at the last planned step (constant 1 with the defaults)."""
-    if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, planned_steps - warmup_steps))
-    return 1.0 + (final_weight - 1.0) * progress
-
-
-def build_optimizer(model: nn.Module, t: Any) -> torch.optim.Optimizer:
-    """The run's optimiser (`train.optimizer`, lr, weight decay, momentum) over the trainable parameters.
-
-    Adam uses the fused kernel where it exists (float32 parameters on CPU or CUDA): one pass over all
-    parameters instead of a dozen small ops per tensor; on a 2-core CPU single-tensor Adam took 6 %
-    of a tiny teacher's step.
-    """
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if t.optimizer == "adam":
-        fusable = all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in parameters)
-        return torch.optim.Adam(parameters, lr=t.lr, weight_decay=t.weight_decay, **({"fused": True} if fusable else {}))
-    return torch.optim.SGD(parameters, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-
-def to_fast_layout(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model in channels-last layout on the CPU (oneDNN's faster convolutions and batch norms: about
-    25-30 % more training images/s for the tiny presets), unchanged elsewhere. Patch embeddings
-    (convolutions whose kernel equals their stride, on the raw image) stay in the default layout, where
-    their backward takes less than half the time. Parameters keep their identity."""
-    if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d) and module.kernel_size == module.stride and module.kernel_size != (1, 1):
-                module.to(memory_format=torch.contiguous_format)
-    return model
-
-
-def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give every loaded optimizer state tensor its parameter's memory layout.
-
-    A checkpoint stores contiguous tensors; fused Adam walks parameter, gradient and state in memory
-    order, so a channels-last parameter with a contiguous state would be updated wrongly.
-    """
-    for group in optimizer.param_groups:
-        for parameter in group["params"]:
-            state = optimizer.state.get(parameter, {})
-            for name, value in state.items():
-                if (isinstance(value, torch.Tensor) and value.shape == parameter.shape
-                        and value.stride() != parameter.stride()):
-                    state[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
-
-
-class _NullLog:
-    """Non-main processes log nothing."""
-
-    def log_step(self, *args, **kwargs) -> None:
-        pass
-
-    def log_epoch(self, *args, **kwargs) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

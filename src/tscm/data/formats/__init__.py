@@ -19,7 +19,8 @@ from tscm.data.formats.csv_manifest import ALL_SPLITS, read_csv_manifest
 from tscm.data.formats.ground_truth_npz import is_placeholder_path, read_ground_truth_npz
 from tscm.data.formats.nordland import is_nordland_root, read_nordland, write_nordland_manifest
 from tscm.data.formats.pittsburgh_mat import find_structure_files, read_pittsburgh_mat
-from tscm.data.formats.rosbag import BagSelection, is_bag_path, read_bag_placeset
+from tscm.data.formats.bag_frames import is_bag_path
+from tscm.data.formats.rosbag import BagSelection, read_bag_placeset
 from tscm.data.formats.utm_folder import find_utm_root, read_utm_folder
 from tscm.data.formats.vpr_bench import is_vpr_bench_root, read_vpr_bench
 from tscm.data.places import PlaceSet

@@ -15,30 +15,26 @@ storage file) with `rosbags` (pure Python, no ROS install; the optional extra `t
 - Subsampling: `every="0.5s"` keeps a frame at least 0.5 s after the last kept one, `every="2m"` one
   at least 2 m (straight line) from the last kept one.
 
-Frames are never exported to files. A frame's path is virtual, `BAG#TOPIC@RECEIVE_NS` (the bag's
-absolute path, the topic, the receive time in nanoseconds, which finds the message again);
-`tscm.data.images.load_rgb`, the one image loader, sends such paths to `read_bag_frame`, so every
-command that reads images from paths reads bag frames the same way.
+Frames are never exported to files. A frame's path is virtual, `BAG#TOPIC@RECEIVE_NS`; opening a
+bag, reading its messages, decoding an image message and reading a frame by its path are
+`tscm.data.formats.bag_frames`.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from tscm.data.formats.bag_frames import bag_frame_path, decode_image, open_bag, read_messages
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
-BAG_SUFFIXES = (".bag", ".db3", ".mcap")
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 NAVSATFIX = "sensor_msgs/msg/NavSatFix"
 ODOMETRY = "nav_msgs/msg/Odometry"
@@ -47,50 +43,11 @@ POSITION_TYPES = (NAVSATFIX, ODOMETRY, POSE_STAMPED)  # in the order a position 
 NO_POSITIONS = "none"  # --position-topic none: frames only
 # Interpolating across a longer gap in the position stream would invent positions.
 MAX_POSITION_GAP_S = 5.0
-INSTALL_HINT = "reading ROS bags needs the rosbags package: pip install 'tscm[ros]'"
 
-# name → (channels, bytes per channel, channel order); OpenCV aliases follow cv_bridge (8UC3 is BGR).
-RAW_ENCODINGS = {
-    "rgb8": (3, 1, "RGB"), "bgr8": (3, 1, "BGR"), "rgba8": (4, 1, "RGB"), "bgra8": (4, 1, "BGR"),
-    "mono8": (1, 1, "L"), "mono16": (1, 2, "L"),
-    "8uc1": (1, 1, "L"), "8uc3": (3, 1, "BGR"), "8uc4": (4, 1, "BGR"), "16uc1": (1, 2, "L"),
-}
-COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
 # WGS-84 ellipsoid.
 _SEMI_MAJOR_M = 6378137.0
 _FLATTENING = 1 / 298.257223563
 _ECCENTRICITY2 = _FLATTENING * (2 - _FLATTENING)
-
-_FRAME_PATH = re.compile(r"^(?P<bag>.+)#(?P<topic>/[^#@]*)@(?P<stamp>\d+)$")
-
-
-# ---- paths ----------------------------------------------------------------------------------
-def is_bag_path(path: str | os.PathLike) -> bool:
-    """A ROS 1 `.bag`, a ROS 2 `.db3` / `.mcap` storage file, or a ROS 2 bag folder (with metadata.yaml)."""
-    path = Path(path)
-    if path.is_dir():
-        return (path / "metadata.yaml").is_file()
-    return path.suffix.lower() in BAG_SUFFIXES
-
-
-def bag_frame_path(bag: str | os.PathLike, topic: str, receive_ns: int) -> Path:
-    """The virtual path of the message received at `receive_ns` on `topic` of `bag`."""
-    return Path(f"{Path(bag).resolve()}#{topic}@{int(receive_ns)}")
-
-
-def parse_bag_frame_path(path: str | os.PathLike) -> tuple[Path, str, int] | None:
-    """(bag, topic, receive time in ns) of a virtual frame path, None for any other path."""
-    text = os.fspath(path)
-    if "#" not in text:
-        return None
-    match = _FRAME_PATH.match(text)
-    if match is None:
-        return None
-    return Path(match["bag"]), match["topic"], int(match["stamp"])
-
-
-def is_bag_frame_path(path: str | os.PathLike) -> bool:
-    return parse_bag_frame_path(path) is not None
 
 
 # ---- spacing --------------------------------------------------------------------------------
@@ -171,46 +128,6 @@ def short_type(msgtype: str | None) -> str:
     return (msgtype or "?").replace("/msg/", "/")
 
 
-def stamp_text(nanoseconds: int) -> str:
-    """Exact seconds of an integer nanosecond stamp, e.g. '1700000000.250000000'."""
-    value = int(nanoseconds)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    return f"{sign}{value // 1_000_000_000}.{value % 1_000_000_000:09d}"
-
-
-# ---- opening --------------------------------------------------------------------------------
-def _anyreader():
-    try:
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-    except ImportError:
-        raise TscmError(INSTALL_HINT) from None
-    return AnyReader, get_typestore(Stores.LATEST)
-
-
-def open_bag(bag: str | os.PathLike):
-    """An opened rosbags AnyReader (close it, or use it in `with`); TscmError for anything unreadable."""
-    path = Path(bag)
-    if not path.exists():
-        raise TscmError(f"{path}: no such bag")
-    if not is_bag_path(path):
-        raise TscmError(f"{path}: not a ROS bag (expected a .bag, .db3 or .mcap file, or a ROS 2 bag folder "
-                        "with metadata.yaml)")
-    any_reader, default_types = _anyreader()
-    try:
-        reader = any_reader([path], default_typestore=default_types)
-        reader.open()
-    except Exception as error:  # noqa: BLE001 - every failure of a third-party reader on a bad file is "unreadable"
-        raise TscmError(f"{path}: unreadable bag ({_reason(error)})") from None
-    return reader
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def _topic_types(reader) -> dict[str, tuple[str | None, int]]:
     return {name: (info.msgtype, int(info.msgcount)) for name, info in reader.topics.items()}
 
@@ -270,18 +187,6 @@ def _stamp_ns(message: Any, receive_ns: int) -> int:
     return value if value != 0 else int(receive_ns)
 
 
-def _messages(reader, bag: Path, topic: str, start: int | None = None, stop: int | None = None):
-    """(receive ns, message) of `topic`, deserialised; a damaged bag is a TscmError naming it."""
-    connections = [c for c in reader.connections if c.topic == topic]
-    try:
-        for connection, receive_ns, raw in reader.messages(connections, start=start, stop=stop):
-            yield int(receive_ns), reader.deserialize(raw, connection.msgtype)
-    except TscmError:
-        raise
-    except Exception as error:  # noqa: BLE001 - truncated chunks, bad compression, bad serialisation
-        raise TscmError(f"{bag}: unreadable message on {topic} ({_reason(error)}); is the bag truncated?") from None
-
-
 # ---- positions ------------------------------------------------------------------------------
 def local_metres(latitude, longitude, origin: tuple[float, float]) -> np.ndarray:
     """N×2 (east, north) metres of WGS-84 degrees on the plane tangent at `origin` (latitude, longitude).
@@ -309,7 +214,7 @@ class _Positions:
 def _read_positions(reader, bag: Path, topic: str, msgtype: str,
                     origin: tuple[float, float] | None) -> _Positions:
     stamps, values = [], []
-    for receive_ns, message in _messages(reader, bag, topic):
+    for receive_ns, message in read_messages(reader, bag, topic):
         if msgtype == NAVSATFIX:
             latitude, longitude = float(message.latitude), float(message.longitude)
             if int(message.status.status) < 0 or not (np.isfinite(latitude) and np.isfinite(longitude)):
@@ -396,7 +301,7 @@ def read_bag_traversal(bag: str | os.PathLike, topic: str | None = None, positio
         topic, image_type = _choose_image_topic(path, topics, topic)
         chosen = _choose_position_topic(path, topics, position_topic)
         receive, stamps = [], []
-        for receive_ns, message in _messages(reader, path, topic):
+        for receive_ns, message in read_messages(reader, path, topic):
             receive.append(receive_ns)
             stamps.append(_stamp_ns(message, receive_ns))
         positions = None
@@ -438,43 +343,6 @@ def read_bag_traversal(bag: str | os.PathLike, topic: str | None = None, positio
         origin=None if positions is None else positions.origin, messages=len(stamps), dropped=dropped)
 
 
-# ---- pixels ---------------------------------------------------------------------------------
-def decode_image(message: Any, msgtype: str, where: str) -> Image.Image:
-    """A PIL image of an Image / CompressedImage message (RGB, L or I;16: tscm.data.images scales it)."""
-    if msgtype.endswith("CompressedImage"):
-        name = str(message.format).lower()
-        if "compresseddepth" in name or not any(kind in name for kind in COMPRESSED_FORMATS):
-            raise TscmError(f"{where}: compressed format {message.format!r} is not supported; expected jpeg or png")
-        try:
-            with Image.open(io.BytesIO(np.asarray(message.data, dtype=np.uint8).tobytes())) as image:
-                image.load()
-                return image.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise TscmError(f"{where}: unreadable {message.format} image ({error})") from None
-    encoding = str(message.encoding)
-    if encoding.lower() not in RAW_ENCODINGS:
-        raise TscmError(f"{where}: image encoding {encoding!r} is not supported; expected one of "
-                        "rgb8, bgr8, rgba8, bgra8, mono8, mono16")
-    channels, depth, order = RAW_ENCODINGS[encoding.lower()]
-    height, width, step = int(message.height), int(message.width), int(message.step)
-    data = np.asarray(message.data, dtype=np.uint8).reshape(-1)
-    row_bytes = width * channels * depth
-    if height <= 0 or width <= 0:
-        raise TscmError(f"{where}: empty image ({width}×{height})")
-    if step < row_bytes or data.size < step * height:
-        raise TscmError(f"{where}: {encoding} image of {width}×{height} with step {step} needs "
-                        f"{max(step, row_bytes) * height} bytes, the message holds {data.size}")
-    rows = data[: step * height].reshape(height, step)[:, :row_bytes]
-    if depth == 2:
-        values = np.ascontiguousarray(rows).view(">u2" if message.is_bigendian else "<u2").reshape(height, width)
-        return Image.fromarray(values.astype(np.uint16))
-    pixels = rows.reshape(height, width, channels)
-    if channels == 1:
-        return Image.fromarray(np.ascontiguousarray(pixels[:, :, 0]), mode="L")
-    colour = pixels[:, :, :3] if order == "RGB" else pixels[:, :, 2::-1]
-    return Image.fromarray(np.ascontiguousarray(colour), mode="RGB")
-
-
 def iter_bag_images(traversal: BagTraversal) -> Iterator[tuple[int, Image.Image]]:
     """(position in the traversal, image) of every kept frame, in stamp order, in one pass over the bag."""
     wanted = {int(ns): i for i, ns in enumerate(traversal.receive_ns.tolist())}
@@ -484,7 +352,7 @@ def iter_bag_images(traversal: BagTraversal) -> Iterator[tuple[int, Image.Image]
     next_index = 0
     reader = open_bag(traversal.bag)
     try:
-        for receive_ns, message in _messages(reader, traversal.bag, traversal.topic,
+        for receive_ns, message in read_messages(reader, traversal.bag, traversal.topic,
                                              start=int(traversal.receive_ns.min()),
                                              stop=int(traversal.receive_ns.max()) + 1):
             index = wanted.pop(receive_ns, None)
@@ -501,49 +369,6 @@ def iter_bag_images(traversal: BagTraversal) -> Iterator[tuple[int, Image.Image]
     if wanted:
         raise TscmError(f"{traversal.bag}: {len(wanted)} frame(s) of {traversal.topic} vanished while reading; "
                         "was the bag changed?")
-
-
-class _OpenBags(threading.local):
-    """Open readers of the bags this thread reads frames from (a few; a forked worker opens its own)."""
-
-    limit = 4
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.readers: OrderedDict[Path, Any] = OrderedDict()
-
-    def get(self, bag: Path):
-        if self.pid != os.getpid():  # inherited over fork: the parent's file handles are not ours to use
-            self.pid, self.readers = os.getpid(), OrderedDict()
-        reader = self.readers.get(bag)
-        if reader is None:
-            reader = open_bag(bag)
-            self.readers[bag] = reader
-            while len(self.readers) > self.limit:
-                _, oldest = self.readers.popitem(last=False)
-                oldest.close()
-        self.readers.move_to_end(bag)
-        return reader
-
-
-_OPEN_BAGS = _OpenBags()
-
-
-def read_bag_frame(path: str | os.PathLike) -> Image.Image:
-    """The image of a virtual frame path `BAG#TOPIC@RECEIVE_NS` (TscmError naming it if it cannot be read)."""
-    parsed = parse_bag_frame_path(path)
-    if parsed is None:
-        raise TscmError(f"{path}: not a bag frame (expected BAG#TOPIC@RECEIVE_NS)")
-    bag, topic, receive_ns = parsed
-    if not bag.exists():
-        raise TscmError(f"{path}: image not found (no bag {bag})")
-    reader = _OPEN_BAGS.get(bag)
-    msgtypes = {c.msgtype for c in reader.connections if c.topic == topic}
-    if not msgtypes:
-        raise TscmError(f"{path}: image not found (the bag has no topic {topic})")
-    for _, message in _messages(reader, bag, topic, start=receive_ns, stop=receive_ns + 1):
-        return decode_image(message, msgtypes.pop(), str(path))
-    raise TscmError(f"{path}: image not found (no message on {topic} received at {stamp_text(receive_ns)} s)")
 
 
 # ---- data sets ------------------------------------------------------------------------------

@@ -266,9 +266,36 @@ def _results_section(result: MatchedResult) -> list[str]:
     return lines
 
 
-def render_card(name: str, meta: dict[str, Any], *, params: int, sha256: str, meta_sha256: str, size_bytes: int,
-                meta_size_bytes: int, timings: list[dict[str, Any]], machine: dict[str, Any] | None, result: MatchedResult | None,
-                license_id: str, repo_id: str | None) -> str:
+@dataclass(frozen=True)
+class CardFile:
+    """A file of the card folder as written: its SHA-256 and size."""
+
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class CardSpeed:
+    """The milliseconds per image measured for the card (`time_model`) and the machine they were measured on."""
+
+    timings: tuple[dict[str, Any], ...]
+    machine: dict[str, Any]
+
+
+def render_card(name: str, meta: dict[str, Any], *, params: int, weights: CardFile, meta_file: CardFile,
+                speed: CardSpeed | None, result: MatchedResult | None, license_id: str, repo_id: str | None) -> str:
+    """The card's Markdown below the front matter: the model, its input, results, speed, files, loading."""
+    lines = _summary_section(name, meta, params, license_id)
+    if result is not None:
+        lines += _results_section(result)
+    if speed is not None and speed.timings:
+        lines += _speed_section(speed)
+    lines += _files_section(weights, meta_file)
+    lines += _loading_section(meta, repo_id)
+    return "\n".join(lines)
+
+
+def _summary_section(name: str, meta: dict[str, Any], params: int, license_id: str) -> list[str]:
     height, width = meta["image_size"]
     role = meta.get("role")
     lines = [
@@ -288,7 +315,7 @@ def render_card(name: str, meta: dict[str, Any], *, params: int, sha256: str, me
     ]
     if meta.get("teacher_fingerprint"):
         lines.append(f"| distilled from teacher | `{meta['teacher_fingerprint']}` |")
-    lines += [
+    return lines + [
         f"| tscm version that saved it | {meta.get('package_version', '-')} |",
         f"| license | {license_id} |",
         "",
@@ -299,36 +326,47 @@ def render_card(name: str, meta: dict[str, Any], *, params: int, sha256: str, me
         "size is accepted; `tscm` and the torch.hub model's `transform` do this for you.",
         "",
     ]
-    if result is not None:
-        lines += _results_section(result)
-    if timings:
-        load = machine.get("load_average") if machine else None
-        lines += [
-            "## Speed",
-            "",
-            f"Measured when this card was written: PyTorch {machine['torch']} eager float32 on {machine['cpu']} "
-            f"({machine['logical_cores']} logical cores), {machine['torch_threads']} torch thread(s)"
-            + (f", load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)" if load else "")
-            + "; random input, median of repeated passes after a warm-up.",
-            "",
-            "| batch | ms per batch | ms per image | passes |",
-            "| ---: | ---: | ---: | ---: |",
-        ]
-        lines += [f"| {t['batch']} | {t['ms_per_batch']:.2f} | {t['ms_per_image']:.2f} | {t['passes']} |" for t in timings]
-        lines.append("")
-    where = f"hf://{repo_id}" if repo_id else "path/to/this/folder"
-    entry = f"tscm_{role}" if role in ("student", "teacher") else "tscm_student"
-    lines += [
+
+
+def _speed_section(speed: CardSpeed) -> list[str]:
+    machine = speed.machine
+    load = machine.get("load_average")
+    lines = [
+        "## Speed",
+        "",
+        f"Measured when this card was written: PyTorch {machine['torch']} eager float32 on {machine['cpu']} "
+        f"({machine['logical_cores']} logical cores), {machine['torch_threads']} torch thread(s)"
+        + (f", load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)" if load else "")
+        + "; random input, median of repeated passes after a warm-up.",
+        "",
+        "| batch | ms per batch | ms per image | passes |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {t['batch']} | {t['ms_per_batch']:.2f} | {t['ms_per_image']:.2f} | {t['passes']} |"
+              for t in speed.timings]
+    return lines + [""]
+
+
+def _files_section(weights: CardFile, meta_file: CardFile) -> list[str]:
+    return [
         "## Files",
         "",
         "| file | bytes | SHA-256 |",
         "| --- | ---: | --- |",
-        f"| `{WEIGHTS_FILE}` | {size_bytes} | `{sha256}` |",
-        f"| `{META_FILE}` | {meta_size_bytes} | `{meta_sha256}` |",
+        f"| `{WEIGHTS_FILE}` | {weights.size_bytes} | `{weights.sha256}` |",
+        f"| `{META_FILE}` | {meta_file.size_bytes} | `{meta_file.sha256}` |",
         "",
         f"`{META_FILE}` holds the preset's configuration, input size, normalisation and the weights' fingerprint; "
         "loading refuses weights from another save or an edited file. Nothing is unpickled.",
         "",
+    ]
+
+
+def _loading_section(meta: dict[str, Any], repo_id: str | None) -> list[str]:
+    role = meta.get("role")
+    where = f"hf://{repo_id}" if repo_id else "path/to/this/folder"
+    entry = f"tscm_{role}" if role in ("student", "teacher") else "tscm_student"
+    return [
         "## How to load it",
         "",
         "With tscm (`pip install tscm`, or from its repository), this folder is a checkpoint:",
@@ -341,7 +379,7 @@ def render_card(name: str, meta: dict[str, Any], *, params: int, sha256: str, me
         "```",
         "",
         "With torch.hub (the tscm repository's `hubconf.py`; a remote folder is fetched into torch.hub's cache and "
-        f"checked against the SHA-256 above):",
+        "checked against the SHA-256 above):",
         "",
         "```python",
         "import torch",
@@ -356,7 +394,6 @@ def render_card(name: str, meta: dict[str, Any], *, params: int, sha256: str, me
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _check_card_folder(destination: Path, inputs: dict[str, Any]) -> None:
@@ -365,7 +402,7 @@ def _check_card_folder(destination: Path, inputs: dict[str, Any]) -> None:
     check_output_folder("--out", destination, (WEIGHTS_FILE, META_FILE, CARD_FILE), inputs)
 
 
-def _copy_exact(source: Path, destination: Path) -> tuple[str, int]:
+def _copy_exact(source: Path, destination: Path) -> CardFile:
     """Copy `source` to `destination` (atomically; inside a group, moved with the group) and return the
     copy's SHA-256 and size, refusing a copy that differs from the source."""
     with atomic_path(destination) as tmp:
@@ -373,7 +410,7 @@ def _copy_exact(source: Path, destination: Path) -> tuple[str, int]:
         digest = file_sha256(tmp)
         if digest != file_sha256(source):
             raise TscmError(f"{destination}: the copy differs from {source} (changed while copying?)")
-        return digest, tmp.stat().st_size
+        return CardFile(digest, tmp.stat().st_size)
 
 
 def write_model_card(checkpoint: str | Path, out: str | Path, *, results: str | Path | None = None,
@@ -400,19 +437,18 @@ def write_model_card(checkpoint: str | Path, out: str | Path, *, results: str | 
     elif model_name is not None:
         raise TscmError("--model names an entry of --results; give --results RUN/results.json too")
     name = name or (f"tscm-{result.entry['name']}" if result is not None else f"tscm-{meta.get('preset')}")
-    timings: list[dict[str, Any]] = []
-    machine = None
+    speed = None
     if timing:
         with limit_threads(torch=threads):
             machine = machine_description()
-            timings = time_model(model, meta["image_size"])
+            speed = CardSpeed(tuple(time_model(model, meta["image_size"])), machine)
     params = sum(p.numel() for p in model.parameters())
     with atomic_group():  # the three files together, or none: a failure keeps the folder as it was
-        digest, size = _copy_exact(folder / WEIGHTS_FILE, destination / WEIGHTS_FILE)
-        meta_digest, meta_size = _copy_exact(folder / META_FILE, destination / META_FILE)
+        weights = _copy_exact(folder / WEIGHTS_FILE, destination / WEIGHTS_FILE)
+        meta_file = _copy_exact(folder / META_FILE, destination / META_FILE)
         text = front_matter(name, meta, license_id, result) + "\n" + render_card(
-            name, meta, params=params, sha256=digest, meta_sha256=meta_digest, size_bytes=size,
-            meta_size_bytes=meta_size, timings=timings, machine=machine, result=result, license_id=license_id,
-            repo_id=repo_id)
+            name, meta, params=params, weights=weights, meta_file=meta_file, speed=speed, result=result,
+            license_id=license_id, repo_id=repo_id)
         write_text_atomic(destination / CARD_FILE, text)
-    return Card(destination, digest, meta_digest, meta, params, timings, result, name)
+    timings = [] if speed is None else list(speed.timings)
+    return Card(destination, weights.sha256, meta_file.sha256, meta, params, timings, result, name)

@@ -27,6 +27,7 @@ from tscm.errors import TscmError
 from tscm.evaluation.calibration import DEFAULT_BOUND, DEFAULT_CONFIDENCE, calibrate_bounded
 from tscm.evaluation.decision import DEFAULT_SCORE, SCORE_NAMES, DecisionRule, SplitDecisions, check_score_name, split_decisions
 from tscm.evaluation.precision_recall import apply_threshold, pr_curve
+from tscm.evaluation.unseen import unseen_accepted, with_unseen
 from tscm.fileio import check_outputs, write_json_atomic
 
 DEFAULT_TARGET_PRECISION = 0.99
@@ -35,12 +36,18 @@ AUTO_SCORE = "auto"
 
 def index_decisions(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *, sequence_length: int = 1,
                     radius: float | None = None, exclusion: float | None = None,
-                    names=SCORE_NAMES) -> SplitDecisions:
-    """Decision scores of every query of `placeset`, in the index's search space (its database in an empty copy)."""
+                    names=SCORE_NAMES, unseen: bool = False) -> SplitDecisions:
+    """Decision scores of every query of `placeset`, in the index's search space (its database in an empty copy);
+    `unseen` adds every query's never-seen twin (tscm.evaluation.unseen)."""
     copy = index.empty_copy()
     copy.add(db, np.arange(len(db)))
-    return split_decisions(placeset, copy.vectors(), copy.to_search_space(queries), sequence_length=sequence_length,
-                           radius=radius, exclusion=exclusion, names=names)
+    vectors, searched = copy.vectors(), copy.to_search_space(queries)
+    decisions = split_decisions(placeset, vectors, searched, sequence_length=sequence_length, radius=radius,
+                                exclusion=exclusion, names=names)
+    if not unseen:
+        return decisions
+    return with_unseen(decisions, placeset, vectors, searched, sequence_length=sequence_length,
+                       radius=_radius(placeset, radius))
 
 
 def index_scores(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet,
@@ -58,17 +65,20 @@ def _radius(placeset: PlaceSet, radius: float | None) -> float | None:
 def choose_threshold(index, db: np.ndarray, queries: np.ndarray, placeset: PlaceSet, *,
                      target_precision: float = DEFAULT_TARGET_PRECISION, sequence_length: int = 1,
                      radius: float | None = None, score: str = AUTO_SCORE, bound: str = DEFAULT_BOUND,
-                     confidence: float = DEFAULT_CONFIDENCE, exclusion: float | None = None) -> dict[str, Any]:
-    """The threshold entry `calibrate` stores, without storing it (TscmError when none reaches the target)."""
+                     confidence: float = DEFAULT_CONFIDENCE, exclusion: float | None = None,
+                     unseen: bool = True) -> dict[str, Any]:
+    """The threshold entry `calibrate` stores, without storing it (TscmError when none reaches the target).
+    `unseen`: precision counts every query's never-seen twin too (an accepted twin is a false closure), so the
+    threshold must also refuse places the map has never seen."""
     if not 0 < target_precision <= 1:
         raise TscmError(f"target precision: expected a fraction in (0, 1], got {target_precision}")
     names = SCORE_NAMES if score == AUTO_SCORE else (check_score_name(score),)
     decisions = index_decisions(index, db, queries, placeset, sequence_length=sequence_length, radius=radius,
-                                exclusion=exclusion, names=names)
+                                exclusion=exclusion, names=names, unseen=unseen)
     where = f"{placeset.name}/{placeset.split}"
     chosen, reasons, compared, curves = {}, {}, {}, {}
     for name in names:
-        curve = curves[name] = pr_curve(decisions.scores.scores[name], decisions.correct, decisions.has_match)
+        curve = curves[name] = pr_curve(*decisions.curve_inputs(name))
         try:
             chosen[name] = calibrate_bounded(curve, target_precision, bound=bound, confidence=confidence, where=where)
             compared[name] = chosen[name].recall
@@ -94,6 +104,7 @@ def choose_threshold(index, db: np.ndarray, queries: np.ndarray, placeset: Place
         "accepted": result.accepted,
         "false_positives": result.false_positives,
         "scores_compared": compared,  # each score's calibration-split recall at the target (None: not reached)
+        "unseen": bool(unseen),  # precision counted the queries' never-seen twins too
         "sequence_length": int(sequence_length),
         "calibrated_on": where,
         "radius": _radius(placeset, radius),
@@ -139,10 +150,14 @@ def measure_entry(index, entry: dict[str, Any], db: np.ndarray, queries: np.ndar
     queries as fractions of the split's queries, with the counts."""
     rule = DecisionRule.of(entry)
     decisions = index_decisions(index, db, queries, placeset, sequence_length=entry.get("sequence_length", 1),
-                                radius=radius, exclusion=rule.exclusion, names=(rule.score,))
+                                radius=radius, exclusion=rule.exclusion, names=(rule.score,), unseen=True)
     counts = apply_threshold(decisions.scores.scores[rule.score], decisions.correct, decisions.has_match, rule.threshold)
+    twins = decisions.unseen[rule.score]
     num = len(queries)
     return {"split": placeset.split, "precision": counts["precision"], "recall": counts["recall"],
+            # never-seen twins accepted: the share of queries at places the map lacks that would close a false loop
+            "unseen_accepted": unseen_accepted(decisions, rule.score, rule.threshold),
+            "unseen_count": int(np.sum(~np.isnan(twins))),
             "accepted": counts["accepted"] / num, "false_positives": counts["fp"] / num,
             "accepted_count": counts["accepted"], "false_positive_count": counts["fp"], "num_queries": num,
             "num_with_match": int(decisions.has_match.sum()), "threshold": rule.threshold, "score": rule.score,
@@ -166,12 +181,14 @@ def calibration_report(entry: dict[str, Any], measured: dict[str, Any] | None) -
     report = {
         "threshold": entry["distance"], "score": entry["score"], "sequence_length": entry["sequence_length"],
         "target_precision": entry["target_precision"], "bound": entry["bound"], "confidence": entry["confidence"],
+        "unseen": entry.get("unseen", False),
         "calibration": {"split": entry["calibrated_on"].rsplit("/", 1)[-1], "precision": entry["precision"],
                         "precision_bound": entry["precision_bound"], "recall": entry["recall"]},
         "scores_compared": entry.get("scores_compared"),
     }
     if measured is not None:
-        report["measured"] = {key: measured[key] for key in ("split", "precision", "recall", "accepted", "false_positives")}
+        report["measured"] = {key: measured[key] for key in ("split", "precision", "recall", "accepted", "false_positives",
+                                                             "unseen_accepted")}
     return report
 
 
@@ -179,7 +196,8 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
                          sequence_length: int = 1, radius: float | None = None, measure_split: str | None = None,
                          checkpoint: str | None = None, batch_size: int = 32, score: str = AUTO_SCORE,
                          bound: str = DEFAULT_BOUND, confidence: float = DEFAULT_CONFIDENCE,
-                         json_path: str | None = None, bag: BagSelection | None = None) -> dict[str, Any]:
+                         json_path: str | None = None, bag: BagSelection | None = None,
+                         unseen: bool = True) -> dict[str, Any]:
     """Calibrate the index file's threshold on `data`/`split` with the model recorded in the index and, with
     `measure_split`, measure it there; only then save the index (atomically, once) and, with
     `json_path`, the calibration_report. A failure anywhere writes nothing.
@@ -225,7 +243,7 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
     measured_set = described(measure_set) if measure_set is not None else None  # read before any work is kept
     entry = choose_threshold(recognizer.index, db, queries, placeset, target_precision=target_precision,
                              sequence_length=sequence_length, radius=radius, score=score, bound=bound,
-                             confidence=confidence)
+                             confidence=confidence, unseen=unseen)
     entry = {**entry, "space": recognizer.index.space()}
     measured = None
     if measured_set is not None:

@@ -212,6 +212,41 @@ def sidecar(out: Path, role: str, suffix: str) -> Path:
     return out.with_suffix("").with_name(out.with_suffix("").name + f".{role}{suffix}")
 
 
+@dataclass(frozen=True)
+class RetrievalPairs:
+    """hloc's pairs file: where to write it (None: no pairs file), the `k` nearest database images per query,
+    and with `exclude_recent=N` (one ordered sequence) only frames older than the N before each query."""
+
+    path: str | Path | None = None
+    k: int = 20
+    exclude_recent: int | None = None
+
+    def check(self) -> None:
+        if not (isinstance(self.k, int) and self.k >= 1):
+            raise TscmError(f"-k: expected a positive number of pairs per query, got {self.k!r}")
+        if self.exclude_recent is not None and self.path is None:
+            raise TscmError("--exclude-recent shapes the pairs file; give --pairs PAIRS.txt too")
+        if self.exclude_recent is not None and not (isinstance(self.exclude_recent, int) and self.exclude_recent >= 0):
+            raise TscmError(f"--exclude-recent: expected a number of frames ≥ 0, got {excerpt(self.exclude_recent)}")
+
+
+@dataclass(frozen=True)
+class ExtractionOptions:
+    """How the model describes the images: its runtime, images per batch, CPU threads (None: the runtime's
+    default), and whether an unreadable image stops the export ("fail") or is left out ("skip")."""
+
+    runtime: str = "torch"
+    batch_size: int = 16
+    threads: int | None = None
+    on_bad_image: str = "fail"
+
+    def check(self) -> None:
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise TscmError(f"--batch-size: expected a positive integer, got {self.batch_size!r}")
+        if self.threads is not None and self.threads < 1:
+            raise TscmError(f"--threads: expected a number of threads ≥ 1, got {self.threads}")
+
+
 @dataclass
 class Exported:
     h5: Path
@@ -236,52 +271,46 @@ def _described(recognizer, images: ImageSet, on_bad_image: str, report) -> tuple
     return described.descriptors, np.asarray(described.kept, dtype=np.int64), described.skipped
 
 
+def _image_root(root: str | Path | None, database: ImageSet, query_set: ImageSet | None) -> Path:
+    """The folder image names are relative to: `root`, else the images' folder, else the deepest one holding both sets."""
+    if root is not None:
+        base = Path(root)
+        if not base.is_dir():
+            raise TscmError(f"--root {root}: no such folder")
+        return base
+    if query_set is None:
+        return database.root
+    return Path(os.path.commonpath([os.path.abspath(database.root), os.path.abspath(query_set.root)]))
+
+
 def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Path, *, queries: str | Path | None = None,
-                       pairs: str | Path | None = None, k: int = 20, exclude_recent: int | None = None,
-                       root: str | Path | None = None, runtime: str = "torch", batch_size: int = 16,
-                       threads: int | None = None, on_bad_image: str = "fail", split: str | None = None,
+                       split: str | None = None, root: str | Path | None = None,
+                       pairs: RetrievalPairs = RetrievalPairs(), extraction: ExtractionOptions = ExtractionOptions(),
                        report: Callable[[str], None] | None = None) -> Exported:
     """Describe `images` (and `queries`) with `checkpoint` and write the files of the module doc.
 
     Data-set files give their rows of `split` (default: every split they hold). Every output path is
     checked against the inputs before any image is described, and the files are written together:
     a failure keeps every previous file."""
-    import sys
-
     require_h5py()
     out = Path(out)
     if out.is_dir():
         raise TscmError(f"--out {out}: is a folder; give the HDF5 file's name, e.g. {out / 'global-feats.h5'}")
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise TscmError(f"--batch-size: expected a positive integer, got {batch_size!r}")
-    if threads is not None and threads < 1:
-        raise TscmError(f"--threads: expected a number of threads ≥ 1, got {threads}")
-    if not (isinstance(k, int) and k >= 1):
-        raise TscmError(f"-k: expected a positive number of pairs per query, got {k!r}")
-    if exclude_recent is not None and pairs is None:
-        raise TscmError("--exclude-recent shapes the pairs file; give --pairs PAIRS.txt too")
-    if exclude_recent is not None and not (isinstance(exclude_recent, int) and exclude_recent >= 0):
-        raise TscmError(f"--exclude-recent: expected a number of frames ≥ 0, got {excerpt(exclude_recent)}")
+    extraction.check()
+    pairs.check()
     say = report or (lambda line: print(line, file=sys.stderr))
     database = list_images(images, "database", split)
     same = queries is None or (Path(queries).is_dir() and os.path.abspath(queries) == os.path.abspath(images))
     query_set = None if same else list_images(queries, "query", split if Path(queries).is_file() else None)
-    if exclude_recent is not None and not same:
+    if pairs.exclude_recent is not None and not same:
         raise TscmError("--exclude-recent applies when the queries and the database are the same ordered sequence "
                         "(leave out --queries, or give the same folder)")
-    if root is not None:
-        base = Path(root)
-        if not base.is_dir():
-            raise TscmError(f"--root {root}: no such folder")
-    elif query_set is None:
-        base = database.root
-    else:
-        base = Path(os.path.commonpath([os.path.abspath(database.root), os.path.abspath(query_set.root)]))
-    for_pairs = pairs is not None
+    base = _image_root(root, database, query_set)
+    for_pairs = pairs.path is not None
     db_names_all = image_names(database.paths, base, for_pairs=for_pairs)
     q_names_all = image_names(query_set.paths, base, for_pairs=for_pairs) if query_set else None
     outputs = {"--out": out, "--out (database arrays)": sidecar(out, "database", ".npy"),
-               "--out (database names)": sidecar(out, "database", ".txt"), "--pairs": pairs}
+               "--out (database names)": sidecar(out, "database", ".txt"), "--pairs": pairs.path}
     if query_set is not None:
         outputs.update({"--out (query arrays)": sidecar(out, "queries", ".npy"),
                         "--out (query names)": sidecar(out, "queries", ".txt")})
@@ -291,14 +320,14 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
               "the --queries data-set file": [query_set.source] if query_set and query_set.source.is_file() else []}
     check_outputs(outputs, inputs)
     say(f"describing {database.what}" + (f" and {query_set.what}" if query_set else "") + f"; names relative to {base}")
-    calibration = calibration_subset(database.paths) if runtime == "onnx-int8" else []
-    with limit_threads(torch=threads):
-        recognizer = PlaceRecognizer.from_checkpoint(checkpoint, runtime=runtime, threads=threads,
-                                                     calibration_paths=calibration, batch_size=batch_size)
+    calibration = calibration_subset(database.paths) if extraction.runtime == "onnx-int8" else []
+    with limit_threads(torch=extraction.threads):
+        recognizer = PlaceRecognizer.from_checkpoint(checkpoint, runtime=extraction.runtime, threads=extraction.threads,
+                                                     calibration_paths=calibration, batch_size=extraction.batch_size)
         tic = time.perf_counter()
-        db_desc, db_kept, skipped = _described(recognizer, database, on_bad_image, say)
+        db_desc, db_kept, skipped = _described(recognizer, database, extraction.on_bad_image, say)
         if query_set is not None:
-            q_desc, q_kept, q_skipped = _described(recognizer, query_set, on_bad_image, say)
+            q_desc, q_kept, q_skipped = _described(recognizer, query_set, extraction.on_bad_image, say)
             skipped = skipped + q_skipped
         extract_s = time.perf_counter() - tic
     meta = recognizer.meta
@@ -320,13 +349,13 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
         arrays.append(sidecar(out, "queries", ".npy"))
         name_files.append(sidecar(out, "queries", ".txt"))
     lines = None
-    if pairs is not None:  # computed before anything is written
+    if pairs.path is not None:  # computed before anything is written
         if query_set is None:
-            found = retrieval_pairs(db_desc, db_desc, k, same_sequence=True, query_frames=db_kept, db_frames=db_kept,
-                                    exclude_recent=exclude_recent)
+            found = retrieval_pairs(db_desc, db_desc, pairs.k, same_sequence=True, query_frames=db_kept, db_frames=db_kept,
+                                    exclude_recent=pairs.exclude_recent)
             lines = [f"{db_names[q]} {db_names[d]}" for q, d in found]
         else:
-            found = retrieval_pairs(q_desc, db_desc, k)
+            found = retrieval_pairs(q_desc, db_desc, pairs.k)
             lines = [f"{q_names[q]} {db_names[d]}" for q, d in found]
     with atomic_group():  # every file, or none (each keeps its previous content)
         write_hloc_h5(out, names, np.concatenate(descriptors), sizes, attributes)
@@ -336,10 +365,10 @@ def export_descriptors(checkpoint: str | Path, images: str | Path, out: str | Pa
             write_npy(arrays[1], q_desc)
             write_text_atomic(name_files[1], "".join(f"{name}\n" for name in q_names))
         if lines is not None:
-            write_text_atomic(pairs, "".join(f"{line}\n" for line in lines))
+            write_text_atomic(pairs.path, "".join(f"{line}\n" for line in lines))
     exported = Exported(out, base, len(db_names), len(db_names) if query_set is None else len(q_names),
                         int(db_desc.shape[1]), meta["fingerprint"], arrays, name_files, same_sequence=same,
                         skipped=skipped, extract_s=extract_s)
     if lines is not None:
-        exported.pairs, exported.num_pairs = Path(pairs), len(lines)
+        exported.pairs, exported.num_pairs = Path(pairs.path), len(lines)
     return exported

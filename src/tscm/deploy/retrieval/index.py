@@ -1,7 +1,7 @@
 """Place index: descriptors of known places, searchable through faiss, saved as one safetensors file.
 
 Back-ends (``PlaceIndex.create(backend, dim, **params)``) are listed in `index_backends`; the file
-format is `index_file`; PCA is `pca`.
+format is `index_file`; PCA is `pca`; how each back-end is searched is `index_search`.
 
 Distances returned by ``search`` are squared L2 in the space the back-end searches (after PCA and
 whitening where those are used), so they are comparable within one index, not across back-ends.
@@ -19,7 +19,6 @@ validation split for a target precision; it is only meaningful in the space it w
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,28 +28,10 @@ from tscm import __version__
 from tscm.deploy.retrieval.index_backends import (QUANTIZER_TRAIN_LIMIT, SEARCH_PARAMS, apply_search_params, build_faiss_index,
                                         check_params, flat_vectors, recommended_config)
 from tscm.deploy.retrieval.index_file import finite_number, read_index_arrays, read_index_metadata, write_index_file
+from tscm.deploy.retrieval.index_search import IndexSearch, SearchResult
 from tscm.deploy.retrieval.pca import PCA_TRAIN_LIMIT, PcaProjection, sample_rows
 from tscm.errors import TscmError
-from tscm.evaluation.search import ScanTarget, exact_search, pair_distances, top_k_of_pairs
-from tscm.threads import limit_threads
-
-# faiss spreads even one query over its threads, and on a shared CPU the thread barrier can cost
-# more than the search itself (`tscm bench` shows single-query rows), so batches smaller than this
-# run on one thread: faiss (OpenMP) and numpy's BLAS both.
-SINGLE_THREAD_BELOW = 8
-
-
-
-@dataclass
-class SearchResult:
-    """Top-k hits per query. `indices` are row numbers in the index (the order descriptors were
-    added), -1 where fewer than k hits exist; `ids`/`xy`/`paths` describe the same hits."""
-
-    distances: np.ndarray  # Q×k float32, squared L2 in the searched space
-    indices: np.ndarray  # Q×k int64
-    ids: np.ndarray  # Q×k int64, -1 for a missing hit
-    xy: np.ndarray | None  # Q×k×2 float64 (NaN for a missing hit), None if the index has no coordinates
-    paths: list[list[str | None]] | None  # None if the index has no paths
+from tscm.evaluation.search import ScanTarget
 
 
 def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
@@ -62,6 +43,15 @@ def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise TscmError(f"{what}: descriptors must be finite numbers (found NaN or inf)")
     return np.ascontiguousarray(array)
+
+
+def _read_only(array: np.ndarray | None) -> np.ndarray | None:
+    """A view of `array` that callers cannot write through (None stays None)."""
+    if array is None:
+        return None
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 class _GrowingRows:
@@ -105,10 +95,7 @@ class PlaceIndex:
         self._times: np.ndarray | None = None
         self._paths: list[str] | None = None
         self._vectors: np.ndarray | None = None  # the searched vectors, reconstructed on demand
-        # Search caches: flat rows with norms, IVF centroids, re-ranking rows (reset by train/add).
-        self._scan: ScanTarget | None = None
-        self._coarse: tuple[Any, ScanTarget] | None = None  # (faiss IVF, its centroids)
-        self._refine: np.ndarray | None = None
+        self._search = IndexSearch(backend, faiss_index)  # with its caches (reset by train/add)
         # Streaming adds: growing copies of ids, coordinates, times, norms and searched vectors, and the
         # set of ids (uniqueness checked in O(added), not by sorting every id), made on first use.
         self._growing: dict[str, _GrowingRows] = {}
@@ -163,9 +150,7 @@ class PlaceIndex:
     @property
     def ids(self) -> np.ndarray:
         """The image ids of the entries, in the order they were added (read-only view)."""
-        view = self._ids.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._ids)
 
     def entry(self, position: int) -> dict[str, Any]:
         """What the index knows of the entry at `position` (order of adding): id, xy, path, time."""
@@ -179,20 +164,12 @@ class PlaceIndex:
     @property
     def coordinates(self) -> np.ndarray | None:
         """Each entry's coordinates (N×2 metres, read-only view), if the map was given them."""
-        if self._xy is None:
-            return None
-        view = self._xy.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._xy)
 
     @property
     def times(self) -> np.ndarray | None:
         """Each entry's time (frame number or seconds, read-only view), if the map was given them."""
-        if self._times is None:
-            return None
-        view = self._times.view()
-        view.flags.writeable = False
-        return view
+        return _read_only(self._times)
 
     @property
     def search_dim(self) -> int:
@@ -299,7 +276,7 @@ class PlaceIndex:
                 raise TscmError(f"index train: backend {self.backend!r} with {self.params} needs at least "
                                 f"{minimum} training descriptors, got {len(descriptors)}")
             self._faiss.train(descriptors)
-            self._coarse = None
+            self._search.forget_training()
 
     def add(self, descriptors, ids, paths: Sequence[str] | None = None, xy=None, times=None) -> None:
         """Append descriptors with their image ids (unique int64), and paths/coordinates/times if known.
@@ -340,8 +317,7 @@ class PlaceIndex:
         if not first and (times is None) != (self._times is None):
             raise TscmError("index add: times must be given for every batch or for none")
         searched = self._pca.apply(descriptors) if self._pca is not None else descriptors
-        scan = self._scan
-        self._scan = self._refine = None  # views of faiss' storage, which the add may move
+        scan = self._search.forget_rows()
         self._faiss.add(searched)
         self._id_set.update(new_ids)
         self._ids = self._grown("ids", self._ids, ids)
@@ -358,7 +334,8 @@ class PlaceIndex:
             # The rows kept their norms; only the new rows' are computed (as ScanTarget.of computes each).
             added = np.einsum("ij,ij->i", searched, searched, dtype=np.float64)
             norms = self._grown("norms", scan.norms, added.astype(np.float32))
-            self._scan = ScanTarget(flat_vectors(self._faiss), norms, max(scan.max_norm, float(np.sqrt(added.max()))))
+            self._search.scan = ScanTarget(flat_vectors(self._faiss), norms,
+                                           max(scan.max_norm, float(np.sqrt(added.max()))))
 
     def _grown(self, name: str, current: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """`current` followed by `rows`, through the growing buffer of `name` when `current` is its content."""
@@ -379,7 +356,7 @@ class PlaceIndex:
         if not (isinstance(k, (int, np.integer)) and k >= 1):
             raise TscmError(f"index search: k must be a positive integer, got {k!r}")
         queries = _as_descriptors(queries, self.dim, "index search")
-        distances, indices = self._search_rows(queries, int(k))
+        distances, indices = self._search.search(queries, int(k), self.params, self._pca, self.count)
         missing = indices < 0
         rows = np.maximum(indices, 0)
         ids = self._ids[rows]
@@ -394,51 +371,6 @@ class PlaceIndex:
             table = self._paths
             paths = [[table[i] if i >= 0 else None for i in row] for row in indices.tolist()]
         return SearchResult(distances, indices, ids, xy, paths)
-
-    def _search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q×k float32 squared distances, Q×k int64 rows, -1 where missing) in the searched space."""
-        import faiss
-
-        threads = 1 if len(queries) < SINGLE_THREAD_BELOW else max(1, faiss.omp_get_max_threads())
-        with limit_threads(faiss=1 if threads == 1 else None):
-            if self._pca is not None:
-                queries = self._pca.apply(queries)
-            if self.backend in ("flat", "pca-flat") and self.params["storage"] == "fp32":
-                return exact_search(queries, self._scan_target(), k, threads)
-            if self.backend == "ivfpq":
-                return self._search_ivfpq(queries, k, threads)
-            distances, indices = self._faiss.search(queries, k)
-            return distances, indices.astype(np.int64, copy=False)
-
-    def _scan_target(self) -> ScanTarget:
-        """The flat index' rows (a view of faiss' storage) with their norms; rebuilt after adds."""
-        if self._scan is None or len(self._scan.vectors) != self.count:
-            self._scan = ScanTarget.of(flat_vectors(self._faiss))
-        return self._scan
-
-    def _search_ivfpq(self, queries: np.ndarray, k: int, threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """Coarse lists by exact search over the centroids, faiss' PQ scan of them, exact re-ranking."""
-        import faiss
-
-        if self._coarse is None:
-            ivf = faiss.extract_index_ivf(self._faiss)
-            centroids = np.ascontiguousarray(ivf.quantizer.reconstruct_n(0, ivf.nlist), dtype=np.float32)
-            self._coarse = (ivf, ScanTarget.of(centroids))
-        ivf, coarse = self._coarse
-        # More lists than exist come back as -1, which faiss skips (as its own search does).
-        coarse_d, coarse_i = exact_search(queries, coarse, int(ivf.nprobe), threads)
-        rerank = int(self.params["rerank"])
-        wanted = k * rerank if rerank > 0 else k
-        distances, labels = ivf.search_preassigned(queries, wanted, coarse_i, coarse_d)
-        labels = labels.astype(np.int64, copy=False)
-        if rerank == 0:
-            return distances, labels
-        rows, slots = np.nonzero(labels >= 0)
-        cols = labels[rows, slots]
-        if self._refine is None or len(self._refine) != self.count:
-            self._refine = flat_vectors(self._faiss.refine_index)
-        exact = pair_distances(queries, self._refine, rows, cols)
-        return top_k_of_pairs(len(queries), k, rows, cols, exact)
 
     # ---- files --------------------------------------------------------------------------
     def _arrays(self) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch.distributed as dist
 
 from tscm.data.formats import ALL_SPLITS, is_placeholder_path, load_placeset
-from tscm.data.formats.rosbag import is_bag_path
+from tscm.data.formats.bag_frames import is_bag_path
 from tscm.data.formats.utm_folder import parse_utm_name
 from tscm.deploy.retrieval.index import PlaceIndex
 from tscm.deploy.retrieval.recognizer import PlaceRecognizer, index_model_meta

@@ -17,7 +17,8 @@ file keeps its back-end, since its file holds only the searched (possibly reduce
 
 Deciding, not only ranking (loop closure): when the index holds a calibrated threshold
 (tscm.deploy.retrieval.calibration), every returned place says whether it is `accepted` (its score ≤ the
-threshold) and a `confidence` in (0, 1] (0.5 at the threshold); without one both are None.
+threshold) and a `confidence` in (0, 1] (0.5 at the threshold); without one both are None
+(tscm.deploy.retrieval.place_decisions).
 `query_sequence` scores the newest image by the last L images it was given (SeqSLAM-style, the
 map's entries in the order they were added, i.e. along the route); `observe` is loop closure
 inside one traversal: it queries the map while excluding the most recent entries (by their
@@ -26,40 +27,25 @@ times, or by how many were added after them), then adds the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
+from tscm.data.images import as_rgb, eval_transform
 from tscm.deploy.retrieval.index import PlaceIndex, read_index_metadata, recommended_config
+from tscm.deploy.retrieval.place_decisions import (Place, distance_row, ranked_places, sequence_decision_score,
+                                                   threshold_rule, top1_decision_score)
 from tscm.errors import TscmError
+from tscm.evaluation.consistency import ConsistencyFilter
 from tscm.evaluation.extract import Described, InputSpec, describe_images
+from tscm.evaluation.ranking import rank_matrix
+from tscm.evaluation.sequence import SequenceMatcher
+
 MIN_TRAIN_AFTER = 1000
 RECOGNIZER_META_KEY = "recognizer"  # inside the index's model_meta: the requested back-end, kept across saves
-
-
-@dataclass
-class Place:
-    """One hit of a query: the database image's id, path (None if added from memory), coordinates."""
-
-    rank: int
-    id: int
-    distance: float  # squared L2 in the space the back-end searches (a sequence score for query_sequence)
-    path: str | None
-    xy: tuple[float, float] | None
-    accepted: bool | None = None  # score ≤ the index's calibrated threshold; None without one
-    confidence: float | None = None  # threshold / (threshold + score): 0.5 at the threshold; None without one
-    time: float | None = None
-    decision_score: float | None = None  # the threshold's decision score of this place; None without one
-    score_name: str | None = None  # which score (tscm.evaluation.decision): distance, ratio, normalised
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "id": self.id, "distance": self.distance, "path": self.path,
-                "east": None if self.xy is None else self.xy[0], "north": None if self.xy is None else self.xy[1],
-                "accepted": self.accepted, "confidence": self.confidence, "time": self.time,
-                "decision_score": self.decision_score, "score_name": self.score_name}
 
 
 def index_model_meta(meta: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
@@ -324,7 +310,7 @@ class PlaceRecognizer:
         `exclude_positions` leaves out the map's last n entries (the most recently added).
         """
         rule, found = self._search_rows(descriptors, k, exclude_positions)
-        return [self._ranked_places(rows.tolist(), scores.tolist(), rule, value) for rows, scores, value in found]
+        return [ranked_places(self.index, rows.tolist(), scores.tolist(), rule, value) for rows, scores, value in found]
 
     def _search_rows(self, descriptors: np.ndarray, k: int, exclude_positions: int):
         """(rule, [(map rows, match scores, decision score or None) per descriptor]) of `search`."""
@@ -333,7 +319,7 @@ class PlaceRecognizer:
             raise TscmError(f"k: expected a positive integer, got {k!r}")
         descriptors = np.atleast_2d(descriptors)
         searchable = self.count - exclude_positions
-        rule = self._rule(1)
+        rule = threshold_rule(self.index, 1)
         if searchable <= 0:
             return rule, [(np.zeros(0, np.int64), np.zeros(0, np.float32), None) for _ in range(len(descriptors))]
         wanted = max(k, rule.hits_needed() if rule is not None else 1)
@@ -345,67 +331,9 @@ class PlaceRecognizer:
             hit_rows, hit_scores = positions[keep], distances[keep]
             value = None
             if rule is not None and len(hit_rows):
-                value = self._decision_score(rule, descriptors[row], hit_rows, hit_scores, searchable)
+                value = top1_decision_score(self.index, rule, descriptors[row], hit_rows, hit_scores, searchable)
             found.append((hit_rows[:k], hit_scores[:k], value))
         return rule, found
-
-    def _rule(self, sequence_length: int):
-        """The DecisionRule of the index's threshold for this sequence length and search space, or None."""
-        from tscm.evaluation.decision import DecisionRule
-
-        entry = None if self.index is None else self.index.threshold(sequence_length)
-        return None if entry is None else DecisionRule.of(entry)
-
-    def _zone_positions(self, rule, searchable: int) -> np.ndarray:
-        """The first `searchable` entries' coordinates, for a rule whose exclusion zone is in metres
-        (other zones count map entries in the order they were added: positions None)."""
-        xy = self.index.coordinates
-        if xy is None:
-            raise TscmError("the threshold's 'ratio' score compares places in metres, but this map has no "
-                            "coordinates; build it with positions or calibrate it on frame-ordered data")
-        return np.asarray(xy[:searchable], dtype=np.float64)
-
-    def _distance_row(self, descriptor: np.ndarray, searchable: int) -> np.ndarray:
-        """Squared L2 from one descriptor to each of the first `searchable` entries, in the search space."""
-        from tscm.evaluation.ranking import squared_distances
-
-        return squared_distances(self.index.to_search_space(descriptor[None]), self.index.vectors()[:searchable])[0]
-
-    def _decision_score(self, rule, descriptor: np.ndarray, hit_rows: np.ndarray, hit_scores: np.ndarray,
-                        searchable: int) -> float:
-        """The rule's score of the top-1 hit: from the nearest hits where they settle it, else from the full row."""
-        from tscm.evaluation.decision import decide_from_hits
-
-        positions = self._zone_positions(rule, searchable) if rule.score == "ratio" and rule.unit == "m" else None
-        return decide_from_hits(rule, hit_rows, hit_scores, searchable, positions,
-                                row=lambda: self._distance_row(descriptor, searchable))
-
-    def _ranked_places(self, rows: list[int], scores: list[float], rule, decision_score: float | None,
-                       consistent: bool = True) -> list[Place]:
-        """Places for map rows ranked in the given order with their match scores.
-
-        With a rule, the first place gets the decision (its score passes the threshold and, where
-        temporal consistency is asked for, the run is consistent); for the top-1 distance every
-        place is decided by its own distance, for the other scores the places after the first are
-        not accepted (a decision score is about the best match).
-        """
-        places = []
-        for rank, (position, score) in enumerate(zip(rows, scores), start=1):
-            entry = self.index.entry(position)
-            accepted = confidence = value = None
-            if rule is not None:
-                if rank == 1:
-                    value = float(decision_score)
-                elif rule.score == "distance":
-                    value = float(score)
-                if value is not None:
-                    accepted = rule.accepts(value) and (consistent or rank > 1)
-                    confidence = rule.confidence(value)
-                else:
-                    accepted = False
-            places.append(Place(rank, entry["id"], float(score), entry["path"], entry["xy"], accepted, confidence,
-                                entry["time"], decision_score=value, score_name=None if rule is None else rule.score))
-        return places
 
     def describe_one(self, image: Any, *, timings: dict[str, float] | None = None) -> np.ndarray:
         """The 1×D descriptor of one image, the streaming way: no batching machinery around a lone image.
@@ -413,10 +341,6 @@ class PlaceRecognizer:
         The same numbers as `describe([image])`; `timings` (if given) gets the seconds of "decode"
         (read, convert, resize, normalise) and "describe" (the model) added.
         """
-        import torch
-
-        from tscm.data.images import as_rgb, eval_transform
-
         tic = perf_counter()
         spec = self._spec
         tensor = eval_transform(as_rgb(image), spec.image_size, spec.mean, spec.std)
@@ -447,28 +371,23 @@ class PlaceRecognizer:
         the map (tscm.evaluation.consistency). `timings` gets each stage's seconds added (decode,
         describe, search, sequence, decision).
         """
-        from tscm.evaluation.decision import decide_row
-        from tscm.evaluation.ranking import rank_matrix
-        from tscm.evaluation.sequence import SequenceMatcher
-
         self._check_not_empty()
         if self._sequence is None or self._sequence.length != length or self._sequence.num_db != self.count:
             self._sequence = SequenceMatcher(length, self.count)
         descriptor = self.describe_one(image, timings=timings)
         tic = perf_counter()
-        row = self._distance_row(descriptor[0], self.count)
+        row = distance_row(self.index, descriptor[0], self.count)
         tac = perf_counter()
         scores = self._sequence.push(row)
         ranking = rank_matrix(scores[None, :], min(k, self.count))
         toc = perf_counter()
-        rule = self._rule(length)
+        rule = threshold_rule(self.index, length)
         value, consistent = None, True
         rows = ranking.indices[0].tolist()
         if rule is not None:
-            positions = self._zone_positions(rule, self.count) if rule.score == "ratio" and rule.unit == "m" else None
-            value = decide_row(rule, scores, rows[0], positions)
+            value = sequence_decision_score(self.index, rule, scores, rows[0])
             consistent = self._consistent(consistency, rule.accepts(value), rows[0])
-        places = self._ranked_places(rows, ranking.distances[0].tolist(), rule, value, consistent)
+        places = ranked_places(self.index, rows, ranking.distances[0].tolist(), rule, value, consistent)
         if timings is not None:
             timings["search"] = timings.get("search", 0.0) + tac - tic
             timings["sequence"] = timings.get("sequence", 0.0) + toc - tac
@@ -479,8 +398,6 @@ class PlaceRecognizer:
         """Push one frame into the temporal-consistency filter (made on first use, remade when `frames` changes)."""
         if frames is None:
             return True
-        from tscm.evaluation.consistency import ConsistencyFilter
-
         if self._consistency is None or self._consistency.frames != frames:
             self._consistency = ConsistencyFilter(frames)
         return self._consistency.push(passed, position)
@@ -518,7 +435,7 @@ class PlaceRecognizer:
             if rule is not None and consistency is not None:
                 consistent = self._consistent(consistency, len(rows) > 0 and rule.accepts(value),
                                               int(rows[0]) if len(rows) else -1)
-            candidates = self._ranked_places(rows.tolist(), scores.tolist(), rule, value, consistent)
+            candidates = ranked_places(self.index, rows.tolist(), scores.tolist(), rule, value, consistent)
         toc = perf_counter()
         self.add_descriptors(descriptor, [self._next_id()], xy=None if xy is None else np.asarray([xy], dtype=np.float64),
                              paths=[str(image) if isinstance(image, (str, Path)) else ""],

@@ -1,8 +1,8 @@
 """Several training runs at once, each in its own process with its share of the threads.
 
 The small presets train on batches too small to keep two threads busy inside one operation: on 2 cores two
-one-thread runs side by side finish about 1.8 times as many steps per second as one two-thread run (README,
-"Training runs side by side"). A run's result depends on its thread count, not on what runs beside it, so each run here
+one-thread runs side by side do about 1.2-1.4 times the work of one two-thread run (README, "Training runs
+side by side"). A run's result depends on its thread count, not on what runs beside it, so each run here
 repeats exactly as `tscm train-teacher` / `tscm distill` alone with the same settings and `--threads`.
 
 A task may name another task whose checkpoint it needs (a distilled student and its teacher); it starts once

@@ -127,6 +127,31 @@ def write_route_manifest(folder, frames=70):
 
 
 @pytest.mark.slow
+def test_index_calibrate_writes_the_index_and_its_json_together_or_neither(tiny_student, tmp_path, capsys,
+                                                                          monkeypatch):
+    """A full disk while writing the JSON keeps the index as it was: no threshold without its report."""
+    from tscm.data.formats import load_placeset
+    from tscm.deploy.retrieval import calibration
+
+    manifest = write_route_manifest(tmp_path)
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
+    recognizer.add(load_placeset(manifest, split="test").db_paths)
+    recognizer.save(tmp_path / "map.idx")
+    before = (tmp_path / "map.idx").read_bytes()
+
+    def full_disk(path, obj):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(calibration, "write_json_atomic", full_disk)
+    args = ["index", "calibrate", "--index", str(tmp_path / "map.idx"), "--data", str(manifest), "--split", "val",
+            "--target-precision", "90", "--json", str(tmp_path / "calibration.json")]
+    assert cli.main(args) == 2
+    assert "No space left" in capsys.readouterr().err
+    assert (tmp_path / "map.idx").read_bytes() == before and not (tmp_path / "calibration.json").exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+@pytest.mark.slow
 def test_index_calibrate_measures_then_writes_the_index_and_json_once(tiny_student, tmp_path, capsys):
     from tscm.data.formats import load_placeset
 

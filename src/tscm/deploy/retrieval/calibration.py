@@ -28,7 +28,7 @@ from tscm.evaluation.calibration import DEFAULT_BOUND, DEFAULT_CONFIDENCE, calib
 from tscm.evaluation.decision import DEFAULT_SCORE, SCORE_NAMES, DecisionRule, SplitDecisions, check_score_name, split_decisions
 from tscm.evaluation.precision_recall import apply_threshold, pr_curve
 from tscm.evaluation.unseen import unseen_accepted, with_unseen
-from tscm.fileio import check_outputs, write_json_atomic
+from tscm.fileio import atomic_group, check_outputs, write_json_atomic
 
 DEFAULT_TARGET_PRECISION = 0.99
 AUTO_SCORE = "auto"
@@ -250,10 +250,11 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
         other, db, queries = measured_set
         measured = measure_entry(recognizer.index, entry, db, queries, other, radius=radius)
     recognizer.index.set_threshold(entry)
-    recognizer.index.save(index_path)
     report = {"threshold": recognizer.index.threshold(sequence_length), "json": calibration_report(entry, measured)}
     if measured is not None:
         report["measured"] = measured
-    if json_path is not None:
-        write_json_atomic(json_path, report["json"])
+    with atomic_group():  # the index and its JSON together, or neither (each keeps its previous content)
+        recognizer.index.save(index_path)
+        if json_path is not None:
+            write_json_atomic(json_path, report["json"])
     return report

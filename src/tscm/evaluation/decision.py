@@ -146,11 +146,12 @@ class SplitDecisions:
     route_position: np.ndarray  # Q float: each top-1's position along the database route
     unseen: dict[str, np.ndarray] | None = None  # the queries' never-seen twins (tscm.evaluation.unseen), if asked
 
-    def curve_inputs(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def curve_inputs(self, name: str, twins: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores, correct, has_match) of the queries under score `name`, followed by their never-seen twins
-        when there are any (every accepted twin is a false closure; a twin left without entries is skipped)."""
+        when there are any and `twins` is on (every accepted twin is a false closure; a twin left without entries
+        is skipped)."""
         values = self.scores.scores[name]
-        if self.unseen is None:
+        if self.unseen is None or not twins:
             return values, self.correct, self.has_match
         twins = self.unseen[name][~np.isnan(self.unseen[name])]
         no = np.zeros(len(twins), dtype=bool)

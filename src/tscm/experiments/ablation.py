@@ -12,7 +12,7 @@ weights too: a 2×2 (tuples × checkpoint) that shows what moves the numbers. Ea
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,7 +34,7 @@ from tscm.experiments.common import (
     training_summary,
 )
 from tscm.experiments.report import binomial_stderr_points, format_table
-from tscm.experiments.training_pool import TrainingTask, run_tasks, threads_per_job
+from tscm.experiments.training_pool import TrainingTask, options_per_job, run_tasks, threads_per_job
 from tscm.fileio import write_json_atomic
 
 DEFAULT_DATA = "synthetic:ablation"
@@ -170,7 +170,7 @@ def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher
     results: dict[str, Any] = {}
     minings = MINING_GRID if grid else MINING_GRID[:1]
     jobs = min(options.jobs, len(seeds) * len(minings))
-    share = replace(options, threads=threads_per_job(options.threads, jobs), progress=options.progress and jobs == 1)
+    share = options_per_job(options, jobs)
     for number, row in enumerate(settings_rows, start=1):
         measured, walls, extras = [], [], []
         cells: dict[str, list[float]] = {}

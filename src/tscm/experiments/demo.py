@@ -9,7 +9,7 @@ every knob), train/<model>/ (each training run with its config.yaml and checkpoi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +31,7 @@ from tscm.experiments.common import (
     training_config,
     training_summary,
 )
-from tscm.experiments.training_pool import TrainingTask, run_tasks, threads_per_job
+from tscm.experiments.training_pool import TrainingTask, options_per_job, run_tasks, threads_per_job
 from tscm.fileio import write_json_atomic
 
 DEFAULT_DATA = "synthetic:demo"
@@ -131,8 +131,7 @@ def training_tasks(arms: list[StudentArm], seeds: list[int], teacher_config: str
                    options: RunOptions, data_root: Path, run_dir: Path, command: str) -> list[TrainingTask]:
     """The teacher, the arms that need no teacher (they train beside it), then the distilled arms, seed by seed;
     every run with its share of the threads (`--jobs`)."""
-    share = replace(options, threads=threads_per_job(options.threads, options.jobs),
-                    progress=options.progress and options.jobs == 1)
+    share = options_per_job(options, options.jobs)
     tasks = [TrainingTask(TEACHER_TASK, "teacher", training_config(teacher_config, "teacher", share, data_root, run_dir,
                                                                    TEACHER_TASK, seeds[0]), command)]
     ordered = sorted(arms, key=lambda arm: arm.needs_teacher)  # stable: the arms' own order within each group

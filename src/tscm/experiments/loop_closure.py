@@ -149,9 +149,7 @@ def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
                               test_set, test_db, test_queries, sequence_length=length, radius=radius)
         for score in scores or SCORE_NAMES:
             for bound, unseen in calibrations:
-                inputs = on_val.curve_inputs(score) if unseen else (on_val.scores.scores[score], on_val.correct,
-                                                                     on_val.has_match)
-                curve = pr_curve(*inputs)
+                curve = pr_curve(*on_val.curve_inputs(score, twins=unseen))
                 entry: dict[str, Any] = {"sequence_length": int(length), "score": score, "bound": bound,
                                          "unseen": unseen, "target_precision": target_precision}
                 try:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tscm.config import TrainConfig
 from tscm.errors import TscmError
-from tscm.experiments.common import TrainedModel, train_student_run, train_teacher_run
+from tscm.experiments.common import RunOptions, TrainedModel, train_student_run, train_teacher_run
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,12 @@ class TrainingTask:
 def threads_per_job(threads: int, jobs: int) -> int:
     """Each of `jobs` runs gets an equal share of `threads` (at least one); 0 (the library's default) stays 0."""
     return 0 if threads == 0 else max(1, threads // jobs)
+
+
+def options_per_job(options: RunOptions, jobs: int) -> RunOptions:
+    """The run options each of `jobs` side-by-side runs trains with: its share of the threads, and progress
+    bars only when runs go one at a time (two bars would overwrite each other)."""
+    return replace(options, threads=threads_per_job(options.threads, jobs), progress=options.progress and jobs == 1)
 
 
 def run_task(task: TrainingTask, teacher: Path | None) -> TrainedModel:

@@ -128,6 +128,37 @@ def test_teacher_descriptors_from_the_cache_equal_running_the_teacher(city, tmp_
         assert torch.equal(tensor, timed[name]), name
 
 
+@pytest.mark.slow
+def test_a_second_student_reuses_the_stored_teacher_descriptors_and_trains_the_same(city, tmp_path, teacher_checkpoint,
+                                                                                     monkeypatch):
+    from tscm.train import caches, teacher_store
+
+    described = []
+    original = caches.TrainingCaches.describe
+
+    def counting(self, model, *args, **kwargs):
+        described.append(model is self.teacher)
+        return original(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(caches.TrainingCaches, "describe", counting)
+    common = ("train.epochs=1", "train.batch_size=2", "loss.preset=tscm", "distill.teacher_outputs=cache")
+    first = distill(load_config("demo_student", tiny_overrides(city, tmp_path, "first", *common)), teacher_checkpoint)
+    assert described.count(True) == 1
+    stored = list((tmp_path / teacher_store.FOLDER).glob("*.safetensors"))
+    assert len(stored) == 1
+    second = distill(load_config("demo_student", tiny_overrides(city, tmp_path, "second", *common)), teacher_checkpoint)
+    assert described.count(True) == 1  # read from the file, not described again
+    for name, tensor in weights(first.last_checkpoint).items():
+        assert torch.equal(tensor, weights(second.last_checkpoint)[name]), name
+
+    stored[0].write_bytes(b"not a safetensors file")  # a damaged file is recomputed, and replaced
+    distill(load_config("demo_student", tiny_overrides(city, tmp_path, "third", *common)), teacher_checkpoint)
+    assert described.count(True) == 2 and stored[0].read_bytes() != b"not a safetensors file"
+    off = tiny_overrides(city, tmp_path / "off", "off", *common, "distill.reuse_teacher_descriptors=false")
+    distill(load_config("demo_student", off), teacher_checkpoint)
+    assert described.count(True) == 3 and not (tmp_path / "off" / teacher_store.FOLDER).exists()
+
+
 def test_student_baseline_needs_no_teacher(city, tmp_path):
     overrides = tiny_overrides(city, tmp_path, "baseline", "train.epochs=1", "loss.preset=none", "mining.descriptors=student")
     result = distill(load_config("demo_student", overrides))

@@ -139,6 +139,9 @@ class DistillSettings:
         "student's view, or auto (cache without augmentation, per batch with it)",
         choices=("auto", "cache", "per_batch"),
     )
+    reuse_teacher_descriptors: bool = _setting(
+        True, "keep the teacher's descriptors of the train images in <run.output_dir>/teacher-descriptors/ and reuse "
+        "them in later runs from the same teacher, images and threads (identical numbers, computed once)")
     teach_images: int = _setting(
         0, "train images per step beyond the tuples' for the distillation terms, drawn so that every train image "
         "(both conditions) is taught in turn (0: the tuples' images only)")

@@ -129,12 +129,13 @@ TEACHER_TASK = "teacher"
 
 def training_tasks(arms: list[StudentArm], seeds: list[int], teacher_config: str, student_config: str,
                    options: RunOptions, data_root: Path, run_dir: Path, command: str) -> list[TrainingTask]:
-    """The teacher, the arms that need no teacher (they train beside it), then the distilled arms, seed by seed;
-    every run with its share of the threads (`--jobs`)."""
+    """The teacher, the arms that need no teacher (they train beside it), then the distilled arms, seed by seed,
+    the paper's loss last (the recommended arm teaches more images a step: its longer runs start first, so the
+    last run to finish is a short one); every run with its share of the threads (`--jobs`)."""
     share = options_per_job(options, options.jobs)
     tasks = [TrainingTask(TEACHER_TASK, "teacher", training_config(teacher_config, "teacher", share, data_root, run_dir,
                                                                    TEACHER_TASK, seeds[0]), command)]
-    ordered = sorted(arms, key=lambda arm: arm.needs_teacher)  # stable: the arms' own order within each group
+    ordered = sorted(arms, key=lambda arm: (arm.needs_teacher, arm.loss == PAPER_LOSS))  # stable within groups
     for arm in ordered:
         for seed in seeds:
             config = training_config(student_config, "student", share, data_root, run_dir, f"{arm.name}-seed{seed}",

@@ -11,6 +11,7 @@ over the processes and gathered. Images come from the run's in-memory cache of d
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from tscm.data.mining import DescriptorCache, Miner, MiningStats
 from tscm.data.places import PlaceSet
 from tscm.data.tuples import TupleArrays, flat_image_paths
 from tscm.evaluation.extract import InputSpec, extract_descriptors
+from tscm.train import teacher_store
 from tscm.train.runtime import Runtime
 
 
@@ -30,7 +32,8 @@ class TrainingCaches:
     """The run's teacher and mining caches, the miner, and the tuples they give."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime, train_set: PlaceSet, model: nn.Module, spec: InputSpec,
-                 teacher: nn.Module | None, teacher_spec: InputSpec | None, teacher_from_cache: bool) -> None:
+                 teacher: nn.Module | None, teacher_spec: InputSpec | None, teacher_from_cache: bool,
+                 teacher_fingerprint: str | None = None, store: Path | None = None) -> None:
         self.config = config
         self.runtime = runtime
         self.device = runtime.device
@@ -46,6 +49,8 @@ class TrainingCaches:
         self.miner = Miner(train_set, config.mining, seed=config.train.seed)
         self.mining_by_teacher = config.kind == "student" and config.mining.descriptors == "teacher"
         self.teacher_from_cache = teacher_from_cache
+        self.teacher_fingerprint = teacher_fingerprint
+        self.store = store  # where the teacher's descriptors are kept for other runs (teacher_store); None: nowhere
         self.teacher_cache: torch.Tensor | None = None  # teacher descriptors of every train image
         self.mining_cache: np.ndarray | None = None  # the model's flat train descriptors, when they drive mining
         self.cache_epoch = -1
@@ -76,8 +81,19 @@ class TrainingCaches:
         """Compute the teacher's descriptors of every train image, once, when they are used."""
         if self.teacher_cache is None and (self.teacher_from_cache or self.mining_by_teacher):
             assert self.teacher is not None and self.teacher_spec is not None
-            flat = self.describe(self.teacher, self.teacher_spec, self.train_images, self.config.mining.batch_size,
-                                 progress)
+            batch_size = self.config.mining.batch_size
+            key = None
+            if self.store is not None and self.teacher_fingerprint:
+                compute = f"{self.device}, {torch.get_num_threads()} threads, {self.runtime.world_size} processes"
+                key = teacher_store.descriptor_key(self.teacher_fingerprint, self.teacher_spec, self.train_paths,
+                                                   batch_size, compute)
+                flat = teacher_store.load_descriptors(self.store, key, len(self.train_paths))
+                if flat is not None:
+                    self.teacher_cache = torch.from_numpy(flat).to(self.device)
+                    return
+            flat = self.describe(self.teacher, self.teacher_spec, self.train_images, batch_size, progress)
+            if key is not None and self.runtime.is_main:
+                teacher_store.save_descriptors(self.store, key, flat)
             self.teacher_cache = torch.from_numpy(flat).to(self.device)
 
     def cache_reused_later(self) -> bool:

@@ -126,7 +126,8 @@ class Trainer:
         self.teacher_from_cache = needs_teacher and (outputs == "cache" or (outputs == "auto" and not self.augmenter.active))
         self.teach_images = config.distill.teach_images if getattr(self.loss_fn, "reads_extra_images", False) else 0
         self.caches = TrainingCaches(config, self.rt, job.train_set, self.raw_model, job.spec, self.teacher,
-                                       job.teacher_spec, self.teacher_from_cache)
+                                       job.teacher_spec, self.teacher_from_cache, job.teacher_fingerprint,
+                                       Path(config.run.output_dir) if config.distill.reuse_teacher_descriptors else None)
         self.plan = BatchPlan(job.train_set.num_queries, config.train.seed, config.train.max_queries_per_epoch,
                               config.mining.refresh_every_queries, config.train.batch_size, self.rt.world_size,
                               self.rt.rank)

@@ -150,6 +150,20 @@ def test_query_sequence_resolves_a_route_single_frames_cannot(tiny_student, monk
     assert sequence_hits == len(truth) - 8 and single_hits <= 5
 
 
+def test_query_sequence_with_a_length_past_any_stream_keeps_only_the_stream(tiny_student, monkeypatch):
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
+    rng = np.random.default_rng(7)
+    db = rng.normal(size=(40, recognizer.dim)).astype(np.float32)
+    recognizer.add_descriptors(db, np.arange(40))
+    monkeypatch.setattr(recognizer, "describe_one", lambda image, **kw: np.asarray(image, dtype=np.float32)[None])
+    stream = db[10:30] + 0.1 * rng.normal(size=(20, recognizer.dim)).astype(np.float32)
+    endless = [recognizer.query_sequence(frame, 3, length=10**15)[0] for frame in stream]  # once: 10^15 rows
+    recognizer._sequence = None
+    whole = [recognizer.query_sequence(frame, 3, length=20)[0] for frame in stream]  # the stream's own length
+    assert [p.id for p in endless] == [p.id for p in whole]
+    assert [p.distance for p in endless] == pytest.approx([p.distance for p in whole])
+
+
 def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(tiny_student, monkeypatch):
     recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
     rng = np.random.default_rng(6)

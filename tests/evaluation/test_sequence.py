@@ -88,6 +88,21 @@ def test_streaming_equals_batch(contrast_window):
     np.testing.assert_array_equal(matcher.push(d[5]), sequence_scores(d[5:6], 6, contrast_window=contrast_window)[0])
 
 
+def test_the_streaming_buffer_grows_with_the_stream_not_with_the_length():
+    rng = np.random.default_rng(3)
+    d = rng.random((150, 30)).astype(np.float32)
+    batch = sequence_scores(d, 100)
+    matcher = SequenceMatcher(100, 30)  # longer than the first buffer: it grows (64 -> 100 rows), then wraps
+    for q in range(len(d)):
+        np.testing.assert_array_equal(matcher.push(d[q]), batch[q])
+    assert matcher._history.shape == (100, 30)
+
+    endless = SequenceMatcher(10**12, 30)  # a length no memory holds: the stream's rows are kept
+    for q in range(80):
+        np.testing.assert_array_equal(endless.push(d[q]), batch[q])
+    assert endless._history.shape == (128, 30)
+
+
 def ambiguous_route(seed, num_db=200, num_appearances=8, dim=16, noise=0.3, speed=1.0):
     """A route whose frames take one of a few appearances at random: every single frame has ~25 look-alikes.
 

@@ -155,6 +155,25 @@ def test_demo_rows_are_the_mean_and_standard_error_of_their_seeds(demo_run):
 
 
 @pytest.mark.slow
+def test_later_seeds_described_from_memory_equal_the_files_way(demo_run, cache, tmp_path):
+    from tscm.data.images import DecodedImages
+    from tscm.experiments.common import RunOptions, measure_checkpoint
+
+    results = json.loads((demo_run / "results.json").read_text())
+    row = next(m for m in results["models"] if m["name"] == "student-baseline")
+    test_set = load_placeset(cache / "synth-tiny-seed0", "test")
+    options = RunOptions(out=tmp_path, threads=1, progress=False)
+    checkpoint = demo_run / "train" / "student-baseline-seed1" / "best"
+    from_files = measure_checkpoint(checkpoint, test_set, (25.0, 10.0), options)
+    decoded = DecodedImages(test_set.db_paths + test_set.query_paths)
+    from_memory = measure_checkpoint(checkpoint, test_set, (25.0, 10.0), options, decoded)
+    np.testing.assert_array_equal(from_memory.db, from_files.db)
+    np.testing.assert_array_equal(from_memory.queries, from_files.queries)
+    assert from_memory.ms_per_image is None and from_files.ms_per_image > 0
+    assert row["recall_per_seed"][1]["1"] == pytest.approx(from_files.main.recall[1], abs=1e-9)
+
+
+@pytest.mark.slow
 def test_demo_refuses_a_used_run_folder(demo_run, capsys):
     assert cli.main(["demo", *TINY_RUN, "--out", str(demo_run)]) == 2
     assert "not an empty folder" in capsys.readouterr().err

@@ -317,6 +317,21 @@ def test_a_data_argument_that_is_a_symlink_loop(command, tmp_path, capsys, check
     assert not (tmp_path / "map.idx").exists()
 
 
+@pytest.mark.parametrize("option", ["--checkpoint", "--config"])
+def test_a_checkpoint_or_config_that_is_a_symlink_loop(option, tmp_path, capsys, checkpoints):
+    loop = tmp_path / ("model" if option == "--checkpoint" else "settings.yaml")
+    loop.symlink_to(loop.name)
+    if option == "--checkpoint":
+        images = write_image(tmp_path / "images" / "a.png").parent
+        argv = ["index", "build", "--checkpoint", loop, "--images", images, "--out", tmp_path / "map.idx"]
+        command = "index"
+    else:
+        argv = ["train-teacher", "--config", loop, "--set", f"run.output_dir={tmp_path / 'runs'}"]
+        command = "train-teacher"
+    assert_refused(tscm(capsys, *argv), command, str(loop))
+    assert not (tmp_path / "map.idx").exists() and not (tmp_path / "runs").exists()
+
+
 def _not_regular(path, kind):
     """Replace the file at `path` (if any) by a FIFO or a symbolic link loop."""
     if path.exists() or path.is_symlink():

@@ -16,7 +16,8 @@ from tscm.data.images import DecodedImages, eval_transform, load_rgb
 from tscm.data.tuples import flat_image_paths
 from tscm.evaluation.extract import InputSpec, extract_descriptors
 from tscm.models import build_model
-from tscm.train.caches import TrainingCaches, describe_decoded
+from tscm.evaluation.extract import describe_decoded
+from tscm.train.caches import TrainingCaches
 from tscm.train.runtime import start_runtime, stop_runtime
 from tscm.train.optim import build_optimizer, match_state_layout, to_fast_layout
 from tscm.train.training_state import load_training_state, save_training_state

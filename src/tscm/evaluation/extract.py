@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tscm.data.formats import is_placeholder_path
-from tscm.data.images import as_rgb, check_input_spec, eval_transform
+from tscm.data.images import DecodedImages, as_rgb, check_input_spec, eval_transform
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
@@ -159,3 +159,25 @@ def describe_placeset(model, spec: InputSpec, placeset: PlaceSet, **options: Any
     queries = extract_descriptors(model, placeset.query_paths, spec, **options)
     return db, queries
 
+
+def describe_decoded(model: nn.Module, images: DecodedImages, rows: np.ndarray, spec: InputSpec, batch_size: int,
+                     device: torch.device, progress: bool) -> np.ndarray:
+    """float32 descriptors of `images` at `rows`, in order: what `extract_descriptors` gives for their paths
+    (same inputs, batches and eval-mode forward), with the pixels taken from memory."""
+    from tqdm import tqdm
+
+    dim = int(getattr(model, "descriptor_dim", 1))
+    chunks = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            starts = range(0, len(rows), batch_size)
+            for start in tqdm(starts, desc="descriptors", unit="batch", disable=None if progress else True):
+                batch = images.inputs(rows[start : start + batch_size], spec.image_size, spec.mean, spec.std)
+                chunks.append(model(batch.to(device)).detach().float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)

@@ -128,9 +128,12 @@ def sequence_scores(distances, length: int, speeds: Sequence[float] = DEFAULT_SP
 class SequenceMatcher:
     """Online sequence matching: push each new query's distance row, get that query's sequence-score row.
 
-    Keeps only the last `length` rows, in a ring buffer allocated once. push() returns the same
+    Keeps only the last `length` rows, in a ring buffer that grows with the rows pushed up to `length` rows
+    (a length longer than the stream costs the stream's rows, not the length's). push() returns the same
     row as sequence_scores does for that query over all the rows pushed so far.
     """
+
+    FIRST_ROWS = 64  # the buffer's first size; it doubles as rows arrive, up to `length`
 
     def __init__(self, length: int, num_db: int, speeds: Sequence[float] = DEFAULT_SPEEDS, *,
                  contrast_window: int | None = None):
@@ -139,12 +142,22 @@ class SequenceMatcher:
             raise TscmError(f"num_db: expected a positive number of database frames, got {num_db!r}")
         self.num_db = int(num_db)
         self.contrast_window = _check_contrast_window(contrast_window)
-        self._offsets = _path_offsets(speeds, self.length)
-        self._history = np.zeros((self.length, self.num_db), dtype=np.float32)
-        self._history_means = np.zeros(self.length, dtype=np.float32)
+        self._speeds = speeds
+        self._history = np.zeros((0, self.num_db), dtype=np.float32)
+        self._history_means = np.zeros(0, dtype=np.float32)
+        self._resize(min(self.length, self.FIRST_ROWS))
         self._total = np.empty(self.num_db, dtype=np.float32)
         self._best = np.empty(self.num_db, dtype=np.float32)
         self.num_pushed = 0
+
+    def _resize(self, rows: int) -> None:
+        """Room for `rows` rows, keeping those pushed (the buffer only grows before it first wraps around)."""
+        history = np.zeros((rows, self.num_db), dtype=np.float32)
+        means = np.zeros(rows, dtype=np.float32)
+        kept = len(self._history)
+        history[:kept], means[:kept] = self._history, self._history_means
+        self._history, self._history_means = history, means
+        self._offsets = _path_offsets(self._speeds, rows)
 
     def reset(self) -> None:
         """Forget the rows pushed so far (a new traversal starts)."""
@@ -157,7 +170,11 @@ class SequenceMatcher:
             raise TscmError(f"distance row: expected {self.num_db} numeric distances, got {row.dtype} with shape {row.shape}")
         if not np.isfinite(row).all():
             raise TscmError("distance row: contains NaN or infinite values")
-        newest = self.num_pushed % self.length
+        capacity = len(self._history)
+        if self.num_pushed == capacity < self.length:
+            capacity = min(self.length, 2 * capacity)
+            self._resize(capacity)
+        newest = self.num_pushed % capacity
         if self.contrast_window is None:
             self._history[newest] = row
         else:
@@ -171,7 +188,7 @@ class SequenceMatcher:
             total.fill(0.0)
             for t in range(used):
                 start = min(speed_offsets[t], n)
-                slot = (newest - t) % self.length
+                slot = (newest - t) % capacity
                 total[start:] += self._history[slot, : n - start]
                 total[:start] += self._history_means[slot]
             total /= used

@@ -15,6 +15,7 @@ import numpy as np
 from tscm.config import TrainConfig, load_config
 from tscm.config.loading import parse_override, set_value
 from tscm.config.sections import validate
+from tscm.data.images import DecodedImages
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
 from tscm.evaluation.recall import EvalResult, evaluate_descriptors
@@ -228,9 +229,9 @@ class Measurement:
     db: np.ndarray
     queries: np.ndarray
     evaluations: list[EvalResult]  # the recipe's radii, main first
-    ms_per_image: float
+    ms_per_image: float | None  # None: not timed (a later seed, described from memory)
     forward_ms_per_image: float | None
-    matching_ms_per_query: float
+    matching_ms_per_query: float | None
     params: int
     multiply_adds: int | None = None
 
@@ -300,12 +301,26 @@ def chance_recall_at_1(placeset: PlaceSet, radius: float | None) -> float:
     return 100.0 * float(np.mean(shares)) if shares else 0.0
 
 
-def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], options: RunOptions) -> Measurement:
-    """Describe the test split with `model` (timed end to end), then evaluate, time matching and the model alone."""
-    from tscm.evaluation.extract import describe_placeset
+def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], options: RunOptions,
+                  decoded: DecodedImages | None = None) -> Measurement:
+    """Describe the test split with `model` (timed end to end), then evaluate, time matching and the model alone.
+
+    `decoded`: the split's database then query images, kept in memory: describe them from there (the same
+    descriptors) and time nothing, for the later seeds of a row, whose speed is not reported (the first seed's is).
+    """
+    import torch
+
+    from tscm.evaluation.extract import describe_decoded, describe_placeset
     from tscm.models.presets import multiply_adds_per_image
 
     model.to(options.device)
+    if decoded is not None:
+        device, num_db = torch.device(options.device), placeset.num_db
+        with all_threads(options.threads):
+            db, queries = (describe_decoded(model, decoded, rows, spec, options.batch_size, device, options.progress)
+                           for rows in (np.arange(num_db), num_db + np.arange(placeset.num_queries)))
+        return Measurement(db, queries, evaluate_at(placeset, radii, db, queries), None, None, None,
+                           count_parameters(model))
     with all_threads(options.threads):
         started = time.perf_counter()
         db, queries = describe_placeset(model, spec, placeset, batch_size=options.batch_size, device=options.device,
@@ -322,12 +337,13 @@ def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], optio
                        count_parameters(model), macs)
 
 
-def measure_checkpoint(checkpoint: Path, placeset: PlaceSet, radii: Sequence[float], options: RunOptions) -> Measurement:
+def measure_checkpoint(checkpoint: Path, placeset: PlaceSet, radii: Sequence[float], options: RunOptions,
+                       decoded: DecodedImages | None = None) -> Measurement:
     from tscm.evaluation.extract import InputSpec
     from tscm.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
-    return measure_model(model, InputSpec.of(meta), placeset, radii, options)
+    return measure_model(model, InputSpec.of(meta), placeset, radii, options, decoded)
 
 
 def measure_raw_pixels(placeset: PlaceSet, radii: Sequence[float], options: RunOptions, size: tuple[int, int]) -> Measurement:

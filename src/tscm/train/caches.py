@@ -23,7 +23,7 @@ from tscm.data.images import DecodedImages
 from tscm.data.mining import DescriptorCache, Miner, MiningStats
 from tscm.data.places import PlaceSet
 from tscm.data.tuples import TupleArrays, flat_image_paths
-from tscm.evaluation.extract import InputSpec, extract_descriptors
+from tscm.evaluation.extract import InputSpec, describe_decoded, extract_descriptors
 from tscm.train import teacher_store
 from tscm.train.runtime import Runtime
 
@@ -164,25 +164,3 @@ class TrainingCaches:
         if not self.mining_by_teacher:
             self.mining_cache, self.cache_epoch = None, -1
 
-
-def describe_decoded(model: nn.Module, images: DecodedImages, rows: np.ndarray, spec: InputSpec, batch_size: int,
-                     device: torch.device, progress: bool) -> np.ndarray:
-    """float32 descriptors of `images` at `rows`, in order: what `extract_descriptors` gives for their paths
-    (same inputs, batches and eval-mode forward), with the pixels taken from memory."""
-    from tqdm import tqdm
-
-    dim = int(getattr(model, "descriptor_dim", 1))
-    chunks = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            starts = range(0, len(rows), batch_size)
-            for start in tqdm(starts, desc="descriptors", unit="batch", disable=None if progress else True):
-                batch = images.inputs(rows[start : start + batch_size], spec.image_size, spec.mean, spec.std)
-                chunks.append(model(batch.to(device)).detach().float().cpu().numpy())
-    finally:
-        model.train(was_training)
-    if not chunks:
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tscm.bench.training import bench_training, demo_batch
 from tscm.config import load_config
+from tscm.errors import TscmError
 
 
 def test_default_batch_is_the_demo_batch_of_each_role():
@@ -27,3 +29,25 @@ def test_rows_report_the_batch_and_a_positive_rate():
 
     (small,) = bench_training(["teacher-tiny"], tuples=2, negatives=1, threads=1, steps=1, rounds=1, print_fn=lines.append)
     assert small.tuples == 2 and small.images_per_step == 6
+
+
+def test_lite_presets_take_the_nordland_batch():
+    config = load_config("nordland_student")
+    assert demo_batch("student-lite") == (config.train.batch_size, config.mining.num_negatives)
+
+
+def test_library_kernels_are_timed_beside_tscm_ones_and_put_back():
+    from tscm.bench.training import library_kernels
+    from tscm.models import depthwise, efficientnet_lite
+
+    lines = []
+    rows = bench_training(["student-lite"], tuples=2, negatives=1, threads=1, steps=1, rounds=1,
+                          kernels=("tscm", "library"), print_fn=lines.append)
+    assert [row.kernels for row in rows] == ["tscm", "library"]
+    assert any(line.startswith("student-lite: library / tscm median step time") for line in lines)
+    assert depthwise.MAX_PIXEL_PAIRS > 0 and efficientnet_lite.FOLD_RUNNING_BATCH_NORMS
+    with library_kernels():
+        assert depthwise.MAX_PIXEL_PAIRS == 0 and not efficientnet_lite.FOLD_RUNNING_BATCH_NORMS
+    assert depthwise.MAX_PIXEL_PAIRS > 0 and efficientnet_lite.FOLD_RUNNING_BATCH_NORMS
+    with pytest.raises(TscmError, match="training kernels"):
+        bench_training(["student-lite"], kernels=("fast",), print_fn=lines.append)

@@ -101,6 +101,7 @@ class BenchSettings:
     # training
     training_presets: list[str] = field(default_factory=lambda: ["teacher-tiny", "student-tiny"])
     training_steps: int = 10
+    training_kernels: list[str] = field(default_factory=lambda: ["tscm"])
     # streaming
     streaming_preset: str = "student-lite"
     streaming_sizes: list[int] = field(default_factory=lambda: [1000, 10_000, 100_000])
@@ -400,7 +401,7 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
         rounds = 1 if settings.quick else 3
         report["training"] = [as_dict(row) for row in bench_training(
             settings.training_presets, threads=settings.threads, steps=settings.training_steps, rounds=rounds,
-            seed=settings.seed, print_fn=print_fn)]
+            seed=settings.seed, kernels=settings.training_kernels, print_fn=print_fn)]
     if "streaming" in settings.parts:
         from tscm.bench.streaming import bench_streaming
 

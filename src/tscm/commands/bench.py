@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--training-presets", nargs="+", default=None, help="model presets (default: teacher-tiny student-tiny)")
     training.add_argument("--training-steps", type=int, default=None, help="timed steps per turn (default: 10)")
+    training.add_argument("--training-kernels", nargs="+", choices=("tscm", "library"), default=None,
+                          help="tscm's training kernels, and/or the library's (depthwise weight gradient, unfolded "
+                               "batch norms) timed beside them (default: tscm)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Several training runs at once, each in its own process with its share of the threads.
+"""Several training runs at once, in worker processes (one per job, each run in turn with its share of the threads).
 
 The small presets train on batches too small to keep two threads busy inside one operation: on 2 cores two
 one-thread runs side by side do about 1.2-1.4 times the work of one two-thread run (README, "Training runs
@@ -82,8 +82,8 @@ def _teacher_checkpoint(task: TrainingTask, done: dict[str, TrainedModel]) -> Pa
     return done[task.teacher_task].checkpoint if task.teacher_task is not None else task.teacher
 
 
-def _worker(task: TrainingTask, teacher: Path | None, results) -> None:
-    """A spawned process's whole life: one run, then its result (or its error, as the parent can rebuild it)."""
+def _run_reporting(task: TrainingTask, teacher: Path | None, results) -> None:
+    """One run in a worker, then its result (or its error, as the parent can rebuild it)."""
     try:
         results.put((task.name, run_task(task, teacher), None))
     except TscmError as error:
@@ -92,45 +92,61 @@ def _worker(task: TrainingTask, teacher: Path | None, results) -> None:
         results.put((task.name, None, RuntimeError(f"training run {task.name} failed:\n{traceback.format_exc()}")))
 
 
+def _worker(inbox, results) -> None:
+    """A spawned worker's life: the runs it is handed, one at a time, until it is handed None. Workers outlive
+    their runs so that each pays for importing torch and the model code once, not once per run (seconds each)."""
+    while (item := inbox.get()) is not None:
+        _run_reporting(*item, results)
+
+
 def _run_in_processes(tasks, jobs, on_start, on_finish) -> dict[str, TrainedModel]:
     # spawn, not fork: a forked child would inherit torch's thread pools and locks in whatever state they are in
     context = multiprocessing.get_context("spawn")
-    results = context.Queue()
+    inbox, results = context.Queue(), context.Queue()
+    workers = [context.Process(target=_worker, args=(inbox, results), name=f"tscm-train-{index}")
+               for index in range(min(jobs, len(tasks)))]
+    for worker in workers:
+        worker.start()
     done: dict[str, TrainedModel] = {}
     pending = list(tasks)
-    running: dict[str, multiprocessing.process.BaseProcess] = {}
+    running: list[str] = []
     try:
         while pending or running:
             for task in [t for t in pending if t.teacher_task is None or t.teacher_task in done]:
-                if len(running) >= jobs:
+                if len(running) >= len(workers):
                     break
                 pending.remove(task)
                 on_start(task)
-                process = context.Process(target=_worker, args=(task, _teacher_checkpoint(task, done), results),
-                                          name=f"tscm-train-{task.name}")
-                process.start()
-                running[task.name] = process
-            name, trained, error = _next_result(results, running)
-            running.pop(name).join()
+                inbox.put((task, _teacher_checkpoint(task, done)))
+                running.append(task.name)
+            name, trained, error = _next_result(results, workers, running)
+            running.remove(name)
             if error is not None:
                 raise error
             done[name] = trained
             on_finish(next(t for t in tasks if t.name == name), trained)
+        for _ in workers:
+            inbox.put(None)
+        for worker in workers:
+            worker.join()
     finally:
-        for process in running.values():  # a failure or Ctrl-C: stop the runs still going
-            process.terminate()
-        for process in running.values():
-            process.join()
+        for worker in workers:  # a failure or Ctrl-C: stop the runs still going
+            if worker.is_alive():
+                worker.terminate()
+        for worker in workers:
+            worker.join()
     return done
 
 
-def _next_result(results, running: dict) -> tuple:
-    """The next finished run's (name, result, error); a process that died without a word is an error too."""
+def _next_result(results, workers: list, running: list[str]) -> tuple:
+    """The next finished run's (name, result, error); a worker that died without a word is an error too."""
     while True:
         try:
             return results.get(timeout=1.0)
         except queue.Empty:
-            for name, process in running.items():
-                if process.exitcode is not None and results.empty():
-                    return name, None, TscmError(f"training run {name}: its process ended with exit code "
-                                                 f"{process.exitcode} before reporting (out of memory?)")
+            for worker in workers:
+                if worker.exitcode is not None and results.empty():
+                    names = ", ".join(running)
+                    return running[0], None, TscmError(
+                        f"training run(s) {names}: a worker process ended with exit code {worker.exitcode} before "
+                        "reporting (out of memory?)")

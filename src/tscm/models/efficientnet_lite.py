@@ -141,6 +141,11 @@ class SameConv2d(nn.Conv2d):
         return self._conv_forward(images, weight, bias)
 
 
+# A batch norm on running statistics is folded into its convolution (ConvBnAct); False runs the two one after
+# the other (`tscm bench training --training-kernels library` times both).
+FOLD_RUNNING_BATCH_NORMS = True
+
+
 class ConvBnAct(nn.Sequential):
     """SAME convolution, BatchNorm with TensorFlow's settings, and ReLU6 (or none)."""
 
@@ -153,7 +158,7 @@ class ConvBnAct(nn.Sequential):
         self.act = nn.ReLU6(inplace=True) if activation else nn.Identity()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.bn.training or self.bn.running_var is None:
+        if self.bn.training or self.bn.running_var is None or not FOLD_RUNNING_BATCH_NORMS:
             return super().forward(images)
         # Running statistics (evaluation, or frozen batch norms while training): the batch norm is one scale and
         # shift per channel, folded into the kernel and a bias; a quarter of a lite trunk's inference time saved.

@@ -166,10 +166,13 @@ def test_later_seeds_described_from_memory_equal_the_files_way(demo_run, cache, 
     checkpoint = demo_run / "train" / "student-baseline-seed1" / "best"
     from_files = measure_checkpoint(checkpoint, test_set, (25.0, 10.0), options)
     decoded = DecodedImages(test_set.db_paths + test_set.query_paths)
-    from_memory = measure_checkpoint(checkpoint, test_set, (25.0, 10.0), options, decoded)
+    from_memory = measure_checkpoint(checkpoint, test_set, (25.0, 10.0), options, decoded, timed=False)
     np.testing.assert_array_equal(from_memory.db, from_files.db)
     np.testing.assert_array_equal(from_memory.queries, from_files.queries)
-    assert from_memory.ms_per_image is None and from_files.ms_per_image > 0
+    assert from_memory.ms_per_image is None and from_memory.matching_ms_per_query is None and from_files.ms_per_image > 0
+    timed = measure_checkpoint(checkpoint, test_set, (25.0, 10.0), options, decoded)  # a sample timed from files
+    np.testing.assert_array_equal(timed.db, from_files.db)
+    assert timed.ms_per_image > 0 and timed.matching_ms_per_query > 0 and timed.multiply_adds == from_files.multiply_adds
     assert row["recall_per_seed"][1]["1"] == pytest.approx(from_files.main.recall[1], abs=1e-9)
 
 

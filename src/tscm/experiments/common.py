@@ -301,49 +301,63 @@ def chance_recall_at_1(placeset: PlaceSet, radius: float | None) -> float:
     return 100.0 * float(np.mean(shares)) if shares else 0.0
 
 
-def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], options: RunOptions,
-                  decoded: DecodedImages | None = None) -> Measurement:
-    """Describe the test split with `model` (timed end to end), then evaluate, time matching and the model alone.
+# With the test images in memory, the end-to-end time is taken on this many of them (ten batches of 64), from files.
+TIMING_IMAGES = 640
 
-    `decoded`: the split's database then query images, kept in memory: describe them from there (the same
-    descriptors) and time nothing, for the later seeds of a row, whose speed is not reported (the first seed's is).
+
+def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], options: RunOptions,
+                  decoded: DecodedImages | None = None, timed: bool = True) -> Measurement:
+    """Describe the test split with `model`, evaluate it, and time it: end to end from the image files (decode,
+    resize, forward), matching, and the model alone.
+
+    Without `decoded` the whole split is described from its files, and that is the end-to-end time. With
+    `decoded` (the split's database then query images, kept in memory) the descriptors come from there (the
+    same numbers) and the end-to-end time is taken on the split's first TIMING_IMAGES image files;
+    `timed=False` times nothing (a row's later seeds, whose speed is not reported: the first seed's is).
     """
     import torch
 
-    from tscm.evaluation.extract import describe_decoded, describe_placeset
+    from tscm.evaluation.extract import describe_decoded, describe_placeset, extract_descriptors
     from tscm.models.presets import multiply_adds_per_image
 
     model.to(options.device)
-    if decoded is not None:
-        device, num_db = torch.device(options.device), placeset.num_db
-        with all_threads(options.threads):
+    ms_per_image = forward_ms = matching_ms = macs = None
+    with all_threads(options.threads):
+        if decoded is None:
+            started = time.perf_counter()
+            db, queries = describe_placeset(model, spec, placeset, batch_size=options.batch_size,
+                                            device=options.device, progress=options.progress)
+            ms_per_image = 1000.0 * (time.perf_counter() - started) / (placeset.num_db + placeset.num_queries)
+        else:
+            device, num_db = torch.device(options.device), placeset.num_db
             db, queries = (describe_decoded(model, decoded, rows, spec, options.batch_size, device, options.progress)
                            for rows in (np.arange(num_db), num_db + np.arange(placeset.num_queries)))
-        return Measurement(db, queries, evaluate_at(placeset, radii, db, queries), None, None, None,
-                           count_parameters(model))
-    with all_threads(options.threads):
-        started = time.perf_counter()
-        db, queries = describe_placeset(model, spec, placeset, batch_size=options.batch_size, device=options.device,
-                                        progress=options.progress)
-        ms_per_image = 1000.0 * (time.perf_counter() - started) / (placeset.num_db + placeset.num_queries)
-        sample = placeset.query_paths[: min(options.batch_size, placeset.num_queries)]
-        forward_ms = forward_ms_per_image(model, spec, sample, options.device) if sample else None
-        matching_ms = matching_ms_per_query(db, queries)
-    try:
-        macs = multiply_adds_per_image(model.cpu())
-    except Exception:  # noqa: BLE001 - a model FlopCounterMode cannot trace has no MAC count, not a failed run
-        macs = None
+            if timed:
+                sample = (placeset.db_paths + placeset.query_paths)[:TIMING_IMAGES]
+                started = time.perf_counter()
+                extract_descriptors(model, sample, spec, batch_size=options.batch_size, device=options.device,
+                                    progress=False)
+                ms_per_image = 1000.0 * (time.perf_counter() - started) / len(sample)
+        if timed:
+            sample = placeset.query_paths[: min(options.batch_size, placeset.num_queries)]
+            forward_ms = forward_ms_per_image(model, spec, sample, options.device) if sample else None
+            matching_ms = matching_ms_per_query(db, queries)
+    if timed:
+        try:
+            macs = multiply_adds_per_image(model.cpu())
+        except Exception:  # noqa: BLE001 - a model FlopCounterMode cannot trace has no MAC count, not a failed run
+            macs = None
     return Measurement(db, queries, evaluate_at(placeset, radii, db, queries), ms_per_image, forward_ms, matching_ms,
                        count_parameters(model), macs)
 
 
 def measure_checkpoint(checkpoint: Path, placeset: PlaceSet, radii: Sequence[float], options: RunOptions,
-                       decoded: DecodedImages | None = None) -> Measurement:
+                       decoded: DecodedImages | None = None, timed: bool = True) -> Measurement:
     from tscm.evaluation.extract import InputSpec
     from tscm.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
-    return measure_model(model, InputSpec.of(meta), placeset, radii, options, decoded)
+    return measure_model(model, InputSpec.of(meta), placeset, radii, options, decoded, timed)
 
 
 def measure_raw_pixels(placeset: PlaceSet, radii: Sequence[float], options: RunOptions, size: tuple[int, int]) -> Measurement:

@@ -154,18 +154,14 @@ def train_all(tasks: list[TrainingTask], options: RunOptions, log: Callable[[str
 
 
 def measure_students(arms: list[StudentArm], seeds: list[int], trained: dict[str, TrainedModel], test_set, radii,
-                     options: RunOptions, log: Callable[[str], None]) -> dict[str, list[StudentRun]]:
-    """Every student on the test split, one after another with all the threads (so timings are not shared); the
-    first seed timed from the image files, the later ones described from the images decoded once."""
-    from tscm.data.images import DecodedImages
-
-    decoded = DecodedImages(test_set.db_paths + test_set.query_paths)
+                     options: RunOptions, decoded, log: Callable[[str], None]) -> dict[str, list[StudentRun]]:
+    """Every student on the test split (its images decoded once, `decoded`), one after another with all the
+    threads (so timings are not shared); the first seed of each arm timed."""
     runs: dict[str, list[StudentRun]] = {arm.name: [] for arm in arms}
     for seed in seeds:
         for arm in arms:
             run = trained[f"{arm.name}-seed{seed}"]
-            measured = measure_checkpoint(run.checkpoint, test_set, radii, options,
-                                          decoded if seed != seeds[0] else None)
+            measured = measure_checkpoint(run.checkpoint, test_set, radii, options, decoded, timed=seed == seeds[0])
             runs[arm.name].append(StudentRun(seed, run, measured))
             log(f"  {arm.name} seed {seed}: R@1 {measured.main.recall[1]:.1f} % (trained in {run.wall_s:.0f} s)")
     return runs
@@ -181,6 +177,7 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
     """Teacher; per seed the paper-loss student, the recommended distilled student and the baseline; references;
     one report."""
     from tscm.data.formats import load_placeset
+    from tscm.data.images import DecodedImages
 
     started = time.perf_counter()
     run_dir = prepare_run_dir(options.out)
@@ -219,9 +216,10 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
     wall["teacher"] = teacher.wall_s
     wall["training"] = time.perf_counter() - tic_training
     log("[4/5] measuring every model on the test split")
-    teacher_measured = measure_checkpoint(teacher.checkpoint, test_set, recipe.radii, options)
+    decoded = DecodedImages(test_set.db_paths + test_set.query_paths)  # decoded once for every model
+    teacher_measured = measure_checkpoint(teacher.checkpoint, test_set, recipe.radii, options, decoded)
     log(f"  teacher: R@1 {teacher_measured.main.recall[1]:.1f} % (trained in {teacher.wall_s:.0f} s)")
-    students = measure_students(arms, seeds, trained, test_set, recipe.radii, options, log)
+    students = measure_students(arms, seeds, trained, test_set, recipe.radii, options, decoded, log)
     for name, runs in students.items():
         for run in runs:
             wall[f"{name}-seed{run.seed}"] = run.trained.wall_s

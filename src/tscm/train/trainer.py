@@ -49,6 +49,7 @@ from tscm.train.metrics_log import MetricsLog, NullLog
 from tscm.train.optim import batchnorm_mode, build_optimizer, freeze_trunk_stages, match_state_layout, to_fast_layout
 from tscm.train.runtime import Runtime, rng_state, set_rng_state
 from tscm.train.schedule import distillation_factor, teaching_keys
+from tscm.train.training_state import RunProgress
 from tscm.train.views import ImageViews, TrainViews
 
 TRAINING_STATE_FORMAT = 2
@@ -139,15 +140,8 @@ class Trainer:
         use_scaler = self.rt.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
 
-        self.position = {"epoch": 0, "chunk": 0, "batch": 0}
-        self.global_step = 0
+        self.run_progress = RunProgress()
         self.tuples: TupleArrays | None = None
-        self.best_recall = -math.inf
-        self.best_epoch = 0
-        self.epochs_without_gain = 0
-        self.untrained_recall: dict[str, float] | None = None
-        self.last_val: dict[str, Any] | None = None
-        self.epoch_loss = [0.0, 0]  # running sum and count of the epoch's step losses (kept across resumes)
         self.step_seconds: list[float] = []
         self._resumed_rng: dict | None = None
         self.views = TrainViews(self.caches.train_images)
@@ -186,7 +180,7 @@ class Trainer:
         read by the student and (per batch) by the teacher."""
         loss_fn = self.loss_fn if loss_fn is None else loss_fn
         from_cache = self.teacher_from_cache if teacher_from_cache is None else teacher_from_cache
-        step = self.global_step if step is None else step
+        step = self.run_progress.global_step if step is None else step
         needs_teacher = bool(getattr(loss_fn, "needs_teacher", False))
         layout = batch.layout
         mask = layout.negative_mask.to(self.device)
@@ -247,9 +241,9 @@ class Trainer:
         val_set = self.job.val_set
         return {
             "training": self.config.to_dict(),
-            "epoch": self.position["epoch"],
-            "step": self.global_step,
-            "validation": self.last_val,
+            "epoch": self.run_progress.position["epoch"],
+            "step": self.run_progress.global_step,
+            "validation": self.run_progress.last_val,
             "eval_protocol": {"radius": self.config.eval.radius(val_set.unit), "unit": val_set.unit,
                               "split": self.config.data.val_split},
         }
@@ -259,19 +253,12 @@ class Trainer:
             "format": TRAINING_STATE_FORMAT,
             "kind": self.config.kind,
             "teacher_fingerprint": self.job.teacher_fingerprint,
-            "position": dict(self.position),
-            "global_step": self.global_step,
+            **self.run_progress.to_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "caches": self.caches.state_dict(),
-            "best_recall": self.best_recall if math.isfinite(self.best_recall) else None,
-            "best_epoch": self.best_epoch,
-            "epochs_without_gain": self.epochs_without_gain,
-            "untrained_recall": self.untrained_recall,
-            "last_val": self.last_val,
-            "epoch_loss": list(self.epoch_loss),
             "tuples": self.tuples.to_tensors() if self.tuples is not None else None,
         }
 
@@ -299,20 +286,13 @@ class Trainer:
                 "the teacher folder was replaced: restore it, or start a new run"
             )
         self.raw_model.load_state_dict(saved_model.state_dict())
-        self.position = dict(state["position"])
-        self.global_step = int(state["global_step"])
+        self.run_progress = RunProgress.from_state(state)
         self.optimizer.load_state_dict(state["optimizer"])
         match_state_layout(self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self._resumed_rng = state["rng"]  # applied just before training continues (see run)
         self.caches.load_state_dict(state["caches"])
-        self.best_recall = state["best_recall"] if state["best_recall"] is not None else -math.inf
-        self.best_epoch = int(state["best_epoch"])
-        self.epochs_without_gain = int(state["epochs_without_gain"])
-        self.untrained_recall = state["untrained_recall"]
-        self.last_val = state["last_val"]
-        self.epoch_loss = [float(state["epoch_loss"][0]), int(state["epoch_loss"][1])]
         self.tuples = TupleArrays.from_tensors(state["tuples"]) if state["tuples"] is not None else None
 
     # ----- validation ---------------------------------------------------------------------------
@@ -334,13 +314,13 @@ class Trainer:
         self.log = MetricsLog(
             self.job.run_dir,
             tensorboard=self.config.run.tensorboard and self.rt.is_main,
-            resume_step=self.global_step if resumed else None,
-            resume_epoch=self.position["epoch"] if resumed else None,
+            resume_step=self.run_progress.global_step if resumed else None,
+            resume_epoch=self.run_progress.position["epoch"] if resumed else None,
         ) if self.rt.is_main else NullLog()
         self.caches.ensure_teacher_cache(self.progress)
         if not resumed:
             untrained = self.validate()
-            self.untrained_recall = untrained["recall"]
+            self.run_progress.untrained_recall = untrained["recall"]
             self.log.log_epoch(0, 0, {f"val_R@{n}": v for n, v in untrained["recall"].items()})
             self.say(f"untrained: validation R@1 {untrained['recall']['1']:.2f} % ({untrained['protocol']})")
         if self._resumed_rng is not None:
@@ -352,7 +332,7 @@ class Trainer:
         except KeyboardInterrupt:
             self.save_last()
             raise Interrupted(
-                f"interrupted at step {self.global_step}; the state is saved in {self.checkpoints.last_dir}: continue "
+                f"interrupted at step {self.run_progress.global_step}; the state is saved in {self.checkpoints.last_dir}: continue "
                 f"with `tscm {'train-teacher' if self.config.kind == 'teacher' else 'distill'} --resume {self.job.run_dir}`"
             ) from None
         finally:
@@ -363,19 +343,19 @@ class Trainer:
         from tqdm import tqdm
 
         config, t = self.config, self.config.train
-        while self.position["epoch"] < t.epochs:
-            epoch = self.position["epoch"]
+        while self.run_progress.position["epoch"] < t.epochs:
+            epoch = self.run_progress.position["epoch"]
             epoch_start = time.perf_counter()
             chunk_list = self.plan.chunks(self.plan.epoch_queries(epoch))
-            while self.position["chunk"] < len(chunk_list):
-                chunk = self.position["chunk"]
+            while self.run_progress.position["chunk"] < len(chunk_list):
+                chunk = self.run_progress.position["chunk"]
                 if self.tuples is None:
                     self.caches.refresh(epoch, chunk, self.progress, queries=chunk_list[chunk])
                     self.tuples = self.caches.mine(chunk_list[chunk])
-                    self.position["batch"] = 0
+                    self.run_progress.position["batch"] = 0
                 batches = self.plan.global_batches(len(self.tuples))
                 local = [self.plan.local_rows(rows) for rows in batches]
-                dataset = TupleBatchDataset(self.tuples, local[self.position["batch"] :], self.job.train_set.num_db,
+                dataset = TupleBatchDataset(self.tuples, local[self.run_progress.position["batch"] :], self.job.train_set.num_db,
                                             self.views)
                 # Its own generator: creating a loader must not draw from the global RNG (dropout's),
                 # or a run resumed mid-chunk would draw once more than the uninterrupted run.
@@ -388,7 +368,7 @@ class Trainer:
                         bar.close()
                         return "stop_after_steps"
                 bar.close()
-                self.position = {"epoch": epoch, "chunk": chunk + 1, "batch": 0}
+                self.run_progress.position = {"epoch": epoch, "chunk": chunk + 1, "batch": 0}
                 self.tuples = None
             if self._end_epoch(epoch, epoch_start):
                 return "early_stop"
@@ -397,7 +377,7 @@ class Trainer:
     def _step(self, epoch: int, chunk: int, batch: TupleBatch, local: list, batches: list, bar) -> bool:
         """One optimisation step; True when the run must stop here (train.stop_after_steps)."""
         t = self.config.train
-        b = self.position["batch"]
+        b = self.run_progress.position["batch"]
         self.raw_model.train()
         batchnorm_mode(self.raw_model, t.batchnorm)
         start = time.perf_counter()
@@ -409,18 +389,18 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.step_seconds.append(time.perf_counter() - start)
-        self.global_step += 1
-        self.position["batch"] = b + 1
+        self.run_progress.global_step += 1
+        self.run_progress.position["batch"] = b + 1
         values = {k: float(v) for k, v in parts.items()}
         values.setdefault("total", float(total.detach()))
         values = self.rt.weighted_mean(values, len(local[b]))  # the global batch's loss
         values["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.epoch_loss = [self.epoch_loss[0] + values["total"], self.epoch_loss[1] + 1]
-        self.log.log_step(self.global_step, epoch + 1, values)
+        self.run_progress.epoch_loss = [self.run_progress.epoch_loss[0] + values["total"], self.run_progress.epoch_loss[1] + 1]
+        self.log.log_step(self.run_progress.global_step, epoch + 1, values)
         bar.set_postfix(loss=f"{values['total']:.4f}")
-        if t.stop_after_steps and self.global_step >= t.stop_after_steps:
+        if t.stop_after_steps and self.run_progress.global_step >= t.stop_after_steps:
             return True
-        if self.global_step % t.checkpoint_every_steps == 0:
+        if self.run_progress.global_step % t.checkpoint_every_steps == 0:
             self.save_last()
         return False
 
@@ -429,19 +409,19 @@ class Trainer:
         patience = self.config.train.patience
         self.scheduler.step()
         val = self.validate()
-        self.last_val = val
+        self.run_progress.last_val = val
         recall1 = float(val["recall"]["1"])
-        self.position = {"epoch": epoch + 1, "chunk": 0, "batch": 0}
-        improved = recall1 > self.best_recall
+        self.run_progress.position = {"epoch": epoch + 1, "chunk": 0, "batch": 0}
+        improved = recall1 > self.run_progress.best_recall
         if improved:
-            self.best_recall, self.best_epoch, self.epochs_without_gain = recall1, epoch + 1, 0
+            self.run_progress.best_recall, self.run_progress.best_epoch, self.run_progress.epochs_without_gain = recall1, epoch + 1, 0
             self.save_best()
         else:
-            self.epochs_without_gain += 1
-        total, count = self.epoch_loss
+            self.run_progress.epochs_without_gain += 1
+        total, count = self.run_progress.epoch_loss
         train_loss = total / count if count else float("nan")
-        self.epoch_loss = [0.0, 0]
-        self.log.log_epoch(epoch + 1, self.global_step, {
+        self.run_progress.epoch_loss = [0.0, 0]
+        self.log.log_epoch(epoch + 1, self.run_progress.global_step, {
             "train_loss": train_loss,
             **{f"val_R@{n}": v for n, v in val["recall"].items()},
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -449,17 +429,17 @@ class Trainer:
             **self.caches.take_stats(),
         })
         self.say(f"epoch {epoch + 1}: train loss {train_loss:.4f}, validation R@1 {recall1:.2f} %"
-                 + (" (best)" if improved else f" (best {self.best_recall:.2f} % at epoch {self.best_epoch})"))
+                 + (" (best)" if improved else f" (best {self.run_progress.best_recall:.2f} % at epoch {self.run_progress.best_epoch})"))
         self.save_last()
         # As published: stop once more than `patience` epochs in a row brought no gain.
-        return bool(patience) and self.epochs_without_gain > patience
+        return bool(patience) and self.run_progress.epochs_without_gain > patience
 
     def _non_finite(self, epoch: int, chunk: int, batch_index: int, batch: TupleBatch, total, parts) -> None:
         self.save_last()
         terms = ", ".join(f"{k}={float(v):.6g}" for k, v in parts.items())
         queries = batch.layout.query_indices.tolist()
         raise NonFiniteLoss(
-            f"non-finite loss at step {self.global_step + 1} (epoch {epoch + 1}, part {chunk + 1}, batch {batch_index + 1}, "
+            f"non-finite loss at step {self.run_progress.global_step + 1} (epoch {epoch + 1}, part {chunk + 1}, batch {batch_index + 1}, "
             f"train queries {queries}): total={float(total.detach()):.6g}; terms: {terms or 'none'}. "
             f"The last good state is kept in {self.checkpoints.last_dir}; resume with a lower train.lr"
         )
@@ -467,12 +447,12 @@ class Trainer:
     def _finish(self, stopped: str) -> RunResult:
         metrics = {
             "stopped": stopped,
-            "epochs_completed": self.position["epoch"],
-            "steps": self.global_step,
-            "best_epoch": self.best_epoch,
-            "best_val_recall_at_1": self.best_recall if math.isfinite(self.best_recall) else None,
-            "untrained_val_recall": self.untrained_recall,
-            "last_val": self.last_val,
+            "epochs_completed": self.run_progress.position["epoch"],
+            "steps": self.run_progress.global_step,
+            "best_epoch": self.run_progress.best_epoch,
+            "best_val_recall_at_1": self.run_progress.best_recall if math.isfinite(self.run_progress.best_recall) else None,
+            "untrained_val_recall": self.run_progress.untrained_recall,
+            "last_val": self.run_progress.last_val,
             "mean_step_ms": 1000 * float(np.mean(self.step_seconds)) if self.step_seconds else None,
         }
         if self.rt.is_main and stopped != "stop_after_steps":

@@ -8,6 +8,8 @@ their state by int: such dicts are stored as key/value pairs). `unpack_state` in
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,35 @@ from safetensors.torch import load_file, save_file
 
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, read_json, write_json_atomic
+
+@dataclass
+class RunProgress:
+    """Where a run stands: the part of a resumable checkpoint that is neither weights, optimiser nor caches."""
+
+    position: dict[str, int] = field(default_factory=lambda: {"epoch": 0, "chunk": 0, "batch": 0})
+    global_step: int = 0
+    best_recall: float = -math.inf
+    best_epoch: int = 0
+    epochs_without_gain: int = 0
+    untrained_recall: dict[str, float] | None = None
+    last_val: dict[str, Any] | None = None
+    epoch_loss: list = field(default_factory=lambda: [0.0, 0])  # running sum and count of the epoch's step losses
+
+    def to_state(self) -> dict[str, Any]:
+        return {"position": dict(self.position), "global_step": self.global_step,
+                "best_recall": self.best_recall if math.isfinite(self.best_recall) else None,
+                "best_epoch": self.best_epoch, "epochs_without_gain": self.epochs_without_gain,
+                "untrained_recall": self.untrained_recall, "last_val": self.last_val,
+                "epoch_loss": list(self.epoch_loss)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RunProgress:
+        return cls(position=dict(state["position"]), global_step=int(state["global_step"]),
+                   best_recall=state["best_recall"] if state["best_recall"] is not None else -math.inf,
+                   best_epoch=int(state["best_epoch"]), epochs_without_gain=int(state["epochs_without_gain"]),
+                   untrained_recall=state["untrained_recall"], last_val=state["last_val"],
+                   epoch_loss=[float(state["epoch_loss"][0]), int(state["epoch_loss"][1])])
+
 
 _TENSOR = "__tensor__"
 _ARRAY = "__ndarray__"

@@ -161,7 +161,7 @@ class ConvBnAct(nn.Sequential):
         if self.bn.training or self.bn.running_var is None or not FOLD_RUNNING_BATCH_NORMS:
             return super().forward(images)
         # Running statistics (evaluation, or frozen batch norms while training): the batch norm is one scale and
-        # shift per channel, folded into the kernel and a bias; a quarter of a lite trunk's inference time saved.
+        # shift per channel, folded into the kernel and a bias (one pass over the feature map fewer).
         scale = self.bn.weight * torch.rsqrt(self.bn.running_var + self.bn.eps)
         bias = self.bn.bias - self.bn.running_mean * scale
         return self.act(self.conv.convolve(images, self.conv.weight * scale.view(-1, 1, 1, 1), bias))

@@ -70,12 +70,17 @@ def _run_in_order(tasks, on_start, on_finish) -> dict[str, TrainedModel]:
     done: dict[str, TrainedModel] = {}
     pending = list(tasks)
     while pending:
-        task = next(t for t in pending if t.teacher_task is None or t.teacher_task in done)
+        task = next(t for t in pending if _ready(t, done))
         pending.remove(task)
         on_start(task)
         done[task.name] = run_task(task, _teacher_checkpoint(task, done))
         on_finish(task, done[task.name])
     return done
+
+
+def _ready(task: TrainingTask, done: dict[str, TrainedModel]) -> bool:
+    """Whether the task can start: it needs no teacher task, or that one has finished."""
+    return task.teacher_task is None or task.teacher_task in done
 
 
 def _teacher_checkpoint(task: TrainingTask, done: dict[str, TrainedModel]) -> Path | None:
@@ -112,7 +117,7 @@ def _run_in_processes(tasks, jobs, on_start, on_finish) -> dict[str, TrainedMode
     running: list[str] = []
     try:
         while pending or running:
-            for task in [t for t in pending if t.teacher_task is None or t.teacher_task in done]:
+            for task in [t for t in pending if _ready(t, done)]:
                 if len(running) >= len(workers):
                     break
                 pending.remove(task)

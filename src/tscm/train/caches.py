@@ -80,21 +80,25 @@ class TrainingCaches:
     def ensure_teacher_cache(self, progress: bool) -> None:
         """Compute the teacher's descriptors of every train image, once, when they are used."""
         if self.teacher_cache is None and (self.teacher_from_cache or self.mining_by_teacher):
-            assert self.teacher is not None and self.teacher_spec is not None
-            batch_size = self.config.mining.batch_size
-            key = None
-            if self.store is not None and self.teacher_fingerprint:
-                compute = f"{self.device}, {torch.get_num_threads()} threads, {self.runtime.world_size} processes"
-                key = teacher_store.descriptor_key(self.teacher_fingerprint, self.teacher_spec, self.train_paths,
-                                                   batch_size, compute)
-                flat = teacher_store.load_descriptors(self.store, key, len(self.train_paths))
-                if flat is not None:
-                    self.teacher_cache = torch.from_numpy(flat).to(self.device)
-                    return
-            flat = self.describe(self.teacher, self.teacher_spec, self.train_images, batch_size, progress)
-            if key is not None and self.runtime.is_main:
-                teacher_store.save_descriptors(self.store, key, flat)
-            self.teacher_cache = torch.from_numpy(flat).to(self.device)
+            self.teacher_cache = torch.from_numpy(self._teacher_descriptors(progress)).to(self.device)
+
+    def _teacher_descriptors(self, progress: bool) -> np.ndarray:
+        """The teacher's flat train descriptors: from the store when an earlier run from the same teacher, images
+        and threads left them there (teacher_store), else described (and stored for the next run)."""
+        assert self.teacher is not None and self.teacher_spec is not None
+        batch_size = self.config.mining.batch_size
+        key = None
+        if self.store is not None and self.teacher_fingerprint:
+            compute = f"{self.device}, {torch.get_num_threads()} threads, {self.runtime.world_size} processes"
+            key = teacher_store.descriptor_key(self.teacher_fingerprint, self.teacher_spec, self.train_paths,
+                                               batch_size, compute)
+            stored = teacher_store.load_descriptors(self.store, key, len(self.train_paths))
+            if stored is not None:
+                return stored
+        flat = self.describe(self.teacher, self.teacher_spec, self.train_images, batch_size, progress)
+        if key is not None and self.runtime.is_main:
+            teacher_store.save_descriptors(self.store, key, flat)
+        return flat
 
     def cache_reused_later(self) -> bool:
         """Whether the mining cache outlives an epoch (so a resumable checkpoint must hold it)."""

@@ -124,6 +124,25 @@ def test_sequences_decide_by_the_score_their_threshold_was_calibrated_for(setup,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sequence", [1, 2])
+def test_a_threshold_in_metres_needs_positions_before_any_frame_is_read(setup, tmp_path, capsys, sequence):
+    bags, checkpoint = setup
+    code, _, err = tscm(capsys, "index", "build", "--checkpoint", checkpoint, "--bag", bags["ros1"], "--backend", "flat",
+                        "--out", tmp_path / "map.idx")
+    assert code == 0, err
+    index = PlaceIndex.load(tmp_path / "map.idx")
+    index.set_threshold({"distance": 0.5, "score": "ratio", "exclusion": 50.0, "unit": "m", "sequence_length": sequence,
+                         "target_precision": 0.99, "precision": 1.0, "recall": 1.0, "calibrated_on": "test"})
+    index.save(tmp_path / "map.idx")
+    code, _, err = tscm(capsys, "loop-closure", bags["ros1"], "--checkpoint", checkpoint, "--out", tmp_path / "out",
+                        "--index", tmp_path / "map.idx", "--sequence", sequence, "--position-topic", "none",
+                        "--no-progress", "--threads", "1")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "compares places in metres" in err and "--position-topic" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_without_positions_the_picture_plots_stamps(setup, tmp_path, capsys):
     bags, checkpoint = setup
     code, _, err = tscm(capsys, "loop-closure", bags["ros1"], "--checkpoint", checkpoint, "--out", tmp_path,

@@ -164,6 +164,33 @@ def test_query_sequence_with_a_length_past_any_stream_keeps_only_the_stream(tiny
     assert [p.distance for p in endless] == pytest.approx([p.distance for p in whole])
 
 
+def test_observe_with_sequences_closes_loops_single_frames_cannot(tiny_student, monkeypatch):
+    """One traversal: 60 places, then places 20..39 again; every frame looks like a quarter of the route."""
+    rng = np.random.default_rng(5)
+    dim = PlaceRecognizer.from_checkpoint(tiny_student).dim
+    patterns = rng.normal(size=(4, dim))
+    labels = rng.integers(0, 4, size=60)
+    first = patterns[labels] + 0.05 * rng.normal(size=(60, dim))
+    again = patterns[labels[20:40]] + 0.3 * rng.normal(size=(20, dim))
+    frames = np.concatenate([first, again])
+    frames = (frames / np.linalg.norm(frames, axis=1, keepdims=True)).astype(np.float32)  # unit, as models give
+
+    def revisits(sequence: int) -> list[int | None]:
+        recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
+        # The stream's "images" are its descriptors: describe_one() is replaced, the model is not what is tested.
+        monkeypatch.setattr(recognizer, "describe_one", lambda image, **kw: np.asarray(image)[None])
+        found = [recognizer.observe(frame, time=float(t), exclude_recent=10, sequence=sequence)
+                 for t, frame in enumerate(frames)]
+        return [places[0].id if places else None for places in found[60:]]
+
+    single, sequence = revisits(1), revisits(8)
+    truth = list(range(20, 40))
+    assert sum(a == b for a, b in zip(sequence[8:], truth[8:])) == len(truth) - 8  # once 8 frames were seen again
+    assert sum(a == b for a, b in zip(single, truth)) <= 5
+    with pytest.raises(TscmError, match="sequence: expected a number of frames ≥ 1, got 0"):
+        PlaceRecognizer.from_checkpoint(tiny_student).observe(frames[0], sequence=0)
+
+
 def test_observe_never_closes_a_loop_on_the_frames_it_just_saw(tiny_student, monkeypatch):
     recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
     rng = np.random.default_rng(6)

@@ -87,6 +87,16 @@ def test_student_parity_with_dynamic_batch(student_checkpoint, student_onnx):
         np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
+def test_a_lone_image_runs_on_one_thread_with_the_same_bits(student_onnx):
+    path, _ = student_onnx
+    pooled, single = OnnxDescriptorModel(path, threads=2), OnnxDescriptorModel(path, threads=1)
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    for image in images:
+        np.testing.assert_array_equal(pooled(image[None]).numpy(), single(image[None]).numpy())
+    assert pooled._single_session is not pooled.session  # the lone images ran on their own one-thread session
+    assert single._single_session is single.session  # a one-thread model needs no second session
+
+
 def test_teacher_parity(teacher_checkpoint, tmp_path):
     out = tmp_path / "teacher.onnx"
     export_onnx(teacher_checkpoint, out, exporter=FAST)

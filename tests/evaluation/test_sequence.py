@@ -103,6 +103,44 @@ def test_the_streaming_buffer_grows_with_the_stream_not_with_the_length():
     assert endless._history.shape == (128, 30)
 
 
+def reference_growing_scores(rows, length, speeds, unseen):
+    """Plain loop for a map that grows: row q has len(rows[q]) entries; an entry added after row q counts as
+    `unseen` there, and a path point before the first entry as row q's mean over its own entries."""
+    scores = []
+    for q, row in enumerate(rows):
+        out = np.full(len(row), np.inf)
+        for j in range(len(row)):
+            for v in speeds:
+                terms = []
+                for t in range(min(length, q + 1)):
+                    earlier = rows[q - t]
+                    i = j - math.floor(v * t + 0.5)
+                    if i < 0:
+                        terms.append(float(np.mean(earlier.astype(np.float64))) if len(earlier) else unseen)
+                    else:
+                        terms.append(float(earlier[i]) if i < len(earlier) else unseen)
+                out[j] = min(out[j], sum(terms) / len(terms))
+        scores.append(out)
+    return scores
+
+
+@pytest.mark.parametrize("length", [1, 3, 70])
+def test_a_growing_map_scores_entries_added_later_as_unseen(length):
+    """Loop closure in one traversal: the map starts empty and grows by one or two entries per frame (past
+    the first buffer's columns and rows), earlier rows are shorter."""
+    rng = np.random.default_rng(length)
+    sizes = np.concatenate([[0], np.cumsum(rng.integers(1, 3, 99))])
+    rows = [rng.random(size).astype(np.float32) for size in sizes]
+    matcher = SequenceMatcher(length, 0, unseen=4.0)
+    for got, expected in zip((matcher.push(row) for row in rows), reference_growing_scores(rows, length, DEFAULT_SPEEDS, 4.0)):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    with pytest.raises(TscmError, match=f"distance row: expected at least {sizes[-1]} numeric distances"):
+        matcher.push(np.ones(sizes[-1] - 1))  # a map never shrinks
+    with pytest.raises(TscmError, match="contrast_window needs a map of fixed size"):
+        SequenceMatcher(3, 0, unseen=4.0, contrast_window=2)
+
+
 def ambiguous_route(seed, num_db=200, num_appearances=8, dim=16, noise=0.3, speed=1.0):
     """A route whose frames take one of a few appearances at random: every single frame has ~25 look-alikes.
 

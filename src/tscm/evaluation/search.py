@@ -27,6 +27,10 @@ SCAN_ERROR_FACTOR = 2.0
 SCAN_DB_TILE = 32_768  # database rows per matrix product of a batch
 SCAN_QUERY_TILE = 256  # queries per matrix product of a batch
 RERANK_PAIR_ELEMENTS = 1 << 21  # float64 elements of (candidate, query) differences held at once
+# A single query's matrix-vector product runs on the caller's threads from this many bytes of rows: past a
+# core's own cache the product waits on reads, which two cores make faster than one (`tscm bench streaming`);
+# below it one thread, whose wake-up costs less than the product.
+PARALLEL_SCAN_BYTES = 4 << 20
 MISSING_DISTANCE = np.float32(np.finfo(np.float32).max)  # faiss' value for a hit that does not exist
 
 
@@ -91,12 +95,13 @@ def exact_search(queries: np.ndarray, target: ScanTarget, k: int,
                  threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of `target` per query (Q×k distances float32, Q×k rows int64; -1 and
     MISSING_DISTANCE where fewer than k rows exist), see the module doc. A batch runs numpy's BLAS on
-    `threads` threads (None: as it is set); a single query on one.
+    `threads` threads (None: as it is set); a single query on one, or on `threads` from
+    PARALLEL_SCAN_BYTES of rows (the hits are the same whatever the threads: the bound covers any order).
     """
     num_queries, dim = queries.shape
     count = len(target.vectors)
     if num_queries == 1 and count:
-        return _exact_search_one_query(queries, target, k)
+        return _exact_search_one_query(queries, target, k, threads if target.vectors.nbytes >= PARALLEL_SCAN_BYTES else 1)
     out_d = np.empty((num_queries, k), dtype=np.float32)
     out_i = np.empty((num_queries, k), dtype=np.int64)
     query_norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
@@ -132,11 +137,13 @@ def exact_search(queries: np.ndarray, target: ScanTarget, k: int,
     return out_d, out_i
 
 
-def _exact_search_one_query(queries: np.ndarray, target: ScanTarget, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _exact_search_one_query(queries: np.ndarray, target: ScanTarget, k: int,
+                            threads: int | None) -> tuple[np.ndarray, np.ndarray]:
     """`exact_search` for one query in a dozen numpy calls: one matrix-vector product over all rows
-    (memory-bound: N·s·4 bytes read), then the same candidate rule, pair distances and order."""
+    (memory-bound: N·s·4 bytes read) on `threads` BLAS threads (None: as set), then the same candidate
+    rule, pair distances and order."""
     query = queries[0]
-    with blas_threads(1):
+    with blas_threads(threads) if threads else contextlib.nullcontext():
         scores = target.vectors @ (query * np.float32(-2.0))
     scores += target.norms
     if k >= len(scores):

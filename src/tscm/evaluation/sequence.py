@@ -41,6 +41,9 @@ from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 from tscm.evaluation.ranking import Ranking, rank_matrix
 
+# Squared L2 of two opposite unit descriptors, the farthest two can be (a PCA projection only shortens
+# distances): what a map entry counts as for a frame from before it was added (`SequenceMatcher`, `unseen`).
+UNSEEN_SQUARED_DISTANCE = 4.0
 # Geometric steps from 0.8 to 1.25 (= 1/0.8): slowing down and speeding up are treated alike, 1.0 included.
 DEFAULT_SPEEDS = tuple(float(v) for v in 1.25 ** np.linspace(-1.0, 1.0, 5))  # 0.8, 0.894, 1.0, 1.118, 1.25
 
@@ -131,58 +134,80 @@ class SequenceMatcher:
     Keeps only the last `length` rows, in a ring buffer that grows with the rows pushed up to `length` rows
     (a length longer than the stream costs the stream's rows, not the length's). push() returns the same
     row as sequence_scores does for that query over all the rows pushed so far.
+
+    With `unseen` (a distance), the map may grow between pushes, as in loop closure within one traversal:
+    a row may be longer than the rows before it, and an earlier row counts as `unseen` at the entries
+    added after it (an entry cannot match a frame from before it existed). A path point before the
+    first entry counts as its row's mean over the entries of that row (`unseen` for an empty row).
     """
 
     FIRST_ROWS = 64  # the buffer's first size; it doubles as rows arrive, up to `length`
 
     def __init__(self, length: int, num_db: int, speeds: Sequence[float] = DEFAULT_SPEEDS, *,
-                 contrast_window: int | None = None):
+                 contrast_window: int | None = None, unseen: float | None = None):
         self.length = _check_length(length)
-        if not (isinstance(num_db, Integral) and num_db >= 1):
+        if not (isinstance(num_db, Integral) and num_db >= (0 if unseen is not None else 1)):
             raise TscmError(f"num_db: expected a positive number of database frames, got {num_db!r}")
+        if unseen is not None and not np.isfinite(unseen):
+            raise TscmError(f"unseen: expected a finite distance, got {unseen!r}")
+        if unseen is not None and contrast_window is not None:
+            raise TscmError("contrast_window needs a map of fixed size; it cannot be used with a growing map (unseen)")
         self.num_db = int(num_db)
+        self.unseen = unseen
         self.contrast_window = _check_contrast_window(contrast_window)
         self._speeds = speeds
         self._history = np.zeros((0, self.num_db), dtype=np.float32)
         self._history_means = np.zeros(0, dtype=np.float32)
-        self._resize(min(self.length, self.FIRST_ROWS))
-        self._total = np.empty(self.num_db, dtype=np.float32)
-        self._best = np.empty(self.num_db, dtype=np.float32)
+        self._resize(min(self.length, self.FIRST_ROWS), self.num_db)
         self.num_pushed = 0
 
-    def _resize(self, rows: int) -> None:
-        """Room for `rows` rows, keeping those pushed (the buffer only grows before it first wraps around)."""
-        history = np.zeros((rows, self.num_db), dtype=np.float32)
+    def _resize(self, rows: int, columns: int) -> None:
+        """Room for `rows` rows of `columns` entries, keeping those pushed (rows only grow before the buffer
+        first wraps around; new columns of a growing map start as unseen)."""
+        history = np.full((rows, columns), 0.0 if self.unseen is None else self.unseen, dtype=np.float32)
         means = np.zeros(rows, dtype=np.float32)
-        kept = len(self._history)
-        history[:kept], means[:kept] = self._history, self._history_means
+        kept, width = self._history.shape
+        history[:kept, :width], means[:kept] = self._history, self._history_means
         self._history, self._history_means = history, means
         self._offsets = _path_offsets(self._speeds, rows)
+        self._total = np.empty(columns, dtype=np.float32)
+        self._best = np.empty(columns, dtype=np.float32)
 
     def reset(self) -> None:
         """Forget the rows pushed so far (a new traversal starts)."""
         self.num_pushed = 0
 
-    def push(self, distance_row) -> np.ndarray:
-        """The newest query's N sequence scores, given its N single-frame distances."""
+    def _check_row(self, distance_row) -> np.ndarray:
         row = np.asarray(distance_row)
-        if row.shape != (self.num_db,) or row.dtype.kind not in "fiu":
-            raise TscmError(f"distance row: expected {self.num_db} numeric distances, got {row.dtype} with shape {row.shape}")
+        growing = self.unseen is not None
+        if (row.ndim != 1 or (len(row) < self.num_db if growing else len(row) != self.num_db)
+                or row.dtype.kind not in "fiu"):
+            wanted = f"at least {self.num_db}" if growing else f"{self.num_db}"
+            raise TscmError(f"distance row: expected {wanted} numeric distances, got {row.dtype} with shape {row.shape}")
         if not np.isfinite(row).all():
             raise TscmError("distance row: contains NaN or infinite values")
-        capacity = len(self._history)
-        if self.num_pushed == capacity < self.length:
-            capacity = min(self.length, 2 * capacity)
-            self._resize(capacity)
+        return row
+
+    def push(self, distance_row) -> np.ndarray:
+        """The newest query's N sequence scores, given its N single-frame distances (N: the map's size now)."""
+        row = self._check_row(distance_row)
+        n = self.num_db = len(row)
+        capacity, width = self._history.shape
+        more_rows, more_columns = self.num_pushed == capacity < self.length, n > width
+        if more_rows or more_columns:
+            self._resize(min(self.length, 2 * capacity) if more_rows else capacity, max(n, 2 * width) if more_columns else width)
+            capacity = len(self._history)
         newest = self.num_pushed % capacity
         if self.contrast_window is None:
-            self._history[newest] = row
+            self._history[newest, :n] = row
         else:
             self._history[newest] = local_contrast(row[None], self.contrast_window)[0]
-        self._history_means[newest] = self._history[newest].mean()
+        if self.unseen is not None:
+            self._history[newest, n:] = self.unseen  # the slot's earlier row may have been longer
+        self._history_means[newest] = self._history[newest, :n].mean() if n else self.unseen
         self.num_pushed += 1
         used = min(self.num_pushed, self.length)
-        n, total, best = self.num_db, self._total, self._best
+        total, best = self._total[:n], self._best[:n]
         best.fill(np.inf)
         for speed_offsets in self._offsets:
             total.fill(0.0)

@@ -14,11 +14,11 @@ file (`index`, `tscm index calibrate`; searched in that index's space: an empty 
 back-end and PCA); without one every best match is listed, unaccepted.
 A frame with no earlier frame outside the exclusion window has empty match columns.
 
-Sequences (`sequence` = L > 1): each frame's exact distances (in the index's space) to every earlier frame are scored
-over the last L frames by `tscm.evaluation.sequence.SequenceMatcher` (the score `tscm index
-calibrate --sequence L` calibrates), with frames not yet seen counted at the largest squared
-distance two unit descriptors can have (4; a PCA projection only shortens distances), so no
-sequence runs through the future.
+Sequences (`sequence` = L > 1) go through `observe` too: each frame's exact distances (in the index's
+space) to every earlier frame are scored over the last L frames (`tscm.evaluation.sequence.SequenceMatcher`
+on a growing map: the score `tscm index calibrate --sequence L` calibrates), with frames not yet seen
+counted at the largest squared distance two unit descriptors can have, so no sequence runs through
+the future.
 
 Pictures: `trajectory.png`, the path with accepted loop closures drawn between the two positions
 (positions known), else `loop_closures.png`, match stamp against query stamp. `rerun` writes a
@@ -39,7 +39,7 @@ import numpy as np
 
 from tscm.data.formats.bag_frames import stamp_text
 from tscm.data.formats.rosbag import BagTraversal, iter_bag_images
-from tscm.evaluation.decision import DecisionRule, decide_row
+from tscm.evaluation.decision import DecisionRule
 from tscm.errors import TscmError
 from tscm.fileio import atomic_group, atomic_path, check_output_folder, write_text_atomic
 
@@ -48,8 +48,6 @@ CSV_COLUMNS = ("query_stamp", "match_stamp", "score", "accepted", "query_index",
                "query_east", "query_north", "match_east", "match_north", "match_distance_m")
 TRAJECTORY_PICTURE = "trajectory.png"
 STAMP_PICTURE = "loop_closures.png"
-# Squared L2 distance of two opposite unit vectors: what an unseen frame counts as in a sequence.
-FARTHEST_SQUARED = 4.0
 RERUN_HINT = "--rerun needs the rerun-sdk package: pip install 'tscm[rerun]'"
 
 
@@ -119,13 +117,16 @@ def run_loop_closure(traversal: BagTraversal, checkpoint: str | Path, out: str |
     with limit_threads(torch=threads):
         if index is not None:
             empty, threshold = _threshold_index(index, sequence)
+            rule = DecisionRule.of(threshold)
+            if rule.score == "ratio" and rule.unit == "m" and traversal.xy is None:
+                raise TscmError("the threshold's 'ratio' score compares places in metres, but this traversal has "
+                                "no positions; give --position-topic, or calibrate on frame-ordered data")
             recognizer = PlaceRecognizer.from_checkpoint(checkpoint, index=empty, runtime=runtime, threads=threads)
         else:
             recognizer = PlaceRecognizer.from_checkpoint(checkpoint, backend="flat", runtime=runtime, threads=threads)
         recorder = _start_rerun(rerun) if rerun is not None else None
         try:
-            rows, elapsed = _stream(recognizer, traversal, exclude_recent, sequence, threshold, recorder, progress,
-                                    project=None if empty is None else empty.to_search_space)
+            rows, elapsed = _stream(recognizer, traversal, exclude_recent, sequence, recorder, progress)
         except BaseException:
             if recorder is not None:
                 _abandon_rerun(recorder)
@@ -150,42 +151,23 @@ def check_loop_closure_outputs(bag: str | Path, checkpoint: str | Path, out: str
     check_output_folder("--out", out, (CSV_NAME, TRAJECTORY_PICTURE, STAMP_PICTURE), inputs, {"--rerun": rerun})
 
 
-def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence: int, threshold: dict | None,
-            recorder, progress: bool, project=None) -> tuple[list[LoopClosureRow], float]:
-    """One row per frame, in stamp order, and the seconds the stream took. `project` maps descriptors
-    into the calibrated index's search space (sequences; None: the descriptors as they are)."""
+def _stream(recognizer, traversal: BagTraversal, exclude_recent: float, sequence: int,
+            recorder, progress: bool) -> tuple[list[LoopClosureRow], float]:
+    """One row per frame (`PlaceRecognizer.observe`), in stamp order, and the seconds the stream took."""
     from tqdm import tqdm
 
     seconds = traversal.seconds
+    # no frame looks back past the first: a longer L scores the same, and a huge one would not fit in memory
+    sequence = min(sequence, max(len(traversal), 1))
     rows: list[LoopClosureRow] = []
-    matcher = rule = zone_xy = None
-    held = None  # sequences: every frame's descriptor in the search space, sized on the first frame
-    if sequence > 1:
-        from tscm.evaluation.sequence import SequenceMatcher
-
-        # no frame looks back past the first: a longer L scores the same, and a huge one would not fit in memory
-        matcher = SequenceMatcher(min(sequence, max(len(traversal), 1)), max(len(traversal), 1))
-        rule = None if threshold is None else DecisionRule.of(threshold)
-        if rule is not None and rule.score == "ratio" and rule.unit == "m":
-            if traversal.xy is None:
-                raise TscmError("the threshold's 'ratio' score compares places in metres, but this traversal has "
-                                "no positions; give --position-topic, or calibrate on frame-ordered data")
-            zone_xy = traversal.xy
     tic = time.perf_counter()
     frames = tqdm(iter_bag_images(traversal), total=len(traversal), desc="loop closure", unit="frame",
                   disable=None if progress else True)
     for position, image in frames:
-        if matcher is None:
-            xy = None if traversal.xy is None else traversal.xy[position]
-            places = recognizer.observe(image, time=float(seconds[position]), exclude_recent=exclude_recent, k=1, xy=xy)
-            row = _row_of_place(position, places[0] if places else None)
-        else:
-            descriptor = recognizer.describe([image]).descriptors
-            if project is not None:
-                descriptor = project(descriptor)
-            if held is None:
-                held = np.zeros((len(traversal), descriptor.shape[1]), dtype=np.float32)
-            row = _sequence_row(matcher, held, position, descriptor[0], seconds, exclude_recent, rule, zone_xy)
+        xy = None if traversal.xy is None else traversal.xy[position]
+        places = recognizer.observe(image, time=float(seconds[position]), exclude_recent=exclude_recent, k=1, xy=xy,
+                                    sequence=sequence)
+        row = _row_of_place(position, places[0] if places else None)
         rows.append(row)
         if recorder is not None:
             _log_frame(recorder, traversal, position, image, row)
@@ -197,30 +179,6 @@ def _row_of_place(position: int, place) -> LoopClosureRow:
         return LoopClosureRow(position, None, None, False, None)
     return LoopClosureRow(position, int(place.id), float(place.distance), bool(place.accepted),
                           None if place.confidence is None else float(place.confidence))
-
-
-def _sequence_row(matcher, held: np.ndarray, position: int, descriptor: np.ndarray, seconds: np.ndarray,
-                  exclude_recent: float, rule: DecisionRule | None, zone_xy: np.ndarray | None) -> LoopClosureRow:
-    """The best earlier frame by the sequence score over the last L frames (module doc), decided by `rule`'s
-    own score (distance, ratio or normalised) over the frames that may match, as `tscm index calibrate`
-    computed it over its map; `zone_xy` places the frames for a ratio whose exclusion zone is in metres."""
-    held[position] = descriptor
-    row = np.full(len(held), FARTHEST_SQUARED, dtype=np.float32)
-    if position:
-        difference = held[:position] - descriptor
-        row[:position] = np.einsum("ij,ij->i", difference, difference)
-    scores = matcher.push(row)
-    # Frames come in stamp order, so the frames old enough to match are a prefix of the map.
-    allowed = int(np.searchsorted(seconds[:position], seconds[position] - exclude_recent, side="right"))
-    if allowed == 0:
-        return LoopClosureRow(position, None, None, False, None)
-    candidates = scores[:allowed]
-    best = int(np.argmin(candidates))  # ties: the earliest frame
-    score = float(candidates[best])
-    if rule is None:
-        return LoopClosureRow(position, best, score, False, None)
-    value = decide_row(rule, candidates, best, None if zone_xy is None else zone_xy[:allowed])
-    return LoopClosureRow(position, best, score, rule.accepts(value), rule.confidence(value))
 
 
 # ---- outputs ----------------------------------------------------------------------------------

@@ -35,6 +35,10 @@ class OnnxDescriptorModel(nn.Module):
     """An exported model run by ONNX Runtime, callable like the PyTorch model (B×3×H×W tensor -> B×D tensor).
 
     Being an nn.Module without parameters, it works with `tscm.evaluation.recall.extract_descriptors`.
+    A batch of one image runs on a one-thread session of the same graph (made on first use): a lone small
+    image leaves a thread pool waking for every operator with little to share, and ONNX Runtime gives
+    the same bits on one thread as on several for a batch of one (`tests/deploy/test_export.py`);
+    `tscm bench streaming` shows the gain.
     """
 
     def __init__(self, source: str | Path | bytes, threads: int | None = None) -> None:
@@ -43,10 +47,12 @@ class OnnxDescriptorModel(nn.Module):
         where = "exported model" if isinstance(source, bytes) else str(source)
         if not isinstance(source, bytes) and not Path(source).is_file():
             raise TscmError(f"{source}: ONNX model not found")
+        self._source = source if isinstance(source, bytes) else str(source)
         try:
-            self.session = make_session(source if isinstance(source, bytes) else str(source), threads)
+            self.session = make_session(self._source, threads)
         except Exception as error:  # ORT raises its own exception types for unreadable models
             raise TscmError(f"{where}: ONNX Runtime cannot load it ({error})") from error
+        self._single_session = self.session if threads == 1 else None
         self.meta = parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map), where)
         self.descriptor_dim = int(self.meta["descriptor_dim"])
         self.image_size = tuple(int(s) for s in self.meta["image_size"])
@@ -57,7 +63,12 @@ class OnnxDescriptorModel(nn.Module):
             raise TscmError(f"ONNX model {self.meta['preset']!r} takes images B×{expected[0]}×{expected[1]}×{expected[2]}, "
                             f"got {tuple(images.shape)}")
         array = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
-        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
+        session = self.session
+        if len(array) == 1:
+            if self._single_session is None:
+                self._single_session = make_session(self._source, 1)
+            session = self._single_session
+        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
 
 
 

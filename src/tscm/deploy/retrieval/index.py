@@ -349,7 +349,7 @@ class PlaceIndex:
         """The `k` nearest database entries for each query (N×dim, or one dim-vector).
 
         A query gets the same hits, distances and tie order alone as in any batch. Batches smaller
-        than SINGLE_THREAD_BELOW run on one thread.
+        than SINGLE_THREAD_BELOW run on one thread (a lone query's exhaustive scan of many rows excepted).
         """
         if self.count == 0:
             raise TscmError("index search: the index is empty; add database descriptors before querying")

@@ -1,6 +1,7 @@
 """How a `PlaceIndex` searches: the exhaustive back-ends (flat and PCA-flat with fp32 storage, IVF's
 coarse lists, IVF-PQ's re-ranking) through `tscm.evaluation.search.exact_search`, faiss for the rest,
-batches smaller than SINGLE_THREAD_BELOW on one thread; and what the search keeps between calls.
+batches smaller than SINGLE_THREAD_BELOW on one thread (but a lone query's scan of many rows, see
+exact_search); and what the search keeps between calls.
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ class IndexSearch:
         """(Q×k float32 squared distances, Q×k int64 rows, -1 where missing) in the searched space."""
         import faiss
 
-        threads = 1 if len(queries) < SINGLE_THREAD_BELOW else max(1, faiss.omp_get_max_threads())
+        pool = max(1, faiss.omp_get_max_threads())
+        threads = 1 if len(queries) < SINGLE_THREAD_BELOW else pool
         with limit_threads(faiss=1 if threads == 1 else None):
             if pca is not None:
                 queries = pca.apply(queries)
             if self.backend in ("flat", "pca-flat") and params["storage"] == "fp32":
-                return exact_search(queries, self._scan_target(count), k, threads)
+                # exact_search gives a lone query the pool only where its scan is large enough to gain.
+                return exact_search(queries, self._scan_target(count), k, pool if len(queries) == 1 else threads)
             if self.backend == "ivfpq":
                 return self._search_ivfpq(queries, k, threads, int(params["rerank"]), count)
             distances, indices = self._faiss.search(queries, k)

@@ -74,8 +74,9 @@ def top1_decision_score(index: PlaceIndex, rule: DecisionRule, descriptor: np.nd
 
 
 def sequence_decision_score(index: PlaceIndex, rule: DecisionRule, scores: np.ndarray, top_row: int) -> float:
-    """The rule's score of the best sequence match `top_row` from the sequence scores over every entry."""
-    return decide_row(rule, scores, top_row, _metric_zone(index, rule, index.count))
+    """The rule's score of the best sequence match `top_row` from the sequence scores of the map's first
+    len(scores) entries (every entry, or those old enough to be loop closures)."""
+    return decide_row(rule, scores, top_row, _metric_zone(index, rule, len(scores)))
 
 
 def ranked_places(index: PlaceIndex, rows: list[int], scores: list[float], rule: DecisionRule | None,

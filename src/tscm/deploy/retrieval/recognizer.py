@@ -42,7 +42,7 @@ from tscm.errors import TscmError
 from tscm.evaluation.consistency import ConsistencyFilter
 from tscm.evaluation.extract import Described, InputSpec, describe_images
 from tscm.evaluation.ranking import rank_matrix
-from tscm.evaluation.sequence import SequenceMatcher
+from tscm.evaluation.sequence import UNSEEN_SQUARED_DISTANCE, SequenceMatcher
 
 MIN_TRAIN_AFTER = 1000
 RECOGNIZER_META_KEY = "recognizer"  # inside the index's model_meta: the requested back-end, kept across saves
@@ -97,6 +97,8 @@ class PlaceRecognizer:
         self._xy: list[np.ndarray] | None = []
         self._times: list[np.ndarray] | None = []
         self._sequence = None  # the SequenceMatcher of query_sequence, made on first use
+        self._loop_matcher = None  # the SequenceMatcher of observe with sequences (a growing map), made on first use
+        self._loop_index = None  # the index whose distances that matcher holds
         self._consistency = None  # the ConsistencyFilter of observe / query_sequence, made on first use
         self._input_spec: InputSpec | None = None
         self._largest_id: int | None = None  # of the map's ids, found on first use, then kept by add_descriptors
@@ -404,47 +406,87 @@ class PlaceRecognizer:
 
     def reset_sequence(self) -> None:
         """Forget the images `query_sequence` and `observe` have seen (a new traversal starts)."""
-        self._sequence = None
+        self._sequence = self._loop_matcher = None
         self._consistency = None
 
     def observe(self, image: Any, *, time: float | None = None, exclude_recent: float = 0, k: int = 1,
-                xy=None, consistency: int | None = None, timings: dict[str, float] | None = None) -> list[Place]:
+                xy=None, sequence: int = 1, consistency: int | None = None,
+                timings: dict[str, float] | None = None) -> list[Place]:
         """Loop closure inside one traversal: the places of `image` among the map's entries older than
         `exclude_recent` (in the unit of `time`: frames or seconds; without times, entries added),
         then `image` joins the map. Returns the (possibly empty) list of loop-closure candidates.
 
-        The first candidate's `accepted` follows the index's single-frame threshold and its decision
-        score; with `consistency` = k it also needs the k − 1 frames before to have been accepted
-        on a consistent progression through the map (tscm.evaluation.consistency). `timings`, if
-        given, gets the seconds of each stage added: decode, describe, search, decision, add.
+        With `sequence` = L > 1, candidates are ranked by the sequence score over the last L images
+        observed (SeqSLAM-style, as `query_sequence`) against the map as it grew: an entry added after an
+        image counts as unseen for it (`UNSEEN_SQUARED_DISTANCE`), so no sequence runs through the future.
+        The first candidate's `accepted` follows the index's threshold for L-frame scores (single frames:
+        L = 1) and its decision score; with `consistency` = k it also needs the k − 1 frames before to
+        have been accepted on a consistent progression through the map (tscm.evaluation.consistency).
+        `timings`, if given, gets the seconds of each stage added: decode, describe, search, (sequence,)
+        decision, add.
         """
         if exclude_recent < 0:
             raise TscmError(f"exclude_recent: expected a non-negative number of frames or seconds, got {exclude_recent}")
+        if not (isinstance(sequence, int) and sequence >= 1):
+            raise TscmError(f"sequence: expected a number of frames ≥ 1, got {sequence!r}")
         descriptor = self.describe_one(image, timings=timings)
-        candidates: list[Place] = []
-        tic = tac = perf_counter()
-        if self.count:
-            times = self.index.times
-            if time is not None and times is not None:
-                recent = int(np.sum(times > time - exclude_recent))
-            else:
-                recent = int(min(self.count, round(exclude_recent)))
-            rule, [(rows, scores, value)] = self._search_rows(descriptor, k, recent)
+        tic = perf_counter()
+        searchable = self.count - self._recent_entries(time, exclude_recent)
+        if sequence == 1:
+            rule, rows, scores, value = threshold_rule(self.index, 1), np.zeros(0, np.int64), np.zeros(0, np.float32), None
+            if self.count:
+                rule, [(rows, scores, value)] = self._search_rows(descriptor, k, self.count - searchable)
+            tac = toc = perf_counter()
+        else:
+            row = distance_row(self.index, descriptor[0], self.count) if self.count else np.zeros(0, np.float32)
             tac = perf_counter()
+            rule, rows, scores, value = self._loop_sequence(sequence, row, searchable, k)
+            toc = perf_counter()
+        candidates: list[Place] = []
+        if len(rows):
             consistent = True
             if rule is not None and consistency is not None:
-                consistent = self._consistent(consistency, len(rows) > 0 and rule.accepts(value),
-                                              int(rows[0]) if len(rows) else -1)
+                consistent = self._consistent(consistency, rule.accepts(value), int(rows[0]))
             candidates = ranked_places(self.index, rows.tolist(), scores.tolist(), rule, value, consistent)
-        toc = perf_counter()
+        elif rule is not None and consistency is not None:
+            self._consistent(consistency, False, -1)  # nothing to match breaks a run of agreeing frames
+        decided = perf_counter()
         self.add_descriptors(descriptor, [self._next_id()], xy=None if xy is None else np.asarray([xy], dtype=np.float64),
                              paths=[str(image) if isinstance(image, (str, Path)) else ""],
                              times=None if time is None else [time])
         if timings is not None:
-            timings["search"] = timings.get("search", 0.0) + tac - tic  # the decision score is computed with the search
-            timings["decision"] = timings.get("decision", 0.0) + toc - tac
-            timings["add"] = timings.get("add", 0.0) + perf_counter() - toc
+            timings["search"] = timings.get("search", 0.0) + tac - tic  # single frames: the decision score too
+            if sequence > 1:
+                timings["sequence"] = timings.get("sequence", 0.0) + toc - tac
+            timings["decision"] = timings.get("decision", 0.0) + decided - toc
+            timings["add"] = timings.get("add", 0.0) + perf_counter() - decided
         return candidates
+
+    def _recent_entries(self, time: float | None, exclude_recent: float) -> int:
+        """How many of the newest map entries are too recent to be loop closures for an image at `time`."""
+        if not self.count:
+            return 0
+        times = self.index.times
+        if time is not None and times is not None:
+            return int(np.sum(times > time - exclude_recent))
+        return int(min(self.count, round(exclude_recent)))
+
+    def _loop_sequence(self, length: int, row: np.ndarray, searchable: int, k: int):
+        """(rule, rows, sequence scores, decision score) of `observe` with sequences: `row` (distances to every
+        entry) joins the loop-closure sequence history, and the first `searchable` entries are ranked."""
+        matcher = self._loop_matcher
+        if matcher is None or matcher.length != length or matcher.num_db > len(row) or self._loop_index is not self.index:
+            # A new map, or one rebuilt in another search space: distances from before do not compare.
+            matcher = self._loop_matcher = SequenceMatcher(length, 0, unseen=UNSEEN_SQUARED_DISTANCE)
+            self._loop_index = self.index
+        scores = matcher.push(row)[:searchable]
+        rule = threshold_rule(self.index, length)
+        if not len(scores):
+            return rule, np.zeros(0, np.int64), scores, None
+        ranking = rank_matrix(scores[None, :], min(k, len(scores)))
+        rows = ranking.indices[0]
+        value = None if rule is None else sequence_decision_score(self.index, rule, scores, int(rows[0]))
+        return rule, rows, ranking.distances[0], value
 
     def _check_not_empty(self) -> None:
         if self.count == 0:

@@ -48,6 +48,18 @@ def test_eval_transform_same_size_is_plain_normalisation():
     np.testing.assert_allclose(got[:, 0, 0].numpy(), [1.0, -2.0, 128 / 255 - 0.5], atol=1e-6)
 
 
+def test_same_size_images_get_the_bits_of_the_tensor_path():
+    """Images already at the input size skip the tensor operations: the numbers must not move by a bit."""
+    from tscm.data.images import pixels_to_units, units_to_inputs
+
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    expected = units_to_inputs(pixels_to_units(pixels), (5, 7), IMAGENET_MEAN, IMAGENET_STD).numpy()
+    for i in range(3):
+        got = eval_transform(Image.fromarray(pixels[i]), (5, 7)).numpy()
+        assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+        np.testing.assert_array_equal(got, expected[i])
+
+
 def test_image_list_dataset_and_errors(tmp_path):
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((3, 3, 3), dtype=np.uint8)).convert("L").save(good)  # grey becomes RGB

@@ -8,7 +8,9 @@ Two pipelines of `PlaceRecognizer`, one frame at a time on the bench threads:
   decision (the threshold's decision score, the threshold and temporal consistency);
 - `observe` (loop closure in one traversal, the map growing by one entry per frame): decode,
   describe, search (nearest hits and the decision score), decision (threshold and consistency),
-  add (the frame joins the map).
+  add (the frame joins the map);
+- `observe-seq` (the same with L-frame sequences, `observe(sequence=L)`): decode, describe, search
+  (the frame's distance row over the map), sequence, decision, add.
 
 Each runtime (default: eager `torch` and `onnx` Runtime, whose single-image call costs far less) is timed
 in turn. Maps of 1k, 10k and 100k entries are synthetic unit descriptors along a random walk (the back-end
@@ -28,9 +30,10 @@ import numpy as np
 
 from tscm.errors import TscmError
 
-PIPELINES = ("sequence", "observe")
+PIPELINES = ("sequence", "observe", "observe-seq")
 STAGES = {"sequence": ("decode", "describe", "search", "sequence", "decision"),
-          "observe": ("decode", "describe", "search", "decision", "add")}
+          "observe": ("decode", "describe", "search", "decision", "add"),
+          "observe-seq": ("decode", "describe", "search", "sequence", "decision", "add")}
 
 
 @dataclass
@@ -110,14 +113,14 @@ def bench_streaming(*, preset: str = "student-lite", map_sizes=(1000, 10_000, 10
                         print_fn(f"  {runtime}: left out ({error})")
                         break
                     rows += _time_map(recognizer, size, runtime, images, sequence_length, consistency, seed, settings)
-                    for row in rows[-2:]:
+                    for row in rows[-len(PIPELINES):]:
                         print_fn(format_row(row))
     return rows
 
 
 def _time_map(recognizer, size: int, runtime: str, images: list[Path], sequence_length: int, consistency: int,
               seed: int, settings: dict) -> list[StreamingRow]:
-    """The `sequence` and `observe` rows of one map size with one recognizer."""
+    """The `sequence`, `observe` and `observe-seq` rows of one map size with one recognizer."""
     map_descriptors = route_descriptors(size, recognizer.dim, seed + size)
     recognizer.add_descriptors(map_descriptors, np.arange(size), times=np.arange(size, dtype=np.float64))
     for length in (1, sequence_length):
@@ -130,16 +133,19 @@ def _time_map(recognizer, size: int, runtime: str, images: list[Path], sequence_
         recognizer.query_sequence(path, 1, length=sequence_length, consistency=consistency, timings=timings)
         per_frame.append(timings)
     rows = [_row("sequence", size, backend, runtime, per_frame[len(per_frame) // 10:], settings)]
-    per_frame = []
-    for i, path in enumerate(images):
-        timings = {}
-        recognizer.observe(path, time=float(size + i), exclude_recent=20, consistency=consistency, timings=timings)
-        per_frame.append(timings)
-    rows.append(_row("observe", size, backend, runtime, per_frame[len(per_frame) // 10:], settings))
+    for pipeline, length in (("observe", 1), ("observe-seq", sequence_length)):
+        per_frame = []
+        start = size + len(rows) * len(images)  # the frames of each pass come after those before
+        for i, path in enumerate(images):
+            timings = {}
+            recognizer.observe(path, time=float(start + i), exclude_recent=20, sequence=length, consistency=consistency,
+                               timings=timings)
+            per_frame.append(timings)
+        rows.append(_row(pipeline, size, backend, runtime, per_frame[len(per_frame) // 10:], settings))
     return rows
 
 
 def format_row(row: StreamingRow) -> str:
     stages = ", ".join(f"{stage} {ms:.3f} ({100 * row.share[stage]:.0f} %)" for stage, ms in row.stage_ms.items())
-    return (f"  {row.pipeline:<8} {row.runtime:<5} map {row.map_size:>7,} ({row.backend}): {row.total_ms:.2f} ms/frame, "
+    return (f"  {row.pipeline:<11} {row.runtime:<5} map {row.map_size:>7,} ({row.backend}): {row.total_ms:.2f} ms/frame, "
             f"{row.frames_per_s:,.0f} frames/s; {stages}")

@@ -322,6 +322,23 @@ def test_single_query_returns_exactly_what_the_batch_returns(tied_data, name):
             np.testing.assert_array_equal(part.distances, batched.distances[:size])
 
 
+def test_a_lone_query_scanning_leading_dims_first_gets_the_batch_hits(tied_data, monkeypatch):
+    """PCA-flat scans a lone query's leading dims first (4 of 16 here, as 64 of 256 at full size) while the
+    map grows row by row, as observe() grows it; every answer equals the batch's, bit for bit."""
+    monkeypatch.setattr(index_search, "LEADING_DIMS", 4)
+    database, queries = tied_data
+    index = PlaceIndex.build(database[:200], backend="pca-flat", pca_dim=16)
+    for start in range(200, len(database), 20):
+        index.add(database[start : start + 20], np.arange(start, min(start + 20, len(database))))
+        for k in (1, 3):
+            batched = index.search(queries, k)
+            for row, query in enumerate(queries):
+                alone = index.search(query, k)
+                np.testing.assert_array_equal(alone.indices[0], batched.indices[row])
+                np.testing.assert_array_equal(alone.distances[0], batched.distances[row])
+    assert index._search.scan.leading is not None and len(index._search.scan.leading.vectors) == len(database)
+
+
 @pytest.mark.parametrize("backend", ["flat", "pca-flat"])
 def test_exact_backends_break_ties_by_row_and_match_brute_force(tied_data, backend):
     database, queries = tied_data

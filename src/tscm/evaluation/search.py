@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -27,10 +28,13 @@ SCAN_ERROR_FACTOR = 2.0
 SCAN_DB_TILE = 32_768  # database rows per matrix product of a batch
 SCAN_QUERY_TILE = 256  # queries per matrix product of a batch
 RERANK_PAIR_ELEMENTS = 1 << 21  # float64 elements of (candidate, query) differences held at once
-# A single query's matrix-vector product runs on the caller's threads from this many bytes of rows: past a
-# core's own cache the product waits on reads, which two cores make faster than one (`tscm bench streaming`);
-# below it one thread, whose wake-up costs less than the product.
-PARALLEL_SCAN_BYTES = 4 << 20
+# A lone query in a PCA space scans the first LEADING_DIMS dims of every row first (`_search_by_leading_dims`),
+# where the space has LEADING_MIN_RATIO times as many; it falls back to the full scan when more than
+# 1 / LEADING_GIVE_UP of the rows could still be among the nearest.
+LEADING_DIMS = 64
+LEADING_MIN_RATIO = 4
+LEADING_SEED = 64  # rows measured in full first (at least 4k): the nearest by their leading dims
+LEADING_GIVE_UP = 8
 MISSING_DISTANCE = np.float32(np.finfo(np.float32).max)  # faiss' value for a hit that does not exist
 
 
@@ -41,17 +45,48 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class LeadingDims:
+    """The first p dims of every row, held contiguously with their squared norms (`ScanTarget.leading`)."""
+
+    vectors: np.ndarray  # N×p float32
+    norms: np.ndarray  # N float32
+
+
+@dataclass
 class ScanTarget:
-    """Rows searched exhaustively: a view of faiss' storage, their squared norms and the largest norm."""
+    """Rows searched exhaustively: a view of faiss' storage, their squared norms and the largest norm.
+
+    `leading` (optional) holds the rows' first dims where those carry most of the spread (a PCA space:
+    components in order of decreasing variance), so a lone query can scan them first (`_search_by_leading_dims`).
+    """
 
     vectors: np.ndarray  # N×s float32 (may be a view of faiss-owned memory: valid until the next add)
     norms: np.ndarray  # N float32, ‖x‖²
     max_norm: float  # max ‖x‖
+    leading: LeadingDims | None = None
 
     @classmethod
-    def of(cls, vectors: np.ndarray) -> ScanTarget:
+    def of(cls, vectors: np.ndarray, leading_dims: int | None = None) -> ScanTarget:
         squared = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
-        return cls(vectors, squared.astype(np.float32), float(np.sqrt(squared.max())) if len(squared) else 0.0)
+        leading = None
+        if leading_dims is not None and vectors.shape[1] >= LEADING_MIN_RATIO * leading_dims:
+            head = np.ascontiguousarray(vectors[:, :leading_dims])
+            leading = LeadingDims(head, np.einsum("ij,ij->i", head, head, dtype=np.float64).astype(np.float32))
+        return cls(vectors, squared.astype(np.float32), float(np.sqrt(squared.max())) if len(squared) else 0.0, leading)
+
+    def extended(self, vectors: np.ndarray, added: np.ndarray,
+                 grow: Callable[[str, np.ndarray, np.ndarray], np.ndarray]) -> ScanTarget:
+        """The target after `added` rows were appended (`vectors`: the storage now); the norms are computed
+        for the new rows only (as `of` computes each), `grow(name, current, rows)` appends to a buffer."""
+        squared = np.einsum("ij,ij->i", added, added, dtype=np.float64)
+        max_norm = max(self.max_norm, float(np.sqrt(squared.max()))) if len(added) else self.max_norm
+        leading = self.leading
+        if leading is not None:
+            head = np.ascontiguousarray(added[:, : leading.vectors.shape[1]])
+            leading = LeadingDims(grow("leading", leading.vectors, head),
+                                  grow("leading_norms", leading.norms,
+                                       np.einsum("ij,ij->i", head, head, dtype=np.float64).astype(np.float32)))
+        return ScanTarget(vectors, grow("norms", self.norms, squared.astype(np.float32)), max_norm, leading)
 
 
 def pair_distances(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -95,13 +130,13 @@ def exact_search(queries: np.ndarray, target: ScanTarget, k: int,
                  threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of `target` per query (Q×k distances float32, Q×k rows int64; -1 and
     MISSING_DISTANCE where fewer than k rows exist), see the module doc. A batch runs numpy's BLAS on
-    `threads` threads (None: as it is set); a single query on one, or on `threads` from
-    PARALLEL_SCAN_BYTES of rows (the hits are the same whatever the threads: the bound covers any order).
+    `threads` threads (None: as it is set); a single query on one (a second thread shortens a large scan on
+    an idle machine, but a lone query then waits on whatever else holds the other core).
     """
     num_queries, dim = queries.shape
     count = len(target.vectors)
     if num_queries == 1 and count:
-        return _exact_search_one_query(queries, target, k, threads if target.vectors.nbytes >= PARALLEL_SCAN_BYTES else 1)
+        return _exact_search_one_query(queries, target, k)
     out_d = np.empty((num_queries, k), dtype=np.float32)
     out_i = np.empty((num_queries, k), dtype=np.int64)
     query_norms = np.sqrt(np.einsum("ij,ij->i", queries, queries, dtype=np.float64))
@@ -137,23 +172,55 @@ def exact_search(queries: np.ndarray, target: ScanTarget, k: int,
     return out_d, out_i
 
 
-def _exact_search_one_query(queries: np.ndarray, target: ScanTarget, k: int,
-                            threads: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _exact_search_one_query(queries: np.ndarray, target: ScanTarget, k: int) -> tuple[np.ndarray, np.ndarray]:
     """`exact_search` for one query in a dozen numpy calls: one matrix-vector product over all rows
-    (memory-bound: N·s·4 bytes read) on `threads` BLAS threads (None: as set), then the same candidate
-    rule, pair distances and order."""
+    (memory-bound: N·s·4 bytes read), then the same candidate rule, pair distances and order; by the
+    leading dims first where the target holds them."""
     query = queries[0]
-    with blas_threads(threads) if threads else contextlib.nullcontext():
+    slack = np.float32(_scan_slack(len(query), target.max_norm, float(np.sqrt(np.dot(query, query)))))
+    if target.leading is not None and k < len(target.vectors):
+        candidates = _candidates_by_leading_dims(query, target, k, slack)
+        if candidates is not None:
+            return _top_k_one(query, target.vectors, candidates, k)
+    with blas_threads(1):
         scores = target.vectors @ (query * np.float32(-2.0))
     scores += target.norms
     if k >= len(scores):
         candidates = np.arange(len(scores))
     else:
         kth = scores.min() if k == 1 else np.partition(scores, k - 1)[k - 1]
-        slack = _scan_slack(len(query), target.max_norm, float(np.sqrt(np.dot(query, query))))
-        candidates = np.flatnonzero(scores <= kth + np.float32(slack))
-    # As pair_distances: float64 differences, one dot product per pair, rounded to float32.
-    diff = np.subtract(target.vectors[candidates], query, dtype=np.float64)
+        candidates = np.flatnonzero(scores <= kth + slack)
+    return _top_k_one(query, target.vectors, candidates, k)
+
+
+def _candidates_by_leading_dims(query: np.ndarray, target: ScanTarget, k: int, slack: np.float32) -> np.ndarray | None:
+    """Rows that can still be among the k nearest, found from the leading dims (N·p·4 bytes read, not N·s·4).
+
+    The squared distance over the first p dims is a lower bound of the whole. The LEADING_SEED rows nearest
+    in those dims are measured in full; their k-th distance is one that the k nearest rows reach, so a row
+    whose bound (less the whole scan's rounding slack, which covers the partial sums' smaller error and the
+    float32 rounding of the distance) is above it is not among them. In a PCA space the bound is tight and
+    few rows pass; None when more than 1 / LEADING_GIVE_UP do (the full scan is then cheaper).
+    """
+    leading = target.leading
+    head = query[: leading.vectors.shape[1]]
+    with blas_threads(1):
+        bound = leading.vectors @ (head * np.float32(-2.0))
+    bound += leading.norms
+    bound += np.float32(np.dot(head, head))
+    count = len(bound)
+    seed_size = min(count, max(LEADING_SEED, 4 * k))
+    seed = np.argpartition(bound, seed_size - 1)[:seed_size]
+    seed_distances = pair_distances(query[None], target.vectors, np.zeros(len(seed), dtype=np.int64), seed)
+    kth = np.partition(seed_distances, k - 1)[k - 1]
+    candidates = np.flatnonzero(bound <= kth + slack)
+    return None if len(candidates) * LEADING_GIVE_UP > count else candidates
+
+
+def _top_k_one(query: np.ndarray, vectors: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest of the candidate rows by (distance, row); distances as pair_distances computes them:
+    float64 differences, one dot product per pair, rounded to float32."""
+    diff = np.subtract(vectors[candidates], query, dtype=np.float64)
     distances = _row_dots(diff, diff).astype(np.float32)
     order = np.lexsort((candidates, distances))[:k] if len(candidates) > 1 else slice(None)
     out_d = np.full((1, k), MISSING_DISTANCE, dtype=np.float32)
@@ -162,5 +229,3 @@ def _exact_search_one_query(queries: np.ndarray, target: ScanTarget, k: int,
     out_d[0, :found] = distances[order]
     out_i[0, :found] = candidates[order]
     return out_d, out_i
-
-

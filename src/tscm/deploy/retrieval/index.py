@@ -31,7 +31,6 @@ from tscm.deploy.retrieval.index_file import finite_number, read_index_arrays, r
 from tscm.deploy.retrieval.index_search import IndexSearch, SearchResult
 from tscm.deploy.retrieval.pca import PCA_TRAIN_LIMIT, PcaProjection, sample_rows
 from tscm.errors import TscmError
-from tscm.evaluation.search import ScanTarget
 
 
 def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
@@ -331,11 +330,8 @@ class PlaceIndex:
             else:
                 self._paths.extend(paths)
         if scan is not None and len(scan.vectors) + count == self.count:
-            # The rows kept their norms; only the new rows' are computed (as ScanTarget.of computes each).
-            added = np.einsum("ij,ij->i", searched, searched, dtype=np.float64)
-            norms = self._grown("norms", scan.norms, added.astype(np.float32))
-            self._search.scan = ScanTarget(flat_vectors(self._faiss), norms,
-                                           max(scan.max_norm, float(np.sqrt(added.max()))))
+            # The rows kept their norms; only the new rows' are computed.
+            self._search.scan = scan.extended(flat_vectors(self._faiss), searched, self._grown)
 
     def _grown(self, name: str, current: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """`current` followed by `rows`, through the growing buffer of `name` when `current` is its content."""
@@ -349,7 +345,7 @@ class PlaceIndex:
         """The `k` nearest database entries for each query (N×dim, or one dim-vector).
 
         A query gets the same hits, distances and tie order alone as in any batch. Batches smaller
-        than SINGLE_THREAD_BELOW run on one thread (a lone query's exhaustive scan of many rows excepted).
+        than SINGLE_THREAD_BELOW run on one thread.
         """
         if self.count == 0:
             raise TscmError("index search: the index is empty; add database descriptors before querying")

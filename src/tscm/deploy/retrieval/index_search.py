@@ -1,7 +1,6 @@
 """How a `PlaceIndex` searches: the exhaustive back-ends (flat and PCA-flat with fp32 storage, IVF's
 coarse lists, IVF-PQ's re-ranking) through `tscm.evaluation.search.exact_search`, faiss for the rest,
-batches smaller than SINGLE_THREAD_BELOW on one thread (but a lone query's scan of many rows, see
-exact_search); and what the search keeps between calls.
+batches smaller than SINGLE_THREAD_BELOW on one thread; and what the search keeps between calls.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import numpy as np
 
 from tscm.deploy.retrieval.index_backends import flat_vectors
 from tscm.deploy.retrieval.pca import PcaProjection
-from tscm.evaluation.search import ScanTarget, exact_search, pair_distances, top_k_of_pairs
+from tscm.evaluation.search import LEADING_DIMS, ScanTarget, exact_search, pair_distances, top_k_of_pairs
 from tscm.threads import limit_threads
 
 # faiss spreads even one query over its threads, and on a shared CPU the thread barrier can cost
@@ -60,23 +59,23 @@ class IndexSearch:
         """(Q×k float32 squared distances, Q×k int64 rows, -1 where missing) in the searched space."""
         import faiss
 
-        pool = max(1, faiss.omp_get_max_threads())
-        threads = 1 if len(queries) < SINGLE_THREAD_BELOW else pool
+        threads = 1 if len(queries) < SINGLE_THREAD_BELOW else max(1, faiss.omp_get_max_threads())
         with limit_threads(faiss=1 if threads == 1 else None):
             if pca is not None:
                 queries = pca.apply(queries)
             if self.backend in ("flat", "pca-flat") and params["storage"] == "fp32":
-                # exact_search gives a lone query the pool only where its scan is large enough to gain.
-                return exact_search(queries, self._scan_target(count), k, pool if len(queries) == 1 else threads)
+                return exact_search(queries, self._scan_target(count, params), k, threads)
             if self.backend == "ivfpq":
                 return self._search_ivfpq(queries, k, threads, int(params["rerank"]), count)
             distances, indices = self._faiss.search(queries, k)
             return distances, indices.astype(np.int64, copy=False)
 
-    def _scan_target(self, count: int) -> ScanTarget:
-        """The flat index' rows (a view of faiss' storage) with their norms; rebuilt after adds."""
+    def _scan_target(self, count: int, params: dict[str, Any]) -> ScanTarget:
+        """The flat index' rows (a view of faiss' storage) with their norms, and their leading dims where the
+        space is PCA's without whitening (components by decreasing variance); rebuilt after adds."""
         if self.scan is None or len(self.scan.vectors) != count:
-            self.scan = ScanTarget.of(flat_vectors(self._faiss))
+            ordered = self.backend == "pca-flat" and not params.get("whiten")
+            self.scan = ScanTarget.of(flat_vectors(self._faiss), LEADING_DIMS if ordered else None)
         return self.scan
 
     def _search_ivfpq(self, queries: np.ndarray, k: int, threads: int, rerank: int,

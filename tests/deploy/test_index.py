@@ -381,3 +381,18 @@ def test_search_caches_follow_adds(data):
     fresh.add(database, np.arange(len(database)))
     np.testing.assert_array_equal(again.indices, fresh.search(queries, 1).indices)
     assert (first.indices < 100).all() and index.count == len(database)
+
+
+def test_the_kept_norms_give_the_distance_row_of_a_fresh_computation(data):
+    """distance_row keeps the map's norms between frames (computed for new entries only): bit for bit what
+    squared_distances computes from the rows themselves, as the map grows."""
+    from tscm.deploy.retrieval.place_decisions import distance_row
+    from tscm.evaluation.ranking import squared_distances
+
+    database, _, queries, _ = data
+    index = PlaceIndex.build(database[:50], backend="pca-flat", pca_dim=16)
+    for start in range(50, 300, 25):
+        index.add(database[start : start + 25], np.arange(start, start + 25))
+        for query in queries[:3]:
+            expected = squared_distances(index.to_search_space(query[None]), index.vectors())[0]
+            np.testing.assert_array_equal(distance_row(index, query, index.count), expected)

@@ -94,16 +94,22 @@ def rank_matrix(scores, k: int) -> Ranking:
     return Ranking(np.take_along_axis(chosen, order, axis=1), indices)
 
 
-def squared_distances(queries, db) -> np.ndarray:
-    """Q×N squared L2 distances (float32; ‖q‖² + ‖x‖² − 2⟨q, x⟩, clipped at 0)."""
+def squared_distances(queries, db, db_norms: np.ndarray | None = None) -> np.ndarray:
+    """Q×N squared L2 distances (float32; ‖q‖² + ‖x‖² − 2⟨q, x⟩, clipped at 0). `db_norms`: the rows'
+    `squared_norms`, where the caller keeps them (a map searched frame after frame), else computed here."""
     queries = np.asarray(queries, dtype=np.float32)
     db = np.asarray(db, dtype=np.float32)
     out = queries @ db.T
     out *= -2.0
-    out += np.einsum("qd,qd->q", queries, queries)[:, None]
-    out += np.einsum("nd,nd->n", db, db)[None, :]
+    out += squared_norms(queries)[:, None]
+    out += (squared_norms(db) if db_norms is None else db_norms)[None, :]
     np.maximum(out, 0.0, out=out)
     return out
+
+
+def squared_norms(rows: np.ndarray) -> np.ndarray:
+    """‖x‖² of each float32 row, in float32 (each row's value does not depend on the rows beside it)."""
+    return np.einsum("nd,nd->n", rows, rows)
 
 
 def first_hit_rank(indices: np.ndarray, positives) -> np.ndarray:

@@ -31,6 +31,7 @@ from tscm.deploy.retrieval.index_file import finite_number, read_index_arrays, r
 from tscm.deploy.retrieval.index_search import IndexSearch, SearchResult
 from tscm.deploy.retrieval.pca import PCA_TRAIN_LIMIT, PcaProjection, sample_rows
 from tscm.errors import TscmError
+from tscm.evaluation.ranking import squared_norms
 
 
 def _as_descriptors(values, dim: int, what: str) -> np.ndarray:
@@ -94,6 +95,7 @@ class PlaceIndex:
         self._times: np.ndarray | None = None
         self._paths: list[str] | None = None
         self._vectors: np.ndarray | None = None  # the searched vectors, reconstructed on demand
+        self._vector_norms: np.ndarray | None = None  # their squared norms, computed on demand
         self._search = IndexSearch(backend, faiss_index)  # with its caches (reset by train/add)
         # Streaming adds: growing copies of ids, coordinates, times, norms and searched vectors, and the
         # set of ids (uniqueness checked in O(added), not by sorting every id), made on first use.
@@ -214,6 +216,15 @@ class PlaceIndex:
             else:
                 self._vectors = np.ascontiguousarray(self._faiss.reconstruct_n(0, self.count), dtype=np.float32)
         return self._vectors
+
+    def vector_norms(self) -> np.ndarray:
+        """‖x‖² of every entry's searched vector (`squared_norms` of `vectors()`), computed for new entries only."""
+        vectors = self.vectors()
+        have = 0 if self._vector_norms is None else len(self._vector_norms)
+        if have != len(vectors):
+            new_norms = squared_norms(vectors[have:])
+            self._vector_norms = new_norms if have == 0 else self._grown("vector_norms", self._vector_norms, new_norms)
+        return self._vector_norms
 
     def threshold(self, sequence_length: int = 1) -> dict[str, Any] | None:
         """The calibrated threshold for scores over `sequence_length` frames, if one applies to this space."""

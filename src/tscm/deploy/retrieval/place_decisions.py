@@ -63,7 +63,8 @@ def _metric_zone(index: PlaceIndex, rule: DecisionRule, searchable: int) -> np.n
 
 def distance_row(index: PlaceIndex, descriptor: np.ndarray, searchable: int) -> np.ndarray:
     """Squared L2 from one descriptor to each of the first `searchable` entries, in the search space."""
-    return squared_distances(index.to_search_space(descriptor[None]), index.vectors()[:searchable])[0]
+    return squared_distances(index.to_search_space(descriptor[None]), index.vectors()[:searchable],
+                             index.vector_norms()[:searchable])[0]
 
 
 def top1_decision_score(index: PlaceIndex, rule: DecisionRule, descriptor: np.ndarray, hit_rows: np.ndarray,

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tscm.config import TrainConfig, load_config
-from tscm.config.loading import parse_override, set_value
+from tscm.config.fields import apply_text_overrides
 from tscm.config.option_checks import check_device, check_seeds
 from tscm.errors import TscmError
 
@@ -53,9 +53,7 @@ def options_from_args(args: argparse.Namespace, kind: str):
     check_seeds(args.seeds)
     # Everything the runs will use is checked now, before the run folder exists: a mistake found after
     # minutes of training (or in a folder a second try may not reuse) helps nobody.
-    for item in args.overrides:
-        key, value = parse_override(item)
-        set_value(TrainConfig(), key, value, f"--set {item!r}")
+    apply_text_overrides(TrainConfig(), args.overrides, "--set")
     for flag, preset, role in (("--teacher-config", args.teacher_config, "teacher"),
                                ("--student-config", args.student_config, "student")):
         if preset is not None:

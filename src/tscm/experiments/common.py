@@ -13,8 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from tscm.config import TrainConfig, load_config
-from tscm.config.loading import parse_override, set_value
-from tscm.config.sections import validate
+from tscm.config.fields import apply_text_overrides
 from tscm.data.images import DecodedImages
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
@@ -172,10 +171,8 @@ def training_config(preset: str, kind: str, options: RunOptions, data_root: Path
         config.train.epochs = options.epochs
     if options.max_queries is not None:
         config.train.max_queries_per_epoch = options.max_queries
-    for item in options.overrides:
-        key, value = parse_override(item)
-        set_value(config, key, value, f"--set {item!r}")
-    validate(config)
+    apply_text_overrides(config, options.overrides, "--set")
+    config.check()
     return config
 
 

@@ -184,3 +184,20 @@ def apply_text_overrides(settings: Any, items: Iterable[str], what: str = "overr
     for item in items:
         key, value = parse_override(item)
         set_value(settings, key, value, f"{what} {excerpt(item)}")
+
+
+def flags_given(args: Any, settings_type: type) -> dict[str, Any]:
+    """The parsed flags (an argparse Namespace) named like fields of `settings_type` and given: not None and not an
+    empty list, which is what argparse leaves for a flag left out."""
+    names = {f.name for f in dataclasses.fields(settings_type)}
+    return {name: value for name, value in vars(args).items() if name in names and value is not None and value != []}
+
+
+def build_settings(settings_type: type, *layers: Mapping[str, Any], **required: Any) -> Any:
+    """`settings_type(**required)`, then each layer of overrides in turn (e.g. the `--quick` values, then the flags
+    given), then its `check()`."""
+    settings = settings_type(**required)
+    for layer in layers:
+        apply_overrides(settings, layer)
+    settings.check()
+    return settings

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.inference.choices import RUNTIMES
+
 NAME = "export-descriptors"
 HELP = ("write the global descriptors of an image set in hloc's HDF5 layout (one group per image, dataset "
         "global_descriptor), as .npy arrays with a names file (VPR-methods-evaluation), and optionally an hloc "
         "pairs-from-retrieval file (top-k by exact search)")
-# A mirror of tscm.inference.runtimes.RUNTIMES, so that building the CLI does not import torch.
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

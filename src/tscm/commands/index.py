@@ -6,14 +6,13 @@ import argparse
 import math
 
 from tscm.commands.bag_options import add_bag_arguments, bag_selection
+from tscm.deploy.retrieval.index_backends import BACKENDS
 from tscm.errors import TscmError
+from tscm.inference.choices import RUNTIMES
 
 NAME = "index"
 HELP = ("build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint; "
         "calibrate its acceptance threshold on a validation set or a pair of ROS bags")
-# Mirrors of tscm.deploy.retrieval.index.BACKENDS and tscm.inference.runtimes.RUNTIMES, so that building the CLI imports neither faiss nor torch.
-BACKENDS = ("auto", "flat", "pca-flat", "ivfpq", "hnsw")
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="with a data-set file: index the database rows of this split only (default: of every "
                             "split the file holds; the summary names them)")
     build.add_argument("--out", required=True, metavar="MAP", help="index file to write (safetensors)")
-    build.add_argument("--backend", choices=BACKENDS, default="auto",
+    build.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
                        help="search back-end (default: auto, chosen by database size)")
     build.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="back-end parameter, e.g. pca_dim=256, nlist=256, ef_search=64 (repeatable)")

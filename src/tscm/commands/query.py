@@ -7,10 +7,11 @@ import json
 import sys
 
 from tscm.errors import TscmError
+from tscm.inference.choices import RUNTIMES as ALL_RUNTIMES
 
 NAME = "query"
 HELP = "print the top-k known places (id, path, distance, coordinates) of images, searched in a place index"
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx")  # onnx-int8 needs calibration images: export it instead
+RUNTIMES = tuple(r for r in ALL_RUNTIMES if r != "onnx-int8")  # onnx-int8 needs calibration images: export it instead
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

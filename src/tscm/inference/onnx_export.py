@@ -30,6 +30,7 @@ from tscm import __version__
 from tscm.data.images import ImageListDataset
 from tscm.errors import TscmError, excerpt
 from tscm.fileio import atomic_path, check_header, parse_json
+from tscm.inference.choices import DEFAULT_CALIBRATION_IMAGES, DEFAULT_OPSET, EXPORTERS, PRECISIONS
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
 from tscm.models.checkpoint import load_checkpoint
 
@@ -38,13 +39,10 @@ OUTPUT_NAME = "descriptors"
 FORMAT_NAME = "tscm-onnx"
 FORMAT_VERSION = 1
 METADATA_PREFIX = "tscm."
-DEFAULT_OPSET = 18
 # Opsets tscm exports: from 13 (per-axis int8 QuantizeLinear, which static int8 needs) to the newest
 # torch's exporters write (the TorchScript exporter stops at 20).
 MIN_OPSET = 13
 MAX_OPSET = {"dynamo": 23, "torchscript": 20}
-EXPORTERS = ("dynamo", "torchscript")
-PRECISIONS = ("float32", "int8", "auto")
 PARITY_MIN_COSINE = 0.9999  # float32 export against PyTorch, per descriptor
 # What int8 quantises: what dominates both models' time. Convolutions (the CNN trunks: ~93 % of
 # student-paper's ONNX Runtime time), and matrix products with constant weights, i.e. MatMul/Gemm
@@ -54,7 +52,6 @@ PARITY_MIN_COSINE = 0.9999  # float32 export against PyTorch, per descriptor
 INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
 AUTO_TIMING_CALLS = 5  # timed batch-1 calls per graph per round for precision "auto"
 AUTO_TIMING_ROUNDS = 3  # rounds in which the two graphs take turns
-DEFAULT_CALIBRATION_IMAGES = 64
 
 
 # ----- export ---------------------------------------------------------------------------------------

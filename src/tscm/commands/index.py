@@ -8,7 +8,9 @@ import math
 from tscm.commands.bag_options import add_bag_arguments, bag_selection
 from tscm.deploy.retrieval.index_backends import BACKENDS
 from tscm.errors import TscmError
-from tscm.inference.choices import RUNTIMES
+from tscm.evaluation.calibration import BOUNDS, DEFAULT_BOUND
+from tscm.evaluation.decision import SCORE_NAMES
+from tscm.inference.choices import BAD_IMAGE_POLICIES, RUNTIMES
 
 NAME = "index"
 HELP = ("build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint; "
@@ -40,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="how the model runs (default: torch); onnx-int8 calibrates on the indexed images")
     build.add_argument("--batch-size", type=int, default=16, help="images per batch (default: 16)")
     build.add_argument("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
-    build.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+    build.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="fail",
                        help="an unreadable image stops the build (default) or is reported and left out")
     add_bag_arguments(build)
     calibrate = actions.add_parser(
@@ -60,10 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--measure", default=None, metavar="SPLIT",
                            help="also report the precision and recall the threshold reaches on this split (e.g. test)")
     calibrate.add_argument("--checkpoint", default=None, help="the model (default: the one recorded in the index)")
-    calibrate.add_argument("--score", choices=("auto", "distance", "ratio", "normalised"), default="auto",
+    calibrate.add_argument("--score", choices=("auto", *SCORE_NAMES), default="auto",
                            help="decision score: top-1 distance, distinctiveness ratio, per-query normalised distance; "
                                 "auto (default) keeps the one with the highest recall on the calibration split")
-    calibrate.add_argument("--bound", choices=("clopper-pearson", "none"), default="clopper-pearson",
+    calibrate.add_argument("--bound", choices=BOUNDS, default=DEFAULT_BOUND,
                            help="precision that must reach the target: the one-sided Clopper-Pearson lower bound "
                                 "(default) or the plain precision of the calibration split (none)")
     calibrate.add_argument("--confidence", type=float, default=95.0,

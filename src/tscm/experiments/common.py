@@ -163,6 +163,28 @@ def resolve_data(options: RunOptions) -> Path:
     return resolve_path_or_synthetic(options.data, cache_dir=options.cache_dir, progress=options.progress)
 
 
+@dataclass(frozen=True)
+class RunData:
+    """What a demo or ablation run measures on: the data set's folder, its test split, the recipe for its kind of
+    data, and the training presets (the options', else the recipe's)."""
+
+    root: Path
+    test_set: PlaceSet
+    recipe: Recipe
+    teacher_config: str
+    student_config: str
+
+
+def load_run_data(options: RunOptions) -> RunData:
+    from tscm.data.formats import load_placeset
+
+    root = resolve_data(options)
+    test_set = load_placeset(root, "test", name=options.name or None)
+    recipe = recipe_for(test_set)
+    return RunData(root, test_set, recipe, options.teacher_config or recipe.teacher_config,
+                   options.student_config or recipe.student_config)
+
+
 # ----- training ---------------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ def setting(default: Any, help: str = "", *, choices: tuple[str, ...] | None = N
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def label(settings: Any, key: str) -> str:
+def setting_name(settings: Any, key: str) -> str:
     """How messages name a setting: its key (`train.lr`), or its flag (`--max-queries`) in a class with AS_FLAGS."""
     return "--" + key.replace("_", "-") if getattr(settings, "AS_FLAGS", False) else key
 
@@ -136,33 +136,34 @@ def check_fields(settings: Any, where: str | None = None, prefix: str = "") -> N
         if dataclasses.is_dataclass(value):
             check_fields(value, where, f"{prefix}{f.name}.")
         else:
-            check_value(f, value, label(settings, prefix + f.name), where)
+            check_value(f, value, setting_name(settings, prefix + f.name), where)
+
+
+def _sections(settings: Any) -> list[str]:
+    """The fields of `settings` that hold settings dataclasses (TrainConfig's `train`, `mining`, ...)."""
+    return [f.name for f in dataclasses.fields(settings) if dataclasses.is_dataclass(getattr(settings, f.name))]
 
 
 def set_value(settings: Any, key: str, value: Any, where: str | None = None) -> None:
     """Set `name` or `section.field` of `settings` to `value`, converted to the field's type and checked."""
-    target, path = settings, key.split(".")
-    for depth, part in enumerate(path):
-        fields = {f.name: f for f in dataclasses.fields(target)}
-        sections = [name for name, f in fields.items() if dataclasses.is_dataclass(getattr(target, name))]
-        last = depth == len(path) - 1
-        if not last and part not in sections:
-            prefix = f"{where}: " if where else ""
-            raise TscmError(f"{prefix}unknown section {excerpt(part)} in {excerpt(key)}; sections: {', '.join(sections)}")
-        if last and (part not in fields or part in sections):
-            prefix = f"{where}: " if where else ""
-            owner = ".".join(path[:-1]) or type(target).__name__
-            leaves = [name for name in fields if name not in sections]
-            expected = f"; sections: {', '.join(sections)} (section.field=value)" if sections and depth == 0 else ""
-            raise TscmError(f"{prefix}unknown setting {excerpt(label(settings, key))}; {owner} has: "
-                            f"{', '.join(leaves)}{expected}")
-        if not last:
-            target = getattr(target, part)
-    f = fields[path[-1]]
-    name = label(settings, key)
-    converted = convert(value, typing.get_type_hints(type(target))[f.name], name, where)
-    check_value(f, converted, name, where)
-    setattr(target, f.name, converted)
+    prefix = f"{where}: " if where else ""
+    *path, name = key.split(".")
+    target = settings
+    for section in path:
+        if section not in _sections(target):
+            raise TscmError(f"{prefix}unknown section {excerpt(section)} in {excerpt(key)}; sections: "
+                            f"{', '.join(_sections(target))}")
+        target = getattr(target, section)
+    fields = {f.name: f for f in dataclasses.fields(target) if f.name not in _sections(target)}
+    if name not in fields:
+        owner = ".".join(path) or type(target).__name__
+        hint = f"; sections: {', '.join(_sections(target))} (section.field=value)" if _sections(target) else ""
+        raise TscmError(f"{prefix}unknown setting {excerpt(setting_name(settings, key))}; {owner} has: "
+                        f"{', '.join(fields)}{hint}")
+    shown = setting_name(settings, key)
+    converted = convert(value, typing.get_type_hints(type(target))[name], shown, where)
+    check_value(fields[name], converted, shown, where)
+    setattr(target, name, converted)
 
 
 def apply_overrides(settings: Any, overrides: Mapping[str, Any], where: str | None = None) -> None:

@@ -132,7 +132,8 @@ def test_overrides_are_converted_to_each_fields_type():
 @pytest.mark.parametrize("values, message", [
     ({"sizes": [3, 1]}, "--sizes: expected an integer in 2..100, got 1"),
     ({"epochs": 0}, "--epochs: expected an integer ≥ 1, got 0"),
-    ({"budget": 0}, "--budget: expected a number in (0, 10], got 0.0"),
+    ({"budget": 0}, "--budget: expected a number in (0, 10], got 0"),
+    ({"budget": 1e12}, "--budget: expected a number in (0, 10], got 1e+12"),
     ({"rule": "c"}, "--rule: expected one of a, b, got 'c'"),
     ({"seeds": "1,x"}, "--seeds: expected an integer, got 'x'"),
     ({"colour": 1}, "unknown setting '--colour'"),

@@ -40,7 +40,8 @@ def setting_name(settings: Any, key: str) -> str:
 
 def _fail(name: str, expected: str, value: Any, where: str | None) -> typing.NoReturn:
     prefix = f"{where}: " if where else ""
-    raise TscmError(f"{prefix}{name}: expected {expected}, got {excerpt(value)}")
+    shown = f"{value:.12g}" if isinstance(value, float) else excerpt(value)  # 1e+12, not 1000000000000.0
+    raise TscmError(f"{prefix}{name}: expected {expected}, got {shown}")
 
 
 def convert(value: Any, target: Any, name: str, where: str | None = None) -> Any:

@@ -1,12 +1,18 @@
-"""Typed training settings: presets, overrides, errors, saved copies."""
+"""Typed settings: the one idiom (fields with their range, one override path), training presets, overrides,
+errors, saved copies."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
 
 from tscm.cli import build_parser
 from tscm.config import TrainConfig, load_config, train_config_from_dict
+from tscm.config.fields import build_settings, check_fields, setting
 from tscm.config.loading import shipped_presets
 from tscm.errors import TscmError
 from tscm.commands.training_options import overrides_from_args
@@ -98,3 +104,58 @@ def test_cli_dotted_flags_and_set_both_override():
     assert sorted(overrides) == sorted(["train.lr=3e-4", "mining.positive_rule=heading", "train.epochs=3"])
     config = load_config("paper_pitts30k_teacher", overrides)
     assert (config.train.lr, config.mining.positive_rule, config.train.epochs) == (3e-4, "heading", 3)
+
+
+@dataclass
+class Knobs:
+    """A settings class of the command-line kind (AS_FLAGS), one field of each sort."""
+
+    AS_FLAGS: ClassVar[bool] = True
+
+    sizes: list[int] = setting([10], least=2, most=100)
+    seeds: tuple[int, ...] = setting((0,), least=0)
+    epochs: int | None = setting(None, least=1)
+    out: Path = Path("runs")
+    rule: str = setting("a", choices=("a", "b"))
+    budget: float = setting(1.0, above=0, most=10)
+
+    def check(self) -> None:
+        check_fields(self)
+
+
+def test_overrides_are_converted_to_each_fields_type():
+    knobs = build_settings(Knobs, {"sizes": "3,4", "seeds": ["5"], "epochs": "2", "out": "runs/a", "budget": "10"})
+    assert (knobs.sizes, knobs.seeds, knobs.epochs, knobs.out, knobs.budget) == ([3, 4], (5,), 2, Path("runs/a"), 10.0)
+    assert Knobs().sizes is not Knobs().sizes  # a list default is each instance's own
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"sizes": [3, 1]}, "--sizes: expected an integer in 2..100, got 1"),
+    ({"epochs": 0}, "--epochs: expected an integer ≥ 1, got 0"),
+    ({"budget": 0}, "--budget: expected a number in (0, 10], got 0"),
+    ({"budget": 1e12}, "--budget: expected a number in (0, 10], got 1e+12"),
+    ({"rule": "c"}, "--rule: expected one of a, b, got 'c'"),
+    ({"seeds": "1,x"}, "--seeds: expected an integer, got 'x'"),
+    ({"colour": 1}, "unknown setting '--colour'"),
+])
+def test_a_bad_value_names_the_flag_the_value_and_what_was_expected(values, message):
+    with pytest.raises(TscmError) as error:
+        build_settings(Knobs, values)
+    assert message in str(error.value)
+
+
+def test_later_layers_win_and_check_sees_values_set_in_code():
+    knobs = build_settings(Knobs, {"epochs": 3, "rule": "b"}, {"epochs": 5})
+    assert (knobs.epochs, knobs.rule) == (5, "b")
+    knobs.epochs = 0
+    with pytest.raises(TscmError, match="--epochs: expected an integer ≥ 1, got 0"):
+        knobs.check()
+
+
+def test_a_training_range_is_checked_as_it_is_set_and_in_code():
+    with pytest.raises(TscmError, match=r"override 'train.lr_gamma=2': train.lr_gamma: expected a number in \(0, 1\]"):
+        load_config("demo_teacher", ["train.lr_gamma=2"])
+    config = load_config("demo_teacher")
+    config.mining.num_random = 0
+    with pytest.raises(TscmError, match="mining.num_random: expected an integer ≥ 1, got 0"):
+        config.check()

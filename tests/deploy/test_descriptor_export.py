@@ -181,9 +181,3 @@ def test_command(tiny_student, tmp_path, capsys) -> None:
                      "--exclude-recent", "2"]) == 2
     assert "give --pairs" in capsys.readouterr().err
 
-
-def test_command_runtimes_mirror_the_library() -> None:
-    from tscm.commands import export_descriptors as command
-    from tscm.inference.runtimes import RUNTIMES
-
-    assert command.RUNTIMES == RUNTIMES

@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-import tscm.commands.export as export_command
 import tscm.inference.onnx_export as export_module
 from tscm import cli
 from tscm.bench.extraction import bench_model
@@ -232,13 +231,6 @@ def test_cli_export(student_checkpoint, tmp_path, capsys):
     assert "not a checkpoint directory" in capsys.readouterr().err
     assert cli.main(["export", str(student_checkpoint), "--onnx", str(out), "--precision", "int8"]) == 2
     assert "--calibration" in capsys.readouterr().err
-
-
-def test_command_constants_mirror_the_library():
-    assert export_command.PRECISIONS == export_module.PRECISIONS
-    assert export_command.EXPORTERS == export_module.EXPORTERS
-    assert export_command.DEFAULT_OPSET == export_module.DEFAULT_OPSET
-    assert export_command.DEFAULT_CALIBRATION_IMAGES == export_module.DEFAULT_CALIBRATION_IMAGES
 
 
 def test_time_turns_counts_calls():

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from tscm.bench.machine import gflops_fraction
+from tscm.bench.settings import BENCH_RUNTIMES
 from tscm.data.formats import load_placeset
 from tscm.data.places import default_radius
 from tscm.data.synthetic import resolve_path_or_synthetic
@@ -39,14 +40,13 @@ from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.evaluation.ranking import rank_exact
 from tscm.evaluation.recall import evaluate_descriptors
 from tscm.inference.onnx_export import calibration_subset, export_graphs, rowwise_cosine
-from tscm.inference.runtimes import OnnxDescriptorModel, RUNTIMES, RUNTIME_PRECISION, runtime_model
+from tscm.inference.runtimes import OnnxDescriptorModel, RUNTIME_PRECISION, runtime_model
 from tscm.machine import median_ms, time_turns
 from tscm.models.checkpoint import load_checkpoint, model_fingerprint
 from tscm.models.presets import build_model, list_presets, model_config_to_dict, multiply_adds_per_image
 from tscm.threads import limit_threads
 
 REFERENCE_RUNTIME = "torch"  # eager float32: speed-ups and agreement are relative to it
-BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")
 DEFAULT_RUNTIMES = BENCH_RUNTIMES
 ONNX_PRECISION = {"onnx": "float32", "onnx-int8": "int8", "onnx-auto": "auto"}
 NEEDS_CALIBRATION = ("onnx-int8", "onnx-auto")

@@ -17,12 +17,11 @@ query against the bandwidth. With a CUDA device, extraction and matching also ge
 
 from __future__ import annotations
 
-import math
 import os
 import platform
-from dataclasses import asdict, asdict as as_dict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,122 +32,16 @@ from tscm.bench.extraction import (NEEDS_CALIBRATION, bench_accuracy, bench_extr
 from tscm.bench.machine import MachineProfile, probe_machine
 from tscm.bench.matching import MatchingData, bench_matching, default_matching_configs, synthetic_matching_data
 from tscm.bench.mining import benchmark_mining, format_mining
+from tscm.bench.settings import BenchSettings
 from tscm.bench.training import bench_training
 from tscm.data.formats import load_placeset
 from tscm.data.synthetic import resolve_path_or_synthetic
-from tscm.config.option_checks import check_seed
-from tscm.errors import TscmError, excerpt
 from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.fileio import atomic_group, check_output_folder, write_json_atomic, write_text_atomic
 from tscm.threads import limit_threads
 
-PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training", "streaming")
-DEFAULT_PARTS = ("extraction", "matching", "city")
 BENCH_JSON, BENCH_MD = "bench.json", "bench.md"
 PQ_MIN_TRAIN = 39 * 256  # faiss warns below 39 training points per centroid; PQ codebooks have 256
-# Accepted range of every count option (lowest, highest), by settings field; `--OPTION` is the field with
-# dashes. Beyond the highest a value is a slip of the keyboard that would take hours or all the memory
-# before anything failed; below the lowest the part has nothing to measure (mining needs two places of
-# 12 headings for a negative: 13 database images).
-COUNT_RANGES = {
-    "sizes": (2, 10_000_000), "queries": (1, 1_000_000), "single": (1, 1_000_000), "dim": (2, 65_536),
-    "rounds": (1, 1000), "cycles": (1, 1000), "calls": (1, 100_000),
-    "mining_db": (13, 1_000_000), "mining_queries": (1, 1_000_000), "training_steps": (1, 100_000),
-}
-MAX_BUDGET_S = 86_400.0  # --budget: seconds of timing per model and batch size; a day is surely a slip
-# Descriptor values a synthetic database may hold (size × dim): 4 GiB of float32 (the default 250000 × 2048
-# is half of it); mining generates in float64 with temporaries, so its place set gets a quarter.
-MAX_SYNTHETIC_VALUES = 1 << 30
-MAX_MINING_VALUES = 1 << 28
-
-
-@dataclass
-class BenchSettings:
-    """Every knob of the suite (the `--quick` values make a smoke test in seconds)."""
-
-    parts: tuple[str, ...] = DEFAULT_PARTS
-    threads: int = 2
-    quick: bool = False
-    seed: int = 0
-    # extraction
-    models: list[str] = field(default_factory=lambda: ["student-paper", "teacher-paper"])
-    runtimes: list[str] = field(default_factory=lambda: ["torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8",
-                                                         "onnx-auto"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 16])
-    cycles: int = 3
-    calls: int = 5
-    budget: float = 60.0
-    # accuracy
-    checkpoint: str | None = None
-    accuracy_data: str | None = None
-    accuracy_split: str = "test"
-    # matching
-    sizes: list[int] = field(default_factory=lambda: [10_000, 250_000])
-    queries: int = 1000
-    single: int = 200
-    rounds: int = 3  # turns of (single-query block, batch), side by side
-    dim: int = 2048
-    # GPU rows (only where a CUDA device is visible)
-    gpu: bool = True
-    # city
-    city: str = "demo"
-    city_split: str = "test"
-    radius: float = 25.0
-    # mining
-    mining_db: int = 10_000
-    mining_queries: int = 7_416
-    mining_loop_queries: int = 300
-    # training
-    training_presets: list[str] = field(default_factory=lambda: ["teacher-tiny", "student-tiny"])
-    training_steps: int = 10
-    training_kernels: list[str] = field(default_factory=lambda: ["tscm"])
-    # streaming
-    streaming_preset: str = "student-lite"
-    streaming_sizes: list[int] = field(default_factory=lambda: [1000, 10_000, 100_000])
-    streaming_frames: int = 200
-    streaming_runtimes: list[str] = field(default_factory=lambda: ["torch", "onnx"])
-
-    @classmethod
-    def quick_settings(cls, **overrides: Any) -> BenchSettings:
-        values = dict(sizes=[1000], queries=40, single=10, dim=512, models=["student-tiny"], runtimes=["torch", "torch-int8"],
-                      batch_sizes=[1, 4], cycles=1, calls=2, city="tiny", mining_db=600, mining_queries=120,
-                      mining_loop_queries=30, training_steps=2, streaming_preset="student-tiny",
-                      streaming_sizes=[300], streaming_frames=12, streaming_runtimes=["torch"], quick=True)
-        values.update(overrides)
-        return cls(**values)
-
-    def check(self) -> None:
-        unknown = [p for p in self.parts if p not in PARTS]
-        if unknown or not self.parts:
-            raise TscmError(f"bench parts {list(self.parts)}: expected some of {', '.join(PARTS)}")
-        if self.threads < 1:
-            raise TscmError(f"--threads: expected a number ≥ 1, got {self.threads}")
-        check_seed(self.seed, "--seed")
-        for name, (lowest, highest) in COUNT_RANGES.items():
-            value = getattr(self, name)
-            for item in value if isinstance(value, (list, tuple)) else [value]:
-                if not lowest <= item <= highest:
-                    raise TscmError(f"--{name.replace('_', '-')}: expected an integer in {lowest}..{highest}, "
-                                    f"got {excerpt(item)}")
-        if not self.sizes:
-            raise TscmError("--sizes: expected at least one database size")
-        if not self.batch_sizes or any(size < 1 for size in self.batch_sizes):
-            raise TscmError(f"--batch-sizes: expected positive batch sizes, got {excerpt(self.batch_sizes)}")
-        if not (math.isfinite(self.radius) and self.radius > 0):
-            raise TscmError(f"--radius: expected a positive finite distance, got {self.radius:g}")
-        if not (math.isfinite(self.budget) and 0 < self.budget <= MAX_BUDGET_S):
-            raise TscmError(f"--budget: expected seconds in (0, {MAX_BUDGET_S:g}], got {self.budget:g}")
-        if "matching" in self.parts and max(self.sizes) * self.dim > MAX_SYNTHETIC_VALUES:
-            raise TscmError(f"--sizes {max(self.sizes)} with --dim {self.dim}: "
-                            f"{max(self.sizes) * self.dim * 4 / 2**30:.1f} GiB of descriptors; expected size × dim "
-                            f"≤ {MAX_SYNTHETIC_VALUES} (4 GiB)")
-        mining_dim = self.dim if self.quick else 2048  # what _mining generates
-        if "mining" in self.parts and (self.mining_db + self.mining_queries) * mining_dim > MAX_MINING_VALUES:
-            raise TscmError(f"--mining-db {self.mining_db} with --mining-queries {self.mining_queries}: "
-                            f"{(self.mining_db + self.mining_queries) * mining_dim} descriptor values at dim "
-                            f"{mining_dim}; expected (database + queries) × dim ≤ {MAX_MINING_VALUES}")
-        if "accuracy" in self.parts and not self.checkpoint:
-            raise TscmError("bench part 'accuracy' needs --checkpoint CKPT (the model whose runtimes are compared)")
 
 
 def feasible_configs(num_db: int, dim: int) -> list[MatchingConfig]:
@@ -399,7 +292,7 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
         report["mining"] = _mining(settings, print_fn)
     if "training" in settings.parts:
         rounds = 1 if settings.quick else 3
-        report["training"] = [as_dict(row) for row in bench_training(
+        report["training"] = [asdict(row) for row in bench_training(
             settings.training_presets, threads=settings.threads, steps=settings.training_steps, rounds=rounds,
             seed=settings.seed, kernels=settings.training_kernels, print_fn=print_fn)]
     if "streaming" in settings.parts:
@@ -473,7 +366,7 @@ def _matching(settings: BenchSettings, report: dict, print_fn, bandwidth_gb_s: f
 
 
 def _mining(settings: BenchSettings, print_fn) -> dict:
-    result = benchmark_mining(settings.mining_db, settings.mining_queries, settings.dim if settings.quick else 2048,
+    result = benchmark_mining(settings.mining_db, settings.mining_queries, settings.mining_dim,
                               settings.mining_loop_queries, "float32", settings.seed)
     print_fn(format_mining(result))
     return result

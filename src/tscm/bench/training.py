@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from tscm.bench.settings import KERNELS
 from tscm.config import TrainConfig, load_config
 from tscm.errors import TscmError
 from tscm.losses import TupleDescriptors, build_preset
@@ -48,7 +49,6 @@ class TrainingRow:
     kernels: str = "tscm"  # "tscm" or "library" (see the module's docstring)
 
 
-KERNELS = ("tscm", "library")
 
 
 def demo_config(preset: str) -> TrainConfig:

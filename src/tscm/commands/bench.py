@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.bench.settings import BENCH_RUNTIMES, KERNELS, PARTS, BenchSettings
+from tscm.config.fields import build_settings, flags_given
+from tscm.config.quick import QUICK_BENCH
+
 NAME = "bench"
 HELP = ("measure the machine (CPU, ISA, fp32 peak, bandwidth), then time descriptor extraction (teacher vs student, "
         "eager vs ONNX Runtime vs quantised), accuracy per runtime, matching per search back-end (10k/250k synthetic "
         "descriptors and the synthetic city), the mining refresh and training throughput; GPU rows where CUDA is visible")
-PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training", "streaming")  # mirror of tscm.bench.suite.PARTS (no torch at --help)
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.inference.runtimes.RUNTIMES
-BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")  # mirror of tscm.bench.extraction.BENCH_RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,17 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument("--training-presets", nargs="+", default=None, help="model presets (default: teacher-tiny student-tiny)")
     training.add_argument("--training-steps", type=int, default=None, help="timed steps per turn (default: 10)")
-    training.add_argument("--training-kernels", nargs="+", choices=("tscm", "library"), default=None,
+    training.add_argument("--training-kernels", nargs="+", choices=KERNELS, default=None,
                           help="tscm's training kernels, and/or the library's (depthwise weight gradient, unfolded "
                                "batch norms) timed beside them (default: tscm)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tscm.bench.suite import DEFAULT_PARTS, BenchSettings, run_bench
+    from tscm.bench.suite import run_bench
 
-    given = {name: value for name, value in vars(args).items()
-             if value is not None and name in BenchSettings.__dataclass_fields__ and name not in ("parts", "quick")}
-    given["parts"] = tuple(args.parts) or DEFAULT_PARTS
-    settings = BenchSettings.quick_settings(**given) if args.quick else BenchSettings(**given)
+    settings = build_settings(BenchSettings, QUICK_BENCH if args.quick else {}, flags_given(args, BenchSettings))
     run_bench(settings, args.out)
     return 0

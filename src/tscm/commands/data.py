@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.data.fetch import named_datasets
+
 NAME = "data"
 HELP = "fetch a public data set (e.g. nordland) and check every file against the SHA-256 sums shipped with tscm"
-NAMES = ("nordland",)  # mirror of tscm.data.fetch.SOURCES, so that building the CLI imports nothing heavy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                description="Download a data set's archive (resumable), extract the files tscm lists "
                                            "for it, check each against its SHA-256 sum, then move the folder into "
                                            "place: a damaged or truncated archive leaves no half-written folder.")
-    fetch.add_argument("name", choices=NAMES, help="data set")
+    fetch.add_argument("name", choices=named_datasets(), help="data set")
     fetch.add_argument("--to", required=True, metavar="DIR", help="folder to create (must be new or empty)")
     fetch.add_argument("--url", default=None,
                        help="a mirror URL or a local copy of the same archive (.tar.gz or .zip; default: the source)")

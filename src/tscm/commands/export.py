@@ -7,13 +7,9 @@ from pathlib import Path
 
 from tscm.errors import TscmError
 from tscm.fileio import check_outputs
+from tscm.inference.choices import DEFAULT_CALIBRATION_IMAGES, DEFAULT_OPSET, EXPORTERS, PRECISIONS
 
 NAME = "export"
-# Mirrors of tscm.inference.onnx_export's constants, so that building the CLI does not import torch (a test keeps them equal).
-PRECISIONS = ("float32", "int8", "auto")
-EXPORTERS = ("dynamo", "torchscript")
-DEFAULT_OPSET = 18
-DEFAULT_CALIBRATION_IMAGES = 64
 HELP = ("export a teacher or student checkpoint to ONNX (dynamic batch, fingerprint/image size/mean/std in "
         "metadata_props), float32 checked against PyTorch, int8 calibrated on a data set's images, or auto: "
         "int8 only if it is faster on this machine")

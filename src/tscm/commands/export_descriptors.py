@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from tscm.inference.choices import BAD_IMAGE_POLICIES, RUNTIMES
+
 NAME = "export-descriptors"
 HELP = ("write the global descriptors of an image set in hloc's HDF5 layout (one group per image, dataset "
         "global_descriptor), as .npy arrays with a names file (VPR-methods-evaluation), and optionally an hloc "
         "pairs-from-retrieval file (top-k by exact search)")
-# A mirror of tscm.inference.runtimes.RUNTIMES, so that building the CLI does not import torch.
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=RUNTIMES, default="torch", help="how the model runs (default: torch)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch (default: 16)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
-    parser.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+    parser.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="fail",
                         help="an unreadable image stops the export (default) or is reported and left out")
 
 

@@ -6,14 +6,15 @@ import argparse
 import math
 
 from tscm.commands.bag_options import add_bag_arguments, bag_selection
+from tscm.deploy.retrieval.index_backends import BACKENDS
 from tscm.errors import TscmError
+from tscm.evaluation.calibration import BOUNDS, DEFAULT_BOUND
+from tscm.evaluation.decision import SCORE_NAMES
+from tscm.inference.choices import BAD_IMAGE_POLICIES, RUNTIMES
 
 NAME = "index"
 HELP = ("build a place index (map) from images of known places: descriptors, ids, coordinates, model fingerprint; "
         "calibrate its acceptance threshold on a validation set or a pair of ROS bags")
-# Mirrors of tscm.deploy.retrieval.index.BACKENDS and tscm.inference.runtimes.RUNTIMES, so that building the CLI imports neither faiss nor torch.
-BACKENDS = ("auto", "flat", "pca-flat", "ivfpq", "hnsw")
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="with a data-set file: index the database rows of this split only (default: of every "
                             "split the file holds; the summary names them)")
     build.add_argument("--out", required=True, metavar="MAP", help="index file to write (safetensors)")
-    build.add_argument("--backend", choices=BACKENDS, default="auto",
+    build.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
                        help="search back-end (default: auto, chosen by database size)")
     build.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                        help="back-end parameter, e.g. pca_dim=256, nlist=256, ef_search=64 (repeatable)")
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="how the model runs (default: torch); onnx-int8 calibrates on the indexed images")
     build.add_argument("--batch-size", type=int, default=16, help="images per batch (default: 16)")
     build.add_argument("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
-    build.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+    build.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="fail",
                        help="an unreadable image stops the build (default) or is reported and left out")
     add_bag_arguments(build)
     calibrate = actions.add_parser(
@@ -61,10 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--measure", default=None, metavar="SPLIT",
                            help="also report the precision and recall the threshold reaches on this split (e.g. test)")
     calibrate.add_argument("--checkpoint", default=None, help="the model (default: the one recorded in the index)")
-    calibrate.add_argument("--score", choices=("auto", "distance", "ratio", "normalised"), default="auto",
+    calibrate.add_argument("--score", choices=("auto", *SCORE_NAMES), default="auto",
                            help="decision score: top-1 distance, distinctiveness ratio, per-query normalised distance; "
                                 "auto (default) keeps the one with the highest recall on the calibration split")
-    calibrate.add_argument("--bound", choices=("clopper-pearson", "none"), default="clopper-pearson",
+    calibrate.add_argument("--bound", choices=BOUNDS, default=DEFAULT_BOUND,
                            help="precision that must reach the target: the one-sided Clopper-Pearson lower bound "
                                 "(default) or the plain precision of the calibration split (none)")
     calibrate.add_argument("--confidence", type=float, default=95.0,

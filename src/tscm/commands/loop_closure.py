@@ -6,11 +6,11 @@ import argparse
 
 from tscm.commands.bag_options import add_bag_arguments
 from tscm.errors import TscmError
+from tscm.inference.choices import RUNTIMES
 
 NAME = "loop-closure"
 HELP = ("Loop closures within one robot traversal (a ROS bag's camera topic): every frame is matched against the "
         "traversal's earlier frames; writes loop_closures.csv and a trajectory picture.")
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")  # mirror of tscm.inference.onnx_export.RUNTIMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

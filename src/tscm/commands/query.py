@@ -7,10 +7,11 @@ import json
 import sys
 
 from tscm.errors import TscmError
+from tscm.inference.choices import BAD_IMAGE_POLICIES, RUNTIMES as ALL_RUNTIMES
 
 NAME = "query"
 HELP = "print the top-k known places (id, path, distance, coordinates) of images, searched in a place index"
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx")  # onnx-int8 needs calibration images: export it instead
+RUNTIMES = tuple(r for r in ALL_RUNTIMES if r != "onnx-int8")  # onnx-int8 needs calibration images: export it instead
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fingerprint must be the index's")
     parser.add_argument("--runtime", choices=RUNTIMES, default="torch", help="how the model runs (default: torch)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch / ONNX Runtime")
-    parser.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail",
+    parser.add_argument("--on-bad-image", choices=BAD_IMAGE_POLICIES, default="fail",
                         help="an unreadable query image is an error (default) or is reported and left out")
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from tscm.config import TrainConfig, load_config
-from tscm.config.loading import parse_override, set_value
-from tscm.config.option_checks import check_device, check_seeds
-from tscm.errors import TscmError
+from tscm.config.fields import build_settings, flags_given
+from tscm.config.quick import QUICK_RUN
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, kind: str, default_data: str) -> None:
@@ -36,63 +33,23 @@ def add_run_arguments(parser: argparse.ArgumentParser, kind: str, default_data: 
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch when describing the test split")
     parser.add_argument("--teacher-config", default=None, help="teacher training preset (default: chosen by the data)")
     parser.add_argument("--student-config", default=None, help="student training preset (default: chosen by the data)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="a training setting for every run, e.g. --set train.lr=1e-4 (repeatable)")
 
 
 def options_from_args(args: argparse.Namespace, kind: str):
+    """The RunOptions the flags give (defaults, then the `--quick` values, then the flags given), checked."""
     from tscm.experiments.common import RunOptions, default_run_dir
 
-    for flag, value, least in (("--epochs", args.epochs, 1), ("--max-queries", args.max_queries, 1),
-                               ("--threads", args.threads, 0), ("--jobs", args.jobs, 1),
-                               ("--batch-size", args.batch_size, 1)):
-        if value is not None and value < least:
-            raise TscmError(f"{flag}: expected an integer ≥ {least}, got {value}")
-    check_device(args.device)
-    check_seeds(args.seeds)
-    # Everything the runs will use is checked now, before the run folder exists: a mistake found after
-    # minutes of training (or in a folder a second try may not reuse) helps nobody.
-    for item in args.overrides:
-        key, value = parse_override(item)
-        set_value(TrainConfig(), key, value, f"--set {item!r}")
-    for flag, preset, role in (("--teacher-config", args.teacher_config, "teacher"),
-                               ("--student-config", args.student_config, "student")):
-        if preset is not None:
-            try:
-                load_config(preset, kind=role)
-            except TscmError as error:
-                raise TscmError(f"{flag} {preset}: {error}") from None
-    _check_data(args.data)
-    seeds = tuple(dict.fromkeys(args.seeds)) if args.seeds else ((0,) if args.quick else (0, 1, 2))
-    return RunOptions(
-        out=Path(args.out) if args.out else default_run_dir(kind), data=args.data, name=args.name,
-        seeds=seeds, epochs=args.epochs, max_queries=args.max_queries, quick=args.quick,
-        threads=args.threads, jobs=args.jobs or default_jobs(args.threads, args.device), device=args.device, cache_dir=args.cache_dir, batch_size=args.batch_size,
-        progress=not args.no_progress, teacher_config=args.teacher_config, student_config=args.student_config,
-        overrides=list(args.overrides),
-    )
+    given = flags_given(args, RunOptions)
+    if "seeds" in given:
+        given["seeds"] = tuple(dict.fromkeys(given["seeds"]))  # a seed given twice is trained once
+    given.setdefault("jobs", default_jobs(args.threads, args.device))
+    return build_settings(RunOptions, QUICK_RUN if args.quick else {}, given, out=default_run_dir(kind))
 
 
 def default_jobs(threads: int, device: str) -> int:
     """Two runs side by side on a CPU with two or more threads (tiny batches keep one thread per run busier than
     two threads in one run); one elsewhere."""
     return 2 if device == "cpu" and threads >= 2 else 1
-
-
-def _check_data(data: str) -> None:
-    """A data set that exists, or a known synthetic preset (generated later, on first use)."""
-    from tscm.data.synthetic import SYNTHETIC_PREFIX, is_synthetic_spec
-
-    if is_synthetic_spec(data):
-        from tscm.data.synthetic.city import PRESETS
-
-        preset = data[len(SYNTHETIC_PREFIX):] or "demo"
-        if preset not in PRESETS:
-            raise TscmError(f"--data {data}: unknown synthetic preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    elif not data or not Path(data).exists():
-        from tscm.data.fetch import is_named_dataset
-
-        if not is_named_dataset(data):
-            raise TscmError(f"--data {data!r}: no such file or folder (or use synthetic:<preset>, e.g. synthetic:demo, "
-                            "or nordland, fetched on first use)")

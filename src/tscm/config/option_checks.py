@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Iterable
+from typing import Any
 
 from tscm.errors import TscmError, excerpt
 
@@ -37,12 +37,6 @@ def check_seed(value: Any, what: str = "seed") -> int:
     if not 0 <= value <= MAX_SEED:
         raise TscmError(f"{what}: expected an integer seed in 0..{MAX_SEED}, got {excerpt(int(value))}")
     return int(value)
-
-
-def check_seeds(values: Iterable[Any] | None, what: str = "--seeds") -> None:
-    """Every seed of `values` (None: the defaults) in 0..MAX_SEED, or TscmError naming `what` and the value."""
-    for value in values or ():
-        check_seed(value, what)
 
 
 # Upper bounds of the count options every command shares (by their argparse names): beyond them a value is

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tscm.config.sections import MiningSettings, check_mining
+from tscm.config.sections import MiningSettings
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
 
@@ -170,7 +170,7 @@ class Miner:
     def __init__(self, placeset: PlaceSet, settings: MiningSettings | None = None, seed: int = 0) -> None:
         self.placeset = placeset
         self.settings = settings or MiningSettings()
-        check_mining(self.settings)
+        self.settings.check()
         self.rng = np.random.default_rng(seed)
         self.last_stats = MiningStats()
         rule = self.settings.positive_rule

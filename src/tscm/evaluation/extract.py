@@ -19,8 +19,7 @@ from tscm.data.formats import is_placeholder_path
 from tscm.data.images import DecodedImages, as_rgb, check_input_spec, eval_transform
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
-
-BAD_IMAGE_POLICIES = ("fail", "skip")
+from tscm.inference.choices import BAD_IMAGE_POLICIES
 
 
 @dataclass(frozen=True)

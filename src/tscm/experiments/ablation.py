@@ -25,16 +25,15 @@ from tscm.experiments.common import (
     measure_checkpoint,
     measure_raw_pixels,
     model_result,
+    load_run_data,
     prepare_run_dir,
-    recipe_for,
-    resolve_data,
     say,
     train_teacher_run,
     training_config,
     training_summary,
 )
 from tscm.experiments.report import binomial_stderr_points, format_table
-from tscm.experiments.training_pool import TrainingTask, options_per_job, run_tasks, threads_per_job
+from tscm.experiments.training_pool import TrainingTask, options_per_job, run_tasks_logged, threads_per_job
 from tscm.fileio import write_json_atomic
 
 DEFAULT_DATA = "synthetic:ablation"
@@ -119,8 +118,6 @@ def ablation_settings(rows: Sequence[str] | None = None) -> list[AblationSetting
 def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher: Path | None = None,
                  grid: bool = False, log: Callable[[str], None] = say) -> dict[str, Any]:
     """Train and evaluate every row for every seed; returns the results.json document."""
-    from tscm.data.formats import load_placeset
-
     seeds = list(dict.fromkeys(int(s) for s in options.seeds))
     if not seeds:
         raise TscmError("--seeds: give at least one seed (three or more for a standard error)")
@@ -138,11 +135,9 @@ def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher
     write_json_atomic(run_dir / SETTINGS_FILE, settings)
     log(f"tscm ablation → {run_dir}\n  command: {command}\n  rows: {[r.label for r in settings_rows]}\n  seeds: {seeds}")
 
-    data_root = resolve_data(options)
-    test_set = load_placeset(data_root, "test", name=options.name or None)
-    recipe = recipe_for(test_set)
-    teacher_config = options.teacher_config or recipe.teacher_config
-    student_config = options.student_config or recipe.student_config
+    data = load_run_data(options)
+    data_root, test_set, recipe = data.root, data.test_set, data.recipe
+    teacher_config, student_config = data.teacher_config, data.student_config
     settings.update(data_root=str(data_root), teacher_config=teacher_config, student_config=student_config)
     write_json_atomic(run_dir / SETTINGS_FILE, settings)
     log(f"  {data_root}: {test_set.summary()}")
@@ -181,8 +176,7 @@ def run_ablation(options: RunOptions, rows: Sequence[str] | None = None, teacher
                                               mining_descriptors=mining, fixed_steps=True),
                               command, teacher=teacher)
                  for seed in seeds for mining in minings]
-        trained_runs = run_tasks(tasks, jobs, on_start=lambda task: log(f"  start {task.name}"),
-                                 on_finish=lambda task, trained: log(f"  done  {task.name} ({trained.wall_s:.0f} s)"))
+        trained_runs = run_tasks_logged(tasks, jobs, log)
         for seed in seeds:
             for mining in minings:
                 trained = trained_runs[run_name(row, mining, seed)]

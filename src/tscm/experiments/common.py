@@ -8,13 +8,14 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from tscm.config import TrainConfig, load_config
-from tscm.config.loading import parse_override, set_value
-from tscm.config.sections import validate
+from tscm.config.fields import apply_overrides, apply_text_overrides, check_fields, setting
+from tscm.config.option_checks import MAX_SEED, check_device
+from tscm.config.quick import QUICK_TRAINING
 from tscm.data.images import DecodedImages
 from tscm.data.places import PlaceSet, radius_text
 from tscm.errors import TscmError
@@ -58,24 +59,41 @@ def recipe_for(placeset: PlaceSet) -> Recipe:
 
 @dataclass
 class RunOptions:
-    """Knobs shared by `tscm demo` and `tscm ablation`."""
+    """Knobs shared by `tscm demo` and `tscm ablation`, one per flag (built by tscm.config.fields.build_settings)."""
+
+    AS_FLAGS: ClassVar[bool] = True  # messages name a knob by its flag (--max-queries)
 
     out: Path
     data: str = "synthetic:demo"
     name: str = ""  # data-set name when a folder holds several
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int | None = None
-    max_queries: int | None = None  # train queries per epoch (None: the preset's)
+    seeds: tuple[int, ...] = setting((0, 1, 2), least=0, most=MAX_SEED)
+    epochs: int | None = setting(None, least=1)
+    max_queries: int | None = setting(None, least=1)  # train queries per epoch (None: the preset's)
     quick: bool = False
-    threads: int = 2
-    jobs: int = 1  # training runs at once, each with threads // jobs threads (tscm.experiments.training_pool)
+    threads: int = setting(2, least=0)
+    jobs: int = setting(1, least=1)  # training runs at once, each with threads // jobs threads (experiments.training_pool)
     device: str = "cpu"
     cache_dir: str | None = None
-    batch_size: int = 64  # images per batch when describing the test split
+    batch_size: int = setting(64, least=1)  # images per batch when describing the test split
     progress: bool = True
     teacher_config: str | None = None  # None: the data's recipe
     student_config: str | None = None
     overrides: list[str] = field(default_factory=list)  # section.field=value for every training run (from --set)
+
+    def check(self) -> None:
+        """Every knob, and everything the runs will use, checked before the run folder exists: a mistake found after
+        minutes of training (or in a folder a second try may not reuse) helps nobody."""
+        check_fields(self)
+        check_device(self.device)
+        apply_text_overrides(TrainConfig(), self.overrides, "--set")
+        for flag, preset, role in (("--teacher-config", self.teacher_config, "teacher"),
+                                   ("--student-config", self.student_config, "student")):
+            if preset is not None:
+                try:
+                    load_config(preset, kind=role)
+                except TscmError as error:
+                    raise TscmError(f"{flag} {preset}: {error}") from None
+        check_data(self.data)
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)
@@ -99,6 +117,21 @@ class RunOptions:
         for item in self.overrides:
             parts += ["--set", item]
         return shlex.join([*parts, *extra])
+
+
+def check_data(data: str) -> None:
+    """A data set that exists, or a known synthetic preset (generated later, on first use)."""
+    from tscm.data.fetch import is_named_dataset
+    from tscm.data.synthetic import SYNTHETIC_PREFIX, is_synthetic_spec
+    from tscm.data.synthetic.city import PRESETS
+
+    if is_synthetic_spec(data):
+        preset = data[len(SYNTHETIC_PREFIX):] or "demo"
+        if preset not in PRESETS:
+            raise TscmError(f"--data {data}: unknown synthetic preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    elif (not data or not Path(data).exists()) and not is_named_dataset(data):
+        raise TscmError(f"--data {data!r}: no such file or folder (or use synthetic:<preset>, e.g. synthetic:demo, "
+                        "or nordland, fetched on first use)")
 
 
 def default_run_dir(kind: str) -> Path:
@@ -130,52 +163,49 @@ def resolve_data(options: RunOptions) -> Path:
     return resolve_path_or_synthetic(options.data, cache_dir=options.cache_dir, progress=options.progress)
 
 
+@dataclass(frozen=True)
+class RunData:
+    """What a demo or ablation run measures on: the data set's folder, its test split, the recipe for its kind of
+    data, and the training presets (the options', else the recipe's)."""
+
+    root: Path
+    test_set: PlaceSet
+    recipe: Recipe
+    teacher_config: str
+    student_config: str
+
+
+def load_run_data(options: RunOptions) -> RunData:
+    from tscm.data.formats import load_placeset
+
+    root = resolve_data(options)
+    test_set = load_placeset(root, "test", name=options.name or None)
+    recipe = recipe_for(test_set)
+    return RunData(root, test_set, recipe, options.teacher_config or recipe.teacher_config,
+                   options.student_config or recipe.student_config)
+
+
 # ----- training ---------------------------------------------------------------------------------
-
-
-def apply_quick(config: TrainConfig) -> None:
-    """`--quick`: a mechanics check in seconds (tests, smoke runs), not a measurement of learning."""
-    config.train.epochs = 1
-    config.train.max_queries_per_epoch = 8
-    config.train.batch_size = 4
-    config.train.patience = 0
-    config.mining.num_negatives = 2
-    config.mining.num_random = 16
-    config.mining.batch_size = 64
-    config.eval.batch_size = 64
-    config.run.tensorboard = False
 
 
 def training_config(preset: str, kind: str, options: RunOptions, data_root: Path, run_dir: Path, name: str,
                     seed: int, *, loss: str | None = None, mining_descriptors: str | None = None,
                     fixed_steps: bool = False) -> TrainConfig:
     """The settings of one training run: the YAML preset, then the run's data, folder, seed and budget,
-    then the user's `--set` items (typed values throughout; `--set` strings are parsed by config)."""
+    then `--quick`, `--epochs` and `--max-queries`, then the user's `--set` items (all through config's one
+    override path)."""
     config = load_config(preset, kind=kind)
-    config.data.path = str(data_root)
-    config.data.name = options.name
-    config.run.output_dir = str(run_dir / TRAIN_DIR)
-    config.run.name = name
-    config.train.seed = seed
-    config.train.threads = options.threads
-    config.train.device = options.device
-    config.train.progress = options.progress
-    if loss is not None:
-        config.loss.preset = loss
-    if mining_descriptors is not None:
-        config.mining.descriptors = mining_descriptors
-    if fixed_steps:  # every row the same number of steps: no early stop
-        config.train.patience = 0
+    run = {"data.path": str(data_root), "data.name": options.name, "run.output_dir": str(run_dir / TRAIN_DIR),
+           "run.name": name, "train.seed": seed, "train.threads": options.threads, "train.device": options.device,
+           "train.progress": options.progress, "loss.preset": loss, "mining.descriptors": mining_descriptors,
+           "train.patience": 0 if fixed_steps else None}  # fixed steps: every row the same number, no early stop
+    apply_overrides(config, {key: value for key, value in run.items() if value is not None})
     if options.quick:
-        apply_quick(config)
-    if options.epochs is not None:
-        config.train.epochs = options.epochs
-    if options.max_queries is not None:
-        config.train.max_queries_per_epoch = options.max_queries
-    for item in options.overrides:
-        key, value = parse_override(item)
-        set_value(config, key, value, f"--set {item!r}")
-    validate(config)
+        apply_overrides(config, QUICK_TRAINING)
+    budget = {"train.epochs": options.epochs, "train.max_queries_per_epoch": options.max_queries}
+    apply_overrides(config, {key: value for key, value in budget.items() if value is not None})
+    apply_text_overrides(config, options.overrides, "--set")
+    config.check()
     return config
 
 

@@ -24,14 +24,13 @@ from tscm.experiments.common import (
     measure_off_the_shelf,
     measure_raw_pixels,
     model_result,
+    load_run_data,
     prepare_run_dir,
-    recipe_for,
-    resolve_data,
     say,
     training_config,
     training_summary,
 )
-from tscm.experiments.training_pool import TrainingTask, options_per_job, run_tasks, threads_per_job
+from tscm.experiments.training_pool import TrainingTask, options_per_job, run_tasks_logged, threads_per_job
 from tscm.fileio import write_json_atomic
 
 DEFAULT_DATA = "synthetic:demo"
@@ -149,8 +148,7 @@ def train_all(tasks: list[TrainingTask], options: RunOptions, log: Callable[[str
     jobs = min(options.jobs, len(tasks))
     log(f"[3/5] training {len(tasks)} runs, {jobs} at a time, "
         f"{threads_per_job(options.threads, options.jobs) or 'default'} thread(s) each")
-    return run_tasks(tasks, jobs, on_start=lambda task: log(f"  start {task.name}"),
-                     on_finish=lambda task, trained: log(f"  done  {task.name} ({trained.wall_s:.0f} s)"))
+    return run_tasks_logged(tasks, jobs, log)
 
 
 def measure_students(arms: list[StudentArm], seeds: list[int], trained: dict[str, TrainedModel], test_set, radii,
@@ -176,7 +174,6 @@ def arm_result(arm: StudentArm, runs: list[StudentRun], run_dir: Path):
 def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutcome:
     """Teacher; per seed the paper-loss student, the recommended distilled student and the baseline; references;
     one report."""
-    from tscm.data.formats import load_placeset
     from tscm.data.images import DecodedImages
 
     started = time.perf_counter()
@@ -190,11 +187,9 @@ def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutco
 
     log("[1/5] data set")
     tic = time.perf_counter()
-    data_root = resolve_data(options)
-    test_set = load_placeset(data_root, "test", name=options.name or None)
-    recipe = recipe_for(test_set)
-    teacher_config = options.teacher_config or recipe.teacher_config
-    student_config = options.student_config or recipe.student_config
+    data = load_run_data(options)
+    data_root, test_set, recipe = data.root, data.test_set, data.recipe
+    teacher_config, student_config = data.teacher_config, data.student_config
     arms = student_arms(recipe.recommended_loss)
     wall["data"] = time.perf_counter() - tic
     settings.update(data_root=str(data_root), teacher_config=teacher_config, student_config=student_config,

@@ -66,6 +66,12 @@ def run_tasks(tasks: Sequence[TrainingTask], jobs: int, on_start: Callable[[Trai
     return _run_in_processes(tasks, jobs, on_start, on_finish)
 
 
+def run_tasks_logged(tasks: Sequence[TrainingTask], jobs: int, log: Callable[[str], None]) -> dict[str, TrainedModel]:
+    """`run_tasks`, saying when each run starts and when it is done (with its wall time)."""
+    return run_tasks(tasks, jobs, on_start=lambda task: log(f"  start {task.name}"),
+                     on_finish=lambda task, trained: log(f"  done  {task.name} ({trained.wall_s:.0f} s)"))
+
+
 def _run_in_order(tasks, on_start, on_finish) -> dict[str, TrainedModel]:
     done: dict[str, TrainedModel] = {}
     pending = list(tasks)

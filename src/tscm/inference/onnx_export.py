@@ -30,6 +30,7 @@ from tscm import __version__
 from tscm.data.images import ImageListDataset
 from tscm.errors import TscmError, excerpt
 from tscm.fileio import atomic_path, check_header, parse_json
+from tscm.inference.choices import DEFAULT_CALIBRATION_IMAGES, DEFAULT_OPSET, EXPORTERS, PRECISIONS
 from tscm.machine import cpu_model, load_average, median_ms, time_turns
 from tscm.models.checkpoint import load_checkpoint
 
@@ -38,13 +39,10 @@ OUTPUT_NAME = "descriptors"
 FORMAT_NAME = "tscm-onnx"
 FORMAT_VERSION = 1
 METADATA_PREFIX = "tscm."
-DEFAULT_OPSET = 18
 # Opsets tscm exports: from 13 (per-axis int8 QuantizeLinear, which static int8 needs) to the newest
 # torch's exporters write (the TorchScript exporter stops at 20).
 MIN_OPSET = 13
 MAX_OPSET = {"dynamo": 23, "torchscript": 20}
-EXPORTERS = ("dynamo", "torchscript")
-PRECISIONS = ("float32", "int8", "auto")
 PARITY_MIN_COSINE = 0.9999  # float32 export against PyTorch, per descriptor
 # What int8 quantises: what dominates both models' time. Convolutions (the CNN trunks: ~93 % of
 # student-paper's ONNX Runtime time), and matrix products with constant weights, i.e. MatMul/Gemm
@@ -54,7 +52,6 @@ PARITY_MIN_COSINE = 0.9999  # float32 export against PyTorch, per descriptor
 INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
 AUTO_TIMING_CALLS = 5  # timed batch-1 calls per graph per round for precision "auto"
 AUTO_TIMING_ROUNDS = 3  # rounds in which the two graphs take turns
-DEFAULT_CALIBRATION_IMAGES = 64
 
 
 # ----- export ---------------------------------------------------------------------------------------
@@ -171,29 +168,12 @@ def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
     return parse_metadata({entry.key: entry.value for entry in proto.metadata_props}, str(file))
 
 
-def export_model(
-    model: nn.Module,
-    meta: dict[str, Any],
-    *,
-    opset: int = DEFAULT_OPSET,
-    exporter: str = "dynamo",
-    precision: str = "float32",
-    calibration_paths: Sequence[str | Path] = (),
-    check_parity: bool = True,
-    threads: int | None = None,
-) -> bytes:
-    """Serialized ONNX model of `model` (with checkpoint metadata `meta`) with tscm metadata_props.
-
-    float32 exports are checked against PyTorch on a random batch of two (cosine ≥ PARITY_MIN_COSINE
-    per descriptor, else TscmError). precision="int8" quantises convolutions and constant-weight
-    matrix products statically (INT8_OP_TYPES), calibrated on `calibration_paths`; "auto" builds
-    both graphs and keeps the faster on this machine with `threads` ONNX Runtime threads
-    (`choose_precision`), recording the choice.
-    """
+def export_model(model: nn.Module, meta: dict[str, Any], *, precision: str = "float32", **options: Any) -> bytes:
+    """`export_graphs` for one precision: the serialized ONNX model of `model` with tscm metadata_props; `options`
+    are export_graphs' (opset, exporter, calibration_paths, check_parity, threads), declared there once."""
     if precision not in PRECISIONS:
         raise TscmError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    return export_graphs(model, meta, (precision,), opset=opset, exporter=exporter, calibration_paths=calibration_paths,
-                         check_parity=check_parity, threads=threads)[precision]
+    return export_graphs(model, meta, (precision,), **options)[precision]
 
 
 def export_graphs(
@@ -207,7 +187,15 @@ def export_graphs(
     check_parity: bool = True,
     threads: int | None = None,
 ) -> dict[str, bytes]:
-    """`export_model` for several precisions at once, tracing and quantising once: {precision: bytes}."""
+    """Serialized ONNX models of `model` (with checkpoint metadata `meta`) with tscm metadata_props, one per
+    precision, tracing and quantising once: {precision: bytes}.
+
+    float32 exports are checked against PyTorch on a random batch of two (cosine ≥ PARITY_MIN_COSINE
+    per descriptor, else TscmError). Precision "int8" quantises convolutions and constant-weight
+    matrix products statically (INT8_OP_TYPES), calibrated on `calibration_paths`; "auto" builds
+    both graphs and keeps the faster on this machine with `threads` ONNX Runtime threads
+    (`choose_precision`), recording the choice.
+    """
     require_onnx()
     import onnx
 
@@ -286,28 +274,20 @@ def _onnxruntime_version() -> str:
     return str(onnxruntime.__version__)
 
 
-def export_onnx(
-    checkpoint: str | Path,
-    out_path: str | Path,
-    *,
-    opset: int = DEFAULT_OPSET,
-    exporter: str = "dynamo",
-    precision: str = "float32",
-    calibration_paths: Sequence[str | Path] = (),
-    check_parity: bool = True,
-    threads: int | None = None,
-) -> dict[str, Any]:
+def export_onnx(checkpoint: str | Path, out_path: str | Path, *, opset: int = DEFAULT_OPSET, exporter: str = "dynamo",
+                **options: Any) -> dict[str, Any]:
     """Export a checkpoint directory to one self-contained ONNX file, written atomically; returns its tscm metadata.
 
-    A missing output folder is created. `threads`: ONNX Runtime threads precision "auto" times with.
+    A missing output folder is created. `options` are export_model's (precision, calibration_paths, check_parity,
+    threads: the ONNX Runtime threads precision "auto" times with); opset and exporter are checked before the
+    checkpoint is loaded.
     """
     out = Path(out_path)
     if out.is_dir():
         raise TscmError(f"output {out} is a directory; expected a file name such as {out / 'model.onnx'}")
     check_opset(opset, exporter)
     model, meta = load_checkpoint_folder(checkpoint)
-    data = export_model(model, meta, opset=opset, exporter=exporter, precision=precision,
-                        calibration_paths=calibration_paths, check_parity=check_parity, threads=threads)
+    data = export_model(model, meta, opset=opset, exporter=exporter, **options)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
     return read_onnx_metadata(out)

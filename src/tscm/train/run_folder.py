@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from tscm.config import TrainConfig
-from tscm.config.loading import apply_mapping, parse_override, set_value
-from tscm.config.sections import validate
+from tscm.config.fields import apply_text_overrides
+from tscm.config.loading import apply_mapping
 from tscm.config.yaml_text import load_yaml, read_yaml_text
 from tscm.errors import TscmError
 from tscm.fileio import write_text_atomic
@@ -106,10 +106,8 @@ def load_run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> Train
     mapping = load_yaml(read_yaml_text(path), str(path)) or {}
     config = TrainConfig()
     apply_mapping(config, mapping, str(path))
-    for item in overrides:
-        key, value = parse_override(item)
-        set_value(config, key, value, f"override {item!r}")
-    validate(config)
+    apply_text_overrides(config, overrides)
+    config.check()
     return config
 
 

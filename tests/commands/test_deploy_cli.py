@@ -203,11 +203,3 @@ def test_bench_quick_numbers_are_consistent(tmp_path, capsys, monkeypatch) -> No
     assert city["described_by"].startswith("untrained student-tiny") and city["descriptor_dim"] == 256
     assert all(r["num_db"] == city["num_db"] for r in matching if r["data"] == "city tiny")
     assert "untrained student-tiny" in out and "untrained student-tiny" in markdown
-
-
-def test_the_runtimes_module_offers_the_runtimes_the_command_line_offers() -> None:
-    # tscm.inference.runtimes still spells RUNTIMES out (the command line imports tscm.inference.choices, which
-    # loads no torch); this guards that one copy until it imports them from there.
-    from tscm.inference import choices, runtimes
-
-    assert runtimes.RUNTIMES == choices.RUNTIMES

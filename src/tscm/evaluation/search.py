@@ -35,6 +35,9 @@ LEADING_DIMS = 64
 LEADING_MIN_RATIO = 4
 LEADING_SEED = 64  # rows measured in full first (at least 4k): the nearest by their leading dims
 LEADING_GIVE_UP = 8
+# After a query whose bound kept too many rows, this many lone queries scan in full straight away: a stream's
+# frames are alike from one to the next, so where the bound does not prune a scan costs about the full one.
+LEADING_RETRY_AFTER = 16
 MISSING_DISTANCE = np.float32(np.finfo(np.float32).max)  # faiss' value for a hit that does not exist
 
 
@@ -50,6 +53,7 @@ class LeadingDims:
 
     vectors: np.ndarray  # N×p float32
     norms: np.ndarray  # N float32
+    skip: int = 0  # lone queries left to scan in full before the leading dims are tried again
 
 
 @dataclass
@@ -85,7 +89,8 @@ class ScanTarget:
             head = np.ascontiguousarray(added[:, : leading.vectors.shape[1]])
             leading = LeadingDims(grow("leading", leading.vectors, head),
                                   grow("leading_norms", leading.norms,
-                                       np.einsum("ij,ij->i", head, head, dtype=np.float64).astype(np.float32)))
+                                       np.einsum("ij,ij->i", head, head, dtype=np.float64).astype(np.float32)),
+                                  leading.skip)
         return ScanTarget(vectors, grow("norms", self.norms, squared.astype(np.float32)), max_norm, leading)
 
 
@@ -178,10 +183,15 @@ def _exact_search_one_query(queries: np.ndarray, target: ScanTarget, k: int) -> 
     leading dims first where the target holds them."""
     query = queries[0]
     slack = np.float32(_scan_slack(len(query), target.max_norm, float(np.sqrt(np.dot(query, query)))))
-    if target.leading is not None and k < len(target.vectors):
-        candidates = _candidates_by_leading_dims(query, target, k, slack)
-        if candidates is not None:
-            return _top_k_one(query, target.vectors, candidates, k)
+    leading = target.leading
+    if leading is not None and k < len(target.vectors):
+        if leading.skip:
+            leading.skip -= 1
+        else:
+            candidates = _candidates_by_leading_dims(query, target, k, slack)
+            if candidates is not None:
+                return _top_k_one(query, target.vectors, candidates, k)
+            leading.skip = LEADING_RETRY_AFTER
     with blas_threads(1):
         scores = target.vectors @ (query * np.float32(-2.0))
     scores += target.norms

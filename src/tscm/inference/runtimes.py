@@ -25,10 +25,10 @@ from torch import nn
 from torch.ao.quantization import quantize_dynamic
 
 from tscm.errors import TscmError
+from tscm.inference.choices import RUNTIMES
 from tscm.inference.onnx_export import (INPUT_NAME, OUTPUT_NAME, export_model, load_checkpoint_folder, make_session,
                                         parse_metadata, require_onnx)
 
-RUNTIMES = ("torch", "torch-bf16", "torch-int8", "onnx", "onnx-int8")
 
 
 class OnnxDescriptorModel(nn.Module):

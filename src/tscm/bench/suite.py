@@ -5,8 +5,8 @@ quantised, batch 1 and 16), `accuracy` (Recall@1 of a checkpoint per runtime), `
 query per search back-end on synthetic 10k/250k descriptors, Recall@1 vs exact), `city` (the same
 on descriptors of the synthetic city), `mining` (the batched mining refresh against the published
 per-query loop), `training` (images per second through forward + backward of the presets the demo
-trains), `streaming` (ms per frame of each stage of `query_sequence` and `observe` at 1k/10k/100k-entry
-maps, tscm.bench.streaming). Numbers go to bench.json and bench.md.
+trains), `streaming` (ms per frame of each stage of `query_sequence`, `observe` and `observe` with sequences
+at 1k/10k/100k-entry maps, tscm.bench.streaming). Numbers go to bench.json and bench.md.
 
 The suite first measures the machine (tscm.bench.machine: CPU, ISA flags, fp32 matmul GFLOP/s and
 copy bandwidth with the chosen threads, load average), prints it and puts it in the report: every

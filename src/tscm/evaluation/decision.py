@@ -27,7 +27,11 @@ from typing import Sequence
 
 import numpy as np
 
+from tscm.data.places import default_radius
 from tscm.errors import TscmError
+from tscm.evaluation.precision_recall import pr_curve, pr_summary, top1_labels
+from tscm.evaluation.ranking import squared_distances
+from tscm.evaluation.sequence import sequence_scores, traversal_order
 
 SCORE_NAMES = ("distance", "ratio", "normalised")
 # The score decisions use unless told otherwise (and the tie-breaker of `index calibrate --score auto`,
@@ -163,11 +167,6 @@ def split_decisions(placeset, db, queries, *, sequence_length: int = 1, radius: 
     """Decision scores of every query of `placeset` over its single-frame distances (`sequence_length` 1)
     or its sequence scores over the last L frames along the route (exact squared L2 between the
     given descriptors, e.g. in an index's search space)."""
-    from tscm.data.places import default_radius
-    from tscm.evaluation.precision_recall import top1_labels
-    from tscm.evaluation.ranking import squared_distances
-    from tscm.evaluation.sequence import sequence_scores, traversal_order
-
     positions, default_exclusion = route_positions(placeset)
     exclusion = default_exclusion if exclusion is None else check_exclusion(exclusion)
     db = np.asarray(db, dtype=np.float32)
@@ -204,8 +203,6 @@ def split_decisions(placeset, db, queries, *, sequence_length: int = 1, radius: 
 
 def pr_by_score(decisions: SplitDecisions) -> dict[str, dict]:
     """`pr_summary` (percent) of accepting queries by each decision score, with the score's settings."""
-    from tscm.evaluation.precision_recall import pr_curve, pr_summary
-
     return {name: {**pr_summary(pr_curve(values, decisions.correct, decisions.has_match)), "score": name,
                    **({"exclusion": decisions.scores.exclusion} if name == "ratio" else {})}
             for name, values in decisions.scores.scores.items()}

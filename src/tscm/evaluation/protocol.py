@@ -13,6 +13,7 @@ from tscm.config.option_checks import check_device
 from tscm.data.formats import is_placeholder_path
 from tscm.data.places import PlaceSet
 from tscm.errors import TscmError
+from tscm.evaluation.decision import pr_by_score, split_decisions
 from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.evaluation.ranking import Ranking, squared_distances
 from tscm.evaluation.recall import (DEFAULT_NS, EvalResult, check_descriptors, check_ns, evaluate_descriptors,
@@ -85,8 +86,6 @@ def data_set_warnings(placeset: PlaceSet, db: np.ndarray, queries: np.ndarray) -
 def input_files(placeset: PlaceSet, data: str | Path | None = None, **named: str | Path | None) -> dict[str, list[Path]]:
     """The files a command reads, by role, for `check_outputs`: the data set's images, its file `data`
     (a folder's own files are its images), and each named input (a checkpoint folder stands for its files)."""
-    from tscm.data.formats import is_placeholder_path
-
     files = {"an image of the data set": [p for p in placeset.db_paths + placeset.query_paths if not is_placeholder_path(p)]}
     if data is not None and Path(data).is_file():
         files["the data-set file"] = [Path(data)]
@@ -148,7 +147,6 @@ def evaluate_data_set(placeset: PlaceSet, *, descriptors: str | None = None, che
     else:
         result = evaluate_descriptors(placeset, db, queries, radius, ns)
     result.warnings += data_set_warnings(placeset, db, queries)
-    from tscm.evaluation.decision import pr_by_score, split_decisions
 
     # Today's `pr` block (top-1 distance) stays as it is; one block per decision score beside it.
     result.extra["pr_by_score"] = pr_by_score(split_decisions(placeset, db, queries, sequence_length=sequence,

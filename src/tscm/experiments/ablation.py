@@ -17,24 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tscm.errors import TscmError
-from tscm.experiments.common import (
-    SETTINGS_FILE,
-    RunOptions,
-    chance_recall_at_1,
-    finish_run,
-    measure_checkpoint,
-    measure_raw_pixels,
-    model_result,
-    load_run_data,
-    prepare_run_dir,
-    say,
-    train_teacher_run,
-    training_config,
-    training_summary,
-)
-from tscm.experiments.report import binomial_stderr_points, format_table
+from tscm.experiments.common import (SETTINGS_FILE, RunOptions, chance_recall_at_1, finish_run, load_run_data,
+                                     measure_checkpoint, measure_raw_pixels, model_result, prepare_run_dir, say,
+                                     train_teacher_run, training_config, training_summary)
+from tscm.experiments.report import binomial_stderr_points, format_table, mean_and_stderr
 from tscm.experiments.training_pool import TrainingTask, options_per_job, run_tasks_logged, threads_per_job
 from tscm.fileio import write_json_atomic
+from tscm.losses import DISTILLATION_PRESETS, PUBLISHED_ROWS, preset_terms
 
 DEFAULT_DATA = "synthetic:ablation"
 BASELINE_PRESET = "none"
@@ -54,8 +43,6 @@ PRESET_NOTES = {"none": "no distillation", "tscm": "the paper's L_total"}
 def row_sets() -> dict[str, list[str]]:
     """Named sets of rows: the losses tscm has compared from the start, the published code's variants
     (each inside its squared hinge) with STUN, and both."""
-    from tscm.losses import DISTILLATION_PRESETS, PUBLISHED_ROWS
-
     classic = ["none", "soft", "cm", "soft+cm", "tscm", "tscm-published", "regression", "rkd"]
     paper = ["none", *PUBLISHED_ROWS, "stun"]
     ranking = ["none", "tscm", "rkd", "listwise", "regression", "listwise+regression"]
@@ -73,8 +60,6 @@ class AblationSetting:
 
     @property
     def label(self) -> str:
-        from tscm.losses import preset_terms
-
         parts = []
         for term, weight, options in preset_terms(self.preset):
             name = TERM_LABELS.get(term, term)
@@ -91,8 +76,6 @@ class AblationSetting:
 
 def ablation_settings(rows: Sequence[str] | None = None) -> list[AblationSetting]:
     """Rows for the given presets or row-set names (default: all), presets with identical terms merged."""
-    from tscm.losses import DISTILLATION_PRESETS, preset_terms
-
     sets = row_sets()
     chosen: list[str] = []
     for item in rows or ["all"]:
@@ -224,8 +207,6 @@ MINING_GRID = ("student", "teacher")
 
 def grid_table(cells: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
     """One line per row: R@1 with own-mined and teacher-mined tuples, best-on-val and last weights."""
-    from tscm.experiments.report import mean_and_stderr
-
     order = [f"{mining}/{which}" for mining in MINING_GRID for which in ("best", "last")]
     header = ["Row", *[f"{c.split('/')[0]}-mined, {c.split('/')[1]}" for c in order]]
     rows = []

@@ -16,13 +16,25 @@ from tscm.config import TrainConfig, load_config
 from tscm.config.fields import apply_overrides, apply_text_overrides, check_fields, setting
 from tscm.config.option_checks import MAX_SEED, check_device
 from tscm.config.quick import QUICK_TRAINING
-from tscm.data.images import DecodedImages
+from tscm.data.fetch import is_named_dataset, resolve_named_dataset
+from tscm.data.formats import load_placeset
+from tscm.data.images import DecodedImages, ImageListDataset
 from tscm.data.places import PlaceSet, radius_text
+from tscm.data.synthetic import SYNTHETIC_PREFIX, is_synthetic_spec, resolve_path_or_synthetic
+from tscm.data.synthetic.city import PRESETS
 from tscm.errors import TscmError
+from tscm.evaluation.extract import InputSpec, describe_decoded, describe_placeset, extract_descriptors
+from tscm.evaluation.raw_pixels import raw_pixel_descriptors
 from tscm.evaluation.recall import EvalResult, evaluate_descriptors
-from tscm.experiments.report import ModelResult, SeedMeasurement
+from tscm.experiments.plots import draw_run_pictures
+from tscm.experiments.report import (DatasetInfo, ModelResult, SeedMeasurement, build_results, save_descriptors,
+                                     write_results)
 from tscm.machine import median_ms, time_turns
+from tscm.models.checkpoint import load_checkpoint
+from tscm.models.pooled_trunk import off_the_shelf_trunk
+from tscm.models.presets import get_preset, multiply_adds_per_image
 from tscm.threads import all_threads
+from tscm.train.runs import distill, train_teacher
 
 TRAIN_DIR = "train"
 SETTINGS_FILE = "settings.json"
@@ -121,10 +133,6 @@ class RunOptions:
 
 def check_data(data: str) -> None:
     """A data set that exists, or a known synthetic preset (generated later, on first use)."""
-    from tscm.data.fetch import is_named_dataset
-    from tscm.data.synthetic import SYNTHETIC_PREFIX, is_synthetic_spec
-    from tscm.data.synthetic.city import PRESETS
-
     if is_synthetic_spec(data):
         preset = data[len(SYNTHETIC_PREFIX):] or "demo"
         if preset not in PRESETS:
@@ -155,9 +163,6 @@ def say(text: str) -> None:
 def resolve_data(options: RunOptions) -> Path:
     """The data set's folder: a path, a synthetic city (generated on first use), or a named public data set
     (`nordland`: fetched and checked on first use, cached beside the synthetic cities)."""
-    from tscm.data.fetch import is_named_dataset, resolve_named_dataset
-    from tscm.data.synthetic import resolve_path_or_synthetic
-
     if is_named_dataset(options.data):
         return resolve_named_dataset(options.data, cache_dir=options.cache_dir, progress=options.progress)
     return resolve_path_or_synthetic(options.data, cache_dir=options.cache_dir, progress=options.progress)
@@ -176,8 +181,6 @@ class RunData:
 
 
 def load_run_data(options: RunOptions) -> RunData:
-    from tscm.data.formats import load_placeset
-
     root = resolve_data(options)
     test_set = load_placeset(root, "test", name=options.name or None)
     recipe = recipe_for(test_set)
@@ -220,8 +223,6 @@ class TrainedModel:
 
 
 def train_teacher_run(config: TrainConfig, command: str) -> TrainedModel:
-    from tscm.train.runs import train_teacher
-
     started = time.perf_counter()
     result = train_teacher(config, command_line=command)
     return TrainedModel(result.best_checkpoint, time.perf_counter() - started, result.metrics, result.last_checkpoint)
@@ -229,8 +230,6 @@ def train_teacher_run(config: TrainConfig, command: str) -> TrainedModel:
 
 def train_student_run(config: TrainConfig, teacher: Path | None, command: str) -> TrainedModel:
     """A student, with or without a teacher."""
-    from tscm.train.runs import distill
-
     started = time.perf_counter()
     result = distill(config, teacher, command_line=command)
     return TrainedModel(result.best_checkpoint, time.perf_counter() - started, result.metrics, result.last_checkpoint)
@@ -313,7 +312,6 @@ def forward_ms_per_image(model, spec, paths: Sequence[Path], device: str, repeat
     calls after one untimed call, through the one timer `tscm.machine.time_turns`)."""
     import torch
 
-    from tscm.data.images import ImageListDataset
 
     dataset = ImageListDataset(paths, spec.image_size, spec.mean, spec.std)
     batch = torch.stack([dataset[i] for i in range(len(dataset))]).to(device)
@@ -347,8 +345,6 @@ def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], optio
     """
     import torch
 
-    from tscm.evaluation.extract import describe_decoded, describe_placeset, extract_descriptors
-    from tscm.models.presets import multiply_adds_per_image
 
     model.to(options.device)
     ms_per_image = forward_ms = matching_ms = macs = None
@@ -383,17 +379,12 @@ def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], optio
 
 def measure_checkpoint(checkpoint: Path, placeset: PlaceSet, radii: Sequence[float], options: RunOptions,
                        decoded: DecodedImages | None = None, timed: bool = True) -> Measurement:
-    from tscm.evaluation.extract import InputSpec
-    from tscm.models.checkpoint import load_checkpoint
-
     model, meta = load_checkpoint(checkpoint)
     return measure_model(model, InputSpec.of(meta), placeset, radii, options, decoded, timed)
 
 
 def measure_raw_pixels(placeset: PlaceSet, radii: Sequence[float], options: RunOptions, size: tuple[int, int]) -> Measurement:
     """The reference floor: downsampled pixels as descriptors (tscm.evaluation.raw_pixels)."""
-    from tscm.evaluation.raw_pixels import raw_pixel_descriptors
-
     with all_threads(options.threads):
         started = time.perf_counter()
         db = raw_pixel_descriptors(placeset.db_paths, size)
@@ -409,10 +400,6 @@ def measure_off_the_shelf(student_config: str, placeset: PlaceSet, radii: Sequen
 
     None when that preset's trunk has no offline ImageNet weights (the tiny presets train from scratch).
     """
-    from tscm.evaluation.extract import InputSpec
-    from tscm.models.pooled_trunk import off_the_shelf_trunk
-    from tscm.models.presets import get_preset
-
     config = load_config(student_config, kind="student")
     if get_preset(config.model.preset).cnn.library != "efficientnet-lite" or not config.model.pretrained:
         return None
@@ -443,9 +430,6 @@ def finish_run(run_dir: Path, data_root: Path, placeset: PlaceSet, radii: Sequen
                sections: dict[str, Any] | None = None, draw: bool = True,
                log: Callable[[str], None] = say) -> tuple[dict[str, Any], list[Path], list[str]]:
     """Save descriptors, write results.json and results.md, draw the pictures."""
-    from tscm.experiments.plots import draw_run_pictures
-    from tscm.experiments.report import DatasetInfo, build_results, save_descriptors, write_results
-
     for name, (db, queries) in descriptors.items():
         save_descriptors(run_dir, name, db, queries)
     main = radii[0] if radii else None

@@ -13,25 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tscm.experiments.common import (
-    SETTINGS_FILE,
-    Measurement,
-    RunOptions,
-    TrainedModel,
-    chance_recall_at_1,
-    finish_run,
-    measure_checkpoint,
-    measure_off_the_shelf,
-    measure_raw_pixels,
-    model_result,
-    load_run_data,
-    prepare_run_dir,
-    say,
-    training_config,
-    training_summary,
-)
+from tscm.data.formats import load_placeset
+from tscm.data.images import DecodedImages
+from tscm.evaluation.extract import InputSpec, describe_placeset
+from tscm.experiments.common import (SETTINGS_FILE, Measurement, RunOptions, TrainedModel, chance_recall_at_1,
+                                     finish_run, load_run_data, measure_checkpoint, measure_off_the_shelf,
+                                     measure_raw_pixels, model_result, prepare_run_dir, say, training_config,
+                                     training_summary)
+from tscm.experiments.loop_closure import (TRANSFER_HEADER, decision_report, sequence_table, threshold_transfer,
+                                           transfer_rows)
 from tscm.experiments.training_pool import TrainingTask, options_per_job, run_tasks_logged, threads_per_job
 from tscm.fileio import write_json_atomic
+from tscm.models.checkpoint import load_checkpoint
 
 DEFAULT_DATA = "synthetic:demo"
 PAPER_LOSS = "tscm"  # L_hard + L_soft + L_cm, the paper's total
@@ -52,17 +45,6 @@ def loop_closure_report(data_root: Path, test_set, radius, options: RunOptions, 
     """Tables (and their numbers) for deciding: per decision score, a threshold calibrated on val for 99 %
     precision and its precision and recall on test (with a precision-recall picture per score); the raw
     distance's transfer as before; for frame-ordered routes, sequence matching with L = 1, 5, 10, 20."""
-    from tscm.data.formats import load_placeset
-    from tscm.evaluation.extract import InputSpec, describe_placeset
-    from tscm.experiments.loop_closure import (
-        TRANSFER_HEADER,
-        decision_report,
-        sequence_table,
-        threshold_transfer,
-        transfer_rows,
-    )
-    from tscm.models.checkpoint import load_checkpoint
-
     val_set = load_placeset(data_root, "val", name=options.name or None)
     lengths = (1, 10) if test_set.unit == "frame" else (1,)
     rows, transfers, decision_rows, decisions = [], {}, [], {}
@@ -174,8 +156,6 @@ def arm_result(arm: StudentArm, runs: list[StudentRun], run_dir: Path):
 def run_demo(options: RunOptions, log: Callable[[str], None] = say) -> DemoOutcome:
     """Teacher; per seed the paper-loss student, the recommended distilled student and the baseline; references;
     one report."""
-    from tscm.data.images import DecodedImages
-
     started = time.perf_counter()
     run_dir = prepare_run_dir(options.out)
     seeds = list(dict.fromkeys(int(s) for s in options.seeds))

@@ -9,10 +9,22 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from tscm.data.images import ImageListDataset
 from tscm.data.places import PlaceSet, radius_text
+from tscm.deploy.retrieval.calibration import calibrate, measure
+from tscm.deploy.retrieval.index import PlaceIndex
 from tscm.errors import TscmError
+from tscm.evaluation.calibration import calibrate_bounded, precision_lower_bound
+from tscm.evaluation.consistency import consistent_acceptance
+from tscm.evaluation.decision import SCORE_NAMES, split_decisions
+from tscm.evaluation.extract import InputSpec, describe_placeset
+from tscm.evaluation.precision_recall import pr_curve, pr_summary, top1_labels
+from tscm.evaluation.protocol import evaluate_sequences
+from tscm.evaluation.ranking import rank_exact
 from tscm.evaluation.recall import evaluate_descriptors
 from tscm.evaluation.unseen import unseen_accepted, with_unseen
+from tscm.fileio import atomic_path
+from tscm.models.checkpoint import load_checkpoint
 
 SEQUENCE_LENGTHS = (1, 5, 10, 20)
 
@@ -20,8 +32,6 @@ SEQUENCE_LENGTHS = (1, 5, 10, 20)
 def sequence_table(placeset: PlaceSet, descriptors: Mapping[str, tuple[np.ndarray, np.ndarray]], radius: float,
                    lengths: Sequence[int] = SEQUENCE_LENGTHS) -> dict[str, Any]:
     """Recall@1/5 and precision-recall of each model when queries are scored over their last L frames."""
-    from tscm.evaluation.protocol import evaluate_sequences
-
     header = ["Model", "L", f"R@1 {radius_text(radius, placeset.unit)}", "R@5", "AP", "R@100%P", "R@1 vs L=1"]
     rows, values = [], {}
     for name, (db, queries) in descriptors.items():
@@ -41,9 +51,6 @@ def sequence_table(placeset: PlaceSet, descriptors: Mapping[str, tuple[np.ndarra
 def threshold_transfer(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple[PlaceSet, np.ndarray, np.ndarray],
                        radius: float | None, target_precision: float = 0.99, sequence_length: int = 1) -> dict[str, Any]:
     """A threshold calibrated on val (exact search) for `target_precision`, and what it reaches on test."""
-    from tscm.deploy.retrieval.calibration import calibrate, measure
-    from tscm.deploy.retrieval.index import PlaceIndex
-
     val_set, val_db, val_queries = val
     test_set, test_db, test_queries = test
     val_index = PlaceIndex.build(val_db, backend="flat")
@@ -87,11 +94,6 @@ def uncertainty_comparison(checkpoint: str | Path, placeset: PlaceSet, radius: f
     student's uncertainty (mean of its uncertainty head's outputs for the query), and their product."""
     import torch
 
-    from tscm.data.images import ImageListDataset
-    from tscm.evaluation.extract import InputSpec, describe_placeset
-    from tscm.evaluation.precision_recall import pr_curve, pr_summary, top1_labels
-    from tscm.evaluation.ranking import rank_exact
-    from tscm.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
     if not hasattr(model, "uncertainty"):
@@ -134,11 +136,6 @@ def decision_transfers(val: tuple[PlaceSet, np.ndarray, np.ndarray], test: tuple
     only when it and the k − 1 queries before it along the route passed on a consistent progression
     (tscm.evaluation.consistency; the val threshold is the same).
     """
-    from tscm.evaluation.calibration import calibrate_bounded, precision_lower_bound
-    from tscm.evaluation.consistency import consistent_acceptance
-    from tscm.evaluation.decision import SCORE_NAMES, split_decisions
-    from tscm.evaluation.precision_recall import pr_curve
-
     val_set, val_db, val_queries = val
     test_set, test_db, test_queries = test
     entries = []
@@ -208,9 +205,6 @@ def plot_decision_scores(path: str | Path, placeset: PlaceSet, db: np.ndarray, q
     """One precision-recall panel per sequence length, one curve per decision score (a PNG, written atomically)."""
     from matplotlib.figure import Figure
 
-    from tscm.evaluation.decision import split_decisions
-    from tscm.evaluation.precision_recall import pr_curve, pr_summary
-    from tscm.fileio import atomic_path
 
     fig = Figure(figsize=(5.2 * len(lengths), 4.6), dpi=120)
     for panel, length in enumerate(lengths, start=1):

@@ -21,11 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from tscm.data.formats import is_bag_path, is_placeholder_path, load_placeset
 from tscm.data.formats.rosbag import BagSelection
 from tscm.data.places import PlaceSet, default_radius
+from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError
 from tscm.evaluation.calibration import DEFAULT_BOUND, DEFAULT_CONFIDENCE, calibrate_bounded
-from tscm.evaluation.decision import DEFAULT_SCORE, SCORE_NAMES, DecisionRule, SplitDecisions, check_score_name, split_decisions
+from tscm.evaluation.decision import (DEFAULT_SCORE, SCORE_NAMES, DecisionRule, SplitDecisions, check_score_name,
+                                      split_decisions)
+from tscm.evaluation.extract import InputSpec, describe_placeset
 from tscm.evaluation.precision_recall import apply_threshold, pr_curve
 from tscm.evaluation.unseen import unseen_accepted, with_unseen
 from tscm.fileio import atomic_group, check_outputs, write_json_atomic
@@ -204,10 +208,6 @@ def calibrate_index_file(index_path: str, data: str, *, split: str = "val", targ
 
     `data` may be a ROS bag: its frames are the validation database and `bag.query_bag`'s frames the
     queries (ground truth by position, as `tscm evaluate` takes bags); `split` then only labels them."""
-    from tscm.data.formats import is_bag_path, is_placeholder_path, load_placeset
-    from tscm.deploy.retrieval.recognizer import PlaceRecognizer
-    from tscm.evaluation.extract import InputSpec, describe_placeset
-
     if split == "test":
         raise TscmError("--split test: calibrate on a validation split; the test split is for measuring (--measure test)")
     if measure_split is not None and is_bag_path(data):

@@ -28,7 +28,7 @@ SCAN_ERROR_FACTOR = 2.0
 SCAN_DB_TILE = 32_768  # database rows per matrix product of a batch
 SCAN_QUERY_TILE = 256  # queries per matrix product of a batch
 RERANK_PAIR_ELEMENTS = 1 << 21  # float64 elements of (candidate, query) differences held at once
-# A lone query in a PCA space scans the first LEADING_DIMS dims of every row first (`_search_by_leading_dims`),
+# A lone query in a PCA space scans the first LEADING_DIMS dims of every row first (`_candidates_by_leading_dims`),
 # where the space has LEADING_MIN_RATIO times as many; it falls back to the full scan when more than
 # 1 / LEADING_GIVE_UP of the rows could still be among the nearest.
 LEADING_DIMS = 64
@@ -61,7 +61,7 @@ class ScanTarget:
     """Rows searched exhaustively: a view of faiss' storage, their squared norms and the largest norm.
 
     `leading` (optional) holds the rows' first dims where those carry most of the spread (a PCA space:
-    components in order of decreasing variance), so a lone query can scan them first (`_search_by_leading_dims`).
+    components in order of decreasing variance), so a lone query can scan them first (`_candidates_by_leading_dims`).
     """
 
     vectors: np.ndarray  # N×s float32 (may be a view of faiss-owned memory: valid until the next add)

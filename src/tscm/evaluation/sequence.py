@@ -195,7 +195,8 @@ class SequenceMatcher:
         capacity, width = self._history.shape
         more_rows, more_columns = self.num_pushed == capacity < self.length, n > width
         if more_rows or more_columns:
-            self._resize(min(self.length, 2 * capacity) if more_rows else capacity, max(n, 2 * width) if more_columns else width)
+            self._resize(min(self.length, 2 * capacity) if more_rows else capacity,
+                         max(n, 2 * width) if more_columns else width)
             capacity = len(self._history)
         newest = self.num_pushed % capacity
         if self.contrast_window is None:

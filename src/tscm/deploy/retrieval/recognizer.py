@@ -433,7 +433,8 @@ class PlaceRecognizer:
         tic = perf_counter()
         searchable = self.count - self._recent_entries(time, exclude_recent)
         if sequence == 1:
-            rule, rows, scores, value = threshold_rule(self.index, 1), np.zeros(0, np.int64), np.zeros(0, np.float32), None
+            rule, value = threshold_rule(self.index, 1), None
+            rows, scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
             if self.count:
                 rule, [(rows, scores, value)] = self._search_rows(descriptor, k, self.count - searchable)
             tac = toc = perf_counter()
@@ -475,7 +476,8 @@ class PlaceRecognizer:
         """(rule, rows, sequence scores, decision score) of `observe` with sequences: `row` (distances to every
         entry) joins the loop-closure sequence history, and the first `searchable` entries are ranked."""
         matcher = self._loop_matcher
-        if matcher is None or matcher.length != length or matcher.num_db > len(row) or self._loop_index is not self.index:
+        if (matcher is None or matcher.length != length or matcher.num_db > len(row)
+                or self._loop_index is not self.index):
             # A new map, or one rebuilt in another search space: distances from before do not compare.
             matcher = self._loop_matcher = SequenceMatcher(length, 0, unseen=UNSEEN_SQUARED_DISTANCE)
             self._loop_index = self.index

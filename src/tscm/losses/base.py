@@ -182,6 +182,15 @@ class DistillationLoss(nn.Module):
             )
         return teacher
 
+    def _every_image(self, student: TupleDescriptors, teacher: TupleDescriptors | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(student descriptors, teacher descriptors in the student's dtype, N×N mask of each image with itself)
+        over every image of the step, for losses relating each image to all the others (sizes may differ)."""
+        teacher = self._checked_teacher(student, teacher, same_dim=False)
+        student_points = student.all_descriptors()
+        teacher_points = teacher.all_descriptors().to(student_points.dtype)
+        self_pairs = torch.eye(student_points.shape[0], dtype=torch.bool, device=student_points.device)
+        return student_points, teacher_points, self_pairs
+
     def _checked_uncertainty(self, student: TupleDescriptors) -> TupleDescriptors:
         """The student's uncertainty tuples, checked to describe the student's images."""
         if student.uncertainty is None:

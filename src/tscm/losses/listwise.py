@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -31,11 +30,7 @@ class ListwiseLoss(DistillationLoss):
         self.temperature = float(temperature)
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        teacher = self._checked_teacher(student, teacher, same_dim=False)
-        student_points = student.all_descriptors()
-        teacher_points = teacher.all_descriptors().to(student_points.dtype)
-        count = student_points.shape[0]
-        self_pairs = torch.eye(count, dtype=torch.bool, device=student_points.device)
+        student_points, teacher_points, self_pairs = self._every_image(student, teacher)
         student_log = self._log_probabilities(student_points, self_pairs)
         teacher_log = self._log_probabilities(teacher_points.detach(), self_pairs)
         per_image = (teacher_log.exp() * (teacher_log - student_log)).masked_fill(self_pairs, 0.0).sum(dim=1)

@@ -40,12 +40,8 @@ class RelationalLoss(DistillationLoss):
         self.angle_weight = float(angle_weight)
 
     def forward(self, student: TupleDescriptors, teacher: TupleDescriptors | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        teacher = self._checked_teacher(student, teacher, same_dim=False)
-        student_points = student.all_descriptors()
-        teacher_points = teacher.all_descriptors().to(student_points.dtype)
-        count = student_points.shape[0]
-        eye = torch.eye(count, dtype=torch.bool, device=student_points.device)
-        off_diagonal = ~eye
+        student_points, teacher_points, self_pairs = self._every_image(student, teacher)
+        off_diagonal = ~self_pairs
         distance_term = F.smooth_l1_loss(
             _distance_relations(student_points, off_diagonal)[off_diagonal],
             _distance_relations(teacher_points, off_diagonal)[off_diagonal],

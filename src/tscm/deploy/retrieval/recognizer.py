@@ -416,14 +416,11 @@ class PlaceRecognizer:
         `exclude_recent` (in the unit of `time`: frames or seconds; without times, entries added),
         then `image` joins the map. Returns the (possibly empty) list of loop-closure candidates.
 
-        With `sequence` = L > 1, candidates are ranked by the sequence score over the last L images
-        observed (SeqSLAM-style, as `query_sequence`) against the map as it grew: an entry added after an
-        image counts as unseen for it (`UNSEEN_SQUARED_DISTANCE`), so no sequence runs through the future.
-        The first candidate's `accepted` follows the index's threshold for L-frame scores (single frames:
-        L = 1) and its decision score; with `consistency` = k it also needs the k − 1 frames before to
-        have been accepted on a consistent progression through the map (tscm.evaluation.consistency).
-        `timings`, if given, gets the seconds of each stage added: decode, describe, search, (sequence,)
-        decision, add.
+        With `sequence` = L > 1, candidates are ranked by the sequence score over the last L images observed
+        (as `query_sequence`) against the map as it grew: an entry added after an image counts as unseen for it.
+        The first candidate's `accepted` follows the index's threshold for L-frame scores and its decision
+        score; with `consistency` = k the k − 1 frames before must also have been accepted on a consistent
+        progression through the map (tscm.evaluation.consistency). `timings` gets each stage's seconds added.
         """
         if exclude_recent < 0:
             raise TscmError(f"exclude_recent: expected a non-negative number of frames or seconds, got {exclude_recent}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
+import torch
 
 from tscm.config import TrainConfig, load_config
 from tscm.config.fields import apply_overrides, apply_text_overrides, check_fields, setting
@@ -310,9 +311,6 @@ def matching_ms_per_query(db: np.ndarray, queries: np.ndarray, k: int = max(CURV
 def forward_ms_per_image(model, spec, paths: Sequence[Path], device: str, repeats: int = 5) -> float:
     """The model alone (no image decoding) on one batch of test images, ms per image (median of `repeats`
     calls after one untimed call, through the one timer `tscm.machine.time_turns`)."""
-    import torch
-
-
     dataset = ImageListDataset(paths, spec.image_size, spec.mean, spec.std)
     batch = torch.stack([dataset[i] for i in range(len(dataset))]).to(device)
     synchronize = (lambda: torch.cuda.synchronize(batch.device)) if batch.device.type == "cuda" else None
@@ -343,9 +341,6 @@ def measure_model(model, spec, placeset: PlaceSet, radii: Sequence[float], optio
     same numbers) and the end-to-end time is taken on the split's first TIMING_IMAGES image files;
     `timed=False` times nothing (a row's later seeds, whose speed is not reported: the first seed's is).
     """
-    import torch
-
-
     model.to(options.device)
     ms_per_image = forward_ms = matching_ms = macs = None
     with all_threads(options.threads):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from tscm.data.images import ImageListDataset
 from tscm.data.places import PlaceSet, radius_text
@@ -92,9 +93,6 @@ def uncertainty_comparison(checkpoint: str | Path, placeset: PlaceSet, radius: f
                            batch_size: int = 64) -> dict[str, float]:
     """Average precision (percent) of three ways to score a query's top-1 match: the distance, the
     student's uncertainty (mean of its uncertainty head's outputs for the query), and their product."""
-    import torch
-
-
     model, meta = load_checkpoint(checkpoint)
     if not hasattr(model, "uncertainty"):
         raise TscmError(f"{checkpoint}: a {meta.get('role')} has no uncertainty head")
@@ -204,7 +202,6 @@ def plot_decision_scores(path: str | Path, placeset: PlaceSet, db: np.ndarray, q
                          radius: float | None, model_name: str, lengths: Sequence[int] = (1, 10)) -> Path:
     """One precision-recall panel per sequence length, one curve per decision score (a PNG, written atomically)."""
     from matplotlib.figure import Figure
-
 
     fig = Figure(figsize=(5.2 * len(lengths), 4.6), dpi=120)
     for panel, length in enumerate(lengths, start=1):

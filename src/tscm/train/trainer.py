@@ -332,8 +332,9 @@ class Trainer:
         except KeyboardInterrupt:
             self.save_last()
             raise Interrupted(
-                f"interrupted at step {self.run_progress.global_step}; the state is saved in {self.checkpoints.last_dir}: continue "
-                f"with `tscm {'train-teacher' if self.config.kind == 'teacher' else 'distill'} --resume {self.job.run_dir}`"
+                f"interrupted at step {self.run_progress.global_step}; the state is saved in {self.checkpoints.last_dir}: "
+                f"continue with `tscm {'train-teacher' if self.config.kind == 'teacher' else 'distill'} --resume "
+                f"{self.job.run_dir}`"
             ) from None
         finally:
             self.log.close()
@@ -355,8 +356,8 @@ class Trainer:
                     self.run_progress.position["batch"] = 0
                 batches = self.plan.global_batches(len(self.tuples))
                 local = [self.plan.local_rows(rows) for rows in batches]
-                dataset = TupleBatchDataset(self.tuples, local[self.run_progress.position["batch"] :], self.job.train_set.num_db,
-                                            self.views)
+                first = self.run_progress.position["batch"]
+                dataset = TupleBatchDataset(self.tuples, local[first:], self.job.train_set.num_db, self.views)
                 # Its own generator: creating a loader must not draw from the global RNG (dropout's),
                 # or a run resumed mid-chunk would draw once more than the uninterrupted run.
                 loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.data.num_workers,
@@ -395,7 +396,7 @@ class Trainer:
         values.setdefault("total", float(total.detach()))
         values = self.rt.weighted_mean(values, len(local[b]))  # the global batch's loss
         values["lr"] = self.optimizer.param_groups[0]["lr"]
-        self.run_progress.epoch_loss = [self.run_progress.epoch_loss[0] + values["total"], self.run_progress.epoch_loss[1] + 1]
+        self.run_progress.add_step_loss(values["total"])
         self.log.log_step(self.run_progress.global_step, epoch + 1, values)
         bar.set_postfix(loss=f"{values['total']:.4f}")
         if t.stop_after_steps and self.run_progress.global_step >= t.stop_after_steps:
@@ -406,22 +407,17 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, epoch_start: float) -> bool:
         """Schedule, validation, best checkpoint, logs; True when early stopping ends the run."""
-        patience = self.config.train.patience
+        patience, progress = self.config.train.patience, self.run_progress
         self.scheduler.step()
         val = self.validate()
-        self.run_progress.last_val = val
+        progress.last_val = val
         recall1 = float(val["recall"]["1"])
-        self.run_progress.position = {"epoch": epoch + 1, "chunk": 0, "batch": 0}
-        improved = recall1 > self.run_progress.best_recall
+        progress.position = {"epoch": epoch + 1, "chunk": 0, "batch": 0}
+        improved = progress.record_validation(recall1, epoch + 1)
         if improved:
-            self.run_progress.best_recall, self.run_progress.best_epoch, self.run_progress.epochs_without_gain = recall1, epoch + 1, 0
             self.save_best()
-        else:
-            self.run_progress.epochs_without_gain += 1
-        total, count = self.run_progress.epoch_loss
-        train_loss = total / count if count else float("nan")
-        self.run_progress.epoch_loss = [0.0, 0]
-        self.log.log_epoch(epoch + 1, self.run_progress.global_step, {
+        train_loss = progress.take_epoch_loss()
+        self.log.log_epoch(epoch + 1, progress.global_step, {
             "train_loss": train_loss,
             **{f"val_R@{n}": v for n, v in val["recall"].items()},
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -429,17 +425,18 @@ class Trainer:
             **self.caches.take_stats(),
         })
         self.say(f"epoch {epoch + 1}: train loss {train_loss:.4f}, validation R@1 {recall1:.2f} %"
-                 + (" (best)" if improved else f" (best {self.run_progress.best_recall:.2f} % at epoch {self.run_progress.best_epoch})"))
+                 + (" (best)" if improved else f" (best {progress.best_recall:.2f} % at epoch {progress.best_epoch})"))
         self.save_last()
         # As published: stop once more than `patience` epochs in a row brought no gain.
-        return bool(patience) and self.run_progress.epochs_without_gain > patience
+        return bool(patience) and progress.epochs_without_gain > patience
 
     def _non_finite(self, epoch: int, chunk: int, batch_index: int, batch: TupleBatch, total, parts) -> None:
         self.save_last()
         terms = ", ".join(f"{k}={float(v):.6g}" for k, v in parts.items())
         queries = batch.layout.query_indices.tolist()
         raise NonFiniteLoss(
-            f"non-finite loss at step {self.run_progress.global_step + 1} (epoch {epoch + 1}, part {chunk + 1}, batch {batch_index + 1}, "
+            f"non-finite loss at step {self.run_progress.global_step + 1} (epoch {epoch + 1}, part {chunk + 1}, "
+            f"batch {batch_index + 1}, "
             f"train queries {queries}): total={float(total.detach()):.6g}; terms: {terms or 'none'}. "
             f"The last good state is kept in {self.checkpoints.last_dir}; resume with a lower train.lr"
         )
@@ -450,7 +447,7 @@ class Trainer:
             "epochs_completed": self.run_progress.position["epoch"],
             "steps": self.run_progress.global_step,
             "best_epoch": self.run_progress.best_epoch,
-            "best_val_recall_at_1": self.run_progress.best_recall if math.isfinite(self.run_progress.best_recall) else None,
+            "best_val_recall_at_1": self.run_progress.best_recall_or_none,
             "untrained_val_recall": self.run_progress.untrained_recall,
             "last_val": self.run_progress.last_val,
             "mean_step_ms": 1000 * float(np.mean(self.step_seconds)) if self.step_seconds else None,

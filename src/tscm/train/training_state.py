@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from tscm.errors import TscmError
 from tscm.fileio import atomic_path, read_json, write_json_atomic
 
+
 @dataclass
 class RunProgress:
     """Where a run stands: the part of a resumable checkpoint that is neither weights, optimiser nor caches."""
@@ -33,9 +34,30 @@ class RunProgress:
     last_val: dict[str, Any] | None = None
     epoch_loss: list = field(default_factory=lambda: [0.0, 0])  # running sum and count of the epoch's step losses
 
+    @property
+    def best_recall_or_none(self) -> float | None:
+        """The best validation R@1 so far, None before the first validation."""
+        return self.best_recall if math.isfinite(self.best_recall) else None
+
+    def record_validation(self, recall_at_1: float, epoch: int) -> bool:
+        """Note the validation R@1 after `epoch` epochs; True when it is the best so far."""
+        if recall_at_1 > self.best_recall:
+            self.best_recall, self.best_epoch, self.epochs_without_gain = recall_at_1, epoch, 0
+            return True
+        self.epochs_without_gain += 1
+        return False
+
+    def add_step_loss(self, loss: float) -> None:
+        self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
+
+    def take_epoch_loss(self) -> float:
+        """The epoch's mean step loss (NaN without a step), and a fresh sum for the next epoch."""
+        total, count = self.epoch_loss
+        self.epoch_loss = [0.0, 0]
+        return total / count if count else float("nan")
+
     def to_state(self) -> dict[str, Any]:
-        return {"position": dict(self.position), "global_step": self.global_step,
-                "best_recall": self.best_recall if math.isfinite(self.best_recall) else None,
+        return {"position": dict(self.position), "global_step": self.global_step, "best_recall": self.best_recall_or_none,
                 "best_epoch": self.best_epoch, "epochs_without_gain": self.epochs_without_gain,
                 "untrained_recall": self.untrained_recall, "last_val": self.last_val,
                 "epoch_loss": list(self.epoch_loss)}

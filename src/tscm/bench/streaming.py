@@ -135,11 +135,11 @@ def _time_map(recognizer, size: int, runtime: str, images: list[Path], sequence_
     rows = [_row("sequence", size, backend, runtime, per_frame[len(per_frame) // 10:], settings)]
     for pipeline, length in (("observe", 1), ("observe-seq", sequence_length)):
         per_frame = []
-        start = size + len(rows) * len(images)  # the frames of each pass come after those before
-        for i, path in enumerate(images):
+        for path in images:
             timings = {}
-            recognizer.observe(path, time=float(start + i), exclude_recent=20, sequence=length, consistency=consistency,
-                               timings=timings)
+            # An entry's time is its place in the map (the map's entries have times 0, 1, ...).
+            recognizer.observe(path, time=float(recognizer.count), exclude_recent=20, sequence=length,
+                               consistency=consistency, timings=timings)
             per_frame.append(timings)
         rows.append(_row(pipeline, size, backend, runtime, per_frame[len(per_frame) // 10:], settings))
     return rows

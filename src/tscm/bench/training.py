@@ -49,8 +49,6 @@ class TrainingRow:
     kernels: str = "tscm"  # "tscm" or "library" (see the module's docstring)
 
 
-
-
 def demo_config(preset: str) -> TrainConfig:
     """The training preset with which the demo trains `preset` (Nordland's for the lite presets)."""
     role = model_role(get_preset(preset))

@@ -30,7 +30,6 @@ from tscm.inference.onnx_export import (INPUT_NAME, OUTPUT_NAME, export_model, l
                                         parse_metadata, require_onnx)
 
 
-
 class OnnxDescriptorModel(nn.Module):
     """An exported model run by ONNX Runtime, callable like the PyTorch model (B×3×H×W tensor -> B×D tensor).
 
@@ -69,7 +68,6 @@ class OnnxDescriptorModel(nn.Module):
                 self._single_session = make_session(self._source, 1)
             session = self._single_session
         return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
-
 
 
 class AutocastDescriptorModel(nn.Module):

@@ -76,3 +76,19 @@ def test_a_target_extended_row_by_row_equals_one_made_at_once():
     np.testing.assert_array_equal(target.leading.vectors, whole.leading.vectors)
     np.testing.assert_array_equal(target.leading.norms, whole.leading.norms)
     assert target.max_norm == whole.max_norm
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_only_rows_near_the_kth_distance_are_measured_in_full(k):
+    """The leading dims' bound lets through rows near the query in those dims only; the full scan's rule, applied to
+    them, leaves the rows that can be among the k nearest: each within two slacks of the k-th distance."""
+    rows = pca_like(600, 48, seed=10 + k)
+    target = ScanTarget.of(rows, leading_dims=8)
+    rng = np.random.default_rng(7)
+    for query in np.concatenate([rows[5:10], (rng.normal(size=(5, 48)) * 0.8 ** np.arange(48)).astype(np.float32)]):
+        slack = np.float32(search._scan_slack(48, target.max_norm, float(np.linalg.norm(query))))
+        candidates = search._candidates_by_leading_dims(query, target, k, slack)
+        distances, nearest = brute_force(rows, query, k)
+        assert set(nearest) <= set(candidates.tolist())
+        measured = np.sum((rows[candidates].astype(np.float64) - query) ** 2, axis=1)
+        assert np.all(measured <= distances[-1] + 2 * slack)

@@ -207,24 +207,38 @@ def _candidates_by_leading_dims(query: np.ndarray, target: ScanTarget, k: int, s
     """Rows that can still be among the k nearest, found from the leading dims (N·p·4 bytes read, not N·s·4).
 
     The squared distance over the first p dims is a lower bound of the whole. The LEADING_SEED rows nearest
-    in those dims are measured in full; their k-th distance is one that the k nearest rows reach, so a row
-    whose bound (less the whole scan's rounding slack, which covers the partial sums' smaller error and the
-    float32 rounding of the distance) is above it is not among them. In a PCA space the bound is tight and
-    few rows pass; None when more than 1 / LEADING_GIVE_UP do (the full scan is then cheaper).
+    in those dims get the full scan's approximate score; their k-th, plus half a slack, is at least the k-th
+    distance over all rows, so a row whose bound, less half a slack for its own rounding, is above that is
+    not among the k nearest (2 slacks cover both, with room for ‖q‖²'s rounding). The rows left then get the
+    full scan's rule, among themselves (they hold every row that can be among the k nearest, so their k-th
+    score is no smaller than the full scan's: they keep at least what the full scan keeps). In a PCA space
+    the bound is tight and few rows pass; None when more than 1 / LEADING_GIVE_UP do (the full scan is then
+    cheaper).
     """
     leading = target.leading
-    head = query[: leading.vectors.shape[1]]
+    dims = leading.vectors.shape[1]
+    scaled = query * np.float32(-2.0)
     with blas_threads(1):
-        bound = leading.vectors @ (head * np.float32(-2.0))
+        bound = leading.vectors @ scaled[:dims]
     bound += leading.norms
-    bound += np.float32(np.dot(head, head))
+    bound += np.float32(np.dot(query[:dims], query[:dims]))
     count = len(bound)
     seed_size = min(count, max(LEADING_SEED, 4 * k))
     seed = np.argpartition(bound, seed_size - 1)[:seed_size]
-    seed_distances = pair_distances(query[None], target.vectors, np.zeros(len(seed), dtype=np.int64), seed)
-    kth = np.partition(seed_distances, k - 1)[k - 1]
-    candidates = np.flatnonzero(bound <= kth + slack)
-    return None if len(candidates) * LEADING_GIVE_UP > count else candidates
+    kth = np.partition(_scores_of_rows(scaled, target, seed), k - 1)[k - 1] + np.float32(np.dot(query, query))
+    candidates = np.flatnonzero(bound <= kth + 2 * slack)
+    if len(candidates) * LEADING_GIVE_UP > count or len(candidates) < k:
+        return None
+    scores = _scores_of_rows(scaled, target, candidates)
+    return candidates[scores <= np.partition(scores, k - 1)[k - 1] + slack]
+
+
+def _scores_of_rows(scaled_query: np.ndarray, target: ScanTarget, rows: np.ndarray) -> np.ndarray:
+    """The full scan's approximate scores ‖x‖² − 2 q·x of some rows (`scaled_query` = −2 q)."""
+    with blas_threads(1):
+        scores = target.vectors[rows] @ scaled_query
+    scores += target.norms[rows]
+    return scores
 
 
 def _top_k_one(query: np.ndarray, vectors: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

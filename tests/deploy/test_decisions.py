@@ -106,17 +106,22 @@ def test_describe_one_gives_what_describe_gives(tiny_student):
     assert set(timings) == {"decode", "describe"}
 
 
-def write_route_manifest(folder, frames=70):
+def write_route_manifest(folder, frames=70, aliased_test=False):
     """A CSV manifest of a frame-ordered route with val and test splits: each query is its database
-    frame's picture with a little noise, so top-1 matches are right and a threshold is reachable."""
+    frame's picture with a little noise, so top-1 matches are right and a threshold is reachable.
+    `aliased_test`: every other test query from the 20th on shows frame i − 20 instead (a place that looks
+    like another): confident wrong matches that val does not have."""
     from PIL import Image
 
     rng = np.random.default_rng(7)
     lines = ["path,frame,role,split"]
     for split, offset in (("val", 0), ("test", 1000)):
+        pictures = []
         for i in range(frames):
             picture = np.kron(rng.integers(0, 256, size=(4, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
-            noisy = np.clip(picture + rng.normal(0, 4, size=picture.shape), 0, 255).astype(np.uint8)
+            pictures.append(picture)
+            seen = pictures[i - 20] if aliased_test and split == "test" and i >= 20 and i % 2 else picture
+            noisy = np.clip(seen + rng.normal(0, 4, size=picture.shape), 0, 255).astype(np.uint8)
             for role, pixels in (("database", picture), ("query", noisy)):
                 name = f"{split}/{role}/{i:03d}.png"
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +178,10 @@ def test_index_calibrate_measures_then_writes_the_index_and_json_once(tiny_stude
     assert report["calibration"]["split"] == "val" and report["calibration"]["precision_bound"] >= 0.9
     assert 0 <= report["calibration"]["recall"] <= 1 and report["calibration"]["precision"] >= 0.9
     measured = report["measured"]
-    assert set(measured) == {"split", "precision", "recall", "accepted", "false_positives", "unseen_accepted"}
-    assert measured["split"] == "test" and all(0 <= measured[k] <= 1 for k in measured if k != "split")
+    assert set(measured) == {"split", "precision", "recall", "accepted", "false_positives", "unseen_accepted",
+                             "precision_upper_bound", "below_target"}
+    assert measured["split"] == "test" and measured["below_target"] is False
+    assert all(0 <= measured[k] <= 1 for k in measured if k not in ("split", "below_target"))
     stored = PlaceRecognizer.load(tmp_path / "map.idx").index.threshold(1)
     assert stored["distance"] == report["threshold"] and stored["score"] == report["score"]
     # the measured numbers are what the stored rule gives on test, recomputed through the recognizer
@@ -184,7 +191,28 @@ def test_index_calibrate_measures_then_writes_the_index_and_json_once(tiny_stude
     right = [p.accepted and abs(p.id - q) <= 1 for q, p in enumerate(places)]
     assert measured["accepted"] == pytest.approx(sum(accepted) / len(places))
     assert measured["false_positives"] == pytest.approx((sum(accepted) - sum(right)) / len(places))
-    assert "wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote" in out and "warning" not in out
+
+
+@pytest.mark.slow
+def test_index_calibrate_warns_when_the_measured_split_misses_the_target(tiny_student, tmp_path, capsys):
+    """Val has no look-alike places and test does: the val threshold accepts test's confident wrong matches,
+    and calibrate says the threshold does not hold there instead of only printing the lower precision."""
+    from tscm.data.formats import load_placeset
+
+    manifest = write_route_manifest(tmp_path, aliased_test=True)
+    recognizer = PlaceRecognizer.from_checkpoint(tiny_student, backend="flat")
+    recognizer.add(load_placeset(manifest, split="test").db_paths)
+    recognizer.save(tmp_path / "map.idx")
+    args = ["index", "calibrate", "--index", str(tmp_path / "map.idx"), "--data", str(manifest), "--split", "val",
+            "--target-precision", "90", "--bound", "none", "--score", "distance", "--no-unseen", "--measure", "test",
+            "--json", str(tmp_path / "calibration.json")]
+    assert cli.main(args) == 0
+    measured = json.loads((tmp_path / "calibration.json").read_text())["measured"]
+    assert measured["precision"] < 0.9 and measured["precision_upper_bound"] < 0.9 and measured["below_target"]
+    out = capsys.readouterr().out
+    assert "warning: the threshold does not hold on" in out and "test" in out and "--sequence" in out
 
 
 @pytest.mark.parametrize("score", ["ratio", "normalised", "distance"])

@@ -9,7 +9,8 @@ import pytest
 from scipy.stats import beta, binom
 
 from tscm.errors import TscmError
-from tscm.evaluation.calibration import accepted_needed, calibrate_bounded, precision_lower_bound
+from tscm.evaluation.calibration import (accepted_needed, calibrate_bounded, precision_lower_bound,
+                                         precision_upper_bound)
 from tscm.evaluation.precision_recall import pr_curve
 
 
@@ -23,6 +24,19 @@ def test_bound_is_the_beta_quantile_and_an_exact_binomial_bound():
         # the bound p is where seeing ≥ tp right of n has probability 5 %
         assert binom.sf(tp[k] - 1, n[k], bound[k]) == pytest.approx(0.05, rel=1e-6)
     assert bound[-1] == pytest.approx(0.05 ** (1 / 300))  # no false positive: (1 − c)^(1/n)
+
+
+def test_upper_bound_is_an_exact_binomial_bound():
+    tp = np.array([0, 34, 29, 320, 5])
+    n = np.array([4, 40, 34, 326, 5])
+    upper = precision_upper_bound(tp, n, 0.95)
+    assert upper[-1] == 1.0 and np.all(upper >= tp / n)
+    for k in range(len(tp) - 1):
+        # the bound p is where seeing ≤ tp right of n has probability 5 %
+        assert binom.cdf(tp[k], n[k], upper[k]) == pytest.approx(0.05, rel=1e-6)
+    assert precision_upper_bound([0], [0])[0] == 1.0  # nothing accepted: no evidence either way
+    with pytest.raises(TscmError, match="true positives"):
+        precision_upper_bound([3], [2])
 
 
 def test_accepted_needed_is_the_smallest_flawless_count():

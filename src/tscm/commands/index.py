@@ -110,6 +110,12 @@ def _calibrate(args: argparse.Namespace) -> int:
               f"({m['accepted_count']} accepted, {m['false_positive_count']} false, of {m['num_queries']} queries)"
               + (f"; never-seen twins accepted: {100 * m['unseen_accepted']:.1f} % of {m['unseen_count']}"
                  if m.get("unseen_accepted") is not None else ""))
+        if m["below_target"]:
+            print(f"warning: the threshold does not hold on {m['measured_on']}: its precision there is below the "
+                  f"{100 * entry['target_precision']:g} % target with {100 * m['confidence']:g} % confidence (upper bound "
+                  f"{100 * m['precision_upper_bound']:.1f} %): these places are harder than {entry['calibrated_on']}'s; "
+                  + ("sequences (--sequence L) carry a threshold further, or " if entry["sequence_length"] == 1 else "")
+                  + "calibrate on data like the deployment's")
     if args.json:
         print(f"wrote {args.json}")
     return 0

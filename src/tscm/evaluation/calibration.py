@@ -50,6 +50,16 @@ def precision_lower_bound(true_positives, accepted, confidence: float = DEFAULT_
     return bound
 
 
+def precision_upper_bound(true_positives, accepted, confidence: float = DEFAULT_CONFIDENCE) -> np.ndarray:
+    """One-sided Clopper–Pearson upper bound on precision (fractions): 1 where nothing wrong (or nothing) was
+    accepted. Below a target, it is evidence that a threshold misses the target there, not only noise."""
+    tp = np.asarray(true_positives, dtype=np.float64)
+    n = np.asarray(accepted, dtype=np.float64)
+    if tp.shape != n.shape or (tp < 0).any() or (tp > n).any():
+        raise TscmError("precision bound: expected 0 ≤ true positives ≤ accepted, element by element")
+    return 1.0 - precision_lower_bound(n - tp, n, confidence)  # the wrong share's lower bound
+
+
 def accepted_needed(target_precision: float, confidence: float = DEFAULT_CONFIDENCE) -> int | None:
     """Fewest accepted queries, all right, whose lower bound reaches the target; None for a 100 % target."""
     if target_precision >= 1.0:

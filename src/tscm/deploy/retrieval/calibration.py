@@ -26,7 +26,7 @@ from tscm.data.formats.rosbag import BagSelection
 from tscm.data.places import PlaceSet, default_radius
 from tscm.deploy.retrieval.recognizer import PlaceRecognizer
 from tscm.errors import TscmError
-from tscm.evaluation.calibration import DEFAULT_BOUND, DEFAULT_CONFIDENCE, calibrate_bounded
+from tscm.evaluation.calibration import DEFAULT_BOUND, DEFAULT_CONFIDENCE, calibrate_bounded, precision_upper_bound
 from tscm.evaluation.decision import (DEFAULT_SCORE, SCORE_NAMES, DecisionRule, SplitDecisions, check_score_name,
                                       split_decisions)
 from tscm.evaluation.extract import InputSpec, describe_placeset
@@ -158,7 +158,11 @@ def measure_entry(index, entry: dict[str, Any], db: np.ndarray, queries: np.ndar
     counts = apply_threshold(decisions.scores.scores[rule.score], decisions.correct, decisions.has_match, rule.threshold)
     twins = decisions.unseen[rule.score]
     num = len(queries)
+    confidence = entry.get("confidence") or DEFAULT_CONFIDENCE  # a plain-precision threshold has none of its own
+    upper = float(precision_upper_bound(counts["tp"], counts["accepted"], confidence))
     return {"split": placeset.split, "precision": counts["precision"], "recall": counts["recall"],
+            # the target missed here with this confidence: the threshold does not carry over to these places
+            "precision_upper_bound": upper, "below_target": upper < entry["target_precision"], "confidence": confidence,
             # never-seen twins accepted: the share of queries at places the map lacks that would close a false loop
             "unseen_accepted": unseen_accepted(decisions, rule.score, rule.threshold),
             "unseen_count": int(np.sum(~np.isnan(twins))),
@@ -192,7 +196,7 @@ def calibration_report(entry: dict[str, Any], measured: dict[str, Any] | None) -
     }
     if measured is not None:
         report["measured"] = {key: measured[key] for key in ("split", "precision", "recall", "accepted", "false_positives",
-                                                             "unseen_accepted")}
+                                                             "unseen_accepted", "precision_upper_bound", "below_target")}
     return report
 
 

@@ -356,6 +356,34 @@ def test_exact_backends_break_ties_by_row_and_match_brute_force(tied_data, backe
     np.testing.assert_array_equal(copies, np.stack([np.arange(12), 300 + np.arange(12), 340 + np.arange(12)], 1))
 
 
+@pytest.mark.parametrize("name", list(SINGLE_VS_BATCH_PARAMS))
+def test_searching_the_first_entries_drops_the_later_ones_from_a_full_search(tied_data, name, monkeypatch):
+    """`entries=n` (loop closure leaving the newest frames out) gives what a search for k + the rows left out
+    gives once those rows are dropped: the exhaustive back-ends by scanning the first n rows only (alone or in
+    a batch, by the leading dims too), the others by that longer search."""
+    monkeypatch.setattr(index_search, "LEADING_DIMS", 4)
+    database, queries = tied_data
+    index = PlaceIndex.build(database, backend=name.split()[0], **SINGLE_VS_BATCH_PARAMS[name])
+    for entries in (1, 5, 200, 341, len(database)):
+        for k in (1, 3, 12):
+            full = index.search(queries, min(k + len(database) - entries, len(database)))
+            first = index.search(queries, k, entries=entries)
+            assert first.indices.shape == (len(queries), k)
+            for row, query in enumerate(queries):
+                keep = np.flatnonzero((full.indices[row] >= 0) & (full.indices[row] < entries))[:k]
+                found = len(keep)  # an approximate back-end may find fewer than it was asked for
+                assert found == min(k, entries) or name.split()[0] not in ("flat", "pca-flat")
+                np.testing.assert_array_equal(first.indices[row, :found], full.indices[row, keep])
+                np.testing.assert_array_equal(first.distances[row, :found], full.distances[row, keep])  # bitwise
+                assert (first.indices[row, found:] == -1).all() and (first.ids[row, found:] == -1).all()
+                alone = index.search(query, k, entries=entries)
+                np.testing.assert_array_equal(alone.indices[0], first.indices[row])
+                np.testing.assert_array_equal(alone.distances[0], first.distances[row])
+    for bad in (0, len(database) + 1, 2.5):
+        with pytest.raises(TscmError, match=f"entries must be a number of entries in 1..{len(database)}"):
+            index.search(queries, 3, entries=bad)
+
+
 def test_single_query_search_does_not_copy_a_contiguous_query(data, monkeypatch):
     """The float32 contiguous query reaches the projection as it is (no per-call conversion copy)."""
     database, _, queries, _ = data

@@ -52,12 +52,12 @@ def test_rows_without_a_falling_spread_fall_back_to_the_full_scan():
     got = exact_search(query[None], target, 3)
     assert got[1][0].tolist() == brute_force(rows, query, 3)[1]
     # The next lone queries scan in full straight away (a stream's frames are alike), then try again.
-    assert target.leading.skip == search.LEADING_RETRY_AFTER
+    assert target.leading.countdown.left == search.LEADING_RETRY_AFTER
     for _ in range(search.LEADING_RETRY_AFTER):
         exact_search(query[None], target, 3)
-    assert target.leading.skip == 0
+    assert target.leading.countdown.left == 0
     exact_search(query[None], target, 3)
-    assert target.leading.skip == search.LEADING_RETRY_AFTER
+    assert target.leading.countdown.left == search.LEADING_RETRY_AFTER
 
 
 def test_a_target_extended_row_by_row_equals_one_made_at_once():

@@ -12,6 +12,7 @@ from tscm.errors import TscmError
 from tscm.inference.choices import RUNTIMES
 
 PARTS = ("extraction", "accuracy", "matching", "city", "mining", "training", "streaming")
+STREAMING_RUNTIMES = ("torch", "onnx")  # the recognizer's runtimes that need no calibration images
 DEFAULT_PARTS = ("extraction", "matching", "city")
 BENCH_RUNTIMES = (*RUNTIMES, "onnx-auto")  # onnx-auto: onnx-int8 with precision auto, the graph it keeps
 KERNELS = ("tscm", "library")  # tscm's training kernels, or the library's (tscm.bench.training)
@@ -70,9 +71,10 @@ class BenchSettings:
     training_kernels: list[str] = setting(["tscm"], choices=KERNELS)
     # streaming
     streaming_preset: str = "student-lite"
-    streaming_sizes: list[int] = setting([1000, 10_000, 100_000])
+    streaming_sizes: list[int] = setting([1000, 10_000, 100_000], least=1, most=10_000_000)
     streaming_frames: int = 200
-    streaming_runtimes: list[str] = setting(["torch", "onnx"])
+    streaming_runtimes: list[str] = setting(["torch", "onnx"], choices=STREAMING_RUNTIMES)
+    streaming_exclude_recent: int = setting(20, least=0)
 
     @property
     def mining_dim(self) -> int:

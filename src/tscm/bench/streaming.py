@@ -6,9 +6,9 @@ Two pipelines of `PlaceRecognizer`, one frame at a time on the bench threads:
   convert, resize, normalise), describe (the model's forward pass on one image), search (the
   frame's distance row over the map), sequence (the L-frame sequence scores and their ranking),
   decision (the threshold's decision score, the threshold and temporal consistency);
-- `observe` (loop closure in one traversal, the map growing by one entry per frame): decode,
-  describe, search (nearest hits and the decision score), decision (threshold and consistency),
-  add (the frame joins the map);
+- `observe` (loop closure in one traversal, the map growing by one entry per frame, its newest
+  `exclude_recent` entries left out of the search): decode, describe, search (nearest hits and the
+  decision score), decision (threshold and consistency), add (the frame joins the map);
 - `observe-seq` (the same with L-frame sequences, `observe(sequence=L)`): decode, describe, search
   (the frame's distance row over the map), sequence, decision, add.
 
@@ -84,7 +84,8 @@ def _row(pipeline: str, size: int, backend: str, runtime: str, per_frame: list[d
 
 def bench_streaming(*, preset: str = "student-lite", map_sizes=(1000, 10_000, 100_000), frames: int = 200,
                     sequence_length: int = 10, consistency: int = 3, threads: int = 2, frame_size=(64, 32),
-                    seed: int = 0, runtimes=("torch", "onnx"), print_fn: Callable[[str], None] = print) -> list[StreamingRow]:
+                    seed: int = 0, runtimes=("torch", "onnx"), exclude_recent: int = 20,
+                    print_fn: Callable[[str], None] = print) -> list[StreamingRow]:
     """Per-frame stage costs of both pipelines at each map size and runtime (module docstring); a runtime
     whose package is missing is left out with a printed line."""
     from tscm.deploy.retrieval.recognizer import PlaceRecognizer
@@ -100,10 +101,12 @@ def bench_streaming(*, preset: str = "student-lite", map_sizes=(1000, 10_000, 10
         save_checkpoint(checkpoint, model, model.config)
         images = write_frames(folder, frames, tuple(frame_size), seed)
         settings = {"preset": preset, "threads": threads, "sequence_length": sequence_length,
-                    "consistency": consistency, "frame_size": list(frame_size), "score": "ratio"}
+                    "consistency": consistency, "frame_size": list(frame_size), "score": "ratio",
+                    "exclude_recent": exclude_recent}
         print_fn(f"streaming: {preset}, {threads} threads, {frames} frames of {frame_size[0]}×{frame_size[1]} PNG per "
                  f"row; median ms per frame per stage (share), frames/s = 1000 / sum; ratio score, "
-                 f"L = {sequence_length}, consistency over {consistency} frames")
+                 f"L = {sequence_length}, consistency over {consistency} frames, observe leaves out the newest "
+                 f"{exclude_recent} entries")
         with limit_threads(torch=threads, faiss=threads):
             for runtime in runtimes:
                 for size in map_sizes:
@@ -112,14 +115,15 @@ def bench_streaming(*, preset: str = "student-lite", map_sizes=(1000, 10_000, 10
                     except TscmError as error:  # e.g. onnxruntime not installed
                         print_fn(f"  {runtime}: left out ({error})")
                         break
-                    rows += _time_map(recognizer, size, runtime, images, sequence_length, consistency, seed, settings)
+                    rows += _time_map(recognizer, size, runtime, images, sequence_length, consistency, seed, settings,
+                                      exclude_recent)
                     for row in rows[-len(PIPELINES):]:
                         print_fn(format_row(row))
     return rows
 
 
 def _time_map(recognizer, size: int, runtime: str, images: list[Path], sequence_length: int, consistency: int,
-              seed: int, settings: dict) -> list[StreamingRow]:
+              seed: int, settings: dict, exclude_recent: int) -> list[StreamingRow]:
     """The `sequence`, `observe` and `observe-seq` rows of one map size with one recognizer."""
     map_descriptors = route_descriptors(size, recognizer.dim, seed + size)
     recognizer.add_descriptors(map_descriptors, np.arange(size), times=np.arange(size, dtype=np.float64))
@@ -138,7 +142,7 @@ def _time_map(recognizer, size: int, runtime: str, images: list[Path], sequence_
         for path in images:
             timings = {}
             # An entry's time is its place in the map (the map's entries have times 0, 1, ...).
-            recognizer.observe(path, time=float(recognizer.count), exclude_recent=20, sequence=length,
+            recognizer.observe(path, time=float(recognizer.count), exclude_recent=exclude_recent, sequence=length,
                                consistency=consistency, timings=timings)
             per_frame.append(timings)
         rows.append(_row(pipeline, size, backend, runtime, per_frame[len(per_frame) // 10:], settings))

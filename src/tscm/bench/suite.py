@@ -300,7 +300,8 @@ def run_bench(settings: BenchSettings, out_dir: str | Path | None = None,
 
         report["streaming"] = [asdict(row) for row in bench_streaming(
             preset=settings.streaming_preset, map_sizes=settings.streaming_sizes, frames=settings.streaming_frames,
-            threads=settings.threads, seed=settings.seed, runtimes=settings.streaming_runtimes, print_fn=print_fn)]
+            threads=settings.threads, seed=settings.seed, runtimes=settings.streaming_runtimes,
+            exclude_recent=settings.streaming_exclude_recent, print_fn=print_fn)]
     if out_dir is not None:
         with atomic_group():
             write_json_atomic(Path(out_dir) / BENCH_JSON, report)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tscm.bench.settings import BENCH_RUNTIMES, KERNELS, PARTS, BenchSettings
+from tscm.bench.settings import BENCH_RUNTIMES, KERNELS, PARTS, STREAMING_RUNTIMES, BenchSettings
 from tscm.config.fields import build_settings, flags_given
 from tscm.config.quick import QUICK_BENCH
 
@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mining = parser.add_argument_group("mining")
     mining.add_argument("--mining-db", type=int, default=None, help="database size (default: 10000, Pittsburgh30k)")
     mining.add_argument("--mining-queries", type=int, default=None, help="queries (default: 7416)")
+    streaming = parser.add_argument_group("streaming")
+    streaming.add_argument("--streaming-sizes", type=int, nargs="+", default=None,
+                           help="map sizes in entries (default: 1000 10000 100000)")
+    streaming.add_argument("--streaming-runtimes", nargs="+", choices=STREAMING_RUNTIMES, default=None,
+                           help="default: torch onnx")
+    streaming.add_argument("--streaming-exclude-recent", type=int, default=None, metavar="FRAMES",
+                           help="observe: the newest FRAMES map entries are never a frame's loop closure (default: 20; "
+                                "a robot at 30 frames/s leaving out its last 30 s: 900)")
     training = parser.add_argument_group("training")
     training.add_argument("--training-presets", nargs="+", default=None, help="model presets (default: teacher-tiny student-tiny)")
     training.add_argument("--training-steps", type=int, default=None, help="timed steps per turn (default: 10)")

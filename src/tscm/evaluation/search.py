@@ -17,7 +17,7 @@ float64 distance rounded to float32 u·(‖x‖+‖q‖)² (u = 2^-24); SCAN_ERR
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -47,13 +47,21 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return vecdot(a, b) if vecdot is not None else np.einsum("ij,ij->i", a, b)
 
 
+class RetryCountdown:
+    """Lone queries left to scan in full before the leading dims are tried again; one per map, shared by the
+    targets it becomes as it grows and by their prefixes (`ScanTarget.first`)."""
+
+    def __init__(self) -> None:
+        self.left = 0
+
+
 @dataclass
 class LeadingDims:
     """The first p dims of every row, held contiguously with their squared norms (`ScanTarget.leading`)."""
 
     vectors: np.ndarray  # N×p float32
     norms: np.ndarray  # N float32
-    skip: int = 0  # lone queries left to scan in full before the leading dims are tried again
+    countdown: RetryCountdown = field(default_factory=RetryCountdown)
 
 
 @dataclass
@@ -90,8 +98,17 @@ class ScanTarget:
             leading = LeadingDims(grow("leading", leading.vectors, head),
                                   grow("leading_norms", leading.norms,
                                        np.einsum("ij,ij->i", head, head, dtype=np.float64).astype(np.float32)),
-                                  leading.skip)
+                                  leading.countdown)
         return ScanTarget(vectors, grow("norms", self.norms, squared.astype(np.float32)), max_norm, leading)
+
+    def first(self, count: int) -> ScanTarget:
+        """The target of the first `count` rows (views; the largest norm of all rows still bounds theirs)."""
+        if count >= len(self.vectors):
+            return self
+        leading = self.leading
+        if leading is not None:
+            leading = LeadingDims(leading.vectors[:count], leading.norms[:count], leading.countdown)
+        return ScanTarget(self.vectors[:count], self.norms[:count], self.max_norm, leading)
 
 
 def pair_distances(queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -185,13 +202,13 @@ def _exact_search_one_query(queries: np.ndarray, target: ScanTarget, k: int) -> 
     slack = np.float32(_scan_slack(len(query), target.max_norm, float(np.sqrt(np.dot(query, query)))))
     leading = target.leading
     if leading is not None and k < len(target.vectors):
-        if leading.skip:
-            leading.skip -= 1
+        if leading.countdown.left:
+            leading.countdown.left -= 1
         else:
             candidates = _candidates_by_leading_dims(query, target, k, slack)
             if candidates is not None:
                 return _top_k_one(query, target.vectors, candidates, k)
-            leading.skip = LEADING_RETRY_AFTER
+            leading.countdown.left = LEADING_RETRY_AFTER
     with blas_threads(1):
         scores = target.vectors @ (query * np.float32(-2.0))
     scores += target.norms

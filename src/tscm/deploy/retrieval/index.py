@@ -352,18 +352,23 @@ class PlaceIndex:
         return grower.append(rows)
 
     # ---- search -------------------------------------------------------------------------
-    def search(self, queries, k: int) -> SearchResult:
-        """The `k` nearest database entries for each query (N×dim, or one dim-vector).
+    def search(self, queries, k: int, *, entries: int | None = None) -> SearchResult:
+        """The `k` nearest database entries for each query (N×dim, or one dim-vector), among the first `entries`
+        added (None: all; loop closure leaves a robot's newest frames out).
 
-        A query gets the same hits, distances and tie order alone as in any batch. Batches smaller
-        than SINGLE_THREAD_BELOW run on one thread.
+        A query gets the same hits, distances and tie order alone as in any batch, and from the exhaustive
+        back-ends the same as a search of all entries with the later ones dropped. Batches smaller than
+        SINGLE_THREAD_BELOW run on one thread.
         """
         if self.count == 0:
             raise TscmError("index search: the index is empty; add database descriptors before querying")
         if not (isinstance(k, (int, np.integer)) and k >= 1):
             raise TscmError(f"index search: k must be a positive integer, got {k!r}")
+        if entries is not None and not (isinstance(entries, (int, np.integer)) and 1 <= entries <= self.count):
+            raise TscmError(f"index search: entries must be a number of entries in 1..{self.count}, got {entries!r}")
         queries = _as_descriptors(queries, self.dim, "index search")
-        distances, indices = self._search.search(queries, int(k), self.params, self._pca, self.count)
+        distances, indices = self._search.search(queries, int(k), self.params, self._pca, self.count,
+                                                 None if entries is None else int(entries))
         missing = indices < 0
         rows = np.maximum(indices, 0)
         ids = self._ids[rows]

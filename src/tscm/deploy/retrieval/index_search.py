@@ -12,7 +12,8 @@ import numpy as np
 
 from tscm.deploy.retrieval.index_backends import flat_vectors
 from tscm.deploy.retrieval.pca import PcaProjection
-from tscm.evaluation.search import LEADING_DIMS, ScanTarget, exact_search, pair_distances, top_k_of_pairs
+from tscm.evaluation.search import (LEADING_DIMS, MISSING_DISTANCE, ScanTarget, exact_search, pair_distances,
+                                   top_k_of_pairs)
 from tscm.threads import limit_threads
 
 # faiss spreads even one query over its threads, and on a shared CPU the thread barrier can cost
@@ -55,20 +56,26 @@ class IndexSearch:
         return scan
 
     def search(self, queries: np.ndarray, k: int, params: dict[str, Any], pca: PcaProjection | None,
-               count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Q×k float32 squared distances, Q×k int64 rows, -1 where missing) in the searched space."""
+               count: int, entries: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Q×k float32 squared distances, Q×k int64 rows, -1 where missing) in the searched space, among the
+        first `entries` rows (None: all). The exhaustive back-ends scan those rows only; the others search
+        k + the rows left out and drop those, so a long run of new entries left out costs them a longer search."""
         import faiss
 
         threads = 1 if len(queries) < SINGLE_THREAD_BELOW else max(1, faiss.omp_get_max_threads())
+        entries = count if entries is None else entries
         with limit_threads(faiss=1 if threads == 1 else None):
             if pca is not None:
                 queries = pca.apply(queries)
             if self.backend in ("flat", "pca-flat") and params["storage"] == "fp32":
-                return exact_search(queries, self._scan_target(count, params), k, threads)
+                return exact_search(queries, self._scan_target(count, params).first(entries), k, threads)
+            wanted = min(k + count - entries, count)
             if self.backend == "ivfpq":
-                return self._search_ivfpq(queries, k, threads, int(params["rerank"]), count)
-            distances, indices = self._faiss.search(queries, k)
-            return distances, indices.astype(np.int64, copy=False)
+                distances, indices = self._search_ivfpq(queries, wanted, threads, int(params["rerank"]), count)
+            else:
+                distances, indices = self._faiss.search(queries, wanted)
+                indices = indices.astype(np.int64, copy=False)
+            return _hits_among_first(distances, indices, k, entries) if entries < count else (distances, indices)
 
     def _scan_target(self, count: int, params: dict[str, Any]) -> ScanTarget:
         """The flat index' rows (a view of faiss' storage) with their norms, and their leading dims where the
@@ -101,3 +108,13 @@ class IndexSearch:
             self._refine = flat_vectors(self._faiss.refine_index)
         exact = pair_distances(queries, self._refine, rows, cols)
         return top_k_of_pairs(len(queries), k, rows, cols, exact)
+
+
+def _hits_among_first(distances: np.ndarray, indices: np.ndarray, k: int, entries: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first k hits of each query (hits come nearest first) whose row is below `entries`; missing after."""
+    out_d = np.full((len(indices), k), MISSING_DISTANCE, dtype=np.float32)
+    out_i = np.full((len(indices), k), -1, dtype=np.int64)
+    for query, (found_d, found_i) in enumerate(zip(distances, indices)):
+        keep = np.flatnonzero((found_i >= 0) & (found_i < entries))[:k]
+        out_d[query, : len(keep)], out_i[query, : len(keep)] = found_d[keep], found_i[keep]
+    return out_d, out_i

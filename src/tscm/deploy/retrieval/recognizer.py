@@ -325,11 +325,10 @@ class PlaceRecognizer:
         if searchable <= 0:
             return rule, [(np.zeros(0, np.int64), np.zeros(0, np.float32), None) for _ in range(len(descriptors))]
         wanted = max(k, rule.hits_needed() if rule is not None else 1)
-        result = self.index.search(descriptors, min(wanted + exclude_positions, self.count))
+        result = self.index.search(descriptors, min(wanted, searchable), entries=searchable)
         found = []
         for row, (positions, distances) in enumerate(zip(result.indices, result.distances)):
-            # Hits come nearest first; -1 (missing) only at the end; the newest entries are left out.
-            keep = (positions >= 0) & (positions < searchable)
+            keep = positions >= 0  # hits come nearest first; -1 (missing) only at the end
             hit_rows, hit_scores = positions[keep], distances[keep]
             value = None
             if rule is not None and len(hit_rows):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -408,7 +409,11 @@ class Trainer:
     def _end_epoch(self, epoch: int, epoch_start: float) -> bool:
         """Schedule, validation, best checkpoint, logs; True when early stopping ends the run."""
         patience, progress = self.config.train.patience, self.run_progress
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A run resumed at an epoch's end steps its restored schedule before this process' first optimiser
+            # step; torch takes that for a misordered first epoch and warns, wrongly here.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         val = self.validate()
         progress.last_val = val
         recall1 = float(val["recall"]["1"])

@@ -5,6 +5,7 @@ bad input in one line."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ def test_the_three_formats_give_the_same_csv_and_find_the_revisited_places(setup
         assert (tmp_path / fmt / "trajectory.png").stat().st_size > 0
         texts[fmt] = (tmp_path / fmt / "loop_closures.csv").read_text()
         assert f"{FRAMES} frames" in out and "none accepted" in out
+        # the default eager runtime points to the faster one where it is installed
+        assert ("tip:" in out and "--runtime onnx" in out) == (importlib.util.find_spec("onnxruntime") is not None)
     assert texts["ros1"] == texts["sqlite3"] == texts["mcap"]
     rows = read_rows(tmp_path / "ros1" / "loop_closures.csv")
     assert list(rows[0])[:4] == ["query_stamp", "match_stamp", "score", "accepted"]
@@ -62,6 +65,22 @@ def test_the_three_formats_give_the_same_csv_and_find_the_revisited_places(setup
         assert row["accepted"] == "false"  # no threshold without --index
     stamps = [int(round(float(row["query_stamp"]) * 2)) for row in rows]
     assert stamps == list(range(stamps[0], stamps[0] + FRAMES))
+
+
+@pytest.mark.slow
+def test_onnx_runtime_gives_the_same_loop_closures_without_the_tip(setup, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    bags, checkpoint = setup
+    tables = {}
+    for runtime in ("torch", "onnx"):
+        code, out, err = tscm(capsys, "loop-closure", bags["mcap"], "--checkpoint", checkpoint, "--out",
+                              tmp_path / runtime, "--exclude-recent", "2", "--threads", "1", "--no-progress",
+                              "--runtime", runtime)
+        assert code == 0, err
+        assert ("tip:" in out) == (runtime == "torch")
+        tables[runtime] = read_rows(tmp_path / runtime / "loop_closures.csv")
+    assert [row["match_index"] for row in tables["onnx"]] == [row["match_index"] for row in tables["torch"]]
+    assert [row["accepted"] for row in tables["onnx"]] == [row["accepted"] for row in tables["torch"]]
 
 
 @pytest.mark.slow

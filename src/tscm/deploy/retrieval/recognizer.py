@@ -427,17 +427,17 @@ class PlaceRecognizer:
             raise TscmError(f"sequence: expected a number of frames ≥ 1, got {sequence!r}")
         descriptor = self.describe_one(image, timings=timings)
         tic = perf_counter()
-        searchable = self.count - self._recent_entries(time, exclude_recent)
+        recent = self._recent_entries(time, exclude_recent)
         if sequence == 1:
             rule, value = threshold_rule(self.index, 1), None
             rows, scores = np.zeros(0, np.int64), np.zeros(0, np.float32)
             if self.count:
-                rule, [(rows, scores, value)] = self._search_rows(descriptor, k, self.count - searchable)
+                rule, [(rows, scores, value)] = self._search_rows(descriptor, k, recent)
             tac = toc = perf_counter()
         else:
             row = distance_row(self.index, descriptor[0], self.count) if self.count else np.zeros(0, np.float32)
             tac = perf_counter()
-            rule, rows, scores, value = self._loop_sequence(sequence, row, searchable, k)
+            rule, rows, scores, value = self._loop_sequence(sequence, row, self.count - recent, k)
             toc = perf_counter()
         candidates: list[Place] = []
         if len(rows):
